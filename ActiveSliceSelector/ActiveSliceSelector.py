@@ -1,0 +1,415 @@
+import logging
+import os
+import sys
+from typing import Annotated
+
+import vtk
+
+import slicer
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import *
+from slicer.util import VTKObservationMixin
+
+# Loaded from the source tree ("Additional module paths"), the shared packages sit one folder up.
+_SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if os.path.isdir(os.path.join(_SOURCE_ROOT, "spatial_al")) and _SOURCE_ROOT not in sys.path:
+    sys.path.append(_SOURCE_ROOT)
+
+SLICE_PLANES = ["axial", "coronal", "sagittal"]
+BUDGET_UNITS = ["slices", "percent"]
+
+#
+# ActiveSliceSelector
+#
+
+
+class ActiveSliceSelector(ScriptedLoadableModule):
+    """Tells which 2D slices of a 3D scan to annotate next (active-learning query strategies)."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("Active Slice Selector")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["SpatialActiveLearning developers"]
+        self.parent.helpText = _(
+            "Ranks the slices of a volume that are most worth annotating next, lists them, shows them as planes and "
+            "jumps the slice views through them. Mark a slice annotated when you finished it; then fill the rest "
+            "with the Spatial Propagation module."
+        )
+        self.parent.acknowledgementText = _(
+            "Built on the ideas of STAR spatial aggregation, 'Less Is More' strided sampling, SBC-AL, proxy-ranked "
+            "semi-supervised active learning and the MIDL 2025 slice-selection study."
+        )
+
+
+#
+# ActiveSliceSelectorParameterNode
+#
+
+
+@parameterNodeWrapper
+class ActiveSliceSelectorParameterNode:
+    """The module's state, saved with the scene (so a session resumes when the scene is reopened).
+
+    inputVolume: the scan. segmentation: the segments being annotated. sliceAxis: plane of the slices.
+    strategy: query strategy name. budget/budgetUnit: how many slices to ask for. seed: random seed.
+    queriedSlices: table of the ranking (rank, slice, score, strategy, status).
+    """
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    segmentation: vtkMRMLSegmentationNode
+    sliceAxis: Annotated[str, Choice(SLICE_PLANES)] = "axial"
+    strategy: str = "fixed_interval"
+    budget: Annotated[int, WithinRange(1, 100000)] = 10
+    budgetUnit: Annotated[str, Choice(BUDGET_UNITS)] = "slices"
+    seed: Annotated[int, WithinRange(0, 2**31 - 1)] = 0
+    queriedSlices: vtkMRMLTableNode
+
+
+#
+# ActiveSliceSelectorWidget
+#
+
+
+class ActiveSliceSelectorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The panel: wires the .ui to the Logic; every computation is in the Logic."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._progress = None
+        self._currentSlice = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/ActiveSliceSelector.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = ActiveSliceSelectorLogic()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.rankButton.connect("clicked(bool)", self.onRankButton)
+        self.ui.nextButton.connect("clicked(bool)", lambda: self.onStepQueriedSlice(+1))
+        self.ui.previousButton.connect("clicked(bool)", lambda: self.onStepQueriedSlice(-1))
+        self.ui.markAnnotatedButton.connect("clicked(bool)", self.onMarkAnnotated)
+        self.ui.strategyComboBox.connect("currentTextChanged(QString)", self.onStrategyChanged)
+        self.ui.segmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.ui.segmentsTableView.setSegmentationNode)
+        self.ui.nextButton.setShortcut("Ctrl+]")
+        self.ui.previousButton.setShortcut("Ctrl+[")
+
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+        self.populateStrategies()
+
+    def exit(self) -> None:
+        self.setParameterNode(None)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            self._parameterNode.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+        if not self._parameterNode.segmentation:
+            self._parameterNode.segmentation = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSegmentationNode")
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGUI)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGUI)
+            self._updateGUI()
+
+    def populateStrategies(self) -> None:
+        """Fill the strategy list from the backend registry (after installing dependencies if needed)."""
+        if self.ui.strategyComboBox.count:
+            return
+        from SpatialALSlicerLib.Dependencies import ensureDependencies
+
+        with slicer.util.tryWithErrorDisplay(_("Failed to install dependencies."), waitCursor=True):
+            if not ensureDependencies():
+                return
+            for name, summary in self.logic.strategies():
+                self.ui.strategyComboBox.addItem(name)
+                self.ui.strategyComboBox.setItemData(self.ui.strategyComboBox.count - 1, summary, 3)  # ToolTipRole
+            self.ui.strategyComboBox.setCurrentText(self._parameterNode.strategy)
+
+    def onStrategyChanged(self, name) -> None:
+        if self._parameterNode and name:
+            self._parameterNode.strategy = name
+            index = self.ui.strategyComboBox.currentIndex
+            self.ui.strategyHelpLabel.text = self.ui.strategyComboBox.itemData(index, 3) or ""
+
+    def _updateGUI(self, caller=None, event=None) -> None:
+        node = self._parameterNode
+        ready = bool(node and node.inputVolume and node.segmentation)
+        if self._progress is None:
+            self.ui.rankButton.text = _("Rank slices")
+            self.ui.rankButton.enabled = ready
+            self.ui.rankButton.toolTip = _("Rank the slices to annotate next") if ready else _(
+                "Select a volume and a segmentation"
+            )
+        hasRanking = bool(node and node.queriedSlices)
+        self.ui.queriedSlicesTableView.setMRMLTableNode(node.queriedSlices if hasRanking else None)
+        for button in (self.ui.nextButton, self.ui.previousButton, self.ui.markAnnotatedButton):
+            button.enabled = hasRanking and self._progress is None
+
+    def onRankButton(self) -> None:
+        if self._progress is not None:  # the button reads "Cancel" while ranking
+            self._progress.requestCancel()
+            return
+        from SpatialALSlicerLib.GuiProgress import GuiProgress
+
+        node = self._parameterNode
+        self._progress = GuiProgress(self.ui.progressBar)
+        self.ui.rankButton.text = _("Cancel")
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Ranking failed."), waitCursor=True):
+                ranking, tableNode = self.logic.rankSlices(
+                    node.inputVolume,
+                    node.segmentation,
+                    self.ui.segmentsTableView.selectedSegmentIDs() or None,
+                    node.strategy,
+                    self.logic.budgetInSlices(node.inputVolume, node.sliceAxis, node.budget, node.budgetUnit),
+                    sliceAxis=node.sliceAxis,
+                    seed=node.seed,
+                    tableNode=node.queriedSlices,
+                    progress=self._progress,
+                )
+                node.queriedSlices = tableNode
+                self._currentSlice = None
+                self.ui.statusLabel.text = _("{count} slices to annotate, best first.").format(count=len(ranking))
+                self.onStepQueriedSlice(+1)
+        finally:
+            self._progress = None
+            self._updateGUI()
+
+    def onStepQueriedSlice(self, direction) -> None:
+        node = self._parameterNode
+        index = self.logic.nextQueriedSlice(node.queriedSlices, self._currentSlice, direction)
+        if index is None:
+            self.ui.statusLabel.text = _("Every queried slice is annotated.")
+            return
+        self._currentSlice = index
+        self.logic.jumpToSlice(node.inputVolume, node.sliceAxis, index)
+        self.ui.statusLabel.text = _("Slice {index}: annotate it, then press 'Mark annotated'.").format(index=index)
+
+    def onMarkAnnotated(self) -> None:
+        node = self._parameterNode
+        if self._currentSlice is None:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not mark the slice annotated."), waitCursor=True):
+            self.logic.markAnnotated(
+                node.inputVolume,
+                node.segmentation,
+                self.ui.segmentsTableView.selectedSegmentIDs() or None,
+                [self._currentSlice],
+                node.sliceAxis,
+                node.queriedSlices,
+            )
+            self.onStepQueriedSlice(+1)
+
+
+#
+# ActiveSliceSelectorLogic
+#
+
+
+class ActiveSliceSelectorLogic(ScriptedLoadableModuleLogic):
+    """Every computation of the module, usable from the Python console and in batch mode.
+
+    Slice indices run along an array axis of the volume's voxel array in KJI order (``arrayFromVolume`` order):
+    axis 0 is K. Planes ("axial", "coronal", "sagittal") are resolved to the closest array axis.
+    """
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+
+    def getParameterNode(self):
+        return ActiveSliceSelectorParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def strategies():
+        """(name, one-line explanation) of every query strategy."""
+        from spatial_al.selection import STRATEGIES
+
+        return [(entry.name, entry.summary) for entry in STRATEGIES.entries()]
+
+    def budgetInSlices(self, volumeNode, sliceAxis, budget, budgetUnit="slices"):
+        """``budget`` slices, or ``budget`` percent of the volume's slices (at least 1)."""
+        if budgetUnit == "slices":
+            return int(budget)
+        from SpatialALSlicerLib import MRMLAdapter
+
+        nSlices = MRMLAdapter.volumeGeometry(volumeNode).shape[MRMLAdapter.sliceAxisIndex(volumeNode, sliceAxis)]
+        return max(1, round(nSlices * budget / 100))
+
+    def rankSlices(
+        self,
+        volumeNode,
+        segmentationNode,
+        segmentIds,
+        strategy,
+        budget,
+        sliceAxis="axial",
+        annotatedSlices=None,
+        seed=0,
+        tableNode=None,
+        showPlanes=True,
+        progress=None,
+        **options,
+    ):
+        """Rank the slices to annotate next, write them into a table node and show them as planes.
+
+        Args:
+            volumeNode: the scan (scalar volume).
+            segmentationNode: the segmentation being annotated (its records say which slices are annotated).
+            segmentIds: segments worked on (None: all).
+            strategy: strategy name (see :meth:`strategies`).
+            budget: number of slices to pick.
+            sliceAxis: 0, 1, 2 (KJI array axis) or "axial" / "coronal" / "sagittal".
+            annotatedSlices: slices already annotated (None: those recorded in the segments).
+            seed: random seed.
+            tableNode: table to fill (None: a new one).
+            showPlanes: add a plane markup per queried slice (replacing those of the previous ranking).
+            progress: progress reporter (``progress(done, total, message)``, ``should_cancel()``).
+            **options: options of the strategy.
+
+        Returns:
+            (``spatial_al.selection.RankingResult``, the table node).
+        """
+        import spatial_al
+        from SpatialALSlicerLib import MRMLAdapter
+
+        axis = MRMLAdapter.sliceAxisIndex(volumeNode, sliceAxis)
+        segmentIds = MRMLAdapter.segmentIdsOrAll(segmentationNode, segmentIds)
+        if annotatedSlices is None:
+            annotatedSlices = MRMLAdapter.recordedAnnotatedSlices(segmentationNode, segmentIds, axis)
+        image = MRMLAdapter.arrayFromVolumeNode(volumeNode)
+        ranking = spatial_al.rank(
+            image, strategy, budget, annotated=annotatedSlices, axis=axis, seed=seed, progress=progress, **options
+        )
+        if tableNode is None:
+            tableNode = volumeNode.GetScene().AddNewNodeByClass(
+                "vtkMRMLTableNode", f"Queried slices ({volumeNode.GetName()})"
+            )
+        MRMLAdapter.writeQueriedSlicesTable(
+            tableNode, ranking, [MRMLAdapter.STATUS_TO_ANNOTATE] * len(ranking), volumeNode
+        )
+        self._replacePlanes(tableNode, volumeNode, axis, ranking.slices if showPlanes else [])
+        logging.info(f"Ranked {len(ranking)} slices with {strategy}: {ranking.slices.tolist()}")
+        return ranking, tableNode
+
+    @staticmethod
+    def _replacePlanes(tableNode, volumeNode, axis, slices):
+        from SpatialALSlicerLib import MRMLAdapter
+
+        scene = tableNode.GetScene()
+        for index in range(tableNode.GetNumberOfNodeReferences(MRMLAdapter.PLANE_REFERENCE_ROLE)):
+            scene.RemoveNode(tableNode.GetNthNodeReference(MRMLAdapter.PLANE_REFERENCE_ROLE, index))
+        tableNode.RemoveNodeReferenceIDs(MRMLAdapter.PLANE_REFERENCE_ROLE)
+        for plane in MRMLAdapter.addSlicePlanes(volumeNode, axis, slices):
+            tableNode.AddNodeReferenceID(MRMLAdapter.PLANE_REFERENCE_ROLE, plane.GetID())
+
+    def markAnnotated(self, volumeNode, segmentationNode, segmentIds, slices, sliceAxis="axial", tableNode=None):
+        """Record ``slices`` as annotated in the segments (and in the queried-slices table); returns all annotated.
+
+        An annotated slice may be empty: the structure is absent there, and propagation keeps it empty.
+        """
+        from SpatialALSlicerLib import MRMLAdapter
+
+        axis = MRMLAdapter.sliceAxisIndex(volumeNode, sliceAxis)
+        annotated = MRMLAdapter.recordAnnotatedSlices(segmentationNode, segmentIds, slices, axis)
+        if tableNode is not None:
+            for index in slices:
+                MRMLAdapter.setQueriedSliceStatus(tableNode, index, MRMLAdapter.STATUS_ANNOTATED)
+        return annotated
+
+    @staticmethod
+    def nextQueriedSlice(tableNode, currentSlice=None, direction=+1):
+        """The next (or previous) queried slice in rank order still to annotate; None when none is left."""
+        from SpatialALSlicerLib import MRMLAdapter
+
+        rows = MRMLAdapter.queriedSlicesFromTable(tableNode) if tableNode else []
+        if not rows:
+            return None
+        slices = [r["slice"] for r in rows]
+        start = slices.index(currentSlice) if currentSlice in slices else (-1 if direction > 0 else 0)
+        for step in range(1, len(rows) + 1):
+            row = rows[(start + direction * step) % len(rows)]
+            if row["status"] == MRMLAdapter.STATUS_TO_ANNOTATE:
+                return row["slice"]
+        return None
+
+    def jumpToSlice(self, volumeNode, sliceAxis, index):
+        """Centre the slice views on slice ``index``; returns its RAS centre."""
+        from SpatialALSlicerLib import MRMLAdapter
+
+        return MRMLAdapter.jumpToSlice(volumeNode, MRMLAdapter.sliceAxisIndex(volumeNode, sliceAxis), index)
+
+
+#
+# ActiveSliceSelectorTest
+#
+
+
+class ActiveSliceSelectorTest(ScriptedLoadableModuleTest):
+    """Runs in Slicer (ctest / Reload and Test) and under pytest with the slicer-core stand-in."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_RankMarkAndStep()
+
+    def test_RankMarkAndStep(self):
+        import numpy as np
+
+        from SpatialALSlicerLib import MRMLAdapter
+        from spatial_al.volume import Geometry
+
+        self.delayDisplay("Ranking the slices of a synthetic volume")
+        geometry = Geometry((20, 16, 12), spacing=(0.8, 0.8, 2.5))
+        image = np.random.default_rng(0).normal(size=geometry.shape).astype(np.float32)
+        volumeNode = MRMLAdapter.addVolumeNode(slicer.mrmlScene, image, geometry, "synthetic")
+        segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+        segmentId = segmentationNode.GetSegmentation().AddEmptySegment("organ")
+
+        logic = ActiveSliceSelectorLogic()
+        ranking, tableNode = logic.rankSlices(
+            volumeNode, segmentationNode, None, "fixed_interval", 4, sliceAxis=0, interval=5
+        )
+        self.assertEqual(ranking.slices.tolist(), [2, 7, 12, 17])
+        self.assertEqual(tableNode.GetTable().GetNumberOfRows(), 4)
+
+        logic.markAnnotated(volumeNode, segmentationNode, [segmentId], [2, 7], 0, tableNode)
+        self.assertEqual(MRMLAdapter.recordedAnnotatedSlices(segmentationNode, [segmentId], 0), [2, 7])
+        self.assertEqual(logic.nextQueriedSlice(tableNode, None, +1), 12)
+        self.assertEqual(logic.nextQueriedSlice(tableNode, 12, +1), 17)
+        self.assertEqual(logic.nextQueriedSlice(tableNode, 12, -1), 17)
+        self.delayDisplay("Test passed")

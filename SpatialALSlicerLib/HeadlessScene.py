@@ -1,0 +1,101 @@
+"""What the Slicer application sets up around an MRML scene, for running the Slicer layer on slicer-core.
+
+Inside Slicer the application does this; outside it (the demo, batch scripts, the tests) :func:`createHeadlessScene`
+does it: a scene, the application logic, the module logics whose node classes and segmentation converters the
+adapter needs, and the three default slice views (Red, Yellow, Green).
+"""
+
+import contextlib
+
+import slicer
+import vtk
+
+# Module logics registered on the application logic, as Slicer's module manager does at startup.
+MODULE_LOGIC_CLASSES = {
+    "Segmentations": "vtkSlicerSegmentationsModuleLogic",
+    "Markups": "vtkSlicerMarkupsLogic",
+    "SubjectHierarchy": "vtkSlicerSubjectHierarchyModuleLogic",
+}
+SLICE_VIEWS = {"Red": "Axial", "Yellow": "Sagittal", "Green": "Coronal"}
+
+
+class HeadlessScene:
+    """An MRML scene with the application and module logics Slicer would give it.
+
+    Attributes:
+        scene: the ``vtkMRMLScene``.
+        applicationLogic: the ``vtkSlicerApplicationLogic``.
+        moduleLogics: module name -> logic instance.
+    """
+
+    def __init__(self):
+        self.scene = slicer.vtkMRMLScene()
+        self.applicationLogic = slicer.vtkSlicerApplicationLogic()
+        self.applicationLogic.SetMRMLScene(self.scene)
+        self.applicationLogic.SetSliceLogics(vtk.vtkCollection())
+        self.applicationLogic.SetViewLogics(vtk.vtkCollection())
+        self.applicationLogic.GetColorLogic().SetMRMLScene(self.scene)
+        self.moduleLogics = {}
+        for moduleName, className in MODULE_LOGIC_CLASSES.items():
+            logic = getattr(slicer, className)()
+            logic.SetMRMLScene(self.scene)
+            logic.SetMRMLApplicationLogic(self.applicationLogic)
+            self.applicationLogic.SetModuleLogic(moduleName, logic)
+            self.moduleLogics[moduleName] = logic
+        slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(self.scene, True)
+        for layoutName, orientation in SLICE_VIEWS.items():
+            sliceNode = self.scene.AddNewNodeByClass("vtkMRMLSliceNode")
+            sliceNode.SetName(layoutName)
+            sliceNode.SetLayoutName(layoutName)
+            sliceNode.SetSingletonTag(layoutName)
+            sliceNode.SetOrientation(orientation)
+
+    def sliceNode(self, layoutName):
+        return self.scene.GetSingletonNode(layoutName, "vtkMRMLSliceNode")
+
+
+@contextlib.contextmanager
+def silencedVTKOutput():
+    """Within the block, VTK's output window shows nothing (vtkArchive reports every file it zips to it)."""
+    previous = vtk.vtkOutputWindow.GetInstance()
+    previous.Register(None)
+    silent = vtk.vtkOutputWindow()
+    silent.SetDisplayModeToNever()
+    vtk.vtkOutputWindow.SetInstance(silent)
+    try:
+        yield
+    finally:
+        vtk.vtkOutputWindow.SetInstance(previous)
+        previous.UnRegister(None)
+
+
+def saveSceneBundle(scene, path):
+    """Write ``scene`` and every storable node's data into one ``.mrb`` file; returns the path.
+
+    Storable nodes without a storage node get their default one (NRRD volumes, .seg.nrrd segmentations,
+    .tsv tables, .mrk.json markups).
+    """
+    for index in range(scene.GetNumberOfNodes()):
+        node = scene.GetNthNode(index)
+        if node.IsA("vtkMRMLStorableNode") and node.GetStorageNode() is None:
+            node.AddDefaultStorageNode()
+    path = str(path)
+    with silencedVTKOutput():
+        written = scene.WriteToMRB(path)
+    if not written:
+        raise OSError(f"Slicer could not write the scene bundle {path!r}.")
+    return path
+
+
+def loadSceneBundle(path):
+    """A new :class:`HeadlessScene` holding the scene of an ``.mrb`` (or ``.mrml``) file."""
+    headless = HeadlessScene()
+    path = str(path)
+    if path.lower().endswith(".mrb"):
+        loaded = headless.scene.ReadFromMRB(path)
+    else:
+        headless.scene.SetURL(path)
+        loaded = headless.scene.Import()
+    if not loaded:
+        raise OSError(f"Slicer could not read the scene {path!r}.")
+    return headless

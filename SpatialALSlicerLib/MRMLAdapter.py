@@ -1,0 +1,419 @@
+"""The adapter between MRML nodes and the ``spatial_al`` backend, shared by both modules' Logic.
+
+Axis order: every array here is KJI (``array[k, j, i]``), as ``slicer.util.arrayFromVolume`` returns it; a slice
+axis is an array axis (0 = K). Masks of segments are given on the voxel grid of a *reference volume*, whatever
+the segmentation's own geometry (extent, spacing, orientation) is: they are resampled (nearest neighbour) between
+the two, and a linear parent transform of the segmentation is taken into account.
+
+Uses Slicer's MRML and segmentation classes only (no Qt): runs inside Slicer and on slicer-core.
+"""
+
+import numpy as np
+import slicer
+import vtk
+from vtk.util import numpy_support
+
+from spatial_al.annotation_record import RECORD_TAGS, SliceRecord, merge_pseudo_labels
+from spatial_al.io.segmentation import Segmentation, default_color
+from spatial_al.session import assemble_layers
+from spatial_al.volume import Geometry, Segment, check_scalar_volume, resolve_slice_axis
+
+RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+STATUS_TO_ANNOTATE = "to annotate"
+STATUS_ANNOTATED = "annotated"
+STATUS_PROPAGATED = "propagated"
+TABLE_COLUMNS = ("rank", "slice", "score", "strategy", "status")
+TABLE_ATTRIBUTE_AXIS = "SpatialAL.SliceAxis"
+VOLUME_REFERENCE_ROLE = "SpatialAL.volume"
+PLANE_REFERENCE_ROLE = "SpatialAL.plane"
+
+
+class MRMLInputError(ValueError):
+    """A node given to the Logic cannot be used as it is; the message says why and what to do."""
+
+
+# --- volumes -------------------------------------------------------------------------------------------------------
+
+
+def volumeGeometry(volumeNode):
+    """The :class:`spatial_al.volume.Geometry` of a volume node (KJI shape, LPS, ITK conventions)."""
+    imageData = volumeNode.GetImageData() if volumeNode else None
+    if imageData is None:
+        raise MRMLInputError(f"The volume {volumeNode.GetName() if volumeNode else None!r} holds no image data.")
+    ijkToRAS = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(ijkToRAS)
+    ijkToLPS = RAS_FROM_LPS @ slicer.util.arrayFromVTKMatrix(ijkToRAS)
+    return Geometry.from_ijk_to_lps(ijkToLPS, tuple(reversed(imageData.GetDimensions())))
+
+
+def sliceAxisIndex(volumeNode, sliceAxis):
+    """Array axis (KJI) for ``sliceAxis``: 0, 1, 2, or a plane name resolved from the volume's orientation."""
+    return resolve_slice_axis(sliceAxis, volumeGeometry(volumeNode))
+
+
+def arrayFromVolumeNode(volumeNode):
+    """A copy of the voxels of a scalar volume node, shape (K, J, I).
+
+    Raises:
+        MRMLInputError: no image data, or a vector (RGB) / multi-component volume.
+    """
+    if volumeNode is None or volumeNode.GetImageData() is None:
+        raise MRMLInputError("Select a volume that holds image data.")
+    if volumeNode.GetImageData().GetNumberOfScalarComponents() != 1 or not volumeNode.IsA("vtkMRMLScalarVolumeNode"):
+        raise MRMLInputError(
+            f"The volume {volumeNode.GetName()!r} is not a scalar volume (it has "
+            f"{volumeNode.GetImageData().GetNumberOfScalarComponents()} components): convert it with the "
+            "'Vector to Scalar Volume' module first."
+        )
+    array = np.array(slicer.util.arrayFromVolume(volumeNode))
+    check_scalar_volume(array, f"volume {volumeNode.GetName()!r}")
+    return array
+
+
+def _requireLinearTransform(node):
+    transformNode = node.GetParentTransformNode()
+    if transformNode is not None and not transformNode.IsTransformToWorldLinear():
+        raise MRMLInputError(
+            f"{node.GetName()!r} is under a non-linear transform; harden the transform (Transforms module) first."
+        )
+
+
+def referenceImageGeometry(volumeNode, segmentationNode):
+    """An empty oriented image on the volume's voxel grid, expressed in the segmentation's coordinate frame."""
+    _requireLinearTransform(volumeNode)
+    _requireLinearTransform(segmentationNode)
+    reference = slicer.vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(
+        volumeNode, segmentationNode.GetParentTransformNode()
+    )
+    if reference is None:
+        raise MRMLInputError(f"Slicer could not use the geometry of {volumeNode.GetName()!r}.")
+    return reference
+
+
+def addVolumeNode(scene, array, geometry, name):
+    """Add a scalar volume node holding ``array`` (K, J, I) on ``geometry``; returns the node."""
+    volumeNode = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    volumeNode.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(RAS_FROM_LPS @ geometry.ijk_to_lps))
+    imageData = vtk.vtkImageData()
+    imageData.SetDimensions(*reversed(array.shape))
+    imageData.GetPointData().SetScalars(numpy_support.numpy_to_vtk(np.ascontiguousarray(array).ravel(), deep=True))
+    volumeNode.SetAndObserveImageData(imageData)
+    volumeNode.CreateDefaultDisplayNodes()
+    return volumeNode
+
+
+# --- segments ------------------------------------------------------------------------------------------------------
+
+
+def segmentIdsOrAll(segmentationNode, segmentIds=None):
+    """``segmentIds`` checked to exist in the segmentation (all its segments when None or empty).
+
+    Raises:
+        MRMLInputError: a segment ID is missing (the message lists the segments there are).
+    """
+    if segmentationNode is None:
+        raise MRMLInputError("Select a segmentation.")
+    segmentation = segmentationNode.GetSegmentation()
+    existing = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
+    if not segmentIds:
+        if not existing:
+            raise MRMLInputError(f"The segmentation {segmentationNode.GetName()!r} has no segments; add one first.")
+        return existing
+    missing = [segmentId for segmentId in segmentIds if segmentId not in existing]
+    if missing:
+        names = ", ".join(f"{i} ({segmentation.GetSegment(i).GetName()})" for i in existing) or "none"
+        raise MRMLInputError(
+            f"Segment {missing[0]!r} is not in {segmentationNode.GetName()!r}; its segments are: {names}."
+        )
+    return list(segmentIds)
+
+
+def _arrayFromOrientedImage(image):
+    return numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(tuple(reversed(image.GetDimensions())))
+
+
+def segmentMaskInVolumeGrid(segmentationNode, segmentId, volumeNode):
+    """Boolean mask (K, J, I) of one segment on the volume's voxel grid (False outside the segment's extent)."""
+    reference = referenceImageGeometry(volumeNode, segmentationNode)
+    segmentImage = slicer.vtkOrientedImageData()
+    if not slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(
+        segmentationNode, segmentId, segmentImage, False
+    ):
+        raise MRMLInputError(
+            f"Segment {segmentId!r} has no binary labelmap; convert the segmentation's source representation to "
+            "binary labelmap (Segmentations module) first."
+        )
+    shape = tuple(reversed(reference.GetDimensions()))
+    if segmentImage.IsEmpty():
+        return np.zeros(shape, dtype=bool)
+    resampled = slicer.vtkOrientedImageData()
+    slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
+        segmentImage, reference, resampled, False, False
+    )
+    return _arrayFromOrientedImage(resampled).reshape(shape) != 0
+
+
+def setSegmentMaskInVolumeGrid(segmentationNode, segmentId, volumeNode, mask):
+    """Replace one segment's voxels by ``mask`` (bool, K, J, I, on the volume's grid); other segments keep theirs.
+
+    Overlaps with other segments are kept as overlaps (Slicer moves the segment to its own layer).
+    """
+    reference = referenceImageGeometry(volumeNode, segmentationNode)
+    expected = tuple(reversed(reference.GetDimensions()))
+    if mask.shape != expected:
+        raise MRMLInputError(f"The mask has shape {mask.shape}; the volume's grid is {expected} (KJI).")
+    labelmap = slicer.vtkOrientedImageData()
+    labelmap.ShallowCopy(reference)
+    labelmap.CopyDirections(reference)
+    labelmap.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+    _arrayFromOrientedImage(labelmap)[:] = mask.astype(np.uint8)
+    labelmap.Modified()
+    if not slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+        labelmap,
+        segmentationNode,
+        segmentId,
+        slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE,
+        labelmap.GetExtent(),
+    ):
+        raise MRMLInputError(f"Slicer could not write segment {segmentId!r}.")
+
+
+def segmentTags(segmentationNode, segmentId, keys=RECORD_TAGS):
+    """The segment's tags among ``keys`` (Slicer's Python API cannot list a segment's tag keys) as a dict."""
+    segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
+    tags = {}
+    for key in keys:
+        value = vtk.reference("")
+        if segment.GetTag(key, value):
+            tags[key] = str(value)
+    return tags
+
+
+def setSegmentTags(segmentationNode, segmentId, tags):
+    """Set (add or replace) tags of a segment."""
+    segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
+    for key, value in tags.items():
+        segment.SetTag(key, str(value))
+
+
+def sliceRecord(segmentationNode, segmentId):
+    """The :class:`SliceRecord` stored in a segment's tags, or None."""
+    return SliceRecord.from_tags(segmentTags(segmentationNode, segmentId))
+
+
+def recordedAnnotatedSlices(segmentationNode, segmentIds, axis):
+    """Union of the annotated slices recorded in the segments' tags along ``axis``."""
+    annotated = set()
+    for segmentId in segmentIdsOrAll(segmentationNode, segmentIds):
+        record = sliceRecord(segmentationNode, segmentId)
+        if record is not None and record.slice_axis == axis:
+            annotated.update(record.annotated)
+    return sorted(annotated)
+
+
+def recordAnnotatedSlices(segmentationNode, segmentIds, slices, axis):
+    """Add ``slices`` to the annotated slices recorded in each segment's tags; returns the union over segments.
+
+    Raises:
+        MRMLInputError: a segment records its annotation along another slice axis.
+    """
+    annotated = set()
+    for segmentId in segmentIdsOrAll(segmentationNode, segmentIds):
+        record = sliceRecord(segmentationNode, segmentId) or SliceRecord(slice_axis=axis, annotated=())
+        if record.slice_axis != axis:
+            name = segmentationNode.GetSegmentation().GetSegment(segmentId).GetName()
+            raise MRMLInputError(
+                f"Segment {name!r} records its annotated slices along axis {record.slice_axis}, not {axis}: "
+                "annotate along that axis, or work on a copy of the segment."
+            )
+        record = record.with_annotated(slices)
+        setSegmentTags(segmentationNode, segmentId, record.to_tags())
+        annotated.update(record.annotated)
+    return sorted(annotated)
+
+
+def segmentationFromNode(segmentationNode, volumeNode, segmentIds=None):
+    """The segments as a backend :class:`Segmentation` on the volume's grid (layers re-packed without overlaps)."""
+    segmentIds = segmentIdsOrAll(segmentationNode, segmentIds)
+    segments, masks = [], []
+    for index, segmentId in enumerate(segmentIds):
+        segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
+        masks.append(segmentMaskInVolumeGrid(segmentationNode, segmentId, volumeNode))
+        segments.append(
+            Segment(
+                name=segment.GetName(),
+                label_value=index + 1,
+                color=tuple(segment.GetColor()),
+                segment_id=segmentId,
+                tags=segmentTags(segmentationNode, segmentId),
+            )
+        )
+    layers, placed = assemble_layers(segments, masks)
+    return Segmentation(layers, placed, volumeGeometry(volumeNode))
+
+
+def addSegmentationNode(scene, segmentation, volumeNode, name):
+    """Add a segmentation node holding a backend :class:`Segmentation` on ``volumeNode``'s grid; returns the node."""
+    segmentationNode = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+    segmentationNode.CreateDefaultDisplayNodes()
+    segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+    for index, segment in enumerate(segmentation.segments):
+        color = segment.color if segment.color is not None else default_color(index)
+        segmentId = segmentationNode.GetSegmentation().AddEmptySegment(
+            segment.segment_id or "", segment.name, list(color)
+        )
+        mask = segmentation.label_layers[segment.layer] == segment.label_value
+        setSegmentMaskInVolumeGrid(segmentationNode, segmentId, volumeNode, mask)
+        setSegmentTags(segmentationNode, segmentId, segment.tags)
+    return segmentationNode
+
+
+def writePseudoLabels(segmentationNode, volumeNode, pseudoMasks, annotated, propagated, confidence, axis, method):
+    """Merge propagated masks into segments without losing anything a person drew.
+
+    Args:
+        pseudoMasks: segment ID -> propagated bool mask (K, J, I) on the volume's grid.
+        annotated: annotated slice indices (left exactly as they are).
+        propagated: slices to write pseudo-labels on.
+        confidence: per-slice confidence, shape (n_slices,).
+        axis: slice axis (KJI array axis).
+        method: propagation method, recorded in the tags.
+
+    Returns:
+        Segment ID -> slices left untouched because a person drew there.
+    """
+    keptEdited = {}
+    for segmentId, pseudo in pseudoMasks.items():
+        merged = merge_pseudo_labels(
+            current=segmentMaskInVolumeGrid(segmentationNode, segmentId, volumeNode),
+            pseudo=pseudo,
+            annotated=annotated,
+            propagated=propagated,
+            confidence=confidence,
+            previous_tags=segmentTags(segmentationNode, segmentId),
+            slice_axis=axis,
+            method=method,
+        )
+        setSegmentMaskInVolumeGrid(segmentationNode, segmentId, volumeNode, merged.mask)
+        setSegmentTags(segmentationNode, segmentId, merged.record.to_tags())
+        if merged.kept_edited:
+            keptEdited[segmentId] = merged.kept_edited
+    return keptEdited
+
+
+# --- slices in the views -------------------------------------------------------------------------------------------
+
+
+def slicePlaneRAS(volumeNode, axis, index):
+    """Where slice ``index`` along array ``axis`` lies in RAS.
+
+    Returns:
+        (center (3,), normal (3,), in-plane axes (2, 3) unit vectors, in-plane size (2,) in mm).
+    """
+    geometry = volumeGeometry(volumeNode)
+    ijkToRAS = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(ijkToRAS)
+    matrix = slicer.util.arrayFromVTKMatrix(ijkToRAS)
+    if volumeNode.GetParentTransformNode() is not None:
+        _requireLinearTransform(volumeNode)
+        toWorld = vtk.vtkMatrix4x4()
+        volumeNode.GetParentTransformNode().GetMatrixTransformToWorld(toWorld)
+        matrix = slicer.util.arrayFromVTKMatrix(toWorld) @ matrix
+    shapeIJK = np.array(geometry.shape[::-1], dtype=float)
+    ijkAxis = 2 - axis
+    centerIJK = (shapeIJK - 1) / 2
+    centerIJK[ijkAxis] = index
+    center = (matrix @ np.append(centerIJK, 1.0))[:3]
+    columns = matrix[:3, :3]
+    normal = columns[:, ijkAxis] / np.linalg.norm(columns[:, ijkAxis])
+    inPlane = [i for i in range(3) if i != ijkAxis]
+    axes = np.array([columns[:, i] / np.linalg.norm(columns[:, i]) for i in inPlane])
+    size = np.array([np.linalg.norm(columns[:, i]) * shapeIJK[i] for i in inPlane])
+    return center, normal, axes, size
+
+
+def jumpToSlice(volumeNode, axis, index):
+    """Centre every slice view of the volume's scene on slice ``index`` (the view along ``axis`` shows it)."""
+    center, _, _, _ = slicePlaneRAS(volumeNode, axis, index)
+    slicer.vtkMRMLSliceNode.JumpAllSlices(volumeNode.GetScene(), *center, slicer.vtkMRMLSliceNode.CenteredJumpSlice)
+    return center
+
+
+def addSlicePlanes(volumeNode, axis, slices, namePrefix="Queried slice", color=(1.0, 0.82, 0.12)):
+    """One locked plane markup per slice, covering the volume's cross-section; returns the plane nodes."""
+    scene = volumeNode.GetScene()
+    planes = []
+    for rank, index in enumerate(slices, start=1):
+        center, normal, axes, size = slicePlaneRAS(volumeNode, axis, int(index))
+        plane = scene.AddNewNodeByClass("vtkMRMLMarkupsPlaneNode", f"{namePrefix} {int(index)} (rank {rank})")
+        plane.SetSizeMode(plane.SizeModeAbsolute)
+        plane.SetCenterWorld(*center)
+        plane.SetAxesWorld(axes[0], np.cross(normal, axes[0]), normal)
+        plane.SetSize(*size)
+        plane.SetLocked(True)
+        plane.SetAttribute("SpatialAL.Slice", str(int(index)))
+        plane.SetAttribute(TABLE_ATTRIBUTE_AXIS, str(axis))
+        plane.CreateDefaultDisplayNodes()
+        display = plane.GetDisplayNode()
+        display.SetSelectedColor(*color)
+        display.SetColor(*color)
+        display.SetOpacity(0.25)
+        display.SetHandlesInteractive(False)
+        planes.append(plane)
+    return planes
+
+
+# --- the table of queried slices -----------------------------------------------------------------------------------
+
+
+def writeQueriedSlicesTable(tableNode, ranking, statuses, volumeNode=None):
+    """Fill a table node with the ranking: columns rank, slice, score, strategy, status (one row per slice)."""
+    table = vtk.vtkTable()
+    columns = {
+        "rank": vtk.vtkIntArray(),
+        "slice": vtk.vtkIntArray(),
+        "score": vtk.vtkDoubleArray(),
+        "strategy": vtk.vtkStringArray(),
+        "status": vtk.vtkStringArray(),
+    }
+    for name in TABLE_COLUMNS:
+        columns[name].SetName(name)
+        table.AddColumn(columns[name])
+    for row, status in zip(ranking, statuses, strict=True):
+        columns["rank"].InsertNextValue(row.rank)
+        columns["slice"].InsertNextValue(row.slice)
+        columns["score"].InsertNextValue(row.score)
+        columns["strategy"].InsertNextValue(ranking.strategy)
+        columns["status"].InsertNextValue(status)
+    wasModifying = tableNode.StartModify()
+    tableNode.SetAndObserveTable(table)
+    tableNode.SetLocked(True)
+    tableNode.SetUseColumnTitleAsColumnHeader(True)
+    tableNode.SetAttribute(TABLE_ATTRIBUTE_AXIS, str(ranking.axis))
+    if volumeNode is not None:
+        tableNode.SetNodeReferenceID(VOLUME_REFERENCE_ROLE, volumeNode.GetID())
+    tableNode.EndModify(wasModifying)
+    return tableNode
+
+
+def queriedSlicesFromTable(tableNode):
+    """Rows of a queried-slices table as a list of dicts (rank, slice, score, strategy, status)."""
+    table = tableNode.GetTable()
+    rows = []
+    for row in range(table.GetNumberOfRows()):
+        rows.append({name: table.GetValueByName(row, name).ToString() for name in TABLE_COLUMNS})
+    for row in rows:
+        row["rank"], row["slice"], row["score"] = int(row["rank"]), int(row["slice"]), float(row["score"])
+    return rows
+
+
+def setQueriedSliceStatus(tableNode, sliceIndex, status):
+    """Set the status of one queried slice in the table; returns False when the slice is not in it."""
+    table = tableNode.GetTable()
+    for row in range(table.GetNumberOfRows()):
+        if table.GetValueByName(row, "slice").ToInt() == int(sliceIndex):
+            table.SetValueByName(row, "status", vtk.vtkVariant(status))
+            table.Modified()
+            tableNode.Modified()
+            return True
+    return False

@@ -1,0 +1,57 @@
+"""Fixtures shared by the suite: synthetic stacks, the chest CT, and Slicer's MRML classes without the app."""
+
+import importlib
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+MODULE_FOLDERS = [REPOSITORY / "ActiveSliceSelector", REPOSITORY / "SpatialPropagation"]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+@pytest.fixture
+def disc_stack():
+    """Label map (K, J, I) = (11, 40, 40) of a disc whose radius grows from 5 to 15 voxels, slice by slice."""
+    rows, columns = np.mgrid[:40, :40]
+    return np.stack([((rows - 20) ** 2 + (columns - 20) ** 2 <= (5 + k) ** 2) for k in range(11)]).astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def chest_ct():
+    """The slicerio chest CT as a SliceStack (image + 7-segment ground truth)."""
+    from spatial_al.data import chest_ct_files
+    from spatial_al.io import load_stack
+
+    return load_stack(*chest_ct_files())
+
+
+@pytest.fixture
+def headless():
+    """A HeadlessScene with ``slicer.mrmlScene``, ``slicer.app``, ``slicer.modules`` and the template's modules
+    stood in for, as the Slicer application would set them up; removed afterwards."""
+    import slicer_standin
+    from SpatialALSlicerLib.HeadlessScene import HeadlessScene
+
+    scene = HeadlessScene()
+    slicer_standin.install(scene)
+    yield scene
+    slicer_standin.uninstall()
+    scene.scene.Clear(True)
+
+
+@pytest.fixture
+def slicer_modules(headless):
+    """The two scripted modules, imported as Slicer would from "Additional module paths"."""
+    for folder in MODULE_FOLDERS:
+        if str(folder) not in sys.path:
+            sys.path.insert(0, str(folder))
+    modules = {}
+    for name in ("ActiveSliceSelector", "SpatialPropagation"):
+        sys.modules.pop(name, None)
+        modules[name] = importlib.import_module(name)
+    yield modules
+    for name in modules:
+        sys.modules.pop(name, None)

@@ -1,0 +1,32 @@
+"""SpatialActiveLearning backend: which 2D slices of a 3D scan to annotate next, and pseudo-labels for the rest.
+
+Pure Python (numpy, scipy, SimpleITK, ITK, torch/MONAI); never imports Slicer, Qt or VTK. Arrays are KJI-ordered
+(``[k, j, i]``, as SimpleITK and Slicer return them).
+
+Console API::
+
+    import spatial_al
+    ranking = spatial_al.rank(image, "fixed_interval", budget=10)            # slices to annotate, best first
+    result = spatial_al.propagate(labels, annotated=[0, 10, 20], method="sdf", spacing=(10.0, 0.8, 0.8))
+    result.labels, result.confidence                                           # filled labels, per-slice confidence
+"""
+
+from .propagation import PROPAGATORS, PropagationResult, propagate
+from .selection import STRATEGIES, RankingResult, rank
+from .volume import Geometry, Segment, SliceStack, SliceStatus
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PROPAGATORS",
+    "STRATEGIES",
+    "Geometry",
+    "PropagationResult",
+    "RankingResult",
+    "Segment",
+    "SliceStack",
+    "SliceStatus",
+    "__version__",
+    "propagate",
+    "rank",
+]

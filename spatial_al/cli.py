@@ -1,0 +1,290 @@
+"""``spatial-al``: the command line, a thin layer over the backend functions.
+
+Slice indices and ``--axis`` refer to the volume array as read through SimpleITK, in KJI order: axis 0 runs along
+the third image index (K), which is the axial direction for most CT and MRI. ``--axis axial|coronal|sagittal`` picks
+the array axis closest to that direction from the file's geometry (the default is ``axial``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .io import file_suffix, load_stack, read_segmentation, write_segmentation
+from .io.segmentation import Segmentation, place_on_grid
+from .progress import OperationCancelled, TqdmProgress
+from .provenance import Timer, run_record, write_json
+from .volume import GeometryMismatchError, parse_slice_list
+
+AXIS_CHOICES = ["0", "1", "2", "axial", "coronal", "sagittal"]
+
+
+class CommandLineError(ValueError):
+    """A problem with what was asked on the command line."""
+
+
+def parse_options(pairs: Sequence[str]) -> dict[str, Any]:
+    """``["interval=10", "tip_fraction=0.4"]`` -> ``{"interval": 10, "tip_fraction": 0.4}``."""
+    options = {}
+    for pair in pairs:
+        key, separator, value = pair.partition("=")
+        if not separator or not key:
+            raise CommandLineError(f"--option {pair!r}: write it as KEY=VALUE, e.g. --option interval=10.")
+        try:
+            options[key.strip()] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            options[key.strip()] = value
+    return options
+
+
+def run_record_path(output: Path) -> Path:
+    """``out.seg.nrrd`` -> ``out.run.json`` (the record of the run that wrote ``output``)."""
+    name = output.name
+    suffix = file_suffix(output)
+    return output.with_name((name[: -len(suffix)] if suffix else name) + ".run.json")
+
+
+def refuse_overwriting_inputs(output: Path, inputs: Sequence[str | Path | None]) -> None:
+    for path in inputs:
+        if path is not None and Path(path).exists() and output.resolve() == Path(path).resolve():
+            raise CommandLineError(f"--output {str(output)!r} is an input file; choose another path so it is kept.")
+
+
+def recorded_annotated_slices(segmentation: Segmentation, axis: int) -> list[int] | None:
+    """Annotated slices recorded in the segments' tags along ``axis`` (their union), or None if none are."""
+    from .annotation_record import SliceRecord
+
+    records = [SliceRecord.from_tags(s.tags) for s in segmentation.segments]
+    found = [r for r in records if r is not None and r.slice_axis == axis]
+    if not found:
+        return None
+    return sorted(set().union(*(r.annotated for r in found)))
+
+
+def resolve_annotated(args: argparse.Namespace, segmentation: Segmentation | None, axis: int) -> list[int]:
+    if args.annotated is not None:
+        try:
+            return parse_slice_list(args.annotated)
+        except ValueError as error:
+            raise CommandLineError(f"--annotated: {error}") from None
+    recorded = recorded_annotated_slices(segmentation, axis) if segmentation is not None else None
+    if recorded is not None:
+        print(f"Annotated slices recorded in the segmentation: {recorded}", file=sys.stderr)
+        return recorded
+    return []
+
+
+def command_rank(args: argparse.Namespace) -> None:
+    from .selection import rank
+
+    output = Path(args.output)
+    refuse_overwriting_inputs(output, [args.image, args.labels])
+    timer = Timer()
+    with timer("load"):
+        stack = load_stack(args.image, args.labels, slice_axis=args.axis, channel=args.channel)
+    segmentation = Segmentation(stack.label_layers, stack.segments, stack.geometry) if args.labels else None
+    annotated = resolve_annotated(args, segmentation, stack.slice_axis)
+    options = parse_options(args.option)
+    labels = stack.label_layers[0] if args.labels else None
+    with timer("rank"), TqdmProgress("ranking", disable=args.quiet) as bar:
+        ranking = rank(
+            stack.image,
+            args.strategy,
+            args.budget,
+            labels=labels,
+            annotated=annotated,
+            axis=stack.slice_axis,
+            seed=args.seed,
+            progress=bar,
+            **options,
+        )
+    ranking.write_csv(output)
+    configuration = {**vars(args), "axis": stack.slice_axis, "annotated": annotated, "options": options}
+    configuration.pop("handler")
+    results = {"slices": ranking.slices, "scores": ranking.scores}
+    write_json(run_record_path(output), run_record("spatial-al rank", configuration, results, timer))
+    if not args.quiet:
+        print(f"rank  slice  score   ({args.strategy}, axis {stack.slice_axis}, {stack.n_slices} slices)")
+        for row in ranking:
+            print(f"{row.rank:4d}  {row.slice:5d}  {row.score:.4g}")
+    print(f"Wrote {output}")
+
+
+def command_propagate(args: argparse.Namespace) -> None:
+    from .session import annotation_only, propagate_segmentation
+
+    output = Path(args.output)
+    refuse_overwriting_inputs(output, [args.image, args.segmentation])
+    if file_suffix(output) not in (".seg.nrrd", ".nrrd", ".nii.gz", ".nii", ".mha"):
+        raise CommandLineError(f"--output {str(output)!r}: use .seg.nrrd, .nrrd, .nii.gz, .nii or .mha.")
+    timer = Timer()
+    with timer("load"):
+        stack = load_stack(args.image, slice_axis=args.axis, channel=args.channel)
+        segmentation = place_on_grid(read_segmentation(args.segmentation), stack.geometry)
+    axis = stack.slice_axis
+    annotated = resolve_annotated(args, segmentation, axis)
+    options = parse_options(args.option)
+    with timer("propagate"), TqdmProgress(f"propagating ({args.method})", disable=args.quiet) as bar:
+        propagation = propagate_segmentation(
+            annotation_only(segmentation, np.asarray(annotated, dtype=int), axis),
+            annotated,
+            args.method,
+            stack.image,
+            axis=axis,
+            progress=bar,
+            **options,
+        )
+    with timer("write"):
+        write_segmentation(output, propagation.segmentation)
+    unreached = np.setdiff1d(np.arange(stack.n_slices), np.union1d(propagation.annotated, propagation.propagated))
+    configuration = {**vars(args), "axis": axis, "annotated": annotated, "options": options}
+    configuration.pop("handler")
+    results = {
+        "annotated_slices": propagation.annotated,
+        "propagated_slices": propagation.propagated,
+        "unreached_slices": unreached,
+        "slice_confidence": [None if np.isnan(c) else round(float(c), 4) for c in propagation.confidence],
+    }
+    write_json(run_record_path(output), run_record("spatial-al propagate", configuration, results, timer))
+    if unreached.size:
+        print(
+            f"{unreached.size} slices lie outside the annotated range and were left empty: {unreached.tolist()}",
+            file=sys.stderr,
+        )
+    print(f"Wrote {output} ({propagation.propagated.size} slices propagated from {len(annotated)} annotated)")
+
+
+def command_demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    scene_writer = None
+    if not args.no_scene:
+        try:
+            from SpatialALSlicerLib.SessionScene import writeSessionScene
+        except ImportError as error:
+            print(
+                f"scene.mrb skipped: Slicer's MRML classes are not installed ({error}); "
+                "pip install 'slicer-core==5.11.0.*' to write it.",
+                file=sys.stderr,
+            )
+        else:
+            scene_writer = writeSessionScene
+    with TqdmProgress("propagating", disable=args.quiet) as bar:
+        report = run_demo(args.output, scene_writer=scene_writer, progress=bar)
+    results = report["results"]
+    print(
+        f"Demo: {len(results['annotated_slices'])} of {results['n_slices']} slices annotated, "
+        f"{len(results['propagated_slices'])} propagated. Dice on the non-annotated slices:"
+    )
+    methods = list(results["dice_on_non_annotated_slices"])
+    print(f"  {'segment':28s}" + "".join(f"{m:>10s}" for m in methods))
+    for segment in results["dice_on_non_annotated_slices"][methods[0]]:
+        cells = [results["dice_on_non_annotated_slices"][m][segment] for m in methods]
+        print(f"  {segment:28s}" + "".join(f"{'-' if c is None else f'{c:.3f}':>10s}" for c in cells))
+    print(f"Wrote {', '.join(results['files'].values())} and report.json into {args.output}/")
+
+
+def list_registry(registry) -> None:
+    width = max(len(name) for name in registry.names())
+    for entry in registry.entries():
+        print(f"{entry.name:{width}s}  {entry.summary}")
+
+
+def command_strategies(args: argparse.Namespace) -> None:
+    from .selection import STRATEGIES
+
+    list_registry(STRATEGIES)
+
+
+def command_methods(args: argparse.Namespace) -> None:
+    from .propagation import PROPAGATORS
+
+    list_registry(PROPAGATORS)
+
+
+def add_volume_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--axis",
+        default="axial",
+        choices=AXIS_CHOICES,
+        help="slice axis: array axis in KJI order (0 = K) or an anatomical plane (default: axial)",
+    )
+    parser.add_argument("--channel", type=int, default=None, help="channel of a 4D (multi-modal) image")
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of the strategy or method (repeatable), e.g. --option interval=10",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or table")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="spatial-al",
+        description="Which slices to annotate next, and pseudo-labels for the rest. " + __doc__.split("\n\n")[1],
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser("demo", help="annotation session on the built-in chest CT; writes files to look at")
+    demo.add_argument("--output", default="demo-output", help="output folder (default: demo-output)")
+    demo.add_argument("--no-scene", action="store_true", help="do not write the Slicer scene")
+    demo.add_argument("--quiet", action="store_true", help="no progress bar")
+    demo.set_defaults(handler=command_demo)
+
+    rank = commands.add_parser("rank", help="rank the slices to annotate next; writes rank,slice,score CSV")
+    rank.add_argument("image", help="scalar volume (.nrrd, .nii.gz, ...)")
+    rank.add_argument("--labels", help="segmentation (.seg.nrrd or label map) on the image grid")
+    rank.add_argument("--annotated", help="annotated slices, e.g. 0,10,20 or 0-5 (default: recorded in --labels)")
+    rank.add_argument("--strategy", required=True, help="strategy name (spatial-al strategies)")
+    rank.add_argument("--budget", required=True, type=int, help="number of slices to pick")
+    rank.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    rank.add_argument("--output", required=True, help="CSV file to write (columns rank,slice,score)")
+    add_volume_arguments(rank)
+    rank.set_defaults(handler=command_rank)
+
+    propagate = commands.add_parser(
+        "propagate", help="fill the slices between annotated slices; only annotated slices of SEG are read"
+    )
+    propagate.add_argument("image", help="scalar volume (.nrrd, .nii.gz, ...)")
+    propagate.add_argument("segmentation", help="segmentation (.seg.nrrd or label map) holding the annotated slices")
+    propagate.add_argument("--annotated", help="annotated slices, e.g. 0,10,20 (default: recorded in SEG)")
+    propagate.add_argument("--method", default="sdf", help="propagation method (spatial-al methods; default sdf)")
+    propagate.add_argument("--output", required=True, help="output .seg.nrrd, .nrrd or .nii.gz (never an input)")
+    add_volume_arguments(propagate)
+    propagate.set_defaults(handler=command_propagate)
+
+    strategies = commands.add_parser("strategies", help="list the query strategies")
+    strategies.set_defaults(handler=command_strategies)
+    methods = commands.add_parser("methods", help="list the propagation methods")
+    methods.set_defaults(handler=command_methods)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.handler(args)
+    except OperationCancelled as error:
+        print(f"spatial-al: {error}", file=sys.stderr)
+        return 130
+    except (ValueError, KeyError, FileNotFoundError, GeometryMismatchError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"spatial-al {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

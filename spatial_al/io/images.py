@@ -1,0 +1,100 @@
+"""Scalar volumes and label maps from and to image files (NRRD, NIfTI, MetaImage, ...) through SimpleITK.
+
+Arrays are KJI-ordered (``SimpleITK.GetArrayFromImage`` order); geometry is returned as a :class:`Geometry`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..volume import Geometry, check_scalar_volume
+
+LABEL_MAP_SUFFIXES = (".nrrd", ".nii.gz", ".nii", ".mha", ".mhd")
+
+
+def file_suffix(path: str | Path) -> str:
+    """Lower-case suffix including double suffixes that matter here (".seg.nrrd", ".nii.gz")."""
+    name = Path(path).name.lower()
+    for double in (".seg.nrrd", ".nii.gz"):
+        if name.endswith(double):
+            return double
+    return Path(name).suffix
+
+
+def require_file(path: str | Path, what: str = "file") -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"The {what} {str(path)!r} does not exist (or is not a file).")
+    return path
+
+
+def read_sitk_image(path: str | Path, what: str = "image") -> sitk.Image:
+    """Read any image SimpleITK reads; an unreadable file raises ValueError naming the file and the cause."""
+    path = require_file(path, what)
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        cause = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown format"
+        raise ValueError(
+            f"Could not read the {what} {str(path)!r}: {cause}. Expected a volume file SimpleITK can read "
+            "(.nrrd, .nii, .nii.gz, .mha, ...)."
+        ) from None
+
+
+def geometry_of(image: sitk.Image) -> Geometry:
+    """The :class:`Geometry` of a 3D SimpleITK image (KJI shape)."""
+    return Geometry(image.GetSize()[::-1], image.GetSpacing(), image.GetOrigin(), image.GetDirection())
+
+
+def to_sitk_image(array: np.ndarray, geometry: Geometry) -> sitk.Image:
+    """A SimpleITK image from a KJI array on ``geometry``."""
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array))
+    image.SetSpacing(geometry.spacing)
+    image.SetOrigin(geometry.origin)
+    image.SetDirection(geometry.direction)
+    return image
+
+
+def read_volume(path: str | Path, channel: int | None = None, what: str = "image") -> tuple[np.ndarray, Geometry]:
+    """Read a 3D scalar volume.
+
+    Args:
+        path: volume file.
+        channel: for a 4D file (several channels or time points, e.g. MSD BraTS), which 3D volume to take.
+        what: how the file is named in error messages.
+
+    Returns:
+        The voxel array, shape (K, J, I), and its geometry.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: unreadable file, 2D image, RGB/vector image, or 4D image without ``channel``.
+    """
+    image = read_sitk_image(path, what)
+    if image.GetDimension() == 4:
+        size = image.GetSize()
+        if channel is None:
+            raise ValueError(
+                f"The {what} {str(path)!r} is 4D ({size[3]} channels or time points of size {size[:3]}). "
+                f"Choose one with channel=0..{size[3] - 1} (--channel on the command line)."
+            )
+        if not 0 <= channel < size[3]:
+            raise ValueError(f"channel={channel} is out of range: {str(path)!r} has {size[3]} channels.")
+        image = sitk.Extract(image, (*size[:3], 0), (0, 0, 0, channel))
+    array = sitk.GetArrayFromImage(image)
+    try:
+        check_scalar_volume(array, what)
+    except ValueError as error:
+        raise ValueError(f"{error} (file {str(path)!r})") from None
+    return array, geometry_of(image)
+
+
+def write_volume(path: str | Path, array: np.ndarray, geometry: Geometry, compress: bool = True) -> Path:
+    """Write a KJI array on ``geometry`` to any format SimpleITK writes (chosen by the file suffix)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(to_sitk_image(array, geometry), str(path), useCompression=compress)
+    return path

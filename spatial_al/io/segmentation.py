@@ -1,0 +1,225 @@
+"""Segmentations from and to files: Slicer's ``.seg.nrrd`` (through ``slicerio``) and plain label maps.
+
+In memory a segmentation is ``label_layers`` of shape (L, K, J, I) plus a :class:`Segment` per structure, as
+Slicer stores it: each segment is a label value in one layer, and segments overlap only across layers.
+A ``.seg.nrrd`` keeps segment names, IDs, colours, label values, layers, tags and geometry; a label map file
+(``.nrrd``, ``.nii.gz``, ...) keeps label values and geometry and can hold one layer only.
+"""
+
+from __future__ import annotations
+
+import colorsys
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..volume import Geometry, GeometryMismatchError, Segment, check_label_dtype
+from .images import file_suffix, geometry_of, read_sitk_image, require_file, to_sitk_image
+
+SEGMENT_TAG_FORBIDDEN = "|"  # separates tags in the .seg.nrrd header
+
+
+@dataclass
+class Segmentation:
+    """Segments on a voxel grid.
+
+    Attributes:
+        label_layers: shape (L, K, J, I), integer label values.
+        segments: one entry per structure (label value + layer).
+        geometry: the voxel grid of ``label_layers``.
+    """
+
+    label_layers: np.ndarray
+    segments: tuple[Segment, ...]
+    geometry: Geometry
+
+    def __post_init__(self):
+        if self.label_layers.ndim == 3:
+            self.label_layers = self.label_layers[np.newaxis]
+        check_label_dtype(self.label_layers)
+        self.segments = tuple(self.segments)
+
+    def label_map(self) -> np.ndarray:
+        """The single label map (K, J, I); raises ValueError when segments overlap (several layers)."""
+        if self.label_layers.shape[0] != 1:
+            raise ValueError(
+                f"The segmentation has {self.label_layers.shape[0]} layers of overlapping segments, which one "
+                "label map cannot hold. Write it as .seg.nrrd, or remove the overlaps first."
+            )
+        return self.label_layers[0]
+
+
+def default_color(index: int) -> tuple[float, float, float]:
+    """A distinct, saturated RGB colour for the ``index``-th segment (golden-ratio hue steps)."""
+    return colorsys.hsv_to_rgb((0.13 + index * 0.618034) % 1.0, 0.75, 0.95)
+
+
+def segment_color(segments: Sequence[Segment], index: int) -> tuple[float, float, float]:
+    color = segments[index].color
+    return tuple(color) if color is not None else default_color(index)  # type: ignore[return-value]
+
+
+def is_seg_nrrd(path: str | Path) -> bool:
+    """True for a Slicer segmentation file (by suffix, or a .nrrd whose header has Segment fields)."""
+    suffix = file_suffix(path)
+    if suffix == ".seg.nrrd":
+        return True
+    if suffix != ".nrrd":
+        return False
+    import nrrd
+
+    try:
+        header = nrrd.read_header(str(path))
+    except Exception:  # not a readable NRRD header: the image reader will report it
+        return False
+    return any(key.startswith("Segment0_") for key in header)
+
+
+def read_segmentation(path: str | Path, segment_names: dict[int, str] | None = None) -> Segmentation:
+    """Read a ``.seg.nrrd`` or a label map file.
+
+    Args:
+        path: ``.seg.nrrd`` (segments with names, colours, layers, tags) or a label map (.nrrd, .nii.gz, ...),
+            whose non-zero values each become a segment.
+        segment_names: names of label values for label map files (e.g. from an MSD dataset.json).
+
+    Raises:
+        FileNotFoundError, ValueError: missing or unreadable file, or not a label map.
+    """
+    path = require_file(path, "segmentation")
+    if is_seg_nrrd(path):
+        return _read_seg_nrrd(path)
+    image = read_sitk_image(path, "segmentation")
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise ValueError(f"The segmentation {str(path)!r} is not a 3D label map (size {image.GetSize()}).")
+    labels = sitk.GetArrayFromImage(image)
+    try:
+        check_label_dtype(labels)
+    except ValueError as error:
+        raise ValueError(f"{error} (file {str(path)!r})") from None
+    values = sorted(set(np.unique(labels).tolist()) - {0})
+    names = segment_names or {}
+    segments = tuple(
+        Segment(name=names.get(int(v), f"Segment_{int(v)}"), label_value=int(v), color=default_color(n))
+        for n, v in enumerate(values)
+    )
+    return Segmentation(labels, segments, geometry_of(image))
+
+
+def _read_seg_nrrd(path: Path) -> Segmentation:
+    import slicerio
+
+    try:
+        data = slicerio.read_segmentation(str(path))
+    except Exception as error:
+        raise ValueError(f"Could not read the segmentation {str(path)!r}: {error}") from None
+    voxels = np.asarray(data["voxels"])  # slicerio: (I, J, K) or (L, I, J, K)
+    layers_ijk = voxels if voxels.ndim == 4 else voxels[np.newaxis]
+    label_layers = np.ascontiguousarray(layers_ijk.transpose(0, 3, 2, 1))
+    geometry = Geometry.from_ijk_to_lps(data["ijkToLPS"], label_layers.shape[1:])
+    segments = tuple(
+        Segment(
+            name=info.get("name", info["id"]),
+            label_value=int(info.get("labelValue", 1)),
+            layer=int(info.get("layer", 0)),
+            color=tuple(info["color"]) if "color" in info else None,
+            segment_id=info["id"],
+            tags=dict(info.get("tags", {})),
+        )
+        for info in data.get("segments", [])
+    )
+    return Segmentation(label_layers, segments, geometry)
+
+
+def write_segmentation(path: str | Path, segmentation: Segmentation) -> Path:
+    """Write ``.seg.nrrd`` (all metadata) or a label map file (``.nrrd``, ``.nii.gz``, ``.nii``, ``.mha``).
+
+    A label map keeps the label values; it cannot hold overlapping segments (ValueError then).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = file_suffix(path)
+    if suffix == ".seg.nrrd":
+        return _write_seg_nrrd(path, segmentation)
+    if suffix not in (".nrrd", ".nii.gz", ".nii", ".mha", ".mhd"):
+        raise ValueError(f"Cannot write a segmentation to {str(path)!r}: use .seg.nrrd, .nrrd, .nii.gz or .mha.")
+    sitk.WriteImage(to_sitk_image(segmentation.label_map(), segmentation.geometry), str(path), useCompression=True)
+    return path
+
+
+def _write_seg_nrrd(path: Path, segmentation: Segmentation) -> Path:
+    import slicerio
+
+    layers = segmentation.label_layers
+    voxels_ijk = layers.transpose(0, 3, 2, 1)
+    segments = []
+    for index, segment in enumerate(segmentation.segments):
+        for key, value in segment.tags.items():
+            if SEGMENT_TAG_FORBIDDEN in f"{key}{value}" or ":" in key:
+                raise ValueError(f"Segment tag {key!r} of {segment.name!r} contains '|' (or ':' in its key).")
+        mask_ijk = voxels_ijk[segment.layer] == segment.label_value
+        if mask_ijk.any():
+            nonzero = np.nonzero(mask_ijk)
+            extent = [int(v) for axis in nonzero for v in (axis.min(), axis.max())]
+        else:
+            extent = [0, -1, 0, -1, 0, -1]
+        segments.append(
+            {
+                "id": segment.segment_id or f"Segment_{index + 1}",
+                "name": segment.name,
+                "color": list(segment_color(segmentation.segments, index)),
+                "labelValue": segment.label_value,
+                "layer": segment.layer,
+                "extent": extent,
+                "tags": dict(segment.tags),
+            }
+        )
+    dtype = np.uint8 if layers.max(initial=0) <= 255 else np.uint16
+    voxels = voxels_ijk.astype(dtype)
+    slicerio.write_segmentation(
+        str(path),
+        {
+            "voxels": voxels if voxels.shape[0] > 1 else voxels[0],
+            "ijkToLPS": segmentation.geometry.ijk_to_lps,
+            "segments": segments,
+            "containedRepresentationNames": ["Binary labelmap"],
+            "masterRepresentation": "Binary labelmap",
+            "referenceImageExtentOffset": [0, 0, 0],
+        },
+    )
+    return path
+
+
+def place_on_grid(segmentation: Segmentation, target: Geometry) -> Segmentation:
+    """The segmentation on the ``target`` grid.
+
+    A segmentation saved cropped to its segments' extent (Slicer may do this) shares spacing and direction with
+    its image and is offset by whole voxels: it is padded (or cropped) onto the target grid. Any other
+    difference raises :class:`GeometryMismatchError` saying what differs.
+    """
+    source = segmentation.geometry
+    if not source.differences(target):
+        return segmentation
+    if source.differences(replace(target, shape=source.shape, origin=source.origin)):
+        target.require_same_grid(source, what="segmentation")
+    offset_ijk = np.linalg.solve(target.ijk_to_lps[:3, :3], np.subtract(source.origin, target.origin))
+    if not np.allclose(offset_ijk, np.round(offset_ijk), atol=1e-3):
+        target.require_same_grid(source, what="segmentation")
+    offset_kji = np.round(offset_ijk[::-1]).astype(int)
+    placed = np.zeros((segmentation.label_layers.shape[0], *target.shape), dtype=segmentation.label_layers.dtype)
+    source_slices, target_slices = [], []
+    for axis in range(3):
+        start = offset_kji[axis]
+        lo, hi = max(start, 0), min(start + source.shape[axis], target.shape[axis])
+        if hi <= lo:
+            raise GeometryMismatchError("The segmentation lies entirely outside the image.")
+        target_slices.append(slice(lo, hi))
+        source_slices.append(slice(lo - start, hi - start))
+    cut = segmentation.label_layers[(slice(None), *source_slices)]
+    if np.count_nonzero(cut) != np.count_nonzero(segmentation.label_layers):
+        raise GeometryMismatchError("Part of the segmentation lies outside the image; nothing was cropped away.")
+    placed[(slice(None), *target_slices)] = cut
+    return Segmentation(placed, segmentation.segments, target)

@@ -1,0 +1,29 @@
+"""Overlap metrics on label maps.
+
+Dice is counted with numpy rather than MONAI's ``compute_dice``: the report and the propagation confidence need it
+on plain 2D/3D masks without importing torch; the tests check it against ``monai.metrics.compute_dice``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def dice(prediction: np.ndarray, reference: np.ndarray) -> float:
+    """Dice of two boolean masks of the same shape; 1.0 when both are empty (nothing to find, nothing found)."""
+    prediction, reference = np.asarray(prediction, bool), np.asarray(reference, bool)
+    if prediction.shape != reference.shape:
+        raise ValueError(f"Masks differ in shape: {prediction.shape} vs {reference.shape}.")
+    total = np.count_nonzero(prediction) + np.count_nonzero(reference)
+    if total == 0:
+        return 1.0
+    return 2.0 * np.count_nonzero(prediction & reference) / total
+
+
+def mean_label_dice(first: np.ndarray, second: np.ndarray) -> float:
+    """Mean Dice over the non-zero label values present in either label map; 1.0 when both are empty."""
+    values = np.union1d(np.unique(first), np.unique(second))
+    values = values[values != 0]
+    if values.size == 0:
+        return 1.0
+    return float(np.mean([dice(first == value, second == value) for value in values]))

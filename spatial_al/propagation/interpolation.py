@@ -1,0 +1,193 @@
+"""Interpolation between annotated slices: signed-distance (``sdf``) and ITK morphological contour (``contour``)."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from ..progress import ProgressReporter, check_cancelled, report
+from .base import PROPAGATORS, gaps, interpolation_confidence
+
+
+def signed_distance(mask: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    """Signed Euclidean distance of a 2D mask in mm: positive inside, negative outside, shape of ``mask``.
+
+    ``edt(mask) - edt(~mask)`` with pixel spacing ``spacing`` (rows, columns); the zero level lies between the last
+    inside and the first outside pixel centre. Outside the array counts as background, so a structure touching
+    the border has its boundary there.
+    """
+    padded = np.pad(mask, 1)
+    inside = ndimage.distance_transform_edt(padded, sampling=spacing)
+    outside = ndimage.distance_transform_edt(~padded, sampling=spacing)
+    return (inside - outside)[1:-1, 1:-1]
+
+
+def bounding_box(*masks: np.ndarray, margin: int = 1) -> tuple[slice, slice] | None:
+    """Rows and columns covering every True pixel of the 2D masks, grown by ``margin``; None if all are empty."""
+    union = np.logical_or.reduce(masks)
+    rows, columns = np.flatnonzero(union.any(axis=1)), np.flatnonzero(union.any(axis=0))
+    if rows.size == 0:
+        return None
+    height, width = union.shape
+    return (
+        slice(max(rows[0] - margin, 0), min(rows[-1] + margin + 1, height)),
+        slice(max(columns[0] - margin, 0), min(columns[-1] + margin + 1, width)),
+    )
+
+
+def tip_distance(distance: np.ndarray, mask: np.ndarray, shrink: float) -> np.ndarray:
+    """Signed distance of a structure shrunk towards its deepest points, for a structure seen on one side only.
+
+    Each connected component keeps the pixels deeper than ``shrink`` times its own maximal depth: 0 leaves it
+    as annotated, 1 leaves nothing. Shape and units of ``distance``.
+    """
+    components, count = ndimage.label(mask, structure=np.ones((3, 3)))
+    depth = np.asarray(ndimage.maximum(distance, components, index=np.arange(1, count + 1)))
+    depth_map = np.concatenate([[0.0], depth])[components]
+    return distance - shrink * depth_map
+
+
+@PROPAGATORS.register("sdf")
+def sdf_interpolation(
+    labels: np.ndarray,
+    annotated: np.ndarray,
+    spacing: np.ndarray,
+    image: np.ndarray | None = None,
+    progress: ProgressReporter | None = None,
+    *,
+    tip_fraction: float = 0.5,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Signed-distance interpolation between the nearest annotated slices on each side, per label, in mm.
+
+    For each label and each slice ``k`` between annotated slices ``a < k < b``, the signed distances (in mm,
+    in-plane spacing) of the label on ``a`` and ``b`` are blended linearly by position, ``t = (k - a) / (b - a)``,
+    and the label is set where the blend is positive. Where labels compete for a pixel, the one it lies deepest
+    in wins. Computation is cropped to each label's bounding box on the two slices.
+
+    A structure present on one side only (it starts or ends inside the gap) does not vanish at the annotated slice
+    where it is seen, nor appear full-size at the other: it shrinks towards its deepest point(s) and vanishes at
+    ``tip_fraction`` of the gap (0.5: the middle, the expected end when it is equally likely anywhere in the gap).
+    Slices before the first and after the last annotated slice are not filled (no extrapolation).
+
+    Keyword Args:
+        tip_fraction: where in the gap a one-sided structure vanishes, in (0, 1].
+    """
+    if not 0 < tip_fraction <= 1:
+        raise ValueError(f"tip_fraction must be in (0, 1], got {tip_fraction}.")
+    filled = np.zeros_like(labels)
+    depth = np.zeros(labels.shape, dtype=np.float32)  # signed distance of the winning label, > 0 where filled
+    in_plane = spacing[1:]
+    label_values = np.unique(labels[annotated])
+    label_values = label_values[label_values != 0]
+    gap_list = gaps(annotated)
+    for done, (a, b) in enumerate(gap_list):
+        report(progress, done, len(gap_list), f"slices {a}-{b}")
+        for value in label_values:
+            first, last = labels[a] == value, labels[b] == value
+            box = bounding_box(first, last)
+            if box is None:
+                continue
+            first, last = first[box], last[box]
+            distance_first = signed_distance(first, in_plane) if first.any() else None
+            distance_last = signed_distance(last, in_plane) if last.any() else None
+            for k in range(a + 1, b):
+                t = (k - a) / (b - a)
+                if distance_first is not None and distance_last is not None:
+                    blend = (1 - t) * distance_first + t * distance_last
+                elif distance_first is not None:
+                    blend = tip_distance(distance_first, first, t / tip_fraction)
+                else:
+                    blend = tip_distance(distance_last, last, (1 - t) / tip_fraction)
+                winner = blend > depth[k][box]
+                filled[k][box][winner] = value
+                depth[k][box][winner] = blend[winner]
+    report(progress, len(gap_list), len(gap_list), "done")
+    return filled, interpolation_confidence(labels, annotated)
+
+
+@PROPAGATORS.register("contour")
+def contour_interpolation(
+    labels: np.ndarray,
+    annotated: np.ndarray,
+    spacing: np.ndarray,
+    image: np.ndarray | None = None,
+    progress: ProgressReporter | None = None,
+    *,
+    use_distance_transform: bool = True,
+    use_ball_structuring_element: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """ITK morphological contour interpolation, the filter behind Slicer's "Fill between slices" effect.
+
+    Runs ``itk.MorphologicalContourInterpolator`` (Zukić et al., 2016) on each gap between consecutive annotated
+    slices, cropped to the labels of its two ends, so an empty annotated slice stays a boundary. A structure
+    present on one side of a gap only is not continued into it (the filter needs it on both sides).
+
+    ITK Python runs in a worker process (``itk_contour_worker.py``): once SimpleITK has read an image, loading ITK
+    Python's modules into the same process makes SimpleITK's exit handler crash the interpreter (a dlclose of a
+    factory handle at exit, seen with SimpleITK 2.5 and ITK 5.4). Each call pays ITK's module loading (about 10 s).
+
+    Keyword Args:
+        use_distance_transform: the filter's median-contour algorithm (True, its default) or repeated dilation.
+        use_ball_structuring_element: ball instead of cross structuring element for the dilations.
+    """
+    filled = np.zeros_like(labels)
+    work_type = np.uint8 if labels.max(initial=0) <= 255 else np.uint16
+    jobs = []
+    for a, b in gaps(annotated):
+        box = bounding_box(labels[a] != 0, labels[b] != 0)
+        if box is not None:
+            slab = np.zeros((b - a + 1, *labels[a][box].shape), dtype=work_type)
+            slab[0], slab[-1] = labels[a][box], labels[b][box]
+            jobs.append((a, b, box, slab))
+    if jobs:
+        results = run_contour_worker(
+            [slab for *_, slab in jobs], (use_distance_transform, use_ball_structuring_element), progress
+        )
+        for (a, b, box, _), result in zip(jobs, results, strict=True):
+            filled[a + 1 : b][(slice(None), *box)] = result[1:-1]
+    return filled, interpolation_confidence(labels, annotated)
+
+
+def run_contour_worker(slabs: list[np.ndarray], options: tuple[bool, bool], progress: ProgressReporter | None):
+    """Interpolate slabs in ``itk_contour_worker.py`` (a child process); reports each slab, kills it on cancel."""
+    import queue
+    import subprocess
+    import sys
+    import tempfile
+    import threading
+    from pathlib import Path
+
+    worker = Path(__file__).with_name("itk_contour_worker.py")
+    with tempfile.TemporaryDirectory(prefix="spatial_al_contour_") as folder:
+        source, destination = Path(folder) / "slabs.npz", Path(folder) / "results.npz"
+        errors = Path(folder) / "stderr.txt"
+        np.savez(source, options=np.array(options), **{f"slab_{i}": slab for i, slab in enumerate(slabs)})
+        with errors.open("w") as error_file:
+            process = subprocess.Popen(
+                [sys.executable, str(worker), str(source), str(destination)],
+                stdout=subprocess.PIPE,
+                stderr=error_file,
+                text=True,
+            )
+        finished: queue.Queue[str] = queue.Queue()
+        reader = threading.Thread(target=lambda: [finished.put(line) for line in process.stdout], daemon=True)
+        reader.start()
+        done = 0
+        try:
+            report(progress, 0, len(slabs), "loading ITK")
+            while process.poll() is None or not finished.empty():
+                try:
+                    finished.get(timeout=0.2)
+                    done += 1
+                    report(progress, done, len(slabs), f"{done} of {len(slabs)} gaps")
+                except queue.Empty:
+                    check_cancelled(progress)
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+            reader.join()
+        if process.returncode != 0:
+            raise RuntimeError(f"ITK contour interpolation failed:\n{errors.read_text()[-2000:]}")
+        with np.load(destination) as outputs:
+            return [outputs[f"result_{i}"] for i in range(len(slabs))]

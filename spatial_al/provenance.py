@@ -1,0 +1,93 @@
+"""What every run writes beside its results: resolved configuration, seed, versions, platform, timings."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PACKAGES = (
+    "spatial-active-learning",
+    "numpy",
+    "scipy",
+    "SimpleITK",
+    "itk-morphologicalcontourinterpolation",
+    "scikit-image",
+    "slicerio",
+    "torch",
+    "monai",
+    "slicer-core",
+)
+
+
+def package_versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
+    """Installed version of each distribution (None when absent), read without importing it."""
+    versions = {}
+    for name in packages:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def environment() -> dict[str, Any]:
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "versions": package_versions(),
+    }
+
+
+class Timer:
+    """Wall-clock seconds of named steps: ``with timer("propagate"): ...``; ``timer.seconds`` maps name -> s."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, step: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[step] = round(self.seconds.get(step, 0.0) + time.perf_counter() - start, 4)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def write_json(path: str | Path, content: dict[str, Any]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(content, indent=2, default=_json_default, allow_nan=False) + "\n")
+    return path
+
+
+def run_record(command: str, configuration: dict[str, Any], results: dict[str, Any], timer: Timer) -> dict[str, Any]:
+    """The JSON-ready record of one run."""
+    return {
+        "command": command,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "configuration": configuration,
+        "results": results,
+        "seconds": timer.seconds,
+        "environment": environment(),
+    }

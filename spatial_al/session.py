@@ -1,0 +1,164 @@
+"""Propagation applied to a whole segmentation: every segment, every layer, without losing a person's work."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from .annotation_record import merge_pseudo_labels
+from .io.segmentation import Segmentation
+from .progress import ProgressReporter
+from .propagation import PropagationResult, propagate
+from .volume import Segment, normalize_slice_indices
+
+
+@dataclass
+class LayerPropagation:
+    """Every segment of a segmentation propagated from the annotated slices (nothing merged yet).
+
+    Attributes:
+        pseudo_masks: segment identifier -> propagated bool mask (K, J, I); annotated slices as annotated.
+        confidence: per-slice confidence along the slice axis, shape (n_slices,); the least confident layer counts,
+            NaN where nothing was propagated.
+        annotated: annotated slice indices.
+        propagated: slice indices that received pseudo-labels.
+        layer_results: the propagation result of each label layer.
+    """
+
+    pseudo_masks: dict[str, np.ndarray]
+    confidence: np.ndarray
+    annotated: np.ndarray
+    propagated: np.ndarray
+    layer_results: list[PropagationResult]
+
+
+@dataclass
+class SegmentationPropagation:
+    """What :func:`propagate_segmentation` returns.
+
+    Attributes:
+        segmentation: the segmentation with pseudo-labels merged in and each segment's slice record in its tags.
+        confidence: per-slice confidence along the slice axis, shape (n_slices,) (NaN where nothing was propagated).
+        annotated: annotated slice indices.
+        propagated: slice indices that received pseudo-labels (in at least one segment).
+        kept_edited: segment name -> slices left untouched because a person drew there.
+    """
+
+    segmentation: Segmentation
+    confidence: np.ndarray
+    annotated: np.ndarray
+    propagated: np.ndarray
+    kept_edited: dict[str, tuple[int, ...]]
+
+
+def assemble_layers(segments: Sequence[Segment], masks: Sequence[np.ndarray]) -> tuple[np.ndarray, tuple[Segment, ...]]:
+    """Pack boolean segment masks (K, J, I) into label layers (L, K, J, I) the way Slicer shares labelmaps.
+
+    A segment keeps its layer and label value unless it would overlap a segment already placed there; it then moves
+    to the first layer where it overlaps nothing (a new one if needed). No voxel of any segment is lost.
+    """
+    shape = masks[0].shape if masks else (0, 0, 0)
+    layers: list[np.ndarray] = []
+    placed: list[Segment] = []
+    max_value = max((s.label_value for s in segments), default=1)
+    dtype = np.uint8 if max_value < 255 else np.uint16
+    for segment, mask in zip(segments, masks, strict=True):
+        preferred = [segment.layer] + [i for i in range(len(layers)) if i != segment.layer]
+        for layer_index in preferred:
+            while layer_index >= len(layers):
+                layers.append(np.zeros(shape, dtype=dtype))
+            layer = layers[layer_index]
+            if layer[mask].any():
+                continue
+            used = {s.label_value for s in placed if s.layer == layer_index}
+            value = segment.label_value if segment.label_value not in used else max(used | {0}) + 1
+            layer[mask] = value
+            placed.append(replace(segment, layer=layer_index, label_value=value))
+            break
+        else:
+            layers.append(np.zeros(shape, dtype=dtype))
+            layers[-1][mask] = segment.label_value
+            placed.append(replace(segment, layer=len(layers) - 1))
+    used_layers = sorted({s.layer for s in placed}) or [0]
+    renumber = {old: new for new, old in enumerate(used_layers)}
+    stacked = np.stack([layers[i] for i in used_layers]) if layers else np.zeros((1, *shape), dtype=dtype)
+    return stacked, tuple(replace(s, layer=renumber[s.layer]) for s in placed)
+
+
+def annotation_only(segmentation: Segmentation, annotated: np.ndarray, axis: int) -> Segmentation:
+    """The segmentation with every slice but the annotated ones emptied (what a person drew, for a simulation)."""
+    kept = np.zeros_like(segmentation.label_layers)
+    index: list[slice | np.ndarray] = [slice(None)] * 4
+    index[1 + axis] = np.asarray(annotated)
+    kept[tuple(index)] = segmentation.label_layers[tuple(index)]
+    return Segmentation(kept, segmentation.segments, segmentation.geometry)
+
+
+def propagate_layers(
+    segmentation: Segmentation,
+    annotated: Iterable[int],
+    method: str = "sdf",
+    image: np.ndarray | None = None,
+    axis: int = 0,
+    progress: ProgressReporter | None = None,
+    **options,
+) -> LayerPropagation:
+    """Propagate every layer of a segmentation from its annotated slices (arrays KJI, spacing from its geometry)."""
+    layers = segmentation.label_layers
+    annotated_slices = normalize_slice_indices(annotated, layers.shape[1 + axis])
+    spacing = segmentation.geometry.array_spacing
+    results = [
+        propagate(layer, annotated_slices, method, image, spacing, axis, progress, **options) for layer in layers
+    ]
+    # The least confident layer speaks for the slice; fmin skips NaN (a layer with nothing there).
+    confidence = np.fmin.reduce(np.stack([r.confidence for r in results]), axis=0)
+    propagated = np.setdiff1d(np.flatnonzero(~np.isnan(confidence)), annotated_slices)
+    pseudo_masks = {
+        segment.identifier: results[segment.layer].labels == segment.label_value for segment in segmentation.segments
+    }
+    return LayerPropagation(pseudo_masks, confidence, annotated_slices, propagated, results)
+
+
+def propagate_segmentation(
+    segmentation: Segmentation,
+    annotated: Iterable[int],
+    method: str = "sdf",
+    image: np.ndarray | None = None,
+    axis: int = 0,
+    progress: ProgressReporter | None = None,
+    **options,
+) -> SegmentationPropagation:
+    """Propagate every segment from the annotated slices and merge the pseudo-labels into the segmentation.
+
+    Pseudo-labels are written only where they lose nothing (see
+    :func:`spatial_al.annotation_record.merge_pseudo_labels`); each segment's tags record the annotated and
+    propagated slices. Arrays are KJI; ``axis`` is the slice axis; spacing comes from the segmentation's geometry.
+    """
+    layers = segmentation.label_layers
+    propagation = propagate_layers(segmentation, annotated, method, image, axis, progress, **options)
+    masks, segments, kept = [], [], {}
+    for segment in segmentation.segments:
+        merged = merge_pseudo_labels(
+            current=layers[segment.layer] == segment.label_value,
+            pseudo=propagation.pseudo_masks[segment.identifier],
+            annotated=propagation.annotated,
+            propagated=propagation.propagated,
+            confidence=propagation.confidence,
+            previous_tags=segment.tags,
+            slice_axis=axis,
+            method=method,
+        )
+        masks.append(merged.mask)
+        segments.append(replace(segment, tags={**segment.tags, **merged.record.to_tags()}))
+        if merged.kept_edited:
+            kept[segment.name] = merged.kept_edited
+    label_layers, placed = assemble_layers(segments, masks)
+    return SegmentationPropagation(
+        Segmentation(label_layers, placed, segmentation.geometry),
+        propagation.confidence,
+        propagation.annotated,
+        propagation.propagated,
+        kept,
+    )
