@@ -3,8 +3,6 @@ import os
 import sys
 from typing import Annotated
 
-import vtk
-
 import slicer
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
 from slicer.i18n import tr as _
@@ -17,6 +15,8 @@ from slicer.util import VTKObservationMixin
 _SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if os.path.isdir(os.path.join(_SOURCE_ROOT, "spatial_al")) and _SOURCE_ROOT not in sys.path:
     sys.path.append(_SOURCE_ROOT)
+
+from SpatialALSlicerLib.ModuleWidget import SessionWidgetMixin  # noqa: E402  (after the path is set)
 
 SLICE_PLANES = ["axial", "coronal", "sagittal"]
 BUDGET_UNITS = ["slices", "percent"]
@@ -75,16 +75,13 @@ class ActiveSliceSelectorParameterNode:
 #
 
 
-class ActiveSliceSelectorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class ActiveSliceSelectorWidget(SessionWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
     """The panel: wires the .ui to the Logic; every computation is in the Logic."""
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
-        self._progress = None
         self._currentSlice = None
 
     def setup(self) -> None:
@@ -95,117 +92,58 @@ class ActiveSliceSelectorWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = ActiveSliceSelectorLogic()
 
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-
         self.ui.rankButton.connect("clicked(bool)", self.onRankButton)
         self.ui.nextButton.connect("clicked(bool)", lambda: self.onStepQueriedSlice(+1))
         self.ui.previousButton.connect("clicked(bool)", lambda: self.onStepQueriedSlice(-1))
         self.ui.markAnnotatedButton.connect("clicked(bool)", self.onMarkAnnotated)
         self.ui.strategyComboBox.connect("currentTextChanged(QString)", self.onStrategyChanged)
-        self.ui.segmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.ui.segmentsTableView.setSegmentationNode)
         self.ui.nextButton.setShortcut("Ctrl+]")
         self.ui.previousButton.setShortcut("Ctrl+[")
+        self.startSession()
 
-        self.initializeParameterNode()
-
-    def cleanup(self) -> None:
-        self.removeObservers()
-
-    def enter(self) -> None:
-        self.initializeParameterNode()
-        self.populateStrategies()
-
-    def exit(self) -> None:
-        self.setParameterNode(None)
-
-    def onSceneStartClose(self, caller, event) -> None:
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
-    def initializeParameterNode(self) -> None:
-        self.setParameterNode(self.logic.getParameterNode())
-        if not self._parameterNode.inputVolume:
-            self._parameterNode.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-        if not self._parameterNode.segmentation:
-            self._parameterNode.segmentation = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSegmentationNode")
-
-    def setParameterNode(self, inputParameterNode) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGUI)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGUI)
-            self._updateGUI()
-
-    def populateStrategies(self) -> None:
-        """Fill the strategy list from the backend registry (after installing dependencies if needed)."""
-        if self.ui.strategyComboBox.count:
-            return
-        from SpatialALSlicerLib.Dependencies import ensureDependencies
-
-        with slicer.util.tryWithErrorDisplay(_("Failed to install dependencies."), waitCursor=True):
-            if not ensureDependencies():
-                return
-            for name, summary in self.logic.strategies():
-                self.ui.strategyComboBox.addItem(name)
-                self.ui.strategyComboBox.setItemData(self.ui.strategyComboBox.count - 1, summary, 3)  # ToolTipRole
-            self.ui.strategyComboBox.setCurrentText(self._parameterNode.strategy)
+    def populateChoices(self) -> None:
+        self.fillChoices(self.ui.strategyComboBox, self.logic.strategies, self._parameterNode.strategy)
 
     def onStrategyChanged(self, name) -> None:
         if self._parameterNode and name:
             self._parameterNode.strategy = name
-            index = self.ui.strategyComboBox.currentIndex
-            self.ui.strategyHelpLabel.text = self.ui.strategyComboBox.itemData(index, 3) or ""
+            self.ui.strategyHelpLabel.text = self.choiceHelp(self.ui.strategyComboBox)
 
-    def _updateGUI(self, caller=None, event=None) -> None:
+    def updateGUIFromParameterNode(self, caller=None, event=None) -> None:
         node = self._parameterNode
         ready = bool(node and node.inputVolume and node.segmentation)
-        if self._progress is None:
+        if not self.isRunning:
             self.ui.rankButton.text = _("Rank slices")
             self.ui.rankButton.enabled = ready
-            self.ui.rankButton.toolTip = _("Rank the slices to annotate next") if ready else _(
-                "Select a volume and a segmentation"
+            self.ui.rankButton.toolTip = (
+                _("Rank the slices to annotate next") if ready else _("Select a volume and a segmentation")
             )
         hasRanking = bool(node and node.queriedSlices)
         self.ui.queriedSlicesTableView.setMRMLTableNode(node.queriedSlices if hasRanking else None)
         for button in (self.ui.nextButton, self.ui.previousButton, self.ui.markAnnotatedButton):
-            button.enabled = hasRanking and self._progress is None
+            button.enabled = hasRanking and not self.isRunning
 
     def onRankButton(self) -> None:
-        if self._progress is not None:  # the button reads "Cancel" while ranking
-            self._progress.requestCancel()
-            return
-        from SpatialALSlicerLib.GuiProgress import GuiProgress
-
         node = self._parameterNode
-        self._progress = GuiProgress(self.ui.progressBar)
-        self.ui.rankButton.text = _("Cancel")
-        try:
-            with slicer.util.tryWithErrorDisplay(_("Ranking failed."), waitCursor=True):
-                ranking, tableNode = self.logic.rankSlices(
-                    node.inputVolume,
-                    node.segmentation,
-                    self.ui.segmentsTableView.selectedSegmentIDs() or None,
-                    node.strategy,
-                    self.logic.budgetInSlices(node.inputVolume, node.sliceAxis, node.budget, node.budgetUnit),
-                    sliceAxis=node.sliceAxis,
-                    seed=node.seed,
-                    tableNode=node.queriedSlices,
-                    progress=self._progress,
-                )
-                node.queriedSlices = tableNode
-                self._currentSlice = None
-                self.ui.statusLabel.text = _("{count} slices to annotate, best first.").format(count=len(ranking))
-                self.onStepQueriedSlice(+1)
-        finally:
-            self._progress = None
-            self._updateGUI()
+
+        def rank(progress):
+            ranking, tableNode = self.logic.rankSlices(
+                node.inputVolume,
+                node.segmentation,
+                self.selectedSegmentIds(),
+                node.strategy,
+                self.logic.budgetInSlices(node.inputVolume, node.sliceAxis, node.budget, node.budgetUnit),
+                sliceAxis=node.sliceAxis,
+                seed=node.seed,
+                tableNode=node.queriedSlices,
+                progress=progress,
+            )
+            node.queriedSlices = tableNode
+            self._currentSlice = None
+            self.ui.statusLabel.text = _("{count} slices to annotate, best first.").format(count=len(ranking))
+            self.onStepQueriedSlice(+1)
+
+        self.runCancellable(self.ui.rankButton, _("Ranking failed."), rank)
 
     def onStepQueriedSlice(self, direction) -> None:
         node = self._parameterNode
@@ -225,7 +163,7 @@ class ActiveSliceSelectorWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             self.logic.markAnnotated(
                 node.inputVolume,
                 node.segmentation,
-                self.ui.segmentsTableView.selectedSegmentIDs() or None,
+                self.selectedSegmentIds(),
                 [self._currentSlice],
                 node.sliceAxis,
                 node.queriedSlices,
@@ -389,8 +327,8 @@ class ActiveSliceSelectorTest(ScriptedLoadableModuleTest):
     def test_RankMarkAndStep(self):
         import numpy as np
 
-        from SpatialALSlicerLib import MRMLAdapter
         from spatial_al.volume import Geometry
+        from SpatialALSlicerLib import MRMLAdapter
 
         self.delayDisplay("Ranking the slices of a synthetic volume")
         geometry = Geometry((20, 16, 12), spacing=(0.8, 0.8, 2.5))

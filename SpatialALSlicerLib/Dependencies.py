@@ -30,7 +30,10 @@ TORCH_REQUIREMENT = ">=2.2"
 
 def requirementsPath():
     here = os.path.dirname(os.path.abspath(__file__))
-    for candidate in (os.path.join(here, "requirements.txt"), os.path.join(here, "..", "Resources", "requirements.txt")):
+    for candidate in (
+        os.path.join(here, "requirements.txt"),
+        os.path.join(here, "..", "Resources", "requirements.txt"),
+    ):
         if os.path.isfile(candidate):
             return os.path.normpath(candidate)
     raise FileNotFoundError("requirements.txt of SpatialActiveLearning is missing; reinstall the extension.")

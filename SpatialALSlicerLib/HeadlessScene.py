@@ -6,6 +6,9 @@ adapter needs, and the three default slice views (Red, Yellow, Green).
 """
 
 import contextlib
+import tempfile
+import zipfile
+from pathlib import Path
 
 import slicer
 import vtk
@@ -88,14 +91,26 @@ def saveSceneBundle(scene, path):
 
 
 def loadSceneBundle(path):
-    """A new :class:`HeadlessScene` holding the scene of an ``.mrb`` (or ``.mrml``) file."""
+    """A new :class:`HeadlessScene` holding the scene of an ``.mrb`` (or ``.mrml``) file.
+
+    A bundle is unpacked into a temporary folder and its ``.mrml`` imported (``vtkMRMLScene.ReadFromMRB`` needs the
+    application's remote-data cache, which a headless scene does not have).
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".mrb":
+        return _importScene(path)
+    with tempfile.TemporaryDirectory(prefix="spatial_al_mrb_") as folder:
+        with zipfile.ZipFile(path) as bundle:
+            bundle.extractall(folder)
+        scenes = sorted(Path(folder).rglob("*.mrml"))
+        if not scenes:
+            raise OSError(f"{str(path)!r} holds no .mrml scene.")
+        return _importScene(scenes[0])
+
+
+def _importScene(mrmlPath):
     headless = HeadlessScene()
-    path = str(path)
-    if path.lower().endswith(".mrb"):
-        loaded = headless.scene.ReadFromMRB(path)
-    else:
-        headless.scene.SetURL(path)
-        loaded = headless.scene.Import()
-    if not loaded:
-        raise OSError(f"Slicer could not read the scene {path!r}.")
+    headless.scene.SetURL(str(mrmlPath))
+    if not headless.scene.Import():
+        raise OSError(f"Slicer could not read the scene {str(mrmlPath)!r}.")
     return headless

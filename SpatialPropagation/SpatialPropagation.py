@@ -4,8 +4,6 @@ import sys
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-import vtk
-
 import slicer
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
@@ -18,6 +16,8 @@ from slicer.util import VTKObservationMixin
 _SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if os.path.isdir(os.path.join(_SOURCE_ROOT, "spatial_al")) and _SOURCE_ROOT not in sys.path:
     sys.path.append(_SOURCE_ROOT)
+
+from SpatialALSlicerLib.ModuleWidget import SessionWidgetMixin  # noqa: E402  (after the path is set)
 
 SLICE_PLANES = ["axial", "coronal", "sagittal"]
 
@@ -71,16 +71,13 @@ class SpatialPropagationParameterNode:
 #
 
 
-class SpatialPropagationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class SpatialPropagationWidget(SessionWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
     """The panel: wires the .ui to the Logic; every computation is in the Logic."""
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
-        self._progress = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -90,104 +87,46 @@ class SpatialPropagationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = SpatialPropagationLogic()
 
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-
         self.ui.propagateButton.connect("clicked(bool)", self.onPropagateButton)
         self.ui.methodComboBox.connect("currentTextChanged(QString)", self.onMethodChanged)
-        self.ui.segmentationSelector.connect(
-            "currentNodeChanged(vtkMRMLNode*)", self.ui.segmentsTableView.setSegmentationNode
-        )
-        self.initializeParameterNode()
+        self.startSession()
 
-    def cleanup(self) -> None:
-        self.removeObservers()
-
-    def enter(self) -> None:
-        self.initializeParameterNode()
-        self.populateMethods()
-
-    def exit(self) -> None:
-        self.setParameterNode(None)
-
-    def onSceneStartClose(self, caller, event) -> None:
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
-    def initializeParameterNode(self) -> None:
-        self.setParameterNode(self.logic.getParameterNode())
-        if not self._parameterNode.inputVolume:
-            self._parameterNode.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-        if not self._parameterNode.segmentation:
-            self._parameterNode.segmentation = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSegmentationNode")
-
-    def setParameterNode(self, inputParameterNode) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGUI)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGUI)
-            self._updateGUI()
-
-    def populateMethods(self) -> None:
-        """Fill the method list from the backend registry (after installing dependencies if needed)."""
-        if self.ui.methodComboBox.count:
-            return
-        from SpatialALSlicerLib.Dependencies import ensureDependencies
-
-        with slicer.util.tryWithErrorDisplay(_("Failed to install dependencies."), waitCursor=True):
-            if not ensureDependencies():
-                return
-            for name, summary in self.logic.methods():
-                self.ui.methodComboBox.addItem(name)
-                self.ui.methodComboBox.setItemData(self.ui.methodComboBox.count - 1, summary, 3)  # ToolTipRole
-            self.ui.methodComboBox.setCurrentText(self._parameterNode.method)
+    def populateChoices(self) -> None:
+        self.fillChoices(self.ui.methodComboBox, self.logic.methods, self._parameterNode.method)
 
     def onMethodChanged(self, name) -> None:
         if self._parameterNode and name:
             self._parameterNode.method = name
-            self.ui.methodHelpLabel.text = self.ui.methodComboBox.itemData(self.ui.methodComboBox.currentIndex, 3) or ""
+            self.ui.methodHelpLabel.text = self.choiceHelp(self.ui.methodComboBox)
 
-    def _updateGUI(self, caller=None, event=None) -> None:
+    def updateGUIFromParameterNode(self, caller=None, event=None) -> None:
         node = self._parameterNode
         ready = bool(node and node.inputVolume and node.segmentation)
-        if self._progress is None:
+        if not self.isRunning:
             self.ui.propagateButton.text = _("Propagate")
             self.ui.propagateButton.enabled = ready
-            self.ui.propagateButton.toolTip = _("Fill the slices between annotated slices") if ready else _(
-                "Select a volume and a segmentation"
+            self.ui.propagateButton.toolTip = (
+                _("Fill the slices between annotated slices") if ready else _("Select a volume and a segmentation")
             )
 
     def onPropagateButton(self) -> None:
-        if self._progress is not None:  # the button reads "Cancel" while propagating
-            self._progress.requestCancel()
-            return
-        from SpatialALSlicerLib.GuiProgress import GuiProgress
         from spatial_al.volume import parse_slice_list
 
         node = self._parameterNode
-        self._progress = GuiProgress(self.ui.progressBar)
-        self.ui.propagateButton.text = _("Cancel")
-        try:
-            with slicer.util.tryWithErrorDisplay(_("Propagation failed."), waitCursor=True):
-                outcome = self.logic.propagate(
-                    node.inputVolume,
-                    node.segmentation,
-                    self.ui.segmentsTableView.selectedSegmentIDs() or None,
-                    annotatedSlices=parse_slice_list(node.annotatedSlices) if node.annotatedSlices.strip() else None,
-                    method=node.method,
-                    sliceAxis=node.sliceAxis,
-                    progress=self._progress,
-                )
-                self.ui.resultLabel.text = outcome.summary()
-        finally:
-            self._progress = None
-            self._updateGUI()
+
+        def propagate(progress):
+            outcome = self.logic.propagate(
+                node.inputVolume,
+                node.segmentation,
+                self.selectedSegmentIds(),
+                annotatedSlices=parse_slice_list(node.annotatedSlices) if node.annotatedSlices.strip() else None,
+                method=node.method,
+                sliceAxis=node.sliceAxis,
+                progress=progress,
+            )
+            self.ui.resultLabel.text = outcome.summary()
+
+        self.runCancellable(self.ui.propagateButton, _("Propagation failed."), propagate)
 
 
 #
@@ -271,8 +210,8 @@ class SpatialPropagationLogic(ScriptedLoadableModuleLogic):
         Raises:
             ValueError: no annotated slice, unknown method or segment, unusable volume.
         """
-        from SpatialALSlicerLib import MRMLAdapter
         from spatial_al.session import propagate_layers
+        from SpatialALSlicerLib import MRMLAdapter
 
         axis = MRMLAdapter.sliceAxisIndex(volumeNode, sliceAxis)
         segmentIds = MRMLAdapter.segmentIdsOrAll(segmentationNode, segmentIds)
@@ -319,8 +258,8 @@ class SpatialPropagationTest(ScriptedLoadableModuleTest):
     def test_PropagateKeepsAnnotation(self):
         import numpy as np
 
-        from SpatialALSlicerLib import MRMLAdapter
         from spatial_al.volume import Geometry
+        from SpatialALSlicerLib import MRMLAdapter
 
         self.delayDisplay("Propagating a growing disc between two annotated slices")
         geometry = Geometry((11, 32, 32), spacing=(1.0, 1.0, 2.0))

@@ -33,6 +33,7 @@ def headless():
     """A HeadlessScene with ``slicer.mrmlScene``, ``slicer.app``, ``slicer.modules`` and the template's modules
     stood in for, as the Slicer application would set them up; removed afterwards."""
     import slicer_standin
+
     from SpatialALSlicerLib.HeadlessScene import HeadlessScene
 
     scene = HeadlessScene()

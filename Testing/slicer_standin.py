@@ -49,10 +49,10 @@ class ScriptedLoadableModuleTest(unittest.TestCase):
 def parameterNodeWrapper(cls):
     """Keeps the class; its instances wrap a parameter node (the GUI binding is Slicer's, not stood in for)."""
 
-    def __init__(self, parameterNode):
+    def wrap(self, parameterNode):
         self.parameterNode = parameterNode
 
-    return type(cls.__name__, (cls,), {"__init__": __init__, "__doc__": cls.__doc__})
+    return type(cls.__name__, (cls,), {"__init__": wrap, "__doc__": cls.__doc__})
 
 
 def _annotation(*args, **kwargs):
@@ -78,8 +78,12 @@ def install(headless):
     import slicer
 
     scripted = types.ModuleType("slicer.ScriptedLoadableModule")
-    for cls in (ScriptedLoadableModule, ScriptedLoadableModuleWidget, ScriptedLoadableModuleLogic,
-                ScriptedLoadableModuleTest):
+    for cls in (
+        ScriptedLoadableModule,
+        ScriptedLoadableModuleWidget,
+        ScriptedLoadableModuleLogic,
+        ScriptedLoadableModuleTest,
+    ):
         setattr(scripted, cls.__name__, cls)
     scripted.__all__ = [c for c in dir(scripted) if c.startswith("ScriptedLoadable")]
     wrapper = types.ModuleType("slicer.parameterNodeWrapper")
@@ -94,8 +98,10 @@ def install(headless):
     slicer.mrmlScene = headless.scene
     slicer.app = _Application(headless)
     slicer.modules = types.SimpleNamespace(
-        **{name.lower(): types.SimpleNamespace(logic=lambda logic=logic: logic)
-           for name, logic in headless.moduleLogics.items()}
+        **{
+            name.lower(): types.SimpleNamespace(logic=lambda logic=logic: logic)
+            for name, logic in headless.moduleLogics.items()
+        }
     )
 
 

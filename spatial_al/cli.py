@@ -132,7 +132,7 @@ def command_propagate(args: argparse.Namespace) -> None:
     options = parse_options(args.option)
     with timer("propagate"), TqdmProgress(f"propagating ({args.method})", disable=args.quiet) as bar:
         propagation = propagate_segmentation(
-            annotation_only(segmentation, np.asarray(annotated, dtype=int), axis),
+            annotation_only(segmentation, annotated, axis),
             annotated,
             args.method,
             stack.image,

@@ -87,11 +87,11 @@ def assemble_layers(segments: Sequence[Segment], masks: Sequence[np.ndarray]) ->
     return stacked, tuple(replace(s, layer=renumber[s.layer]) for s in placed)
 
 
-def annotation_only(segmentation: Segmentation, annotated: np.ndarray, axis: int) -> Segmentation:
+def annotation_only(segmentation: Segmentation, annotated: Iterable[int], axis: int) -> Segmentation:
     """The segmentation with every slice but the annotated ones emptied (what a person drew, for a simulation)."""
     kept = np.zeros_like(segmentation.label_layers)
     index: list[slice | np.ndarray] = [slice(None)] * 4
-    index[1 + axis] = np.asarray(annotated)
+    index[1 + axis] = normalize_slice_indices(annotated, kept.shape[1 + axis])
     kept[tuple(index)] = segmentation.label_layers[tuple(index)]
     return Segmentation(kept, segmentation.segments, segmentation.geometry)
 

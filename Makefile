@@ -1,0 +1,36 @@
+# Quick start: `make demo` (set up, then run the demo session) and `make test` (set up, then run the tests).
+# Everything installs into .venv/ at the repository root; .venv/bin/spatial-al exists after either target.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch first, so that MONAI's requirement is met by this build and pip fetches no other (CUDA) one.
+# On a GPU server, pick the build you need, e.g. make demo TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126"
+TORCH ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test test-all lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e ".[slicer,test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/spatial-al demo --output demo-output
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -m "slow or not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) demo-output .pytest_cache .ruff_cache *.egg-info

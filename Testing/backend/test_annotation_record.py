@@ -1,0 +1,103 @@
+"""The annotated/propagated record in segment tags, and merging pseudo-labels without losing a person's work."""
+
+import numpy as np
+import pytest
+
+from spatial_al.annotation_record import SliceRecord, merge_pseudo_labels, slice_checksum
+from spatial_al.io.segmentation import Segmentation
+from spatial_al.session import assemble_layers, propagate_segmentation
+from spatial_al.volume import Geometry, Segment
+
+
+def test_record_round_trips_through_tags():
+    record = SliceRecord(1, (0, 5, 9), (1, 2), (0.75, 0.5), ("0badc0de", "12345678"), "sdf")
+    tags = record.to_tags()
+    assert all("|" not in key + value and ":" not in key for key, value in tags.items())
+    assert SliceRecord.from_tags(tags) == record
+    assert SliceRecord.from_tags({"other": "x"}) is None
+
+
+def test_checksum_tells_masks_apart():
+    mask = np.zeros((8, 9), bool)
+    mask[2:5, 3:7] = True
+    edited = mask.copy()
+    edited[7, 8] = True
+    assert slice_checksum(mask) == slice_checksum(mask.copy()) != slice_checksum(edited)
+
+
+def test_with_annotated_moves_slices_out_of_the_propagated_ones():
+    record = SliceRecord(0, (0, 9), (3, 4), (0.6, 0.5), ("aaaaaaaa", "bbbbbbbb"), "sdf").with_annotated([4])
+    assert record.annotated == (0, 4, 9) and record.propagated == (3,) and record.checksums == ("aaaaaaaa",)
+
+
+def merge(current, pseudo, previous_tags, annotated=(0, 8)):
+    return merge_pseudo_labels(
+        current, pseudo, np.array(annotated), np.arange(1, 8), np.full(9, 0.7), previous_tags, 0, "sdf"
+    )
+
+
+def test_merge_keeps_annotation_and_strokes_and_replaces_own_pseudo_labels():
+    current = np.zeros((9, 6, 6), bool)
+    current[0, 1:3, 1:3] = True  # annotated
+    current[4, 0, 0] = True  # a person's stroke on a slice nobody annotated
+    pseudo = np.ones((9, 6, 6), bool)
+    first = merge(current, pseudo, {})
+    np.testing.assert_array_equal(first.mask[[0, 8]], current[[0, 8]])
+    np.testing.assert_array_equal(first.mask[4], current[4])
+    assert first.kept_edited == (4,)
+    assert first.mask[[1, 2, 3, 5, 6, 7]].all()
+    assert first.record.propagated == (1, 2, 3, 5, 6, 7) and first.record.annotated == (0, 8)
+
+    # Second round: new pseudo-labels replace ours, except on slice 6, which a person edited meanwhile.
+    edited = first.mask.copy()
+    edited[6, 0, :] = False
+    smaller = np.zeros((9, 6, 6), bool)
+    smaller[:, 2:4, 2:4] = True
+    second = merge(edited, smaller, first.record.to_tags())
+    np.testing.assert_array_equal(second.mask[[1, 2, 3, 5, 7]], smaller[[1, 2, 3, 5, 7]])
+    np.testing.assert_array_equal(second.mask[6], edited[6])
+    assert second.kept_edited == (4, 6)
+    assert 6 not in second.record.propagated
+
+
+def test_merge_along_another_axis():
+    current = np.zeros((4, 5, 9), bool)
+    pseudo = np.ones((4, 5, 9), bool)
+    merged = merge_pseudo_labels(current, pseudo, np.array([0, 8]), np.arange(1, 8), np.ones(9), {}, 2, "sdf")
+    assert not merged.mask[..., [0, 8]].any() and merged.mask[..., 1:8].all()
+    assert merged.record.slice_axis == 2
+
+
+def test_assemble_layers_keeps_every_voxel_of_overlapping_segments():
+    first, second, third = np.zeros((3, 4, 4, 4), bool)
+    first[0, :2] = True
+    second[0, 1:3] = True  # overlaps first
+    third[2] = True
+    segments = (Segment("a", 1), Segment("b", 2), Segment("c", 3))
+    layers, placed = assemble_layers(segments, [first, second, third])
+    assert layers.shape[0] == 2 and [s.layer for s in placed] == [0, 1, 0]
+    for segment, mask in zip(placed, [first, second, third], strict=True):
+        np.testing.assert_array_equal(layers[segment.layer] == segment.label_value, mask)
+
+
+def test_propagate_segmentation_records_slices_in_every_segment():
+    labels = np.zeros((7, 10, 10), np.uint8)
+    labels[[0, 6], 2:6, 2:6] = 1
+    labels[[0, 6], 6:9, 6:9] = 2
+    segmentation = Segmentation(labels, (Segment("a", 1), Segment("b", 2)), Geometry(labels.shape))
+    result = propagate_segmentation(segmentation, [0, 6])
+    assert [s.name for s in result.segmentation.segments] == ["a", "b"]
+    for segment in result.segmentation.segments:
+        record = SliceRecord.from_tags(segment.tags)
+        assert record.annotated == (0, 6) and record.propagated == (1, 2, 3, 4, 5) and record.method == "sdf"
+    np.testing.assert_array_equal(result.segmentation.label_layers[0][3], labels[0])
+
+
+@pytest.mark.parametrize("annotated", [[0], [0, 1]])
+def test_nothing_to_fill_leaves_the_segmentation_as_it_is(annotated):
+    labels = np.zeros((2, 5, 5), np.uint8)
+    labels[:, 1:3, 1:3] = 1
+    segmentation = Segmentation(labels, (Segment("a", 1),), Geometry(labels.shape))
+    result = propagate_segmentation(segmentation, annotated)
+    np.testing.assert_array_equal(result.segmentation.label_layers[0], labels)
+    assert result.propagated.size == 0

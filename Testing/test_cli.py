@@ -1,0 +1,196 @@
+"""The spatial-al command line: its contract, outputs read back independently, and its error messages."""
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+
+import nibabel
+import numpy as np
+import pytest
+import slicerio
+
+from spatial_al.cli import main
+from spatial_al.data import chest_ct_files
+
+
+@pytest.fixture
+def chest_files(tmp_path):
+    image, segmentation = chest_ct_files()
+    return shutil.copy(image, tmp_path / "ct.nrrd"), shutil.copy(segmentation, tmp_path / "truth.seg.nrrd")
+
+
+def test_console_script_answers_help():
+    done = subprocess.run([sys.executable, "-m", "spatial_al.cli", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0
+    for command in ("demo", "rank", "propagate", "strategies", "methods"):
+        assert command in done.stdout
+
+
+def test_listings_have_one_line_per_name(capsys):
+    assert main(["strategies"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert {line.split()[0] for line in lines} >= {"random", "fixed_interval", "stratified"}
+    assert main(["methods"]) == 0
+    assert {line.split()[0] for line in capsys.readouterr().out.strip().splitlines()} >= {"sdf", "contour"}
+
+
+def test_rank_writes_the_csv_and_a_run_record(chest_files, tmp_path):
+    image, _ = chest_files
+    output = tmp_path / "ranking.csv"
+    assert (
+        main(
+            [
+                "rank",
+                str(image),
+                "--strategy",
+                "fixed_interval",
+                "--budget",
+                "4",
+                "--annotated",
+                "0,33",
+                "--option",
+                "interval=10",
+                "--output",
+                str(output),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    with output.open() as file:
+        rows = list(csv.DictReader(file))
+    assert list(rows[0]) == ["rank", "slice", "score"]
+    assert [int(r["slice"]) for r in rows] == [1, 11, 21, 31]
+    record = json.loads((tmp_path / "ranking.run.json").read_text())
+    assert record["configuration"]["options"] == {"interval": 10}
+    assert record["environment"]["versions"]["numpy"] == np.__version__
+
+
+def test_rank_reads_annotated_slices_recorded_in_the_segmentation(chest_files, tmp_path):
+    image, truth = chest_files
+    propagated = tmp_path / "propagated.seg.nrrd"
+    assert (
+        main(["propagate", str(image), str(truth), "--annotated", "0,10,20,30", "--output", str(propagated), "--quiet"])
+        == 0
+    )
+    output = tmp_path / "next.csv"
+    assert (
+        main(
+            [
+                "rank",
+                str(image),
+                "--labels",
+                str(propagated),
+                "--strategy",
+                "random",
+                "--budget",
+                "30",
+                "--output",
+                str(output),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    with output.open() as file:
+        picked = {int(row["slice"]) for row in csv.DictReader(file)}
+    assert picked == set(range(34)) - {0, 10, 20, 30}
+
+
+def test_propagate_to_seg_nrrd_keeps_annotated_slices_and_segments(chest_files, tmp_path):
+    image, truth = chest_files
+    output = tmp_path / "out.seg.nrrd"
+    assert (
+        main(
+            [
+                "propagate",
+                str(image),
+                str(truth),
+                "--annotated",
+                "0,3,6,9,12,15,18,21,24,27,30,33",
+                "--method",
+                "sdf",
+                "--output",
+                str(output),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    written, reference = slicerio.read_segmentation(str(output)), slicerio.read_segmentation(str(truth))
+    assert [s["name"] for s in written["segments"]] == [s["name"] for s in reference["segments"]]
+    np.testing.assert_allclose(written["ijkToLPS"], reference["ijkToLPS"], atol=1e-6)
+    annotated = list(range(0, 34, 3))
+    np.testing.assert_array_equal(written["voxels"][..., annotated], reference["voxels"][..., annotated])
+    tags = written["segments"][4]["tags"]
+    assert tags["SpatialAL.AnnotatedSlices"] == ",".join(map(str, annotated))
+    assert tags["SpatialAL.PropagationMethod"] == "sdf"
+    record = json.loads((tmp_path / "out.run.json").read_text())
+    assert record["results"]["propagated_slices"] == [k for k in range(34) if k % 3]
+
+
+def test_propagate_to_a_nifti_label_map_keeps_label_values(chest_files, tmp_path):
+    image, truth = chest_files
+    output = tmp_path / "out.nii.gz"
+    assert main(["propagate", str(image), str(truth), "--annotated", "5-8,20", "--output", str(output), "--quiet"]) == 0
+    voxels = np.asarray(nibabel.load(str(output)).dataobj)
+    reference = slicerio.read_segmentation(str(truth))["voxels"]
+    assert set(np.unique(voxels)) <= set(np.unique(reference))
+    np.testing.assert_array_equal(voxels[..., [5, 6, 7, 8, 20]], reference[..., [5, 6, 7, 8, 20]])
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (
+            ["rank", "{image}", "--strategy", "randon", "--budget", "3", "--output", "{out}/r.csv"],
+            "Did you mean 'random'",
+        ),
+        (["rank", "{image}", "--strategy", "random", "--budget", "40", "--output", "{out}/r.csv"], "at most 34"),
+        (
+            [
+                "rank",
+                "{image}",
+                "--strategy",
+                "random",
+                "--budget",
+                "3",
+                "--annotated",
+                "1,x",
+                "--output",
+                "{out}/r.csv",
+            ],
+            "'x' is not a slice index",
+        ),
+        (["propagate", "{image}", "{truth}", "--output", "{out}/p.seg.nrrd"], "No annotated slice"),
+        (["propagate", "{image}", "{truth}", "--annotated", "0,34", "--output", "{out}/p.seg.nrrd"], "index 34"),
+        (["propagate", "{image}", "{truth}", "--annotated", "0,9", "--output", "{truth}"], "is an input file"),
+        (
+            ["propagate", "{image}", "{out}/missing.seg.nrrd", "--annotated", "0", "--output", "{out}/p.seg.nrrd"],
+            "does not exist",
+        ),
+        (
+            [
+                "propagate",
+                "{image}",
+                "{truth}",
+                "--annotated",
+                "0,9",
+                "--method",
+                "sfd",
+                "--output",
+                "{out}/p.seg.nrrd",
+            ],
+            "Did you mean 'sdf'",
+        ),
+    ],
+)
+def test_errors_name_the_problem_and_leave_inputs_alone(chest_files, tmp_path, capsys, arguments, message):
+    image, truth = chest_files
+    before = truth.read_bytes()
+    filled = [a.format(image=image, truth=truth, out=tmp_path) for a in arguments]
+    assert main([*filled, "--quiet"]) == 2
+    assert message in capsys.readouterr().err
+    assert truth.read_bytes() == before
