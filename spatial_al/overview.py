@@ -45,6 +45,14 @@ def display_orientation(geometry: Geometry, slice_axis: int) -> tuple[bool, bool
     return bool(transpose), bool(flip_rows), bool(flip_columns)
 
 
+def display_window(image: np.ndarray) -> tuple[float, float]:
+    """Grey-level range to show: a chest window (-1000 to 500 HU) for CT, the 1st-99.5th percentiles otherwise."""
+    low, high = np.percentile(image, [1, 99.5])
+    if low <= -900:  # air at about -1000 HU: a CT in Hounsfield units
+        return -1000.0, 500.0
+    return float(low), float(high)
+
+
 def oriented(slice_2d: np.ndarray, orientation: tuple[bool, bool, bool]) -> np.ndarray:
     transpose, flip_rows, flip_columns = orientation
     view = slice_2d.T if transpose else slice_2d
@@ -89,8 +97,7 @@ def render_overview(
     rows = math.ceil(n_slices / columns)
     figure, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.2 * rows * 1.08 + 0.9), squeeze=False)
     figure.patch.set_facecolor("black")
-    if image is not None:
-        low, high = np.percentile(image, [1, 99.5])
+    low, high = display_window(image) if image is not None else (0, 1)
     annotated_set, propagated_set, queried_set = set(annotated), set(propagated), set(queried)
     for index, axis in enumerate(axes.ravel()):
         axis.set_axis_off()
@@ -105,12 +112,12 @@ def render_overview(
         axis.imshow(
             background,
             cmap="gray",
-            vmin=low if image is not None else 0,
-            vmax=high if image is not None else 1,
+            vmin=low,
+            vmax=high,
             aspect=pixel_aspect,
             interpolation="nearest",
         )
-        fill_alpha = 0.5 if index in annotated_set else 0.22
+        fill_alpha = 0.4 if index in annotated_set else 0.2
         overlay = np.zeros((*background.shape, 4))
         if index in annotated_set or index in propagated_set:
             for segment, color in zip(segments, colors, strict=True):
