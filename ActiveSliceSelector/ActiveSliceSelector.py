@@ -266,9 +266,12 @@ class ActiveSliceSelectorLogic(ScriptedLoadableModuleLogic):
         from SpatialALSlicerLib import MRMLAdapter
 
         scene = tableNode.GetScene()
-        for index in range(tableNode.GetNumberOfNodeReferences(MRMLAdapter.PLANE_REFERENCE_ROLE)):
-            scene.RemoveNode(tableNode.GetNthNodeReference(MRMLAdapter.PLANE_REFERENCE_ROLE, index))
-        tableNode.RemoveNodeReferenceIDs(MRMLAdapter.PLANE_REFERENCE_ROLE)
+        role = MRMLAdapter.PLANE_REFERENCE_ROLE
+        previous = [tableNode.GetNthNodeReference(role, i) for i in range(tableNode.GetNumberOfNodeReferences(role))]
+        tableNode.RemoveNodeReferenceIDs(role)
+        for plane in previous:
+            if plane is not None:
+                scene.RemoveNode(plane)
         for plane in MRMLAdapter.addSlicePlanes(volumeNode, axis, slices):
             tableNode.AddNodeReferenceID(MRMLAdapter.PLANE_REFERENCE_ROLE, plane.GetID())
 

@@ -76,12 +76,16 @@ def saveSceneBundle(scene, path):
     """Write ``scene`` and every storable node's data into one ``.mrb`` file; returns the path.
 
     Storable nodes without a storage node get their default one (NRRD volumes, .seg.nrrd segmentations,
-    .tsv tables, .mrk.json markups).
+    .tsv tables, .mrk.json markups); volumes keep their voxel grid as it is, left-handed or not.
     """
     for index in range(scene.GetNumberOfNodes()):
         node = scene.GetNthNode(index)
         if node.IsA("vtkMRMLStorableNode") and node.GetStorageNode() is None:
             node.AddDefaultStorageNode()
+            storage = node.GetStorageNode()
+            if storage.IsA("vtkMRMLVolumeArchetypeStorageNode"):
+                # Keep a left-handed voxel grid as it is: flipping K on reload would move every recorded slice index.
+                storage.SetForceRightHandedIJKCoordinateSystem(False)
     path = str(path)
     with silencedVTKOutput():
         written = scene.WriteToMRB(path)

@@ -150,7 +150,9 @@ def segmentMaskInVolumeGrid(segmentationNode, segmentId, volumeNode):
     slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
         segmentImage, reference, resampled, False, False
     )
-    return _arrayFromOrientedImage(resampled).reshape(shape) != 0
+    # Segments that do not overlap share one labelmap layer, each with its own label value.
+    labelValue = segmentationNode.GetSegmentation().GetSegment(segmentId).GetLabelValue()
+    return _arrayFromOrientedImage(resampled).reshape(shape) == labelValue
 
 
 def setSegmentMaskInVolumeGrid(segmentationNode, segmentId, volumeNode, mask):
@@ -399,12 +401,16 @@ def writeQueriedSlicesTable(tableNode, ranking, statuses, volumeNode=None):
 def queriedSlicesFromTable(tableNode):
     """Rows of a queried-slices table as a list of dicts (rank, slice, score, strategy, status)."""
     table = tableNode.GetTable()
-    rows = []
-    for row in range(table.GetNumberOfRows()):
-        rows.append({name: table.GetValueByName(row, name).ToString() for name in TABLE_COLUMNS})
-    for row in rows:
-        row["rank"], row["slice"], row["score"] = int(row["rank"]), int(row["slice"]), float(row["score"])
-    return rows
+    return [
+        {
+            "rank": table.GetValueByName(row, "rank").ToInt(),
+            "slice": table.GetValueByName(row, "slice").ToInt(),
+            "score": table.GetValueByName(row, "score").ToDouble(),
+            "strategy": table.GetValueByName(row, "strategy").ToString(),
+            "status": table.GetValueByName(row, "status").ToString(),
+        }
+        for row in range(table.GetNumberOfRows())
+    ]
 
 
 def setQueriedSliceStatus(tableNode, sliceIndex, status):

@@ -1,5 +1,7 @@
 """The scripted modules' Logic and their own Test classes, on slicer-core's MRML classes."""
 
+import pytest
+
 
 def test_active_slice_selector_module_test_passes(slicer_modules):
     result = slicer_modules["ActiveSliceSelector"].ActiveSliceSelectorTest("runTest").run()
@@ -9,3 +11,90 @@ def test_active_slice_selector_module_test_passes(slicer_modules):
 def test_spatial_propagation_module_test_passes(slicer_modules):
     result = slicer_modules["SpatialPropagation"].SpatialPropagationTest("runTest").run()
     assert result.wasSuccessful(), result.errors + result.failures
+
+
+def chest_ct_nodes(scene):
+    """The chest CT and its ground-truth segmentation as nodes of ``scene``."""
+    from spatial_al.data import chest_ct_files
+    from spatial_al.io import load_stack
+    from spatial_al.io.segmentation import Segmentation
+    from SpatialALSlicerLib import MRMLAdapter
+
+    stack = load_stack(*chest_ct_files())
+    volume = MRMLAdapter.addVolumeNode(scene, stack.image, stack.geometry, "CT")
+    truth = Segmentation(stack.label_layers, stack.segments, stack.geometry)
+    return volume, MRMLAdapter.addSegmentationNode(scene, truth, volume, "Segmentation"), stack
+
+
+def test_reranking_replaces_the_planes_and_leaves_segments_alone(slicer_modules, headless):
+    from SpatialALSlicerLib import MRMLAdapter
+
+    volume, segmentation, stack = chest_ct_nodes(headless.scene)
+    before = {s.name: MRMLAdapter.segmentMaskInVolumeGrid(segmentation, s.segment_id, volume) for s in stack.segments}
+    logic = slicer_modules["ActiveSliceSelector"].ActiveSliceSelectorLogic()
+    _, table = logic.rankSlices(volume, segmentation, None, "random", 5, seed=1)
+    ranking, again = logic.rankSlices(volume, segmentation, None, "fixed_interval", 4, tableNode=table)
+    assert again is table
+    planes = [table.GetNthNodeReference(MRMLAdapter.PLANE_REFERENCE_ROLE, i) for i in range(4)]
+    assert sorted(int(p.GetAttribute("SpatialAL.Slice")) for p in planes) == sorted(ranking.slices.tolist())
+    assert headless.scene.GetNumberOfNodesByClass("vtkMRMLMarkupsPlaneNode") == 4
+    for segment in stack.segments:
+        after = MRMLAdapter.segmentMaskInVolumeGrid(segmentation, segment.segment_id, volume)
+        assert (after == before[segment.name]).all(), segment.name
+
+
+def test_session_state_survives_a_scene_save_and_reload(slicer_modules, headless, tmp_path):
+    from SpatialALSlicerLib import MRMLAdapter
+    from SpatialALSlicerLib.HeadlessScene import loadSceneBundle, saveSceneBundle
+
+    volume, segmentation, _ = chest_ct_nodes(headless.scene)
+    logic = slicer_modules["ActiveSliceSelector"].ActiveSliceSelectorLogic()
+    _, table = logic.rankSlices(volume, segmentation, None, "fixed_interval", 4, interval=10)
+    logic.markAnnotated(volume, segmentation, None, [1, 11], "axial", table)
+    saveSceneBundle(headless.scene, tmp_path / "session.mrb")
+
+    scene = loadSceneBundle(tmp_path / "session.mrb").scene
+    table = scene.GetFirstNodeByClass("vtkMRMLTableNode")
+    statuses = {row["slice"]: row["status"] for row in MRMLAdapter.queriedSlicesFromTable(table)}
+    assert statuses == {1: "annotated", 11: "annotated", 21: "to annotate", 31: "to annotate"}
+    segmentation = scene.GetFirstNodeByClass("vtkMRMLSegmentationNode")
+    assert MRMLAdapter.recordedAnnotatedSlices(segmentation, None, 0) == [1, 11]
+    assert logic.nextQueriedSlice(table) == 21
+
+
+def test_propagation_logic_uses_the_recorded_slices_and_keeps_annotation(slicer_modules, headless):
+    from SpatialALSlicerLib import MRMLAdapter
+
+    volume, segmentation, stack = chest_ct_nodes(headless.scene)
+    lung = stack.segment("right lung")
+    truth = stack.segment_mask(lung)
+    selector = slicer_modules["ActiveSliceSelector"].ActiveSliceSelectorLogic()
+    selector.markAnnotated(volume, segmentation, [lung.segment_id], [12, 15, 18], "axial")
+    annotation = truth.copy()
+    annotation[[13, 14, 16, 17]] = False
+    MRMLAdapter.setSegmentMaskInVolumeGrid(segmentation, lung.segment_id, volume, annotation)
+
+    outcome = (
+        slicer_modules["SpatialPropagation"]
+        .SpatialPropagationLogic()
+        .propagate(volume, segmentation, [lung.segment_id], method="sdf")
+    )
+    result = MRMLAdapter.segmentMaskInVolumeGrid(segmentation, lung.segment_id, volume)
+    assert outcome.annotated.tolist() == [12, 15, 18] and outcome.propagated.tolist() == [13, 14, 16, 17]
+    assert (result[[12, 15, 18]] == truth[[12, 15, 18]]).all()
+    overlap = (result[13:18] & truth[13:18]).sum() * 2 / (result[13:18].sum() + truth[13:18].sum())
+    assert overlap > 0.9
+    assert (result[:12] == truth[:12]).all()  # slices outside the annotated range keep what was there
+
+
+def test_propagation_logic_explains_bad_input(slicer_modules, headless):
+    from SpatialALSlicerLib.MRMLAdapter import MRMLInputError
+
+    volume, segmentation, _ = chest_ct_nodes(headless.scene)
+    logic = slicer_modules["SpatialPropagation"].SpatialPropagationLogic()
+    with pytest.raises(MRMLInputError, match="No annotated slice"):
+        logic.propagate(volume, segmentation)
+    with pytest.raises(MRMLInputError, match="right lung"):
+        logic.propagate(volume, segmentation, ["no such segment"], annotatedSlices=[0, 3])
+    with pytest.raises(ValueError, match="Did you mean 'sdf'"):
+        logic.propagate(volume, segmentation, annotatedSlices=[0, 3], method="sdff")
