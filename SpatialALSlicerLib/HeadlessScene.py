@@ -86,7 +86,7 @@ def saveSceneBundle(scene, path):
             if storage.IsA("vtkMRMLVolumeArchetypeStorageNode"):
                 # Keep a left-handed voxel grid as it is: flipping K on reload would move every recorded slice index.
                 storage.SetForceRightHandedIJKCoordinateSystem(False)
-    path = str(path)
+    path = str(Path(path).resolve())  # WriteToMRB fails on a relative path
     with silencedVTKOutput():
         written = scene.WriteToMRB(path)
     if not written:

@@ -524,3 +524,14 @@ def test_bad_inputs_raise_mrml_input_error_saying_why(headless, build):
 
     for fragment in fragments:
         assert fragment in str(raised.value)
+
+
+def test_scene_bundle_is_written_to_a_relative_path(headless, tmp_path, monkeypatch):
+    """`spatial-al demo --output demo-output` hands a relative path to the bundle writer."""
+    _, array, _ = add_volume(headless.scene)
+    monkeypatch.chdir(tmp_path)
+    HeadlessScene.saveSceneBundle(headless.scene, "out/session.mrb")
+    reloaded = HeadlessScene.loadSceneBundle(tmp_path / "out" / "session.mrb").scene
+    np.testing.assert_array_equal(
+        MRMLAdapter.arrayFromVolumeNode(reloaded.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")), array
+    )
