@@ -13,7 +13,7 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
-from spatial_al.annotation_record import RECORD_TAGS, SliceRecord, merge_pseudo_labels
+from spatial_al.annotation_record import RECORD_TAGS, SliceRecord, merge_pseudo_labels, recorded_annotated_slices
 from spatial_al.io.segmentation import Segmentation, default_color
 from spatial_al.session import assemble_layers
 from spatial_al.volume import Geometry, Segment, check_scalar_volume, resolve_slice_axis
@@ -204,13 +204,9 @@ def sliceRecord(segmentationNode, segmentId):
 
 
 def recordedAnnotatedSlices(segmentationNode, segmentIds, axis):
-    """Union of the annotated slices recorded in the segments' tags along ``axis``."""
-    annotated = set()
-    for segmentId in segmentIdsOrAll(segmentationNode, segmentIds):
-        record = sliceRecord(segmentationNode, segmentId)
-        if record is not None and record.slice_axis == axis:
-            annotated.update(record.annotated)
-    return sorted(annotated)
+    """Union of the annotated slices recorded in the segments' tags along ``axis`` (empty when none are)."""
+    tags = [segmentTags(segmentationNode, segmentId) for segmentId in segmentIdsOrAll(segmentationNode, segmentIds)]
+    return recorded_annotated_slices(tags, axis) or []
 
 
 def recordAnnotatedSlices(segmentationNode, segmentIds, slices, axis):

@@ -22,7 +22,7 @@ slice holding content nobody propagated (a person's strokes), nor a propagated s
 from __future__ import annotations
 
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -117,6 +117,18 @@ class SliceRecord:
             for index, checksum in zip(self.propagated, self.checksums, strict=True)
             if index < current.shape[0] and slice_checksum(current[index]) == checksum
         }
+
+
+def recorded_annotated_slices(segment_tags: Iterable[Mapping[str, str]], slice_axis: int) -> list[int] | None:
+    """Union of the annotated slices that segments (given by their tags) record along ``slice_axis``.
+
+    None when no segment records any along that axis.
+    """
+    records = [SliceRecord.from_tags(tags) for tags in segment_tags]
+    found = [record for record in records if record is not None and record.slice_axis == slice_axis]
+    if not found:
+        return None
+    return sorted(set().union(*(record.annotated for record in found)))
 
 
 @dataclass

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .annotation_record import recorded_annotated_slices
 from .io import file_suffix, load_stack, read_segmentation, write_segmentation
 from .io.segmentation import Segmentation, place_on_grid
 from .progress import OperationCancelled, TqdmProgress
@@ -56,24 +57,13 @@ def refuse_overwriting_inputs(output: Path, inputs: Sequence[str | Path | None])
             raise CommandLineError(f"--output {str(output)!r} is an input file; choose another path so it is kept.")
 
 
-def recorded_annotated_slices(segmentation: Segmentation, axis: int) -> list[int] | None:
-    """Annotated slices recorded in the segments' tags along ``axis`` (their union), or None if none are."""
-    from .annotation_record import SliceRecord
-
-    records = [SliceRecord.from_tags(s.tags) for s in segmentation.segments]
-    found = [r for r in records if r is not None and r.slice_axis == axis]
-    if not found:
-        return None
-    return sorted(set().union(*(r.annotated for r in found)))
-
-
 def resolve_annotated(args: argparse.Namespace, segmentation: Segmentation | None, axis: int) -> list[int]:
     if args.annotated is not None:
         try:
             return parse_slice_list(args.annotated)
         except ValueError as error:
             raise CommandLineError(f"--annotated: {error}") from None
-    recorded = recorded_annotated_slices(segmentation, axis) if segmentation is not None else None
+    recorded = recorded_annotated_slices([s.tags for s in segmentation.segments], axis) if segmentation else None
     if recorded is not None:
         print(f"Annotated slices recorded in the segmentation: {recorded}", file=sys.stderr)
         return recorded
@@ -175,7 +165,7 @@ def command_demo(args: argparse.Namespace) -> None:
             )
         else:
             scene_writer = writeSessionScene
-    with TqdmProgress("propagating", disable=args.quiet) as bar:
+    with TqdmProgress("demo", disable=args.quiet) as bar:
         report = run_demo(args.output, scene_writer=scene_writer, progress=bar)
     results = report["results"]
     print(

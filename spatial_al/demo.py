@@ -84,7 +84,7 @@ def run_demo(
         output: folder for segmentation.seg.nrrd, queried_slices.csv, overview.png, scene.mrb, report.json.
         config: session settings.
         scene_writer: writes scene.mrb; None skips the scene (the report says so).
-        progress: receives progress of the propagation and can cancel it.
+        progress: receives progress of the propagations and can cancel them.
     """
     config = config or DemoConfig()
     output = Path(output)
@@ -110,7 +110,9 @@ def run_demo(
     dice_by_method = {config.method: per_segment_dice(stack, propagation.segmentation, evaluated)}
     if config.reference_method:
         with timer(f"propagate_{config.reference_method}"):
-            reference = propagate_segmentation(annotation, annotated, config.reference_method, stack.image, axis=axis)
+            reference = propagate_segmentation(
+                annotation, annotated, config.reference_method, stack.image, axis=axis, progress=progress
+            )
         dice_by_method[config.reference_method] = per_segment_dice(stack, reference.segmentation, evaluated)
 
     colors = [segment_color(stack.segments, i) for i in range(len(stack.segments))]

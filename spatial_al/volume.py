@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -333,10 +333,6 @@ class SliceStack:
                 return segment
         names = ", ".join(s.name for s in self.segments) or "none"
         raise KeyError(f"No segment named {name_or_id!r}; the segments are: {names}.")
-
-    def with_label_layers(self, label_layers: np.ndarray) -> SliceStack:
-        """A copy holding other labels on the same grid (status and confidence are copied)."""
-        return replace(self, label_layers=label_layers, status=self.status.copy(), confidence=self.confidence.copy())
 
 
 def check_label_dtype(labels: np.ndarray) -> None:

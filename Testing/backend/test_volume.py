@@ -106,6 +106,7 @@ def test_annotation_is_recorded_not_inferred_from_foreground():
     np.testing.assert_array_equal(stack.annotated_slices, [0, 4])
     stack.mark_pseudo_labeled([1, 2], [0.8, 0.6])
     assert stack.status.tolist() == [1, 2, 2, 0, 1]
+    assert stack.pseudo_labeled_slices.tolist() == [1, 2] and stack.unlabeled_slices.tolist() == [3]
     np.testing.assert_allclose(stack.confidence[[0, 1, 2, 4]], [1, 0.8, 0.6, 1])
     assert np.isnan(stack.confidence[3])
     with pytest.raises(ValueError, match="never replace annotations"):
