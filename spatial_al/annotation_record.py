@@ -119,16 +119,21 @@ class SliceRecord:
         }
 
 
-def recorded_annotated_slices(segment_tags: Iterable[Mapping[str, str]], slice_axis: int) -> list[int] | None:
-    """Union of the annotated slices that segments (given by their tags) record along ``slice_axis``.
-
-    None when no segment records any along that axis.
-    """
+def recorded_slices(
+    segment_tags: Iterable[Mapping[str, str]], slice_axis: int, which: str = "annotated"
+) -> list[int] | None:
+    """Union of the ``which`` ("annotated" or "propagated") slices that segments (given by their tags) record
+    along ``slice_axis``; None when no segment records any along that axis."""
     records = [SliceRecord.from_tags(tags) for tags in segment_tags]
     found = [record for record in records if record is not None and record.slice_axis == slice_axis]
     if not found:
         return None
-    return sorted(set().union(*(record.annotated for record in found)))
+    return sorted(set().union(*(getattr(record, which) for record in found)))
+
+
+def recorded_annotated_slices(segment_tags: Iterable[Mapping[str, str]], slice_axis: int) -> list[int] | None:
+    """Union of the annotated slices that segments record along ``slice_axis`` (None: no record)."""
+    return recorded_slices(segment_tags, slice_axis, "annotated")
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .annotation_record import recorded_annotated_slices
+from .annotation_record import recorded_annotated_slices, recorded_slices
 from .io import file_suffix, load_stack, read_segmentation, write_segmentation
 from .io.segmentation import Segmentation, place_on_grid
 from .progress import OperationCancelled, TqdmProgress
@@ -150,6 +150,98 @@ def command_propagate(args: argparse.Namespace) -> None:
     print(f"Wrote {output} ({propagation.propagated.size} slices propagated from {len(annotated)} annotated)")
 
 
+def command_train(args: argparse.Namespace) -> None:
+    from .learning import train_on_stack
+    from .training import TrainingConfig, read_checkpoint
+
+    output = Path(args.output)
+    refuse_overwriting_inputs(output, [args.image, args.segmentation, args.pseudo])
+    if not output.name.endswith(".pt"):
+        raise CommandLineError(f"--output {str(output)!r}: a model checkpoint is written as a .pt file.")
+    timer = Timer()
+    with timer("load"):
+        stack = load_stack(args.image, args.segmentation, slice_axis=args.axis, channel=args.channel)
+        pseudo = place_on_grid(read_segmentation(args.pseudo), stack.geometry) if args.pseudo else None
+    segmentation = Segmentation(stack.label_layers, stack.segments, stack.geometry)
+    annotated = resolve_annotated(args, segmentation, stack.slice_axis)
+    pseudo_slices = (
+        recorded_slices([s.tags for s in pseudo.segments], stack.slice_axis, "propagated") if pseudo else None
+    )
+    base = (
+        TrainingConfig() if args.resume is None else (read_checkpoint(args.resume).training_config or TrainingConfig())
+    )
+    changes = parse_options(args.option)
+    changes.update(
+        {name: value for name, value in (("max_epochs", args.max_epochs), ("seed", args.seed)) if value is not None}
+    )
+    training = base.with_options(**changes)
+    segment_names = [name.strip() for name in args.segments.split(",")] if args.segments else None
+    with timer("train"), TqdmProgress("training", disable=args.quiet) as bar:
+        outcome = train_on_stack(
+            stack,
+            annotated,
+            segment_names=segment_names,
+            pseudo_labels=pseudo,
+            pseudo_slices=pseudo_slices,
+            preset=args.preset,
+            resume=args.resume,
+            training=training,
+            device=args.device,
+            progress=bar,
+            checkpoint_path=output,
+        )
+    history = outcome.history
+    configuration = {
+        **vars(args),
+        "axis": stack.slice_axis,
+        "annotated": outcome.annotated_slices,
+        "model": outcome.model.config.to_json(),
+        "training": training.to_json(),
+        "device": str(outcome.trainer.device),
+    }
+    configuration.pop("handler")
+    results = {
+        "round": outcome.trainer.state.round_index,
+        "epochs": len([h for h in history if h["round"] == outcome.trainer.state.round_index]),
+        "pseudo_labeled_slices": outcome.pseudo_labeled_slices,
+        "validation_slices": outcome.validation_slices,
+        "history": history,
+    }
+    write_json(run_record_path(output), run_record("spatial-al train", configuration, results, timer))
+    last = history[-1]
+    model_config = outcome.model.config
+    print(
+        f"Wrote {output}: {model_config.describe()}, classes {', '.join(model_config.class_names)}; round "
+        f"{results['round']}, {results['epochs']} epochs, last train loss {last['train_loss']:.4f}"
+        + (f", validation loss {last['validation_loss']:.4f}" if last["validation_loss"] is not None else "")
+    )
+
+
+def command_predict(args: argparse.Namespace) -> None:
+    from .device import resolve_device
+    from .learning import predict_segmentation
+    from .training import load_model
+
+    output = Path(args.output)
+    refuse_overwriting_inputs(output, [args.image, args.model])
+    if file_suffix(output) not in (".seg.nrrd", ".nrrd", ".nii.gz", ".nii", ".mha"):
+        raise CommandLineError(f"--output {str(output)!r}: use .seg.nrrd, .nrrd, .nii.gz, .nii or .mha.")
+    timer = Timer()
+    with timer("load"):
+        device = resolve_device(args.device)
+        model, _ = load_model(args.model, device)
+        stack = load_stack(args.image, slice_axis=model.config.slice_axis, channel=args.channel)
+    with timer("predict"), TqdmProgress("predicting", disable=args.quiet) as bar:
+        segmentation = predict_segmentation(model, stack, device, args.batch_size, bar)
+    with timer("write"):
+        write_segmentation(output, segmentation)
+    configuration = {**vars(args), "axis": model.config.slice_axis, "device": str(device)}
+    configuration.pop("handler")
+    results = {"segments": [s.name for s in segmentation.segments]}
+    write_json(run_record_path(output), run_record("spatial-al predict", configuration, results, timer))
+    print(f"Wrote {output} ({', '.join(results['segments'])})")
+
+
 def command_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
@@ -186,6 +278,12 @@ def list_registry(registry) -> None:
         print(f"{entry.name:{width}s}  {entry.summary}")
 
 
+def command_presets(args: argparse.Namespace) -> None:
+    from .models import PRESETS
+
+    list_registry(PRESETS)
+
+
 def command_strategies(args: argparse.Namespace) -> None:
     from .selection import STRATEGIES
 
@@ -211,7 +309,7 @@ def add_volume_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="an option of the strategy or method (repeatable), e.g. --option interval=10",
+        help="an option of the strategy, method or training (repeatable), e.g. --option interval=10",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar or table")
 
@@ -254,6 +352,35 @@ def build_parser() -> argparse.ArgumentParser:
     add_volume_arguments(propagate)
     propagate.set_defaults(handler=command_propagate)
 
+    train = commands.add_parser(
+        "train", help="train or fine-tune a 2D segmentation model on the annotated slices; writes a .pt checkpoint"
+    )
+    train.add_argument("image", help="scalar volume (.nrrd, .nii.gz, ...)")
+    train.add_argument("segmentation", help="segmentation (.seg.nrrd or label map): every segment is learned")
+    train.add_argument("--annotated", help="annotated slices, e.g. 0,10,20 (default: recorded in SEG)")
+    train.add_argument("--segments", help="comma-separated segment names to learn (default: all)")
+    train.add_argument("--pseudo", metavar="PSEUDO_SEG", help="pseudo-labels (weighted lower) for other slices")
+    train.add_argument("--preset", help="model preset (spatial-al presets; default unet-small for a new model)")
+    train.add_argument("--max-epochs", type=int, help="epochs per round (default 50)")
+    train.add_argument("--resume", metavar="CKPT", help="checkpoint to continue or fine-tune (next round)")
+    train.add_argument("--seed", type=int, help="random seed (default 0)")
+    train.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    train.add_argument("--output", required=True, help="checkpoint to write (.pt), also after every epoch")
+    add_volume_arguments(train)
+    train.set_defaults(handler=command_train)
+
+    predict = commands.add_parser("predict", help="segment a volume with a trained model")
+    predict.add_argument("image", help="scalar volume (.nrrd, .nii.gz, ...)")
+    predict.add_argument("--model", required=True, metavar="CKPT", help="checkpoint written by spatial-al train")
+    predict.add_argument("--output", required=True, help="output .seg.nrrd (segment names kept) or label map")
+    predict.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    predict.add_argument("--batch-size", type=int, default=8, help="slices per forward pass (default 8)")
+    predict.add_argument("--channel", type=int, default=None, help="channel of a 4D (multi-modal) image")
+    predict.add_argument("--quiet", action="store_true", help="no progress bar")
+    predict.set_defaults(handler=command_predict)
+
+    presets = commands.add_parser("presets", help="list the model presets")
+    presets.set_defaults(handler=command_presets)
     strategies = commands.add_parser("strategies", help="list the query strategies")
     strategies.set_defaults(handler=command_strategies)
     methods = commands.add_parser("methods", help="list the propagation methods")
@@ -269,7 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OperationCancelled as error:
         print(f"spatial-al: {error}", file=sys.stderr)
         return 130
-    except (ValueError, KeyError, FileNotFoundError, GeometryMismatchError) as error:
+    except (ValueError, KeyError, FileNotFoundError, FloatingPointError, GeometryMismatchError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"spatial-al {args.command}: error: {message}", file=sys.stderr)
         return 2

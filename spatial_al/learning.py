@@ -1,0 +1,203 @@
+"""Learn from a slice stack and predict one: what ``spatial-al train`` / ``predict`` and the Slicer modules'
+"Update model" call.
+
+Volumes are (K, J, I) arrays; the model sees the 2D slices cut along the stack's slice axis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .io.segmentation import Segmentation, default_color
+from .progress import ProgressReporter
+from .volume import Segment, SliceStack, normalize_slice_indices
+
+
+@dataclass
+class TrainingOutcome:
+    """A trained model, its trainer (state and history) and what it was trained on."""
+
+    model: object  # SegmentationModel
+    trainer: object  # Trainer
+    annotated_slices: list[int]
+    pseudo_labeled_slices: list[int]
+    validation_slices: list[int]
+
+    @property
+    def history(self) -> list[dict]:
+        return self.trainer.state.history
+
+
+def select_segments(segments: Sequence[Segment], names: Sequence[str] | None) -> tuple[Segment, ...]:
+    """The segments called ``names`` (all when None), in that order.
+
+    Raises:
+        ValueError: a name is not a segment of the segmentation, or there is no segment at all.
+    """
+    if names is None:
+        chosen = tuple(segments)
+    else:
+        by_name = {segment.name: segment for segment in segments}
+        missing = [name for name in names if name not in by_name]
+        if missing:
+            raise ValueError(
+                f"No segment named {', '.join(map(repr, missing))} in the segmentation; it has: "
+                f"{', '.join(by_name) or 'no segments'}."
+            )
+        chosen = tuple(by_name[name] for name in names)
+    if not chosen:
+        raise ValueError("The segmentation has no segments to learn; add at least one segment.")
+    return chosen
+
+
+def train_on_stack(
+    stack: SliceStack,
+    annotated: Sequence[int],
+    *,
+    segment_names: Sequence[str] | None = None,
+    pseudo_labels: Segmentation | None = None,
+    pseudo_slices: Sequence[int] | None = None,
+    preset: str | None = None,
+    resume: str | Path | None = None,
+    training=None,
+    device: str = "auto",
+    progress: ProgressReporter | None = None,
+    checkpoint_path: str | Path | None = None,
+) -> TrainingOutcome:
+    """Train (or fine-tune) a segmentation model on the annotated slices of ``stack``.
+
+    Args:
+        stack: image and segmentation; ``stack.slice_axis`` is the axis slices are cut along.
+        annotated: annotated slice indices (only these slices of the segmentation are read as labels).
+        segment_names: segments to learn (default: all); when resuming they must be the model's classes.
+        pseudo_labels: a segmentation on the same grid whose ``pseudo_slices`` are trained on with the lower
+            pseudo-label weight of the round (annotated slices are never taken from it).
+        pseudo_slices: slices of ``pseudo_labels`` to use (default: every slice that is not annotated).
+        preset: model preset for a new model (default ``unet-small``); with ``resume`` it must match.
+        resume: a checkpoint to continue: an interrupted round resumes, a finished one starts the next round
+            (fine-tuning at the lower learning rate, pseudo-labels weighted lower).
+        training: a :class:`~spatial_al.training.TrainingConfig` (default: the checkpoint's, or the defaults).
+        device: "auto", "cpu", "cuda", "mps", ...
+        progress: per-batch progress; cancelling stops before the next batch.
+        checkpoint_path: written after every epoch (resumable) and at the end.
+
+    Raises:
+        ValueError: no annotated slice, label-free stack, NaN intensities, segments that do not match the model,
+            a checkpoint of another architecture or slice axis.
+    """
+    from monai.utils import set_determinism
+
+    from .device import resolve_device
+    from .models import DEFAULT_PRESET, SegmentationModel, preset_config
+    from .training import Trainer, TrainingConfig, read_checkpoint, resume_trainer, save_checkpoint
+    from .training.checkpoint import check_architecture, load_weights
+    from .training.data import normalize_intensities, slice_examples, split_validation
+
+    if stack.image is None:
+        raise ValueError("Training needs an image; this stack has labels only.")
+    annotated_slices = normalize_slice_indices(annotated, stack.n_slices).tolist()
+    if not annotated_slices:
+        raise ValueError("No annotated slice: annotate at least one slice (and pass it with --annotated) first.")
+    segments = select_segments(stack.segments, segment_names)
+    torch_device = resolve_device(device)
+    on_epoch_end = (
+        (lambda trainer: save_checkpoint(checkpoint_path, trainer.model, trainer)) if checkpoint_path else None
+    )
+
+    if resume is not None:
+        checkpoint = read_checkpoint(resume)
+        model_config = checkpoint.model_config
+        if preset is not None:
+            check_architecture(model_config, preset_config(preset), resume)
+        if model_config.slice_axis != stack.slice_axis:
+            raise ValueError(
+                f"The model in {str(resume)!r} was trained on slices along array axis {model_config.slice_axis}, "
+                f"this run cuts along axis {stack.slice_axis}; pass --axis {model_config.slice_axis}."
+            )
+        set_determinism(seed=(training or checkpoint.training_config or TrainingConfig()).seed)
+        model = SegmentationModel(model_config)
+        load_weights(model, checkpoint.model_state, resume)
+        trainer = resume_trainer(
+            checkpoint, model, torch_device, training, progress=progress, on_epoch_end=on_epoch_end
+        )
+    else:
+        training = training or TrainingConfig()
+        set_determinism(seed=training.seed)  # the same seed gives the same initial weights
+        head = "sigmoid" if len({segment.layer for segment in segments}) > 1 else "softmax"
+        model_config = preset_config(
+            preset or DEFAULT_PRESET,
+            class_names=tuple(segment.name for segment in segments),
+            class_colors=tuple(segment.color or default_color(i) for i, segment in enumerate(segments)),
+            head=head,
+            slice_axis=stack.slice_axis,
+        )
+        model = SegmentationModel(model_config)
+        trainer = Trainer(model, training, torch_device, progress=progress, on_epoch_end=on_epoch_end)
+
+    config = trainer.config
+    image = normalize_intensities(stack.image)
+    examples = slice_examples(
+        image, stack.label_layers, segments, model_config.class_names, annotated_slices, stack.slice_axis
+    )
+    used_pseudo: list[int] = []
+    if pseudo_labels is not None:
+        stack.geometry.require_same_grid(pseudo_labels.geometry, "pseudo-labels")
+        candidates = range(stack.n_slices) if pseudo_slices is None else pseudo_slices
+        used_pseudo = sorted(set(normalize_slice_indices(candidates, stack.n_slices).tolist()) - set(annotated_slices))
+        pseudo_segments = [s for s in pseudo_labels.segments if s.name in model_config.class_names]
+        examples.extend(
+            slice_examples(
+                image,
+                pseudo_labels.label_layers,
+                pseudo_segments,
+                model_config.class_names,
+                used_pseudo,
+                stack.slice_axis,
+                weight=config.pseudo_weight(trainer.state.round_index),
+            )
+        )
+    training_examples, validation_examples = split_validation(examples, config.validation_fraction, config.seed)
+    trainer.train_round(training_examples, validation_examples)
+    if checkpoint_path is not None:
+        save_checkpoint(checkpoint_path, trainer.model, trainer)
+    validation = sorted(index for _, index in validation_examples.sources) if validation_examples else []
+    return TrainingOutcome(trainer.model, trainer, annotated_slices, used_pseudo, validation)
+
+
+def predict_segmentation(
+    model,
+    stack: SliceStack,
+    device: str = "auto",
+    batch_size: int = 8,
+    progress: ProgressReporter | None = None,
+) -> Segmentation:
+    """The model's segmentation of ``stack.image``, cut along the model's slice axis, on the stack's grid.
+
+    Segments carry the names and colours the model was trained on; a softmax model gives one label layer with
+    values 1..S, a sigmoid model a layer per group of non-overlapping segments.
+    """
+    from .device import resolve_device
+    from .models.inference import SlicePredictor
+    from .session import assemble_layers
+    from .training.data import normalize_intensities
+
+    config = model.config
+    if stack.image is None:
+        raise ValueError("Prediction needs an image; this stack has labels only.")
+    axis = config.slice_axis
+    slices = np.moveaxis(normalize_intensities(stack.image), axis, 0)[:, np.newaxis]  # (N, 1, H, W)
+    predicted = SlicePredictor(model, resolve_device(device), batch_size).labels(slices, progress).numpy()
+    segments = tuple(
+        Segment(name=name, label_value=index + 1, color=config.class_colors[index] if config.class_colors else None)
+        for index, name in enumerate(config.class_names)
+    )
+    if config.head == "softmax":
+        labels = np.moveaxis(predicted, 0, axis)[np.newaxis]
+        return Segmentation(labels.astype(np.uint8 if len(segments) < 255 else np.uint16), segments, stack.geometry)
+    masks = [np.moveaxis(predicted[:, index], 0, axis).astype(bool) for index in range(len(segments))]
+    layers, placed = assemble_layers(segments, masks)
+    return Segmentation(layers, placed, stack.geometry)

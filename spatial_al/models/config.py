@@ -1,0 +1,153 @@
+"""Model configuration as data: a frozen dataclass saved as JSON inside every checkpoint, and named presets."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from ..registry import Registry
+
+ARCHITECTURES = ("unet", "resnet_unet")
+HEADS = ("softmax", "sigmoid")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a network (its weights live in the checkpoint's ``state_dict``).
+
+    Attributes:
+        architecture: "unet" (MONAI ``BasicUNet`` split into encoder and decoder) or "resnet_unet" (MONAI
+            ``FlexibleUNet`` with a ResNet encoder, random initialisation).
+        class_names: one name per foreground class (the segments the model was trained on), in output order.
+        class_colors: RGB in [0, 1] per class, for writing predictions as a segmentation.
+        head: "softmax" (mutually exclusive classes; output channel 0 is background) or "sigmoid" (one
+            independent channel per class, for overlapping segments).
+        in_channels: image channels per slice.
+        features: ``BasicUNet`` widths (6 values: 5 encoder levels, 4 down-samplings, then the last decoder level).
+        backbone: ``FlexibleUNet`` encoder name (resnet10 ... resnet200).
+        decoder_channels: ``FlexibleUNet`` decoder widths (5 values).
+        dropout: dropout probability in every convolution block (> 0 enables MC-dropout sampling).
+        star: attach STAR's labeled-slice encoder and key/value head (spatial aggregation).
+        structure_heads: attach SBC-AL's structure-aware feature prediction and attentional refinement modules.
+        distance_blocks: number of cascaded distance blocks of the structure-aware feature prediction.
+        slice_axis: array axis (KJI) the model was trained on; prediction cuts new volumes the same way.
+    """
+
+    architecture: str = "unet"
+    class_names: tuple[str, ...] = ()
+    class_colors: tuple[tuple[float, float, float], ...] = ()
+    head: str = "softmax"
+    in_channels: int = 1
+    features: tuple[int, ...] = (32, 64, 128, 256, 512, 32)
+    backbone: str = "resnet50"
+    decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)
+    dropout: float = 0.0
+    star: bool = False
+    structure_heads: bool = False
+    distance_blocks: int = 3
+    slice_axis: int = 0
+
+    def __post_init__(self):
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"Unknown architecture {self.architecture!r}; use one of {', '.join(ARCHITECTURES)}.")
+        if self.head not in HEADS:
+            raise ValueError(f"Unknown head {self.head!r}; use softmax (exclusive classes) or sigmoid (overlapping).")
+        if self.architecture == "unet" and len(self.features) != 6:
+            raise ValueError(f"A unet needs 6 feature widths (BasicUNet), got {self.features}.")
+        if self.class_colors and len(self.class_colors) != len(self.class_names):
+            raise ValueError("class_colors needs one colour per class name.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}.")
+
+    @property
+    def num_classes(self) -> int:
+        """Foreground classes."""
+        return len(self.class_names)
+
+    @property
+    def out_channels(self) -> int:
+        """Network output channels: background + classes for softmax, one per class for sigmoid."""
+        return self.num_classes + (1 if self.head == "softmax" else 0)
+
+    def describe(self) -> str:
+        """One line naming the architecture, for error messages."""
+        body = f"unet{list(self.features)}" if self.architecture == "unet" else f"{self.backbone}-unet"
+        extras = [name for name, on in (("star", self.star), ("structure heads", self.structure_heads)) if on]
+        return body + (f" with {' and '.join(extras)}" if extras else "")
+
+    def same_architecture(self, other: ModelConfig) -> bool:
+        """True when weights of one fit the other (classes and slice axis aside)."""
+        ignored = {"class_names", "class_colors", "slice_axis", "head"}
+        return all(getattr(self, f.name) == getattr(other, f.name) for f in fields(self) if f.name not in ignored)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelConfig:
+        values: dict[str, Any] = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"Model configuration has unknown fields {unknown}; was it written by a newer version?")
+        for name in ("class_names", "features", "decoder_channels"):
+            if name in values:
+                values[name] = tuple(values[name])
+        if "class_colors" in values:
+            values["class_colors"] = tuple(tuple(color) for color in values["class_colors"])
+        return cls(**values)
+
+
+PRESETS: Registry[ModelConfig] = Registry("preset")
+
+
+def _preset(name: str, summary: str, config: ModelConfig) -> None:
+    PRESETS.register(name, summary)(config)
+
+
+SMALL_UNET = (16, 32, 64, 128, 256, 16)
+PAPER_UNET = (32, 64, 128, 256, 512, 32)
+
+_preset(
+    "unet-small",
+    "2D U-Net, 16 initial features, 4 down-samplings: the CPU default",
+    ModelConfig(features=SMALL_UNET, dropout=0.1),
+)
+_preset(
+    "unet",
+    "2D U-Net, 32 initial features, 4 down-samplings (Less Is More)",
+    ModelConfig(features=PAPER_UNET, dropout=0.1),
+)
+_preset(
+    "resnet50-unet",
+    "U-Net with a ResNet-50 encoder (STAR's backbone, used in the ablations)",
+    ModelConfig(architecture="resnet_unet", backbone="resnet50", dropout=0.1),
+)
+_preset(
+    "star-small",
+    "unet-small with STAR's spatial aggregation (labeled-slice encoder, key/value)",
+    ModelConfig(features=SMALL_UNET, dropout=0.1, star=True),
+)
+_preset(
+    "star",
+    "ResNet-50 U-Net with STAR's spatial aggregation network (STAR paper setting)",
+    ModelConfig(architecture="resnet_unet", backbone="resnet50", dropout=0.1, star=True),
+)
+_preset(
+    "sbc-small",
+    "unet-small with SBC-AL's structure-aware prediction and attentional refinement",
+    ModelConfig(features=SMALL_UNET, dropout=0.1, structure_heads=True),
+)
+_preset(
+    "sbc",
+    "2D U-Net (32 features) with SBC-AL's structure and boundary modules (SBC-AL paper)",
+    ModelConfig(features=PAPER_UNET, dropout=0.1, structure_heads=True),
+)
+
+DEFAULT_PRESET = "unet-small"
+
+
+def preset_config(name: str, **changes: Any) -> ModelConfig:
+    """The preset ``name`` with ``changes`` applied (e.g. class_names, head, slice_axis)."""
+    return replace(PRESETS.get(name), **changes)

@@ -1,0 +1,234 @@
+"""Batched, device-aware inference on slices: probabilities, MC-dropout, test-time augmentation, features,
+SBC-AL's outputs and STAR propagation.
+
+Inputs are slices (N, C, H, W) as float tensors or arrays (normalised like the training data); every result is a
+CPU float32 tensor with the same N, H, W. Slices are padded to the network's size divisor and cropped back.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812 (the torch convention)
+from torch import nn
+
+from ..progress import ProgressReporter, report
+from .network import SegmentationModel
+
+# Test-time augmentations: exact, invertible maps of the (H, W) plane as (forward, inverse).
+TTA_TRANSFORMS: dict[str, tuple[Callable, Callable]] = {
+    "identity": (lambda x: x, lambda x: x),
+    "flip_rows": (lambda x: x.flip(-2), lambda x: x.flip(-2)),
+    "flip_columns": (lambda x: x.flip(-1), lambda x: x.flip(-1)),
+    "rotate_90": (lambda x: x.rot90(1, (-2, -1)), lambda x: x.rot90(-1, (-2, -1))),
+    "rotate_180": (lambda x: x.rot90(2, (-2, -1)), lambda x: x.rot90(-2, (-2, -1))),
+    "rotate_270": (lambda x: x.rot90(3, (-2, -1)), lambda x: x.rot90(-3, (-2, -1))),
+}
+
+
+def activation(logits: torch.Tensor, head: str) -> torch.Tensor:
+    """Class probabilities from logits (B, C, H, W): softmax over C, or an independent sigmoid per channel."""
+    return logits.float().softmax(1) if head == "softmax" else torch.sigmoid(logits.float())
+
+
+def pixel_entropy(probabilities: torch.Tensor, head: str) -> torch.Tensor:
+    """Entropy per pixel (N, H, W) in nats: over the classes (softmax), or summed binary entropies (sigmoid)."""
+    p = probabilities.clamp(1e-12, 1.0)
+    if head == "softmax":
+        return -(p * p.log()).sum(1)
+    q = (1.0 - probabilities).clamp(1e-12, 1.0)
+    return -(p * p.log() + q * q.log()).sum(1)
+
+
+@dataclass
+class McDropoutStatistics:
+    """Statistics of T stochastic forward passes with dropout active.
+
+    Attributes:
+        mean: mean probabilities (N, out_channels, H, W).
+        variance: variance of the probabilities over the passes (N, out_channels, H, W).
+        mutual_information: BALD, entropy of the mean minus mean entropy (N, H, W), >= 0.
+    """
+
+    mean: torch.Tensor
+    variance: torch.Tensor
+    mutual_information: torch.Tensor
+
+
+def enable_dropout(model: nn.Module) -> int:
+    """Put every dropout layer in training mode (the rest stays in eval mode); returns how many there are."""
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+    for layer in layers:
+        layer.train()
+    return len(layers)
+
+
+class SlicePredictor:
+    """Runs a model on slices in batches on one device.
+
+    Args:
+        model: a trained :class:`SegmentationModel`.
+        device: where to run it.
+        batch_size: slices per forward pass.
+        mixed_precision: autocast on CUDA.
+    """
+
+    def __init__(self, model: SegmentationModel, device: torch.device, batch_size: int = 8, mixed_precision=True):
+        self.model = model.to(device).eval()
+        self.device = device
+        self.batch_size = batch_size
+        self.use_amp = mixed_precision and device.type == "cuda"
+        self.head = model.config.head
+
+    def _padded(self, images: torch.Tensor) -> torch.Tensor:
+        divisor = self.model.size_divisor
+        height, width = images.shape[-2:]
+        pad_rows, pad_columns = (-height) % divisor, (-width) % divisor
+        return F.pad(images, (0, pad_columns, 0, pad_rows)) if pad_rows or pad_columns else images
+
+    def _batches(
+        self, images, progress: ProgressReporter | None, message: str
+    ) -> Iterator[tuple[torch.Tensor, tuple[int, int]]]:
+        images = torch.as_tensor(np.asarray(images) if not torch.is_tensor(images) else images, dtype=torch.float32)
+        if images.ndim != 4:
+            raise ValueError(f"Slices must have shape (N, C, H, W), got {tuple(images.shape)}.")
+        if not torch.isfinite(images).all():
+            raise ValueError("The slices contain NaN or infinite values; replace them before predicting.")
+        total = math.ceil(len(images) / self.batch_size)
+        for index, start in enumerate(range(0, len(images), self.batch_size)):
+            batch = images[start : start + self.batch_size].to(self.device)
+            yield self._padded(batch), tuple(images.shape[-2:])
+            report(progress, index + 1, total, message)
+
+    def _collect(self, images, function: Callable, progress, message: str) -> torch.Tensor:
+        outputs = []
+        with torch.no_grad(), torch.autocast(self.device.type, enabled=self.use_amp):
+            for batch, (height, width) in self._batches(images, progress, message):
+                output = function(batch)[..., :height, :width]
+                outputs.append((output.float() if output.is_floating_point() else output).cpu())
+        return torch.cat(outputs)
+
+    def probabilities(self, images, progress: ProgressReporter | None = None) -> torch.Tensor:
+        """Class probabilities (N, out_channels, H, W)."""
+        return self._collect(images, lambda x: activation(self.model(x), self.head), progress, "predicting")
+
+    def labels(self, images, progress: ProgressReporter | None = None) -> torch.Tensor:
+        """Predicted labels as uint8: class index per pixel (N, H, W) for softmax (0 = background), or 0/1 per
+        class (N, S, H, W) for sigmoid (probability > 0.5)."""
+
+        def predict(batch: torch.Tensor) -> torch.Tensor:
+            probabilities = activation(self.model(batch), self.head)
+            chosen = probabilities.argmax(1) if self.head == "softmax" else probabilities > 0.5
+            return chosen.to(torch.uint8)
+
+        return self._collect(images, predict, progress, "predicting")
+
+    def mc_dropout(
+        self, images, samples: int = 10, seed: int = 0, progress: ProgressReporter | None = None
+    ) -> McDropoutStatistics:
+        """Mean, variance and mutual information of ``samples`` passes with dropout on (seeded).
+
+        Raises:
+            ValueError: the model has no dropout (trained with dropout 0).
+        """
+        if samples < 2:
+            raise ValueError(f"MC-dropout needs at least 2 samples, got {samples}.")
+        self.model.eval()
+        if not enable_dropout(self.model) or self.model.config.dropout == 0:
+            self.model.eval()
+            raise ValueError("This model has no dropout; MC-dropout needs one trained with dropout > 0 (any preset).")
+        try:
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                torch.manual_seed(seed)
+                draws = self._collect(
+                    images,
+                    lambda x: torch.stack([activation(self.model(x), self.head) for _ in range(samples)], dim=1),
+                    progress,
+                    f"MC-dropout ({samples} samples)",
+                )  # (N, T, C, H, W)
+        finally:
+            self.model.eval()
+        mean = draws.mean(1)
+        expected_entropy = torch.stack([pixel_entropy(draws[:, t], self.head) for t in range(samples)]).mean(0)
+        information = (pixel_entropy(mean, self.head) - expected_entropy).clamp(min=0.0)
+        return McDropoutStatistics(mean, draws.var(1, unbiased=False), information)
+
+    def tta_probabilities(
+        self, images, transforms: Sequence[str] = tuple(TTA_TRANSFORMS), progress: ProgressReporter | None = None
+    ) -> torch.Tensor:
+        """Probabilities under each test-time transform, mapped back to the original frame: (T, N, C, H, W)."""
+        unknown = [name for name in transforms if name not in TTA_TRANSFORMS]
+        if unknown:
+            raise ValueError(f"Unknown test-time transforms {unknown}; valid: {', '.join(TTA_TRANSFORMS)}.")
+
+        def predict_all(batch: torch.Tensor) -> torch.Tensor:
+            outputs = []
+            for name in transforms:
+                forward, inverse = TTA_TRANSFORMS[name]
+                transformed = forward(batch)
+                height, width = transformed.shape[-2:]
+                # a rotation of a non-square slice may break the size divisor: pad again, crop before inverting
+                prediction = activation(self.model(self._padded(transformed)), self.head)[..., :height, :width]
+                outputs.append(inverse(prediction))
+            return torch.stack(outputs, dim=1)  # (B, T, C, H, W)
+
+        return self._collect(images, predict_all, progress, "test-time augmentation").transpose(0, 1)
+
+    def features(self, images, progress: ProgressReporter | None = None) -> torch.Tensor:
+        """Bottleneck features (N, D, h, w) of the padded slices (h = ceil(H / divisor))."""
+        outputs = []
+        with torch.no_grad(), torch.autocast(self.device.type, enabled=self.use_amp):
+            for batch, _ in self._batches(images, progress, "features"):
+                outputs.append(self.model.bottleneck_features(batch).float().cpu())
+        return torch.cat(outputs)
+
+    def structure(self, images, progress: ProgressReporter | None = None) -> dict[str, torch.Tensor]:
+        """SBC-AL's outputs: "coarse" and "refined" probabilities (N, out, H, W), "distance" maps (N, S, H, W)."""
+
+        def outputs(batch: torch.Tensor) -> torch.Tensor:
+            result = self.model.structure_outputs(batch)
+            return torch.cat(
+                [activation(result.coarse, self.head), result.distance, activation(result.refined, self.head)], 1
+            )
+
+        stacked = self._collect(images, outputs, progress, "structure and boundary outputs")
+        out, classes = self.model.config.out_channels, self.model.config.num_classes
+        return {
+            "coarse": stacked[:, :out],
+            "distance": stacked[:, out : out + classes],
+            "refined": stacked[:, out + classes :],
+        }
+
+    def propagate(
+        self, unlabeled_images, labeled_images, labeled_labels, progress: ProgressReporter | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """STAR pseudo-labels for a group: every unlabeled slice attends to all labeled slices of the group.
+
+        Args:
+            unlabeled_images: (M, C, H, W).
+            labeled_images: (N, C, H, W), the group's annotated slices.
+            labeled_labels: (N, out_channels, H, W) one-hot / multi-hot labels of those slices.
+
+        Returns:
+            probabilities (M, out_channels, H, W) and attention (M, h*w, N, h, w).
+        """
+        labeled_images = self._padded(torch.as_tensor(labeled_images, dtype=torch.float32)).to(self.device)
+        labeled_labels = self._padded(torch.as_tensor(labeled_labels, dtype=torch.float32)).to(self.device)
+        attention = []
+
+        def predict(batch: torch.Tensor) -> torch.Tensor:
+            size = len(batch)
+            result = self.model.propagate(
+                batch,
+                labeled_images.expand(size, *labeled_images.shape),
+                labeled_labels.expand(size, *labeled_labels.shape),
+            )
+            attention.append(result.attention.cpu())
+            return activation(result.logits, self.head)
+
+        probabilities = self._collect(unlabeled_images, predict, progress, "STAR propagation")
+        return probabilities, torch.cat(attention)

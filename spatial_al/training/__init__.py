@@ -1,0 +1,16 @@
+"""Losses, data, the trainer (rounds, STAR's two stages, early stopping) and checkpoints."""
+
+from .checkpoint import Checkpoint, load_model, read_checkpoint, resume_trainer, save_checkpoint
+from .config import TrainingConfig
+from .trainer import Trainer, TrainerState
+
+__all__ = [
+    "Checkpoint",
+    "Trainer",
+    "TrainerState",
+    "TrainingConfig",
+    "load_model",
+    "read_checkpoint",
+    "resume_trainer",
+    "save_checkpoint",
+]

@@ -1,0 +1,102 @@
+"""Training configuration as data (saved in every checkpoint and run record)."""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("constant", "poly")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """How a model is trained; the defaults suit a CPU and small annotated sets.
+
+    Attributes:
+        loss: "focal", "dice_ce", "ce" (softmax head) or "bce" (sigmoid head).
+        focal_gamma: focal loss exponent (2 in STAR, 5 in Less Is More).
+        optimizer: "adam" or "sgd" (Nesterov momentum, nnU-Net's).
+        learning_rate: first round (STAR: 1e-4).
+        fine_tune_learning_rate: every later round, weights kept (STAR: 1e-5).
+        structure_learning_rate_factor: SBC-AL's modules learn at this multiple of the backbone's rate.
+        momentum: SGD momentum.
+        weight_decay: L2 penalty.
+        schedule: "constant" or "poly" (learning rate times (1 - epoch / max_epochs) ** 0.9, per epoch).
+        batch_size: slices per batch.
+        max_epochs: epochs per round (per stage for STAR).
+        iterations_per_epoch: batches per epoch drawn with replacement; None: one pass over the slices.
+        patience: stop after this many epochs without a lower validation loss (restoring the best weights).
+        validation_fraction: annotated slices held out for early stopping (none when too few).
+        patch_size: random crop (H, W) per slice; None: whole slices padded to a common size.
+        augment: random rotation, scaling, intensity and noise augmentation.
+        pseudo_label_weight: loss weight of pseudo-labeled slices in round 0 ...
+        pseudo_label_decay: ... multiplied by this every round (pseudo-labels count less as true labels grow).
+        loss_weights: SBC-AL's (a, b, c) of a*L_SEG + b*L_SFP + c*L_ASR.
+        gradient_clip: maximum gradient norm (nnU-Net uses 12).
+        mixed_precision: autocast and gradient scaling on CUDA (ignored elsewhere).
+        seed: seeds weights, data order, augmentation and dropout.
+    """
+
+    loss: str = "dice_ce"
+    focal_gamma: float = 2.0
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    fine_tune_learning_rate: float = 1e-4
+    structure_learning_rate_factor: float = 10.0
+    momentum: float = 0.99
+    weight_decay: float = 3e-5
+    schedule: str = "constant"
+    batch_size: int = 8
+    max_epochs: int = 50
+    iterations_per_epoch: int | None = None
+    patience: int = 10
+    validation_fraction: float = 0.2
+    patch_size: tuple[int, int] | None = None
+    augment: bool = True
+    pseudo_label_weight: float = 0.5
+    pseudo_label_decay: float = 0.5
+    loss_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    gradient_clip: float = 12.0
+    mixed_precision: bool = True
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"Unknown optimizer {self.optimizer!r}; use {' or '.join(OPTIMIZERS)}.")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"Unknown schedule {self.schedule!r}; use {' or '.join(SCHEDULES)}.")
+        for name in ("batch_size", "max_epochs", "patience"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}.")
+
+    def pseudo_weight(self, round_index: int) -> float:
+        return self.pseudo_label_weight * self.pseudo_label_decay**round_index
+
+    def learning_rate_for(self, round_index: int) -> float:
+        return self.learning_rate if round_index == 0 else self.fine_tune_learning_rate
+
+    def with_options(self, **options: Any) -> TrainingConfig:
+        """A copy with ``options`` changed; an unknown name fails with the closest valid one."""
+        known = [f.name for f in fields(self)]
+        for name in options:
+            if name not in known:
+                closest = difflib.get_close_matches(name, known, n=1, cutoff=0.0)
+                raise ValueError(
+                    f"Unknown training option {name!r}. Did you mean {closest[0]!r}? Options: {', '.join(known)}."
+                )
+        for name in ("patch_size", "loss_weights"):
+            if options.get(name) is not None:
+                options[name] = tuple(options[name])
+        return replace(self, **options)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainingConfig:
+        return cls().with_options(**json.loads(text))

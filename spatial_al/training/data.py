@@ -1,0 +1,182 @@
+"""Training examples from slice stacks: normalised image slices, class targets, ignore masks and sample weights.
+
+Array conventions: volumes are (K, J, I); a slice cut along ``axis`` is the 2D array left when that axis is
+indexed, kept in array order; an example image is (C, H, W), its target (S, H, W) multi-hot over the model's S
+classes, its mask (1, H, W) with 1 on supervised pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..volume import Segment, normalize_slice_indices
+
+PERCENTILES = (0.5, 99.5)
+
+
+def normalize_intensities(image: np.ndarray) -> np.ndarray:
+    """Clip to the 0.5 and 99.5 percentiles, then z-score (one volume; robust to CT and MR alike) -> float32.
+
+    Raises:
+        ValueError: the image has NaN or infinite values.
+    """
+    bad = int(np.count_nonzero(~np.isfinite(image)))
+    if bad:
+        raise ValueError(
+            f"The image has {bad} NaN or infinite voxels; replace them (e.g. with the background intensity) "
+            "before training or predicting."
+        )
+    low, high = np.percentile(image, PERCENTILES)
+    clipped = np.clip(image.astype(np.float32), low, high)
+    return (clipped - clipped.mean()) / max(float(clipped.std()), 1e-6)
+
+
+def take_slice(volume: np.ndarray, index: int, axis: int) -> np.ndarray:
+    """Slice ``index`` of a (..., K, J, I) array along KJI ``axis`` (leading axes kept)."""
+    return np.take(volume, index, axis=volume.ndim - 3 + axis)
+
+
+def match_classes(segments: Sequence[Segment], class_names: Sequence[str]) -> list[Segment]:
+    """The segment of each class name, in class order.
+
+    Raises:
+        ValueError: a class has no segment, or the segmentation has segments the model does not know.
+    """
+    by_name = {segment.name: segment for segment in segments}
+    missing = [name for name in class_names if name not in by_name]
+    extra = [segment.name for segment in segments if segment.name not in class_names]
+    if extra:
+        raise ValueError(
+            f"The segmentation has {len(segments)} segments but the model knows {len(class_names)} classes "
+            f"({', '.join(class_names)}); unknown: {', '.join(extra)}. Train a new model (no --resume), or "
+            "select only the model's segments."
+        )
+    if missing:
+        raise ValueError(
+            f"The segmentation lacks the model's classes {', '.join(missing)}; its segments are "
+            f"{', '.join(by_name) or 'none'}. Segment names must match the names the model was trained on."
+        )
+    return [by_name[name] for name in class_names]
+
+
+@dataclass
+class SliceExamples:
+    """Training slices, one entry per slice in every list.
+
+    Attributes:
+        images: (C, H, W) float32, intensities normalised per volume.
+        targets: (S, H, W) uint8 multi-hot over the classes.
+        masks: (1, H, W) uint8, 1 where the pixel is supervised.
+        weights: loss weight of each slice (1 for annotated, lower for pseudo-labels).
+        sources: (volume index, slice index) of each slice.
+    """
+
+    images: list[np.ndarray] = field(default_factory=list)
+    targets: list[np.ndarray] = field(default_factory=list)
+    masks: list[np.ndarray] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list)
+    sources: list[tuple[int, int]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def extend(self, other: SliceExamples) -> None:
+        for name in ("images", "targets", "masks", "weights", "sources"):
+            getattr(self, name).extend(getattr(other, name))
+
+    def subset(self, indices: Sequence[int]) -> SliceExamples:
+        return SliceExamples(
+            *(
+                [getattr(self, name)[i] for i in indices]
+                for name in ("images", "targets", "masks", "weights", "sources")
+            )
+        )
+
+    def largest_slice_shape(self) -> tuple[int, int]:
+        return tuple(int(max(image.shape[axis] for image in self.images)) for axis in (1, 2))  # type: ignore
+
+
+def slice_examples(
+    normalized_image: np.ndarray,
+    label_layers: np.ndarray,
+    segments: Sequence[Segment],
+    class_names: Sequence[str],
+    slices: Sequence[int],
+    axis: int,
+    weight: float = 1.0,
+    volume_index: int = 0,
+) -> SliceExamples:
+    """Examples for ``slices`` of one volume.
+
+    Args:
+        normalized_image: (K, J, I) float32, see :func:`normalize_intensities`.
+        label_layers: (L, K, J, I) label values of ``segments``.
+        segments: the segmentation's segments, matched to ``class_names`` by name.
+        class_names: the model's classes, in output order.
+        slices: slice indices along ``axis`` to take.
+        axis: KJI slice axis.
+        weight: loss weight of these slices.
+        volume_index: recorded in ``sources``.
+    """
+    classes = match_classes(segments, class_names)
+    indices = normalize_slice_indices(slices, normalized_image.shape[axis], "training slice")
+    examples = SliceExamples()
+    for index in indices.tolist():
+        layers = take_slice(label_layers, index, axis)  # (L, H, W)
+        target = np.stack([layers[segment.layer] == segment.label_value for segment in classes]).astype(np.uint8)
+        examples.images.append(take_slice(normalized_image, index, axis)[np.newaxis].astype(np.float32))
+        examples.targets.append(target)
+        examples.masks.append(np.ones((1, *target.shape[1:]), dtype=np.uint8))
+        examples.weights.append(float(weight))
+        examples.sources.append((volume_index, index))
+    return examples
+
+
+def nearest_annotated_pairs(sources: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """STAR stage 2 pairs: for each example, the example of the nearest other annotated slice of its volume.
+
+    Args:
+        sources: (volume index, slice index) per example.
+
+    Returns:
+        (labeled example, unlabeled example) index pairs, i.e. (x', y') -> (x'', y''); ties go to the lower
+        slice. Volumes with a single annotated slice give no pair.
+    """
+    pairs = []
+    for target, (volume, index) in enumerate(sources):
+        candidates = [
+            (abs(other_index - index), other_index, other)
+            for other, (other_volume, other_index) in enumerate(sources)
+            if other_volume == volume and other != target and other_index != index
+        ]
+        if candidates:
+            pairs.append((min(candidates)[2], target))
+    return pairs
+
+
+def split_validation(examples: SliceExamples, fraction: float, seed: int) -> tuple[SliceExamples, SliceExamples | None]:
+    """Hold out ``fraction`` of the annotated (weight 1) slices for early stopping; None when fewer than 2 would
+    remain to train on or none would be held out."""
+    annotated = [i for i, weight in enumerate(examples.weights) if weight >= 1.0]
+    held_out_count = int(np.floor(fraction * len(annotated)))
+    if held_out_count == 0 or len(annotated) - held_out_count < 1:
+        return examples, None
+    held_out = set(np.random.default_rng(seed).choice(annotated, size=held_out_count, replace=False).tolist())
+    training = [i for i in range(len(examples)) if i not in held_out]
+    return examples.subset(training), examples.subset(sorted(held_out))
+
+
+def distance_targets(target: np.ndarray) -> np.ndarray:
+    """SBC-AL's distance-transformed segmentation: per class, the Euclidean distance to the background inside the
+    structure, divided by its maximum (so 1 at the structure's centre, 0 outside). (S, H, W) -> (S, H, W) float32."""
+    from scipy.ndimage import distance_transform_edt
+
+    maps = np.zeros(target.shape, dtype=np.float32)
+    for channel, mask in enumerate(target.astype(bool)):
+        if mask.any():
+            distance = distance_transform_edt(mask)
+            maps[channel] = distance / distance.max()
+    return maps

@@ -1,0 +1,107 @@
+"""Segmentation losses with an ignore mask and per-sample weights, built on MONAI's losses.
+
+Shapes: logits (B, out_channels, H, W); targets multi-hot (B, S, H, W) over the S foreground classes (for a
+softmax head the background channel is added here); mask (B, 1, H, W), 1 where a pixel is supervised; weights
+(B,), e.g. lower for pseudo-labeled slices. MONAI's losses reduce over the batch or not at all, and none of
+them take an ignore mask, so the reduction (masked mean per sample, then weighted mean over samples) is done here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F  # noqa: N812 (the torch convention)
+
+from ..registry import Registry
+
+LOSSES: Registry[Callable] = Registry("loss")
+
+
+def with_background(target: torch.Tensor) -> torch.Tensor:
+    """(B, S, H, W) multi-hot of exclusive classes -> (B, S + 1, H, W) one-hot with background first."""
+    background = 1.0 - target.sum(dim=1, keepdim=True).clamp(max=1.0)
+    return torch.cat([background, target], dim=1)
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of (B, H, W) ``values`` over the pixels where (B, 1, H, W) ``mask`` is 1, per sample -> (B,)."""
+    mask = mask[:, 0].to(values.dtype)
+    return (values * mask).flatten(1).sum(1) / mask.flatten(1).sum(1).clamp(min=1.0)
+
+
+@LOSSES.register("focal")
+def focal_loss(logits, target, mask, *, head: str, gamma: float = 2.0) -> torch.Tensor:
+    """Focal loss (gamma 2 in STAR, 5 in Less Is More), per sample."""
+    from monai.losses import FocalLoss
+
+    softmax = head == "softmax"
+    dense = with_background(target) if softmax else target
+    per_pixel = FocalLoss(gamma=gamma, use_softmax=softmax, reduction="none")(logits.float(), dense)
+    return masked_mean(per_pixel.sum(1) if softmax else per_pixel.mean(1), mask)
+
+
+@LOSSES.register("ce")
+def cross_entropy_loss(logits, target, mask, *, head: str) -> torch.Tensor:
+    """Cross-entropy over the classes (softmax head), per sample."""
+    return masked_mean(F.cross_entropy(logits.float(), with_background(target).argmax(1), reduction="none"), mask)
+
+
+@LOSSES.register("bce")
+def binary_cross_entropy_loss(logits, target, mask, *, head: str) -> torch.Tensor:
+    """Binary cross-entropy per class channel (sigmoid head), per sample."""
+    per_pixel = F.binary_cross_entropy_with_logits(logits.float(), target.float(), reduction="none")
+    return masked_mean(per_pixel.mean(1), mask)
+
+
+def dice_loss(logits, target, mask, *, head: str) -> torch.Tensor:
+    """Soft Dice over the foreground classes on the supervised pixels, per sample (MONAI DiceLoss)."""
+    from monai.losses import DiceLoss
+
+    softmax = head == "softmax"
+    probabilities = logits.float().softmax(1) if softmax else torch.sigmoid(logits.float())
+    dense = with_background(target) if softmax else target.float()
+    weight = mask.to(probabilities.dtype)
+    per_class = DiceLoss(include_background=not softmax, reduction="none")(probabilities * weight, dense * weight)
+    return per_class.flatten(1).mean(1)
+
+
+@LOSSES.register("dice_ce")
+def dice_cross_entropy_loss(logits, target, mask, *, head: str) -> torch.Tensor:
+    """Soft Dice + cross-entropy (binary cross-entropy for a sigmoid head), per sample (nnU-Net's loss)."""
+    entropy = cross_entropy_loss if head == "softmax" else binary_cross_entropy_loss
+    return dice_loss(logits, target, mask, head=head) + entropy(logits, target, mask, head=head)
+
+
+def distance_regression_loss(predicted: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """SBC-AL's SFP loss: MSE between predicted and true distance maps (B, S, H, W), per sample."""
+    return masked_mean(((predicted.float() - target.float()) ** 2).mean(1), mask)
+
+
+def weighted_mean(per_sample: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Mean of per-sample losses (B,) weighted by (B,) sample weights."""
+    weights = weights.to(per_sample.dtype)
+    return (per_sample * weights).sum() / weights.sum().clamp(min=1e-8)
+
+
+REQUIRED_HEAD = {"ce": "softmax", "bce": "sigmoid"}
+
+
+def segmentation_loss(name: str, head: str, focal_gamma: float) -> Callable:
+    """The per-sample loss ``name`` for ``head``: ``loss(logits, target, mask) -> (B,)``.
+
+    Raises:
+        ValueError: ``name`` does not fit ``head`` (ce needs softmax, bce sigmoid), checked before any training.
+    """
+    function = LOSSES.get(name)
+    if REQUIRED_HEAD.get(name, head) != head:
+        alternative = "bce" if name == "ce" else "ce"
+        raise ValueError(
+            f"The {name} loss needs a {REQUIRED_HEAD[name]} head, this model has {head}: use {alternative}."
+        )
+    options = {"gamma": focal_gamma} if name == "focal" else {}
+
+    def loss(logits, target, mask):
+        return function(logits, target, mask, head=head, **options)
+
+    return loss

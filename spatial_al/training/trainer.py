@@ -1,0 +1,318 @@
+"""The trainer: rounds of (incremental) training with early stopping, progress, cancel and resumable state.
+
+One round trains on the slices labeled so far. Round 0 starts at ``learning_rate``; every later round keeps the
+weights and continues at ``fine_tune_learning_rate`` (STAR's incremental fine-tuning). Data order, augmentation
+and dropout are seeded per epoch from (seed, round, epoch), so a run resumed from its last checkpoint continues
+exactly as it would have without the interruption (bit for bit on CPU).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, RandomSampler
+
+from ..models import STAGES
+from ..progress import ProgressReporter, check_cancelled, report
+from .config import TrainingConfig
+from .data import SliceExamples, nearest_annotated_pairs
+from .loader import SliceDataset
+from .losses import distance_regression_loss, segmentation_loss, weighted_mean, with_background
+
+
+@dataclass
+class TrainerState:
+    """Where training stands; saved in checkpoints so ``--resume`` continues it.
+
+    Attributes:
+        round_index: annotation round (0: first training; later: fine-tuning).
+        stage: "segmentation" or "star_propagation" (STAR's stage 2).
+        epoch: epochs finished in this round and stage.
+        best_validation_loss: lowest validation loss of this round and stage (inf without validation).
+        epochs_without_improvement: for early stopping.
+        finished: this round's training ended (max epochs or early stop); a resume then starts the next round.
+        history: one record per finished epoch (round, stage, epoch, losses, learning rate, seconds).
+    """
+
+    round_index: int = 0
+    stage: str = "segmentation"
+    epoch: int = 0
+    best_validation_loss: float = math.inf
+    epochs_without_improvement: int = 0
+    finished: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def start_stage(self, stage: str) -> None:
+        self.stage = stage
+        self.epoch = 0
+        self.best_validation_loss = math.inf
+        self.epochs_without_improvement = 0
+        self.finished = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Trainer:
+    """Trains a :class:`~spatial_al.models.SegmentationModel` in place.
+
+    Args:
+        model: the network (moved to ``device``).
+        config: how to train.
+        device: where to train (see :func:`spatial_al.device.resolve_device`).
+        progress: receives one report per batch and may cancel; cancel stops before the next batch.
+        state: a resumed :class:`TrainerState` (new: round 0).
+        on_epoch_end: called with the trainer after each finished epoch (e.g. to write a checkpoint).
+    """
+
+    def __init__(
+        self,
+        model,
+        config: TrainingConfig,
+        device: torch.device,
+        progress: ProgressReporter | None = None,
+        state: TrainerState | None = None,
+        on_epoch_end: Callable[[Trainer], None] | None = None,
+    ):
+        self.model = model.to(device)
+        self.config = config
+        self.device = device
+        self.progress = progress
+        self.state = state or TrainerState()
+        self.on_epoch_end = on_epoch_end
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.pending_optimizer_state: dict | None = None
+        self.best_model_state: dict[str, torch.Tensor] | None = None
+        self.use_amp = config.mixed_precision and device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        head = model.config.head
+        self.loss = segmentation_loss(config.loss, head, config.focal_gamma)  # checks the loss fits the head now
+        self.refinement_loss = segmentation_loss("dice_ce", head, config.focal_gamma)  # SBC-AL's L_ASR
+
+    # -- rounds and stages ---------------------------------------------------------------------------------------
+
+    def next_round(self) -> None:
+        """Start the next annotation round: weights kept, fine-tuning learning rate, fresh optimizer."""
+        self.state.round_index += 1
+        self.state.start_stage("segmentation")
+        self.optimizer = None
+        self.pending_optimizer_state = None
+        self.best_model_state = None
+
+    def train_round(self, training: SliceExamples, validation: SliceExamples | None = None) -> TrainerState:
+        """One round: the segmentation stage, then STAR's propagation stage when the model has STAR modules.
+
+        STAR stage 2 pairs each annotated slice with the nearest annotated slice of its volume ((x', y', x'')
+        -> y'') and trains f_L, the key/value head and the decoder; f_L starts as a copy of f_U in round 0.
+        A resumed state continues from its stage and epoch.
+        """
+        if self.state.stage == "segmentation":
+            self.fit(training, validation, stage="segmentation")
+            if self.model.star is None:
+                return self.state
+            self.state.start_stage("star_propagation")
+            self.optimizer = None
+            self.best_model_state = None
+        if not self.state.finished:
+            if not bool(self.model.star.labeled_encoder_trained):
+                self.model.star.initialize_labeled_encoder(self.model.backbone.encoder)
+            self.fit(training, validation, stage="star_propagation")
+            self.model.star.labeled_encoder_trained.fill_(True)
+        return self.state
+
+    # -- one stage -----------------------------------------------------------------------------------------------
+
+    def fit(self, training: SliceExamples, validation: SliceExamples | None = None, stage: str = "segmentation"):
+        """Train one stage of the current round until ``max_epochs`` or early stopping; returns the state.
+
+        Raises:
+            ValueError: no training slice (or no annotated pair for STAR's stage 2).
+            OperationCancelled: the progress reporter asked to stop; the weights are those of the last batch and
+                the last ``on_epoch_end`` checkpoint is the one to resume from.
+        """
+        self.state.stage = stage
+        loader = self._loader(training, stage, shuffle=True)
+        validation_loader = self._loader(validation, stage, shuffle=False) if validation else None
+        optimizer = self._optimizer(stage)
+        scheduler = self._scheduler(optimizer)
+        frozen = self._freeze_all_but(stage)
+        total = self.config.max_epochs * len(loader)
+        try:
+            while self.state.epoch < self.config.max_epochs and not self.state.finished:
+                started = time.perf_counter()
+                self._seed_epoch(loader)
+                self.model.train()
+                if stage == "star_propagation":
+                    self.model.backbone.encoder.eval()  # f_U is frozen: keep its normalisation statistics too
+                losses = []
+                for batch_index, batch in enumerate(loader):
+                    check_cancelled(self.progress)
+                    losses.append(self._train_step(batch, stage, optimizer))
+                    done = self.state.epoch * len(loader) + batch_index + 1
+                    report(self.progress, done, total, f"{stage} epoch {self.state.epoch + 1}, loss {losses[-1]:.4f}")
+                validation_loss = self.evaluate(validation_loader, stage) if validation_loader else None
+                self._end_epoch(stage, losses, validation_loss, optimizer, time.perf_counter() - started)
+                scheduler.step()
+        finally:
+            for parameter in frozen:
+                parameter.requires_grad_(True)
+        if self.best_model_state is not None:
+            self.model.load_state_dict(self.best_model_state)
+        self.state.finished = True
+        return self.state
+
+    def evaluate(self, loader: DataLoader, stage: str) -> float:
+        """Mean weighted loss over ``loader`` without gradients or augmentation."""
+        self.model.eval()
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for batch in loader:
+                loss = self._loss(self._to_device(batch), stage)
+                total += float(loss) * len(batch["image"])
+                count += len(batch["image"])
+        return total / max(count, 1)
+
+    # -- internals -----------------------------------------------------------------------------------------------
+
+    def _loader(self, examples: SliceExamples | None, stage: str, shuffle: bool) -> DataLoader:
+        pairs = nearest_annotated_pairs(examples.sources) if stage == "star_propagation" else None
+        if pairs is not None and not pairs:
+            raise ValueError("STAR's propagation stage needs two annotated slices in one volume; annotate another.")
+        dataset = SliceDataset(
+            examples,
+            self.model.size_divisor,
+            self.config.patch_size if shuffle else None,
+            augment=self.config.augment and shuffle,
+            with_distance=self.model.structure is not None and stage == "segmentation",
+            pairs=pairs,
+        )
+        sampler = None
+        if shuffle:
+            samples = (self.config.iterations_per_epoch or 0) * self.config.batch_size or None
+            sampler = RandomSampler(
+                dataset, replacement=samples is not None, num_samples=samples, generator=torch.Generator()
+            )
+        return DataLoader(
+            dataset,
+            batch_size=self.config.batch_size,
+            sampler=sampler,
+            shuffle=False,
+            pin_memory=self.device.type == "cuda",
+        )
+
+    def _seed_epoch(self, loader: DataLoader) -> None:
+        stage_index = STAGES.index(self.state.stage)
+        entropy = [self.config.seed, self.state.round_index, stage_index, self.state.epoch]
+        seed = int(np.random.SeedSequence(entropy).generate_state(1)[0])
+        torch.manual_seed(seed)  # dropout
+        loader.sampler.generator.manual_seed(seed)
+        loader.dataset.reseed(seed)
+
+    def _optimizer(self, stage: str) -> torch.optim.Optimizer:
+        if self.optimizer is not None:
+            return self.optimizer
+        rate = self.config.learning_rate_for(self.state.round_index)
+        groups = []
+        for name, module in self.model.stage_modules(stage).items():
+            factor = self.config.structure_learning_rate_factor if name == "structure" else 1.0
+            groups.append({"params": list(module.parameters()), "lr": rate * factor, "name": name})
+        if self.config.optimizer == "adam":
+            optimizer = torch.optim.Adam(groups, weight_decay=self.config.weight_decay)
+        else:
+            optimizer = torch.optim.SGD(
+                groups, momentum=self.config.momentum, nesterov=True, weight_decay=self.config.weight_decay
+            )
+        if self.pending_optimizer_state is not None:
+            optimizer.load_state_dict(self.pending_optimizer_state)
+            self.pending_optimizer_state = None
+        self.optimizer = optimizer
+        return optimizer
+
+    def _scheduler(self, optimizer: torch.optim.Optimizer):
+        power = 0.9 if self.config.schedule == "poly" else 0.0
+        scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=self.config.max_epochs, power=power)
+        for _ in range(self.state.epoch):  # a resumed stage continues its schedule
+            scheduler.step()
+        return scheduler
+
+    def _freeze_all_but(self, stage: str) -> list[torch.nn.Parameter]:
+        trained = {id(p) for p in self.model.stage_parameters(stage)}
+        frozen = [p for p in self.model.parameters() if id(p) not in trained and p.requires_grad]
+        for parameter in frozen:
+            parameter.requires_grad_(False)
+        return frozen
+
+    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
+
+    def _loss(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+        loss = self.loss
+        target, mask, weights = batch["target"], batch["mask"], batch["weight"]
+        with torch.autocast(self.device.type, enabled=self.use_amp):
+            if stage == "star_propagation":
+                labels = batch["labeled_target"]
+                if self.model.config.head == "softmax":
+                    labels = with_background(labels.flatten(0, 1)).unflatten(0, labels.shape[:2])
+                logits = self.model.propagate(batch["image"], batch["labeled_image"], labels).logits
+                return weighted_mean(loss(logits, target, mask), weights)
+            if self.model.structure is None:
+                return weighted_mean(loss(self.model(batch["image"]), target, mask), weights)
+            outputs = self.model.structure_outputs(batch["image"])
+            a, b, c = self.config.loss_weights
+            per_sample = (
+                a * loss(outputs.coarse, target, mask)
+                + b
+                * sum(distance_regression_loss(d, batch["distance"], mask) for d in outputs.distance_maps)
+                / len(outputs.distance_maps)
+                + c * self.refinement_loss(outputs.refined, target, mask)
+            )
+            return weighted_mean(per_sample, weights)
+
+    def _train_step(self, batch: dict[str, torch.Tensor], stage: str, optimizer: torch.optim.Optimizer) -> float:
+        loss = self._loss(self._to_device(batch), stage)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"The training loss became {float(loss)}; lower the learning rate (now "
+                f"{optimizer.param_groups[0]['lr']:g}) or check the image for extreme intensities."
+            )
+        optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(
+            [p for group in optimizer.param_groups for p in group["params"]], self.config.gradient_clip
+        )
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        return float(loss.detach())
+
+    def _end_epoch(self, stage, losses, validation_loss, optimizer, seconds) -> None:
+        state = self.state
+        state.epoch += 1
+        state.history.append(
+            {
+                "round": state.round_index,
+                "stage": stage,
+                "epoch": state.epoch,
+                "train_loss": sum(losses) / len(losses),
+                "validation_loss": validation_loss,
+                "learning_rate": optimizer.param_groups[0]["lr"],
+                "seconds": round(seconds, 3),
+            }
+        )
+        if validation_loss is not None:
+            if validation_loss < state.best_validation_loss:
+                state.best_validation_loss = validation_loss
+                state.epochs_without_improvement = 0
+                self.best_model_state = copy.deepcopy(self.model.state_dict())
+            else:
+                state.epochs_without_improvement += 1
+                state.finished = state.epochs_without_improvement >= self.config.patience
+        if self.on_epoch_end is not None:
+            self.on_epoch_end(self)
