@@ -56,3 +56,22 @@ def slicer_modules(headless):
     yield modules
     for name in modules:
         sys.modules.pop(name, None)
+
+
+TINY_UNET = (8, 16, 32, 64, 64, 8)
+
+
+@pytest.fixture
+def labeled_stack():
+    """SliceStack (K, J, I) = (10, 32, 32): a disc growing with K (segment "disc", value 1) and a fixed square
+    (segment "square", value 2), rendered with noise; the image is brighter inside both."""
+    from spatial_al.volume import Geometry, Segment, SliceStack
+
+    rows, columns = np.mgrid[:32, :32]
+    labels = np.zeros((10, 32, 32), np.uint8)
+    for k in range(10):
+        labels[k][(rows - 18) ** 2 + (columns - 18) ** 2 <= (4 + k) ** 2] = 1
+        labels[k][2:8, 2:8] = 2
+    image = labels * 60.0 + np.random.default_rng(0).normal(0, 10, labels.shape)
+    segments = (Segment("disc", 1, color=(1.0, 0.0, 0.0)), Segment("square", 2, color=(0.0, 1.0, 0.0)))
+    return SliceStack(image, labels, segments, Geometry(labels.shape, spacing=(0.8, 0.8, 2.0)))

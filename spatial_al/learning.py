@@ -7,7 +7,7 @@ Volumes are (K, J, I) arrays; the model sees the 2D slices cut along the stack's
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +61,7 @@ def train_on_stack(
     segment_names: Sequence[str] | None = None,
     pseudo_labels: Segmentation | None = None,
     pseudo_slices: Sequence[int] | None = None,
-    preset: str | None = None,
+    preset=None,
     resume: str | Path | None = None,
     training=None,
     device: str = "auto",
@@ -77,7 +77,9 @@ def train_on_stack(
         pseudo_labels: a segmentation on the same grid whose ``pseudo_slices`` are trained on with the lower
             pseudo-label weight of the round (annotated slices are never taken from it).
         pseudo_slices: slices of ``pseudo_labels`` to use (default: every slice that is not annotated).
-        preset: model preset for a new model (default ``unet-small``); with ``resume`` it must match.
+        preset: model preset name, or a :class:`~spatial_al.models.ModelConfig`, for a new model (default
+            ``unet-small``; class names, head and slice axis are filled in from the data); with ``resume`` it
+            must describe the checkpoint's architecture.
         resume: a checkpoint to continue: an interrupted round resumes, a finished one starts the next round
             (fine-tuning at the lower learning rate, pseudo-labels weighted lower).
         training: a :class:`~spatial_al.training.TrainingConfig` (default: the checkpoint's, or the defaults).
@@ -92,7 +94,7 @@ def train_on_stack(
     from monai.utils import set_determinism
 
     from .device import resolve_device
-    from .models import DEFAULT_PRESET, SegmentationModel, preset_config
+    from .models import DEFAULT_PRESET, ModelConfig, SegmentationModel, preset_config
     from .training import Trainer, TrainingConfig, read_checkpoint, resume_trainer, save_checkpoint
     from .training.checkpoint import check_architecture, load_weights
     from .training.data import normalize_intensities, slice_examples, split_validation
@@ -103,6 +105,7 @@ def train_on_stack(
     if not annotated_slices:
         raise ValueError("No annotated slice: annotate at least one slice (and pass it with --annotated) first.")
     segments = select_segments(stack.segments, segment_names)
+    architecture = preset if isinstance(preset, ModelConfig) else preset_config(preset or DEFAULT_PRESET)
     torch_device = resolve_device(device)
     on_epoch_end = (
         (lambda trainer: save_checkpoint(checkpoint_path, trainer.model, trainer)) if checkpoint_path else None
@@ -112,7 +115,7 @@ def train_on_stack(
         checkpoint = read_checkpoint(resume)
         model_config = checkpoint.model_config
         if preset is not None:
-            check_architecture(model_config, preset_config(preset), resume)
+            check_architecture(model_config, architecture, resume)
         if model_config.slice_axis != stack.slice_axis:
             raise ValueError(
                 f"The model in {str(resume)!r} was trained on slices along array axis {model_config.slice_axis}, "
@@ -128,8 +131,8 @@ def train_on_stack(
         training = training or TrainingConfig()
         set_determinism(seed=training.seed)  # the same seed gives the same initial weights
         head = "sigmoid" if len({segment.layer for segment in segments}) > 1 else "softmax"
-        model_config = preset_config(
-            preset or DEFAULT_PRESET,
+        model_config = replace(
+            architecture,
             class_names=tuple(segment.name for segment in segments),
             class_colors=tuple(segment.color or default_color(i) for i, segment in enumerate(segments)),
             head=head,

@@ -101,14 +101,15 @@ class SlicePredictor:
         total = math.ceil(len(images) / self.batch_size)
         for index, start in enumerate(range(0, len(images), self.batch_size)):
             batch = images[start : start + self.batch_size].to(self.device)
-            yield self._padded(batch), tuple(images.shape[-2:])
+            yield batch, tuple(images.shape[-2:])
             report(progress, index + 1, total, message)
 
-    def _collect(self, images, function: Callable, progress, message: str) -> torch.Tensor:
+    def _collect(self, images, function: Callable, progress, message: str, pad: bool = True) -> torch.Tensor:
+        """``function`` on each batch (padded to the size divisor unless ``pad`` is False), cropped back."""
         outputs = []
         with torch.no_grad(), torch.autocast(self.device.type, enabled=self.use_amp):
             for batch, (height, width) in self._batches(images, progress, message):
-                output = function(batch)[..., :height, :width]
+                output = function(self._padded(batch) if pad else batch)[..., :height, :width]
                 outputs.append((output.float() if output.is_floating_point() else output).cpu())
         return torch.cat(outputs)
 
@@ -171,19 +172,19 @@ class SlicePredictor:
                 forward, inverse = TTA_TRANSFORMS[name]
                 transformed = forward(batch)
                 height, width = transformed.shape[-2:]
-                # a rotation of a non-square slice may break the size divisor: pad again, crop before inverting
+                # transform the unpadded slices so each sees its content where a plain prediction would
                 prediction = activation(self.model(self._padded(transformed)), self.head)[..., :height, :width]
                 outputs.append(inverse(prediction))
             return torch.stack(outputs, dim=1)  # (B, T, C, H, W)
 
-        return self._collect(images, predict_all, progress, "test-time augmentation").transpose(0, 1)
+        return self._collect(images, predict_all, progress, "test-time augmentation", pad=False).transpose(0, 1)
 
     def features(self, images, progress: ProgressReporter | None = None) -> torch.Tensor:
         """Bottleneck features (N, D, h, w) of the padded slices (h = ceil(H / divisor))."""
         outputs = []
         with torch.no_grad(), torch.autocast(self.device.type, enabled=self.use_amp):
             for batch, _ in self._batches(images, progress, "features"):
-                outputs.append(self.model.bottleneck_features(batch).float().cpu())
+                outputs.append(self.model.bottleneck_features(self._padded(batch)).float().cpu())
         return torch.cat(outputs)
 
     def structure(self, images, progress: ProgressReporter | None = None) -> dict[str, torch.Tensor]:

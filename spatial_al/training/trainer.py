@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -238,8 +239,10 @@ class Trainer:
     def _scheduler(self, optimizer: torch.optim.Optimizer):
         power = 0.9 if self.config.schedule == "poly" else 0.0
         scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=self.config.max_epochs, power=power)
-        for _ in range(self.state.epoch):  # a resumed stage continues its schedule
-            scheduler.step()
+        with warnings.catch_warnings():  # fast-forwarding a resumed stage's schedule is not a misordered step
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            for _ in range(self.state.epoch):
+                scheduler.step()
         return scheduler
 
     def _freeze_all_but(self, stage: str) -> list[torch.nn.Parameter]:

@@ -1,0 +1,96 @@
+"""Batched inference: probabilities, labels, MC-dropout, test-time augmentation, features, STAR groups."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_UNET
+
+from spatial_al.models import SegmentationModel, preset_config
+from spatial_al.models.inference import SlicePredictor, pixel_entropy
+
+CPU = torch.device("cpu")
+
+
+def predictor(preset="unet-small", batch_size=3, **changes):
+    torch.manual_seed(0)
+    config = preset_config(preset, class_names=("a", "b"), features=TINY_UNET, **changes)
+    return SlicePredictor(SegmentationModel(config), CPU, batch_size=batch_size)
+
+
+SLICES = torch.randn(7, 1, 30, 37, generator=torch.Generator().manual_seed(0))  # not multiples of 16
+
+
+def test_probabilities_are_cropped_back_batched_and_sum_to_one():
+    probabilities = predictor().probabilities(SLICES)
+    assert probabilities.shape == (7, 3, 30, 37)
+    assert torch.allclose(probabilities.sum(1), torch.ones(7, 30, 37), atol=1e-5)
+    one_batch = predictor(batch_size=7).probabilities(SLICES)
+    assert torch.allclose(probabilities, one_batch, atol=1e-5)  # batching does not change the result
+
+
+def test_labels_are_the_argmax_or_the_thresholded_sigmoid():
+    softmax = predictor()
+    assert torch.equal(softmax.labels(SLICES), softmax.probabilities(SLICES).argmax(1).to(torch.uint8))
+    sigmoid = predictor(head="sigmoid")
+    assert torch.equal(sigmoid.labels(SLICES), (sigmoid.probabilities(SLICES) > 0.5).to(torch.uint8))
+
+
+def test_mc_dropout_statistics_against_a_direct_computation():
+    runner = predictor(dropout=0.3)
+    statistics = runner.mc_dropout(SLICES[:2], samples=5, seed=4)
+    torch.manual_seed(4)
+    runner.model.eval()
+    for module in runner.model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.train()
+    padded = torch.nn.functional.pad(SLICES[:2], (0, 11, 0, 2))
+    with torch.no_grad():
+        draws = torch.stack([runner.model(padded).softmax(1)[..., :30, :37] for _ in range(5)])
+    runner.model.eval()
+    assert torch.allclose(statistics.mean, draws.mean(0), atol=1e-5)
+    assert torch.allclose(statistics.variance, draws.var(0, unbiased=False), atol=1e-6)
+    bald = pixel_entropy(draws.mean(0), "softmax") - torch.stack([pixel_entropy(d, "softmax") for d in draws]).mean(0)
+    assert torch.allclose(statistics.mutual_information, bald.clamp(min=0), atol=1e-5)
+    assert float(statistics.mutual_information.max()) > 0
+    assert not runner.model.training and not any(m.training for m in runner.model.modules())
+
+
+def test_mc_dropout_needs_a_model_with_dropout():
+    with pytest.raises(ValueError, match="no dropout"):
+        predictor(dropout=0.0).mc_dropout(SLICES, samples=3)
+
+
+def test_test_time_augmentation_maps_each_prediction_back_to_the_original_frame():
+    runner = predictor()
+    outputs = runner.tta_probabilities(SLICES, transforms=("identity", "flip_columns", "rotate_90"))
+    assert outputs.shape == (3, 7, 3, 30, 37)
+    assert torch.allclose(outputs[0], runner.probabilities(SLICES), atol=1e-6)
+    flipped = runner.probabilities(SLICES.flip(-1)).flip(-1)
+    assert torch.allclose(outputs[1], flipped, atol=1e-6)
+    rotated = runner.probabilities(SLICES.rot90(1, (-2, -1))).rot90(-1, (-2, -1))
+    assert torch.allclose(outputs[2], rotated, atol=1e-6)
+    with pytest.raises(ValueError, match="Unknown test-time transforms"):
+        runner.tta_probabilities(SLICES, transforms=("mirror",))
+
+
+def test_features_are_the_bottleneck_of_the_padded_slices():
+    features = predictor().features(SLICES)
+    assert features.shape == (7, TINY_UNET[4], 2, 3)  # 30x37 padded to 32x48, divided by 16
+
+
+def test_star_group_propagation_attends_over_all_labeled_slices():
+    runner = predictor("star-small")
+    labels = torch.nn.functional.one_hot(torch.randint(0, 3, (2, 30, 37)), 3).permute(0, 3, 1, 2).float()
+    probabilities, attention = runner.propagate(SLICES[2:7], SLICES[[0, 1]], labels)
+    assert probabilities.shape == (5, 3, 30, 37)
+    assert attention.shape == (5, 6, 2, 2, 3)
+    assert torch.allclose(attention.sum(dim=(2, 3, 4)), torch.ones(5, 6), atol=1e-5)
+
+
+def test_bad_slices_are_refused():
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+        predictor().probabilities(np.zeros((4, 30, 30), np.float32))
+    bad = SLICES.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        predictor().probabilities(bad)

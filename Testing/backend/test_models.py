@@ -1,0 +1,129 @@
+"""Networks: MONAI's blocks regrouped unchanged, output shapes, STAR's aggregation, SBC-AL's modules."""
+
+import math
+
+import pytest
+import torch
+from conftest import TINY_UNET
+
+from spatial_al.models import SegmentationModel, preset_config
+from spatial_al.models.star import cross_attention
+
+CLASSES = ("liver", "spleen")
+
+
+def tiny_model(preset="unet-small", seed=0, **changes):
+    torch.manual_seed(seed)
+    changes.setdefault("class_names", CLASSES)
+    if preset_config(preset).architecture == "unet":
+        changes.setdefault("features", TINY_UNET)
+    else:
+        changes.setdefault("backbone", "resnet10")
+        changes.setdefault("decoder_channels", (32, 16, 16, 8, 8))
+    return SegmentationModel(preset_config(preset, **changes))
+
+
+def test_split_unet_computes_what_monai_basic_unet_computes():
+    from monai.networks.nets import BasicUNet
+
+    torch.manual_seed(3)
+    reference = BasicUNet(spatial_dims=2, in_channels=1, out_channels=3, features=TINY_UNET, dropout=0.1).eval()
+    model = tiny_model(seed=3, dropout=0.1).eval()
+    x = torch.randn(2, 1, 32, 48)
+    assert torch.allclose(model(x), reference(x), atol=1e-6)
+
+
+def test_split_resnet_unet_computes_what_monai_flexible_unet_computes():
+    from monai.networks.nets import FlexibleUNet
+
+    torch.manual_seed(3)
+    reference = FlexibleUNet(1, 3, "resnet10", decoder_channels=(32, 16, 16, 8, 8), spatial_dims=2).eval()
+    model = tiny_model("resnet50-unet", seed=3, dropout=0.0).eval()
+    x = torch.randn(2, 1, 64, 64)
+    assert torch.allclose(model(x), reference(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("preset", ["unet-small", "resnet50-unet", "star-small", "sbc-small"])
+@pytest.mark.parametrize(("head", "channels"), [("softmax", 3), ("sigmoid", 2)])
+def test_output_and_bottleneck_shapes(preset, head, channels):
+    model = tiny_model(preset, head=head).eval()
+    x = torch.randn(2, 1, 64, 96)
+    assert model(x).shape == (2, channels, 64, 96)
+    divisor = model.size_divisor
+    width = model.backbone.bottleneck_width
+    assert model.bottleneck_features(x).shape == (2, width, 64 // divisor, 96 // divisor)
+
+
+def test_cross_attention_matches_an_explicit_softmax_over_all_labeled_positions():
+    torch.manual_seed(0)
+    query, keys, values = torch.randn(1, 4, 2, 3), torch.randn(1, 2, 4, 2, 3), torch.randn(1, 2, 5, 2, 3)
+    readout, attention = cross_attention(query, keys, values)
+    position = (1, 2)  # one query position, computed by hand
+    q = query[0, :, position[0], position[1]]
+    scores = torch.stack([q @ keys[0, n, :, i, j] for n in range(2) for i in range(2) for j in range(3)]) / 2.0
+    weights = scores.softmax(0)
+    expected = sum(w * values[0, n, :, i, j] for w, (n, i, j) in zip(weights, _positions(2, 2, 3), strict=True))
+    assert torch.allclose(readout[0, :, position[0], position[1]], expected, atol=1e-6)
+    assert torch.allclose(attention[0, position[0] * 3 + position[1]].flatten(), weights, atol=1e-6)
+
+
+def _positions(n, h, w):
+    return [(a, b, c) for a in range(n) for b in range(h) for c in range(w)]
+
+
+def test_star_attention_sums_to_one_over_labeled_positions_and_skips_padding():
+    model = tiny_model("star-small").eval()
+    unlabeled = torch.randn(2, 1, 32, 32)
+    labeled = torch.randn(2, 2, 1, 32, 32)
+    labels = torch.rand(2, 2, 3, 32, 32)
+    mask = torch.tensor([[True, False], [True, True]])
+    outputs = model.propagate(unlabeled, labeled, labels, mask)
+    assert outputs.logits.shape == (2, 3, 32, 32)
+    assert outputs.attention.shape == (2, 4, 2, 2, 2)  # 2x2 bottleneck positions, 2 labeled slices of 2x2
+    assert torch.allclose(outputs.attention.sum(dim=(2, 3, 4)), torch.ones(2, 4), atol=1e-6)
+    assert outputs.attention[0, :, 1].abs().max() == 0  # the padding slice gets no attention
+    assert outputs.attention[1, :, 1].sum() > 0
+
+
+def test_labeled_encoder_starts_as_the_unlabeled_encoder_with_label_weights_zero():
+    model = tiny_model("star-small").eval()
+    image = torch.randn(3, 1, 32, 32)
+    label = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        for parameter in model.backbone.encoder.parameters():
+            parameter.add_(0.01)  # as if stage 1 had trained f_U
+        model.star.initialize_labeled_encoder(model.backbone.encoder)
+        unlabeled_features = model.encode(image)
+        labeled_features = model.star.labeled_encoder(torch.cat([image, label], 1))
+    for mine, theirs in zip(unlabeled_features, labeled_features, strict=True):
+        assert torch.allclose(mine, theirs, atol=1e-6)
+    assert not bool(model.star.labeled_encoder_trained)
+
+
+def test_structure_heads_give_coarse_refined_and_bounded_distance_maps():
+    model = tiny_model("sbc-small", distance_blocks=2).eval()
+    with torch.no_grad():
+        outputs = model.structure_outputs(torch.randn(2, 1, 32, 32))
+    assert outputs.coarse.shape == outputs.refined.shape == (2, 3, 32, 32)
+    assert len(outputs.distance_maps) == 2
+    assert outputs.distance.shape == (2, 2, 32, 32)
+    assert 0 <= float(outputs.distance.min()) and float(outputs.distance.max()) <= 1
+    assert torch.equal(model(torch.zeros(1, 1, 32, 32)), model.structure_outputs(torch.zeros(1, 1, 32, 32)).refined)
+
+
+def test_models_without_the_modules_say_which_preset_has_them():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="star-small"):
+        model.propagate(torch.zeros(1, 1, 32, 32), torch.zeros(1, 1, 1, 32, 32), torch.zeros(1, 1, 3, 32, 32))
+    with pytest.raises(ValueError, match="sbc-small"):
+        model.structure_outputs(torch.zeros(1, 1, 32, 32))
+
+
+def test_config_round_trips_through_json_and_rejects_bad_values():
+    config = preset_config("star", class_names=CLASSES, class_colors=((1.0, 0, 0), (0, 1.0, 0)), slice_axis=2)
+    assert type(config).from_json(config.to_json()) == config
+    with pytest.raises(ValueError, match="softmax"):
+        preset_config("unet", head="softmax2")
+    with pytest.raises(ValueError, match="6 feature widths"):
+        preset_config("unet", features=(8, 16))
+    assert math.isclose(preset_config("unet").features[0], 32)

@@ -1,0 +1,298 @@
+"""Trainer, losses, checkpoints and the train/predict session on small synthetic stacks (CPU)."""
+
+import pickle
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_UNET
+
+from spatial_al.io.segmentation import Segmentation
+from spatial_al.learning import predict_segmentation, train_on_stack
+from spatial_al.models import SegmentationModel, preset_config
+from spatial_al.models.inference import SlicePredictor
+from spatial_al.progress import OperationCancelled, RecordingProgress
+from spatial_al.training import TrainingConfig, load_model, read_checkpoint, resume_trainer, save_checkpoint
+from spatial_al.training.data import distance_targets, nearest_annotated_pairs, normalize_intensities
+from spatial_al.training.losses import focal_loss, segmentation_loss, weighted_mean
+from spatial_al.volume import Segment
+
+QUICK = TrainingConfig(max_epochs=2, batch_size=4, validation_fraction=0.0, augment=False)
+
+
+def tiny(preset="unet-small", **changes):
+    """The preset's architecture with narrow layers (the presets' widths are for real images)."""
+    return preset_config(preset, features=TINY_UNET, **changes)
+
+
+def train(stack, annotated=(0, 3, 6, 9), training=QUICK, preset="unet-small", **options):
+    return train_on_stack(stack, annotated, preset=tiny(preset), training=training, device="cpu", **options)
+
+
+def weights(model):
+    return {name: tensor.clone() for name, tensor in model.state_dict().items()}
+
+
+def same_weights(first, second):
+    return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+# -- learning ------------------------------------------------------------------------------------------------------
+
+
+def test_a_tiny_model_overfits_a_small_synthetic_set(labeled_stack):
+    config = replace(QUICK, max_epochs=40, learning_rate=1e-2, loss="focal")
+    outcome = train(labeled_stack, training=config)
+    losses = [epoch["train_loss"] for epoch in outcome.history]
+    assert losses[-1] < losses[0] / 5, losses  # the loss falls by at least a factor of 5
+    predicted = predict_segmentation(outcome.model, labeled_stack, device="cpu")
+    truth = labeled_stack.label_layers[0][[0, 3, 6, 9]]
+    assert (predicted.label_layers[0][[0, 3, 6, 9]] == truth).mean() > 0.95
+
+
+def test_the_same_seed_gives_the_same_weights_and_another_seed_other_weights(labeled_stack):
+    augmented = replace(QUICK, augment=True)
+    first = weights(train(labeled_stack, training=augmented).model)
+    second = weights(train(labeled_stack, training=augmented).model)
+    other = weights(train(labeled_stack, training=replace(augmented, seed=1)).model)
+    assert same_weights(first, second)
+    assert not same_weights(first, other)
+
+
+def test_cancel_stops_within_one_batch(labeled_stack):
+    steps = []
+    progress = RecordingProgress(cancel_after=3)
+    model = SegmentationModel(tiny(class_names=("disc", "square")))
+    model.register_forward_hook(lambda module, inputs, output: steps.append(module.training))
+    from spatial_al.training import Trainer
+    from spatial_al.training.data import slice_examples
+
+    examples = slice_examples(
+        normalize_intensities(labeled_stack.image), labeled_stack.label_layers, labeled_stack.segments,
+        ("disc", "square"), range(10), 0,
+    )
+    trainer = Trainer(model, replace(QUICK, batch_size=1), torch.device("cpu"), progress=progress)
+    with pytest.raises(OperationCancelled):
+        trainer.fit(examples)
+    assert len(progress.reports) == 3
+    assert steps == [True, True, True]  # exactly three training batches ran
+
+
+def test_a_resumed_run_ends_bit_identical_to_an_uninterrupted_one(labeled_stack, tmp_path):
+    config = replace(QUICK, max_epochs=4, augment=True)
+    uninterrupted = weights(train(labeled_stack, training=config).model)
+
+    checkpoint = tmp_path / "model.pt"
+    cancel_in_epoch_three = RecordingProgress(cancel_after=5)  # one batch per epoch of 4 slices
+    with pytest.raises(OperationCancelled):
+        train(labeled_stack, training=config, progress=cancel_in_epoch_three, checkpoint_path=checkpoint,
+              annotated=(0, 3, 6, 9, 1, 2, 4, 5))
+    state = read_checkpoint(checkpoint).trainer_state
+    assert (state.epoch, state.finished) == (2, False)
+    uninterrupted = weights(train(labeled_stack, training=config, annotated=(0, 3, 6, 9, 1, 2, 4, 5)).model)
+    resumed = train(labeled_stack, training=None, resume=checkpoint, annotated=(0, 3, 6, 9, 1, 2, 4, 5))
+    assert resumed.trainer.state.round_index == 0
+    assert same_weights(weights(resumed.model), uninterrupted)
+
+
+def test_a_finished_round_resumes_as_fine_tuning_at_the_lower_rate_with_lighter_pseudo_labels(labeled_stack, tmp_path):
+    checkpoint = tmp_path / "round0.pt"
+    train(labeled_stack, checkpoint_path=checkpoint)
+    pseudo = Segmentation(labeled_stack.label_layers, labeled_stack.segments, labeled_stack.geometry)
+    outcome = train(labeled_stack, annotated=(0, 3, 6, 9, 5), training=None, resume=checkpoint, pseudo_labels=pseudo,
+                    pseudo_slices=[1, 2, 5])
+    assert outcome.trainer.state.round_index == 1
+    assert {epoch["learning_rate"] for epoch in outcome.history if epoch["round"] == 1} == {QUICK.fine_tune_learning_rate}
+    assert outcome.pseudo_labeled_slices == [1, 2]  # slice 5 is annotated now: never a pseudo-label
+    assert QUICK.pseudo_weight(1) == QUICK.pseudo_label_weight * QUICK.pseudo_label_decay
+
+
+def test_early_stopping_keeps_the_best_weights_of_the_validation_loss(labeled_stack):
+    config = replace(QUICK, max_epochs=30, patience=2, validation_fraction=0.3, learning_rate=0.3, optimizer="sgd")
+    outcome = train(labeled_stack, annotated=range(10), training=config)
+    history = outcome.history
+    best = min(epoch["validation_loss"] for epoch in history)
+    assert len(history) < 30 and history[-1]["validation_loss"] > best  # stopped after failing to improve
+    assert len(outcome.validation_slices) == 3
+    from spatial_al.training.data import slice_examples
+
+    model = outcome.model
+    examples = slice_examples(
+        normalize_intensities(labeled_stack.image), labeled_stack.label_layers, labeled_stack.segments,
+        model.config.class_names, outcome.validation_slices, 0,
+    )
+    validation = outcome.trainer._loader(examples, "segmentation", shuffle=False)
+    assert outcome.trainer.evaluate(validation, "segmentation") == pytest.approx(best, rel=1e-5)
+
+
+def test_star_round_trains_stage_one_then_only_the_propagation_modules(labeled_stack):
+    model_config = tiny("star-small", class_names=("disc", "square"))
+    outcome = train_on_stack(labeled_stack, (0, 3, 6, 9), preset=model_config, training=QUICK, device="cpu")
+    assert [e["stage"] for e in outcome.history] == ["segmentation"] * 2 + ["star_propagation"] * 2
+    assert bool(outcome.model.star.labeled_encoder_trained)
+
+    # stage 2 again, from a snapshot: f_U must not move, f_L, key/value, decoder and head must
+    from spatial_al.training import Trainer
+    from spatial_al.training.data import slice_examples
+
+    model = outcome.model
+    examples = slice_examples(
+        normalize_intensities(labeled_stack.image), labeled_stack.label_layers, labeled_stack.segments,
+        model.config.class_names, (0, 3, 6, 9), 0,
+    )
+    snapshot = weights(model)
+    model.zero_grad(set_to_none=True)
+    trainer = Trainer(model, QUICK, torch.device("cpu"))
+    trainer.fit(examples, stage="star_propagation")
+    after = weights(model)
+    moved = {name for name in snapshot if not torch.equal(snapshot[name], after[name])}
+    assert not any(name.startswith("backbone.encoder.") for name in moved)
+    for prefix in ("star.labeled_encoder.", "star.key.", "star.value.", "backbone.decoder.", "backbone.head."):
+        assert any(name.startswith(prefix) for name in moved), prefix
+    assert all(p.grad is None for p in model.backbone.encoder.parameters())
+
+    snapshot = weights(model)
+    Trainer(model, QUICK, torch.device("cpu")).fit(examples, stage="segmentation")
+    moved = {name for name in snapshot if not torch.equal(snapshot[name], weights(model)[name])}
+    assert moved and not any(name.startswith("star.") for name in moved)
+
+
+def test_stage_two_pairs_each_annotated_slice_with_its_nearest_annotated_neighbour():
+    sources = [(0, 0), (0, 10), (0, 14), (1, 5), (1, 9), (2, 3)]
+    pairs = nearest_annotated_pairs(sources)
+    assert pairs == [(1, 0), (2, 1), (1, 2), (4, 3), (3, 4)]  # volume 2 has one annotated slice: no pair
+
+
+def test_sbc_model_learns_the_distance_maps(labeled_stack):
+    outcome = train(labeled_stack, preset="sbc-small", training=replace(QUICK, max_epochs=15, learning_rate=3e-3))
+    assert outcome.history[-1]["train_loss"] < outcome.history[0]["train_loss"]
+    outputs = SlicePredictor(outcome.model, torch.device("cpu")).structure(
+        normalize_intensities(labeled_stack.image)[[3], None]
+    )
+    assert outputs["distance"].shape == (1, 2, 32, 32) and outputs["refined"].shape == (1, 3, 32, 32)
+
+
+def test_distance_targets_peak_at_the_centre_of_each_structure():
+    rows, columns = np.mgrid[:21, :21]
+    disc = ((rows - 10) ** 2 + (columns - 10) ** 2 <= 36).astype(np.uint8)
+    maps = distance_targets(np.stack([disc, np.zeros_like(disc)]))
+    background = np.argwhere(disc == 0)
+    brute_force = np.zeros(disc.shape)
+    for row, column in np.argwhere(disc):
+        brute_force[row, column] = np.sqrt(((background - (row, column)) ** 2).sum(1)).min()
+    np.testing.assert_allclose(maps[0], brute_force / brute_force.max(), atol=1e-6)
+    assert maps[0, 10, 10] == 1.0
+    assert maps[1].max() == 0
+
+
+# -- losses --------------------------------------------------------------------------------------------------------
+
+
+def test_masked_losses_equal_the_loss_on_the_supervised_pixels_only():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 8, 8)
+    target = torch.zeros(2, 2, 8, 8)
+    target[:, 0, 2:5, 2:5] = 1
+    target[:, 1, 6:, 6:] = 1
+    mask = torch.zeros(2, 1, 8, 8)
+    mask[..., :, :4] = 1  # the left half is supervised
+    for name in ("focal", "ce", "dice_ce"):
+        loss = segmentation_loss(name, "softmax", focal_gamma=2.0)
+        cropped = loss(logits[..., :4].contiguous(), target[..., :4].contiguous(), torch.ones(2, 1, 8, 4))
+        assert torch.allclose(loss(logits, target, mask), cropped, atol=1e-5), name
+    reference = torch.nn.functional.cross_entropy(logits, torch.cat([1 - target.sum(1, True), target], 1).argmax(1))
+    assert torch.allclose(segmentation_loss("ce", "softmax", 2.0)(logits, target, torch.ones(2, 1, 8, 8)).mean(), reference)
+
+
+def test_focal_loss_with_gamma_zero_is_cross_entropy_and_weights_scale_samples():
+    torch.manual_seed(1)
+    logits = torch.randn(3, 3, 4, 4)
+    target = torch.nn.functional.one_hot(torch.randint(0, 3, (3, 4, 4)), 3).permute(0, 3, 1, 2)[:, 1:].float()
+    mask = torch.ones(3, 1, 4, 4)
+    focal = focal_loss(logits, target, mask, head="softmax", gamma=0.0)
+    assert torch.allclose(focal, segmentation_loss("ce", "softmax", 2.0)(logits, target, mask), atol=1e-5)
+    assert torch.allclose(weighted_mean(focal, torch.tensor([1.0, 0.0, 0.0])), focal[0])
+
+
+def test_a_loss_that_does_not_fit_the_head_is_refused():
+    with pytest.raises(ValueError, match="use bce"):
+        segmentation_loss("ce", "sigmoid", 2.0)
+    with pytest.raises(ValueError, match="Did you mean 'focal'"):
+        segmentation_loss("focl", "softmax", 2.0)
+
+
+# -- checkpoints and prediction ------------------------------------------------------------------------------------
+
+
+def test_checkpoints_round_trip_bit_identically(labeled_stack, tmp_path):
+    outcome = train(labeled_stack, preset="star-small")
+    path = save_checkpoint(tmp_path / "model.pt", outcome.model, outcome.trainer)
+    model, checkpoint = load_model(path, torch.device("cpu"))
+    assert same_weights(weights(model), weights(outcome.model))
+    assert checkpoint.model_config == outcome.model.config
+    assert checkpoint.trainer_state == outcome.trainer.state
+    slices = normalize_intensities(labeled_stack.image)[:, None]
+    outcome.model.eval()
+    assert torch.equal(SlicePredictor(model, torch.device("cpu")).probabilities(slices),
+                       SlicePredictor(outcome.model, torch.device("cpu")).probabilities(slices))
+    assert "model_state" in torch.load(path, weights_only=True)  # plain tensors and strings, no pickled objects
+
+
+def test_prediction_writes_the_trained_segments_on_the_image_grid(labeled_stack):
+    outcome = train(labeled_stack)
+    segmentation = predict_segmentation(outcome.model, labeled_stack, device="cpu")
+    assert [s.name for s in segmentation.segments] == ["disc", "square"]
+    assert [s.color for s in segmentation.segments] == [(1.0, 0.0, 0.0), (0.0, 1.0, 0.0)]
+    assert segmentation.label_layers.shape == (1, 10, 32, 32)
+    assert segmentation.geometry == labeled_stack.geometry
+    assert set(np.unique(segmentation.label_layers)) <= {0, 1, 2}
+
+
+def test_overlapping_segments_train_a_sigmoid_model_predicted_into_layers(labeled_stack):
+    layers = np.stack([(labeled_stack.label_layers[0] == 1).astype(np.uint8), (labeled_stack.label_layers[0] > 0)])
+    overlapping = replace(labeled_stack, label_layers=layers.astype(np.uint8),
+                          segments=(Segment("disc", 1, layer=0), Segment("anything", 1, layer=1)))
+    outcome = train(overlapping, training=replace(QUICK, loss="bce"))
+    assert outcome.model.config.head == "sigmoid"
+    segmentation = predict_segmentation(outcome.model, overlapping, device="cpu")
+    assert [s.name for s in segmentation.segments] == ["disc", "anything"]
+
+
+# -- bad input -----------------------------------------------------------------------------------------------------
+
+
+def test_bad_input_gets_errors_that_name_the_fix(labeled_stack, tmp_path):
+    with pytest.raises(ValueError, match="No annotated slice"):
+        train(labeled_stack, annotated=[])
+    nan_image = labeled_stack.image.copy()
+    nan_image[2, 3, 4] = np.nan
+    with pytest.raises(ValueError, match="1 NaN or infinite voxels"):
+        train(replace(labeled_stack, image=nan_image))
+
+    checkpoint = tmp_path / "model.pt"
+    train(labeled_stack, checkpoint_path=checkpoint)
+    with pytest.raises(ValueError, match="holds a unet.*not the star-small|holds a unet.*with star"):
+        train(labeled_stack, preset="star-small", resume=checkpoint, training=None)
+    more = replace(labeled_stack, segments=(*labeled_stack.segments, Segment("tumour", 3)))
+    with pytest.raises(ValueError, match="unknown: tumour"):
+        train(more, resume=checkpoint, training=None)
+    with pytest.raises(ValueError, match="axis 0.*--axis 0"):
+        train(replace(labeled_stack, slice_axis=1, status=None, confidence=None), resume=checkpoint, training=None)
+
+    pickled = tmp_path / "pickled.pt"
+    torch.save(SegmentationModel(tiny(class_names=("a",))), pickled)
+    with pytest.raises(ValueError, match="not a checkpoint this tool can read safely"):
+        read_checkpoint(pickled)
+    foreign = tmp_path / "foreign.pt"
+    foreign.write_bytes(pickle.dumps({"weights": 1}))
+    with pytest.raises(ValueError, match="not a"):
+        read_checkpoint(foreign)
+    contents = torch.load(checkpoint, weights_only=True)
+    contents["model_state"].pop("backbone.head.weight")
+    torch.save(contents, tmp_path / "edited.pt")
+    with pytest.raises(ValueError, match="1 missing"):
+        load_model(tmp_path / "edited.pt", torch.device("cpu"))
+    with pytest.raises(ValueError, match="Did you mean 'max_epochs'"):
+        TrainingConfig().with_options(max_epoch=3)
+    assert resume_trainer  # the public resume entry point is the one train_on_stack uses
