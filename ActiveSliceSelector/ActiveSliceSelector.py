@@ -58,6 +58,7 @@ class ActiveSliceSelectorParameterNode:
     inputVolume: the scan. segmentation: the segments being annotated. sliceAxis: plane of the slices.
     strategy: query strategy name. budget/budgetUnit: how many slices to ask for. seed: random seed.
     queriedSlices: table of the ranking (rank, slice, score, strategy, status).
+    modelPath: checkpoint that "Update model" trains or fine-tunes and "Predict" uses.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -68,6 +69,7 @@ class ActiveSliceSelectorParameterNode:
     budgetUnit: Annotated[str, Choice(BUDGET_UNITS)] = "slices"
     seed: Annotated[int, WithinRange(0, 2**31 - 1)] = 0
     queriedSlices: vtkMRMLTableNode
+    modelPath: str = ""
 
 
 #
@@ -97,6 +99,9 @@ class ActiveSliceSelectorWidget(SessionWidgetMixin, ScriptedLoadableModuleWidget
         self.ui.previousButton.connect("clicked(bool)", lambda: self.onStepQueriedSlice(-1))
         self.ui.markAnnotatedButton.connect("clicked(bool)", self.onMarkAnnotated)
         self.ui.strategyComboBox.connect("currentTextChanged(QString)", self.onStrategyChanged)
+        self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathChanged)
+        self.ui.updateModelButton.connect("clicked(bool)", self.onUpdateModel)
+        self.ui.predictButton.connect("clicked(bool)", self.onPredict)
         self.ui.nextButton.setShortcut("Ctrl+]")
         self.ui.previousButton.setShortcut("Ctrl+[")
         self.startSession()
@@ -122,6 +127,17 @@ class ActiveSliceSelectorWidget(SessionWidgetMixin, ScriptedLoadableModuleWidget
         self.ui.queriedSlicesTableView.setMRMLTableNode(node.queriedSlices if hasRanking else None)
         for button in (self.ui.nextButton, self.ui.previousButton, self.ui.markAnnotatedButton):
             button.enabled = hasRanking and not self.isRunning
+        if node and self.ui.modelPathLineEdit.currentPath != node.modelPath:
+            self.ui.modelPathLineEdit.currentPath = node.modelPath
+        hasModelPath = bool(node and node.modelPath)
+        if not self.isRunning:
+            self.ui.updateModelButton.text = _("Update model")
+            self.ui.updateModelButton.enabled = ready and hasModelPath
+        self.ui.predictButton.enabled = bool(node and node.inputVolume and hasModelPath) and not self.isRunning
+
+    def onModelPathChanged(self, path) -> None:
+        if self._parameterNode:
+            self._parameterNode.modelPath = path
 
     def onRankButton(self) -> None:
         node = self._parameterNode
@@ -144,6 +160,31 @@ class ActiveSliceSelectorWidget(SessionWidgetMixin, ScriptedLoadableModuleWidget
             self.onStepQueriedSlice(+1)
 
         self.runCancellable(self.ui.rankButton, _("Ranking failed."), rank)
+
+    def onUpdateModel(self) -> None:
+        node = self._parameterNode
+
+        def update(progress):
+            outcome = self.logic.updateModel(
+                node.inputVolume,
+                node.segmentation,
+                self.selectedSegmentIds(),
+                node.modelPath,
+                sliceAxis=node.sliceAxis,
+                progress=progress,
+            )
+            last = outcome.history[-1]
+            self.ui.statusLabel.text = _("Model updated (round {round}, loss {loss:.3f}).").format(
+                round=outcome.trainer.state.round_index, loss=last["train_loss"]
+            )
+
+        self.runCancellable(self.ui.updateModelButton, _("Updating the model failed."), update)
+
+    def onPredict(self) -> None:
+        node = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Prediction failed."), waitCursor=True):
+            predicted = self.logic.predictSegmentation(node.inputVolume, node.modelPath)
+            self.ui.statusLabel.text = _("Prediction written to {name}.").format(name=predicted.GetName())
 
     def onStepQueriedSlice(self, direction) -> None:
         node = self._parameterNode
@@ -288,6 +329,21 @@ class ActiveSliceSelectorLogic(ScriptedLoadableModuleLogic):
             for index in slices:
                 MRMLAdapter.setQueriedSliceStatus(tableNode, index, MRMLAdapter.STATUS_ANNOTATED)
         return annotated
+
+    def updateModel(self, volumeNode, segmentationNode, segmentIds, modelPath, sliceAxis="axial", **options):
+        """Train a model on the annotated slices, or fine-tune the one at ``modelPath`` (next round); see
+        :func:`SpatialALSlicerLib.ModelLogic.updateModel` for the options. Returns the training outcome."""
+        from SpatialALSlicerLib import ModelLogic
+
+        return ModelLogic.updateModel(
+            volumeNode, segmentationNode, segmentIds, modelPath, sliceAxis=sliceAxis, **options
+        )
+
+    def predictSegmentation(self, volumeNode, modelPath, device="auto", progress=None):
+        """The model's segmentation of the volume, in a new segmentation node (returned)."""
+        from SpatialALSlicerLib import ModelLogic
+
+        return ModelLogic.predictSegmentation(volumeNode, modelPath, device, progress)
 
     @staticmethod
     def nextQueriedSlice(tableNode, currentSlice=None, direction=+1):

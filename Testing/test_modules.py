@@ -98,3 +98,36 @@ def test_propagation_logic_explains_bad_input(slicer_modules, headless):
         logic.propagate(volume, segmentation, ["no such segment"], annotatedSlices=[0, 3])
     with pytest.raises(ValueError, match="Did you mean 'sdf'"):
         logic.propagate(volume, segmentation, annotatedSlices=[0, 3], method="sdff")
+
+
+def test_update_model_trains_then_fine_tunes_and_predicts_into_a_new_node(slicer_modules, headless, tmp_path):
+    from conftest import TINY_UNET
+
+    from spatial_al.models import preset_config
+    from spatial_al.training import read_checkpoint
+    from SpatialALSlicerLib import MRMLAdapter
+
+    volume, segmentation, stack = chest_ct_nodes(headless.scene)
+    lungs = [s.segment_id for s in stack.segments if s.name.endswith("lung")]
+    before = {i: MRMLAdapter.segmentMaskInVolumeGrid(segmentation, i, volume) for i in lungs}
+    logic = slicer_modules["ActiveSliceSelector"].ActiveSliceSelectorLogic()
+    model = str(tmp_path / "lungs.pt")
+    with pytest.raises(MRMLAdapter.MRMLInputError, match="Mark annotated"):
+        logic.updateModel(volume, segmentation, lungs, model)
+    logic.markAnnotated(volume, segmentation, lungs, [5, 15, 25], "axial")
+    options = {"max_epochs": 2, "augment": False, "device": "cpu"}
+    first = logic.updateModel(
+        volume, segmentation, lungs, model, preset=preset_config("unet-small", features=TINY_UNET), **options
+    )
+    assert first.annotated_slices == [5, 15, 25] and first.trainer.state.round_index == 0
+    logic.markAnnotated(volume, segmentation, lungs, [30], "axial")
+    second = logic.updateModel(volume, segmentation, lungs, model, **options)
+    assert second.annotated_slices == [5, 15, 25, 30]
+    assert read_checkpoint(model).trainer_state.round_index == 1  # fine-tuned, same file
+
+    predicted = logic.predictSegmentation(volume, model, device="cpu")
+    names = [predicted.GetSegmentation().GetNthSegment(i).GetName() for i in range(2)]
+    assert names == ["right lung", "left lung"]
+    assert predicted.GetName() == "CT (model prediction)"
+    for segmentId in lungs:  # the annotation is untouched
+        assert (MRMLAdapter.segmentMaskInVolumeGrid(segmentation, segmentId, volume) == before[segmentId]).all()

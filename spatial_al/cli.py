@@ -242,6 +242,30 @@ def command_predict(args: argparse.Namespace) -> None:
     print(f"Wrote {output} ({', '.join(results['segments'])})")
 
 
+def command_benchmark(args: argparse.Namespace) -> None:
+    from .benchmarks.throughput import format_table, measure_throughput
+    from .device import resolve_device
+
+    output = Path(args.output)
+    presets = [name.strip() for name in args.presets.split(",")] if args.presets else None
+    timer = Timer()
+    device = resolve_device(args.device)
+    with timer("benchmark"), TqdmProgress("benchmark", disable=args.quiet) as bar:
+        rows = measure_throughput(presets, device, args.size, args.batch_size, args.batches, progress=bar)
+    configuration = {**vars(args), "device": str(device), "torch_threads": torch_threads()}
+    configuration.pop("handler")
+    write_json(output, run_record("spatial-al benchmark throughput", configuration, {"presets": rows}, timer))
+    print(f"Throughput on {device} ({args.size}x{args.size} slices, batch {args.batch_size}):")
+    print(format_table(rows))
+    print(f"Wrote {output}")
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def command_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
@@ -378,6 +402,19 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--channel", type=int, default=None, help="channel of a 4D (multi-modal) image")
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
     predict.set_defaults(handler=command_predict)
+
+    benchmark = commands.add_parser(
+        "benchmark", help="measure training and inference throughput per model preset (prints a table, writes JSON)"
+    )
+    benchmark.add_argument("name", choices=["throughput"], help="what to measure")
+    benchmark.add_argument("--presets", help="comma-separated presets (default: all)")
+    benchmark.add_argument("--size", type=int, default=256, help="slice size in pixels (default 256)")
+    benchmark.add_argument("--batch-size", type=int, default=4, help="slices per batch (default 4)")
+    benchmark.add_argument("--batches", type=int, default=3, help="timed batches after one warm-up (default 3)")
+    benchmark.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    benchmark.add_argument("--output", default="benchmark-throughput.json", help="JSON file to write")
+    benchmark.add_argument("--quiet", action="store_true", help="no progress bar")
+    benchmark.set_defaults(handler=command_benchmark)
 
     presets = commands.add_parser("presets", help="list the model presets")
     presets.set_defaults(handler=command_presets)

@@ -107,7 +107,7 @@ def test_structure_heads_give_coarse_refined_and_bounded_distance_maps():
     assert outputs.coarse.shape == outputs.refined.shape == (2, 3, 32, 32)
     assert len(outputs.distance_maps) == 2
     assert outputs.distance.shape == (2, 2, 32, 32)
-    assert 0 <= float(outputs.distance.min()) and float(outputs.distance.max()) <= 1
+    assert float(outputs.distance.min()) >= 0 and float(outputs.distance.max()) <= 1
     assert torch.equal(model(torch.zeros(1, 1, 32, 32)), model.structure_outputs(torch.zeros(1, 1, 32, 32)).refined)
 
 

@@ -12,7 +12,8 @@ import copy
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -139,13 +140,11 @@ class Trainer:
                 the last ``on_epoch_end`` checkpoint is the one to resume from.
         """
         self.state.stage = stage
-        loader = self._loader(training, stage, shuffle=True)
-        validation_loader = self._loader(validation, stage, shuffle=False) if validation else None
-        optimizer = self._optimizer(stage)
-        scheduler = self._scheduler(optimizer)
-        frozen = self._freeze_all_but(stage)
+        loader = self.data_loader(training, stage, shuffle=True)
+        validation_loader = self.data_loader(validation, stage, shuffle=False) if validation else None
         total = self.config.max_epochs * len(loader)
-        try:
+        with self.stage_training(stage) as optimizer:
+            scheduler = self._scheduler(optimizer)
             while self.state.epoch < self.config.max_epochs and not self.state.finished:
                 started = time.perf_counter()
                 self._seed_epoch(loader)
@@ -155,15 +154,12 @@ class Trainer:
                 losses = []
                 for batch_index, batch in enumerate(loader):
                     check_cancelled(self.progress)
-                    losses.append(self._train_step(batch, stage, optimizer))
+                    losses.append(self.train_step(batch, stage, optimizer))
                     done = self.state.epoch * len(loader) + batch_index + 1
                     report(self.progress, done, total, f"{stage} epoch {self.state.epoch + 1}, loss {losses[-1]:.4f}")
                 validation_loss = self.evaluate(validation_loader, stage) if validation_loader else None
                 self._end_epoch(stage, losses, validation_loss, optimizer, time.perf_counter() - started)
                 scheduler.step()
-        finally:
-            for parameter in frozen:
-                parameter.requires_grad_(True)
         if self.best_model_state is not None:
             self.model.load_state_dict(self.best_model_state)
         self.state.finished = True
@@ -182,7 +178,8 @@ class Trainer:
 
     # -- internals -----------------------------------------------------------------------------------------------
 
-    def _loader(self, examples: SliceExamples | None, stage: str, shuffle: bool) -> DataLoader:
+    def data_loader(self, examples: SliceExamples | None, stage: str, shuffle: bool) -> DataLoader:
+        """Batches of ``examples`` for ``stage``: shuffled, cropped and augmented when ``shuffle`` (training)."""
         pairs = nearest_annotated_pairs(examples.sources) if stage == "star_propagation" else None
         if pairs is not None and not pairs:
             raise ValueError("STAR's propagation stage needs two annotated slices in one volume; annotate another.")
@@ -245,12 +242,19 @@ class Trainer:
                 scheduler.step()
         return scheduler
 
-    def _freeze_all_but(self, stage: str) -> list[torch.nn.Parameter]:
+    @contextmanager
+    def stage_training(self, stage: str) -> Iterator[torch.optim.Optimizer]:
+        """Within the block only ``stage``'s modules take gradients; yields the stage's optimizer."""
+        optimizer = self._optimizer(stage)
         trained = {id(p) for p in self.model.stage_parameters(stage)}
         frozen = [p for p in self.model.parameters() if id(p) not in trained and p.requires_grad]
         for parameter in frozen:
             parameter.requires_grad_(False)
-        return frozen
+        try:
+            yield optimizer
+        finally:
+            for parameter in frozen:
+                parameter.requires_grad_(True)
 
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
@@ -278,7 +282,8 @@ class Trainer:
             )
             return weighted_mean(per_sample, weights)
 
-    def _train_step(self, batch: dict[str, torch.Tensor], stage: str, optimizer: torch.optim.Optimizer) -> float:
+    def train_step(self, batch: dict[str, torch.Tensor], stage: str, optimizer: torch.optim.Optimizer) -> float:
+        """One optimisation step on ``batch`` (see :mod:`spatial_al.training.loader` for its keys); the loss."""
         loss = self._loss(self._to_device(batch), stage)
         if not torch.isfinite(loss):
             raise FloatingPointError(
