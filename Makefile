@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-all lint clean
+.PHONY: setup demo test test-all lint bench clean
 
 setup: $(STAMP)
 
@@ -32,5 +32,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+bench: $(STAMP)
+	$(BIN)/spatial-al benchmark throughput --output benchmark-throughput.json
+
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) demo-output benchmark-throughput.json .pytest_cache .ruff_cache *.egg-info

@@ -194,3 +194,52 @@ def test_errors_name_the_problem_and_leave_inputs_alone(chest_files, tmp_path, c
     assert main([*filled, "--quiet"]) == 2
     assert message in capsys.readouterr().err
     assert truth.read_bytes() == before
+
+
+@pytest.fixture
+def small_files(labeled_stack, tmp_path):
+    """The synthetic labeled stack as an image .nrrd and a .seg.nrrd."""
+    from spatial_al.io import write_segmentation, write_volume
+    from spatial_al.io.segmentation import Segmentation
+
+    image = write_volume(tmp_path / "image.nrrd", labeled_stack.image.astype(np.float32), labeled_stack.geometry)
+    segmentation = Segmentation(labeled_stack.label_layers, labeled_stack.segments, labeled_stack.geometry)
+    return str(image), str(write_segmentation(tmp_path / "labels.seg.nrrd", segmentation))
+
+
+def test_train_then_fine_tune_then_predict_round_trip(small_files, tmp_path, capsys):
+    image, labels = small_files
+    model = tmp_path / "model.pt"
+    common = ["--max-epochs", "2", "--option", "augment=False", "--device", "cpu", "--quiet"]
+    assert main(["train", image, labels, "--annotated", "0,4,8", "--output", str(model), *common]) == 0
+    record = json.loads((tmp_path / "model.run.json").read_text())
+    assert record["results"]["round"] == 0 and len(record["results"]["history"]) == 2
+    assert record["configuration"]["annotated"] == [0, 4, 8] and "versions" in json.dumps(record)
+
+    tuned = tmp_path / "tuned.pt"
+    arguments = ["train", image, labels, "--annotated", "0,4,8,9", "--resume", str(model), "--output", str(tuned)]
+    assert main([*arguments, *common]) == 0
+    assert "round 1" in capsys.readouterr().out
+
+    predicted = tmp_path / "predicted.seg.nrrd"
+    assert main(["predict", image, "--model", str(tuned), "--output", str(predicted), "--quiet"]) == 0
+    segmentation = slicerio.read_segmentation(str(predicted))
+    assert [s["name"] for s in segmentation["segments"]] == ["disc", "square"]
+    assert segmentation["voxels"].shape == (32, 32, 10)  # slicerio reads IJK
+    label_map = tmp_path / "predicted.nii.gz"
+    assert main(["predict", image, "--model", str(tuned), "--output", str(label_map), "--quiet"]) == 0
+    assert set(np.unique(np.asarray(nibabel.load(label_map).dataobj)).tolist()) <= {0, 1, 2}
+
+
+def test_train_and_predict_errors_name_the_fix(small_files, tmp_path, capsys):
+    image, labels = small_files
+    model = tmp_path / "model.pt"
+    assert main(["train", image, labels, "--annotated", "0,4", "--output", str(tmp_path / "model.pth")]) == 2
+    assert ".pt file" in capsys.readouterr().err
+    assert main(["train", image, labels, "--output", str(model), "--quiet"]) == 2
+    assert "No annotated slice" in capsys.readouterr().err
+    assert main(["train", image, labels, "--annotated", "0", "--preset", "unet-smal", "--output", str(model)]) == 2
+    assert "Did you mean 'unet-small'" in capsys.readouterr().err
+    assert main(["predict", image, "--model", str(tmp_path / "none.pt"), "--output", str(tmp_path / "p.nrrd")]) == 2
+    assert "No model checkpoint" in capsys.readouterr().err
+    assert not model.exists()
