@@ -328,3 +328,28 @@ def test_bad_input_gets_errors_that_name_the_fix(labeled_stack, tmp_path):
     with pytest.raises(ValueError, match="Did you mean 'max_epochs'"):
         TrainingConfig().with_options(max_epoch=3)
     assert resume_trainer  # the public resume entry point is the one train_on_stack uses
+
+
+def test_star_stage_two_pairs_only_annotated_slices_and_copes_with_one_held_out_slice(labeled_stack):
+    from spatial_al.training.data import slice_examples
+
+    pseudo = Segmentation(labeled_stack.label_layers, labeled_stack.segments, labeled_stack.geometry)
+    config = replace(QUICK, validation_fraction=0.2)  # 5 annotated slices: 1 held out, nothing to pair it with
+    model_config = tiny("star-small", class_names=("disc", "square"))
+    outcome = train_on_stack(
+        labeled_stack,
+        (0, 3, 6, 7, 9),
+        preset=model_config,
+        training=config,
+        device="cpu",
+        pseudo_labels=pseudo,
+        pseudo_slices=[1, 2],
+    )
+    stage_two = [epoch for epoch in outcome.history if epoch["stage"] == "star_propagation"]
+    assert len(stage_two) == 2 and all(epoch["validation_loss"] is None for epoch in stage_two)
+
+    image = normalize_intensities(labeled_stack.image)
+    examples = slice_examples(image, pseudo.label_layers, pseudo.segments, ("disc", "square"), (0, 6), 0)
+    examples.extend(slice_examples(image, pseudo.label_layers, pseudo.segments, ("disc", "square"), (2, 3), 0, 0.5))
+    pairs = outcome.trainer.data_loader(examples, "star_propagation", shuffle=True).dataset.pairs
+    assert pairs == [(1, 0), (0, 1)]  # slices 0 and 6 pair up; the pseudo-labeled 2 and 3 never do

@@ -178,11 +178,20 @@ class Trainer:
 
     # -- internals -----------------------------------------------------------------------------------------------
 
-    def data_loader(self, examples: SliceExamples | None, stage: str, shuffle: bool) -> DataLoader:
-        """Batches of ``examples`` for ``stage``: shuffled, cropped and augmented when ``shuffle`` (training)."""
-        pairs = nearest_annotated_pairs(examples.sources) if stage == "star_propagation" else None
-        if pairs is not None and not pairs:
-            raise ValueError("STAR's propagation stage needs two annotated slices in one volume; annotate another.")
+    def data_loader(self, examples: SliceExamples, stage: str, shuffle: bool) -> DataLoader | None:
+        """Batches of ``examples`` for ``stage``: shuffled, cropped and augmented when ``shuffle`` (training).
+        None for validation of STAR's stage 2 when no two held-out slices of one volume can be paired."""
+        pairs = None
+        if stage == "star_propagation":  # pairs of annotated slices only, never pseudo-labels
+            annotated = [i for i, weight in enumerate(examples.weights) if weight >= 1.0]
+            pairs = [
+                (annotated[a], annotated[b])
+                for a, b in nearest_annotated_pairs([examples.sources[i] for i in annotated])
+            ]
+            if not pairs and not shuffle:
+                return None  # too few held-out slices to pair: stage 2 runs without early stopping
+            if not pairs:
+                raise ValueError("STAR's propagation stage needs two annotated slices in one volume; annotate another.")
         dataset = SliceDataset(
             examples,
             self.model.size_divisor,
