@@ -57,6 +57,11 @@ def refuse_overwriting_inputs(output: Path, inputs: Sequence[str | Path | None])
             raise CommandLineError(f"--output {str(output)!r} is an input file; choose another path so it is kept.")
 
 
+def require_segmentation_suffix(output: Path) -> None:
+    if file_suffix(output) not in (".seg.nrrd", ".nrrd", ".nii.gz", ".nii", ".mha"):
+        raise CommandLineError(f"--output {str(output)!r}: use .seg.nrrd, .nrrd, .nii.gz, .nii or .mha.")
+
+
 def resolve_annotated(args: argparse.Namespace, segmentation: Segmentation | None, axis: int) -> list[int]:
     if args.annotated is not None:
         try:
@@ -111,8 +116,7 @@ def command_propagate(args: argparse.Namespace) -> None:
 
     output = Path(args.output)
     refuse_overwriting_inputs(output, [args.image, args.segmentation])
-    if file_suffix(output) not in (".seg.nrrd", ".nrrd", ".nii.gz", ".nii", ".mha"):
-        raise CommandLineError(f"--output {str(output)!r}: use .seg.nrrd, .nrrd, .nii.gz, .nii or .mha.")
+    require_segmentation_suffix(output)
     timer = Timer()
     with timer("load"):
         stack = load_stack(args.image, slice_axis=args.axis, channel=args.channel)
@@ -224,8 +228,7 @@ def command_predict(args: argparse.Namespace) -> None:
 
     output = Path(args.output)
     refuse_overwriting_inputs(output, [args.image, args.model])
-    if file_suffix(output) not in (".seg.nrrd", ".nrrd", ".nii.gz", ".nii", ".mha"):
-        raise CommandLineError(f"--output {str(output)!r}: use .seg.nrrd, .nrrd, .nii.gz, .nii or .mha.")
+    require_segmentation_suffix(output)
     timer = Timer()
     with timer("load"):
         device = resolve_device(args.device)

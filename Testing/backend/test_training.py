@@ -34,6 +34,14 @@ def weights(model):
     return {name: tensor.clone() for name, tensor in model.state_dict().items()}
 
 
+def stack_examples(stack, slices):
+    """Training examples of ``slices`` of ``stack`` (classes: its segments), slice axis 0."""
+    from spatial_al.training.data import slice_examples
+
+    classes = tuple(segment.name for segment in stack.segments)
+    return slice_examples(normalize_intensities(stack.image), stack.label_layers, stack.segments, classes, slices, 0)
+
+
 def same_weights(first, second):
     return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
 
@@ -66,16 +74,8 @@ def test_cancel_stops_within_one_batch(labeled_stack):
     model = SegmentationModel(tiny(class_names=("disc", "square")))
     model.register_forward_hook(lambda module, inputs, output: steps.append(module.training))
     from spatial_al.training import Trainer
-    from spatial_al.training.data import slice_examples
 
-    examples = slice_examples(
-        normalize_intensities(labeled_stack.image),
-        labeled_stack.label_layers,
-        labeled_stack.segments,
-        ("disc", "square"),
-        range(10),
-        0,
-    )
+    examples = stack_examples(labeled_stack, range(10))
     trainer = Trainer(model, replace(QUICK, batch_size=1), torch.device("cpu"), progress=progress)
     with pytest.raises(OperationCancelled):
         trainer.fit(examples)
@@ -132,17 +132,7 @@ def test_early_stopping_keeps_the_best_weights_of_the_validation_loss(labeled_st
     best = min(epoch["validation_loss"] for epoch in history)
     assert len(history) < 30 and history[-1]["validation_loss"] > best  # stopped after failing to improve
     assert len(outcome.validation_slices) == 3
-    from spatial_al.training.data import slice_examples
-
-    model = outcome.model
-    examples = slice_examples(
-        normalize_intensities(labeled_stack.image),
-        labeled_stack.label_layers,
-        labeled_stack.segments,
-        model.config.class_names,
-        outcome.validation_slices,
-        0,
-    )
+    examples = stack_examples(labeled_stack, outcome.validation_slices)
     validation = outcome.trainer.data_loader(examples, "segmentation", shuffle=False)
     assert outcome.trainer.evaluate(validation, "segmentation") == pytest.approx(best, rel=1e-5)
 
@@ -155,17 +145,9 @@ def test_star_round_trains_stage_one_then_only_the_propagation_modules(labeled_s
 
     # stage 2 again, from a snapshot: f_U must not move, f_L, key/value, decoder and head must
     from spatial_al.training import Trainer
-    from spatial_al.training.data import slice_examples
 
     model = outcome.model
-    examples = slice_examples(
-        normalize_intensities(labeled_stack.image),
-        labeled_stack.label_layers,
-        labeled_stack.segments,
-        model.config.class_names,
-        (0, 3, 6, 9),
-        0,
-    )
+    examples = stack_examples(labeled_stack, (0, 3, 6, 9))
     snapshot = weights(model)
     model.zero_grad(set_to_none=True)
     trainer = Trainer(model, QUICK, torch.device("cpu"))
