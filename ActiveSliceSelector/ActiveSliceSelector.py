@@ -152,6 +152,7 @@ class ActiveSliceSelectorWidget(SessionWidgetMixin, ScriptedLoadableModuleWidget
                 sliceAxis=node.sliceAxis,
                 seed=node.seed,
                 tableNode=node.queriedSlices,
+                modelPath=node.modelPath,
                 progress=progress,
             )
             node.queriedSlices = tableNode
@@ -258,6 +259,8 @@ class ActiveSliceSelectorLogic(ScriptedLoadableModuleLogic):
         seed=0,
         tableNode=None,
         showPlanes=True,
+        modelPath="",
+        device="auto",
         progress=None,
         **options,
     ):
@@ -274,8 +277,11 @@ class ActiveSliceSelectorLogic(ScriptedLoadableModuleLogic):
             seed: random seed.
             tableNode: table to fill (None: a new one).
             showPlanes: add a plane markup per queried slice (replacing those of the previous ranking).
+            modelPath: checkpoint of a trained model ("" for none), read only by strategies that use a model;
+                its classes must be the names of the chosen segments.
+            device: where the model runs ("auto", "cpu", "cuda", ...).
             progress: progress reporter (``progress(done, total, message)``, ``should_cancel()``).
-            **options: options of the strategy.
+            **options: ``min_spacing``, ``batch_size`` and the options of the strategy.
 
         Returns:
             (``spatial_al.selection.RankingResult``, the table node).
@@ -288,8 +294,30 @@ class ActiveSliceSelectorLogic(ScriptedLoadableModuleLogic):
         if annotatedSlices is None:
             annotatedSlices = MRMLAdapter.recordedAnnotatedSlices(segmentationNode, segmentIds, axis)
         image = MRMLAdapter.arrayFromVolumeNode(volumeNode)
+        model = labels = None
+        segments = ()
+        if modelPath and spatial_al.selection.strategy_info(spatial_al.STRATEGIES.get(strategy)).reads_model:
+            from spatial_al.device import resolve_device
+            from spatial_al.training import load_model
+
+            device = resolve_device(device)
+            model, _ = load_model(modelPath, device)
+            segmentation = MRMLAdapter.segmentationFromNode(segmentationNode, volumeNode, segmentIds)
+            labels, segments = segmentation.label_layers, segmentation.segments
         ranking = spatial_al.rank(
-            image, strategy, budget, annotated=annotatedSlices, axis=axis, seed=seed, progress=progress, **options
+            image,
+            strategy,
+            budget,
+            labels=labels,
+            segments=segments,
+            annotated=annotatedSlices,
+            pseudo_labeled=MRMLAdapter.recordedPropagatedSlices(segmentationNode, segmentIds, axis),
+            axis=axis,
+            model=model,
+            device=device,
+            seed=seed,
+            progress=progress,
+            **options,
         )
         if tableNode is None:
             tableNode = volumeNode.GetScene().AddNewNodeByClass(

@@ -18,6 +18,7 @@ REQUIRED_MODULES = {
     "numpy": "numpy",
     "scipy": "scipy",
     "skimage": "scikit-image",
+    "sklearn": "scikit-learn",
     "nrrd": "pynrrd",
     "slicerio": "slicerio",
     "itk": "itk-morphologicalcontourinterpolation",

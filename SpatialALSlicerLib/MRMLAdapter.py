@@ -13,7 +13,13 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
-from spatial_al.annotation_record import RECORD_TAGS, SliceRecord, merge_pseudo_labels, recorded_annotated_slices
+from spatial_al.annotation_record import (
+    RECORD_TAGS,
+    SliceRecord,
+    merge_pseudo_labels,
+    recorded_annotated_slices,
+    recorded_slices,
+)
 from spatial_al.io.segmentation import Segmentation, default_color
 from spatial_al.session import assemble_layers
 from spatial_al.volume import Geometry, Segment, check_scalar_volume, resolve_slice_axis
@@ -207,6 +213,12 @@ def recordedAnnotatedSlices(segmentationNode, segmentIds, axis):
     """Union of the annotated slices recorded in the segments' tags along ``axis`` (empty when none are)."""
     tags = [segmentTags(segmentationNode, segmentId) for segmentId in segmentIdsOrAll(segmentationNode, segmentIds)]
     return recorded_annotated_slices(tags, axis) or []
+
+
+def recordedPropagatedSlices(segmentationNode, segmentIds, axis):
+    """Union of the slices recorded as propagated (pseudo-labeled) in the segments' tags along ``axis``."""
+    tags = [segmentTags(segmentationNode, segmentId) for segmentId in segmentIdsOrAll(segmentationNode, segmentIds)]
+    return recorded_slices(tags, axis, "propagated") or []
 
 
 def recordAnnotatedSlices(segmentationNode, segmentIds, slices, axis):

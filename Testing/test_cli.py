@@ -243,3 +243,23 @@ def test_train_and_predict_errors_name_the_fix(small_files, tmp_path, capsys):
     assert main(["predict", image, "--model", str(tmp_path / "none.pt"), "--output", str(tmp_path / "p.nrrd")]) == 2
     assert "No model checkpoint" in capsys.readouterr().err
     assert not model.exists()
+
+
+def test_rank_with_a_trained_model_and_without_one(small_files, tmp_path, capsys):
+    image, labels = small_files
+    model = tmp_path / "model.pt"
+    common = ["--device", "cpu", "--quiet"]
+    train = ["train", image, labels, "--annotated", "0,9", "--max-epochs", "1", "--output", str(model)]
+    assert main([*train, "--option", "augment=False", *common]) == 0
+    ranking = tmp_path / "ranking.csv"
+    arguments = ["rank", image, "--labels", labels, "--annotated", "0,9", "--budget", "3", "--output", str(ranking)]
+    assert main([*arguments, "--strategy", "entropy", "--model", str(model), "--min-spacing", "2", *common]) == 0
+    with ranking.open() as file:
+        picked = [int(row["slice"]) for row in csv.DictReader(file)]
+    assert len(picked) == 3 and not {0, 9} & set(picked) and np.diff(sorted(picked)).min() >= 2
+    record = json.loads((tmp_path / "ranking.run.json").read_text())
+    assert record["configuration"]["model_config"]["class_names"] == ["disc", "square"]
+    assert main([*arguments, "--strategy", "entropy"]) == 2
+    assert "--model CKPT" in capsys.readouterr().err
+    assert main([*arguments, "--strategy", "entropy", "--model", str(model), "--segments", "disc"]) == 2
+    assert "does not match the segmentation" in capsys.readouterr().err

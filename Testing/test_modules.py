@@ -1,5 +1,6 @@
 """The scripted modules' Logic and their own Test classes, on slicer-core's MRML classes."""
 
+import numpy as np
 import pytest
 
 
@@ -124,6 +125,19 @@ def test_update_model_trains_then_fine_tunes_and_predicts_into_a_new_node(slicer
     second = logic.updateModel(volume, segmentation, lungs, model, **options)
     assert second.annotated_slices == [5, 15, 25, 30]
     assert read_checkpoint(model).trainer_state.round_index == 1  # fine-tuned, same file
+
+    with pytest.raises(ValueError, match="model file in Slicer"):
+        logic.rankSlices(volume, segmentation, lungs, "entropy", 3)
+    ranking, table = logic.rankSlices(
+        volume, segmentation, lungs, "entropy", 3, modelPath=model, device="cpu", min_spacing=3
+    )
+    assert len(ranking) == 3 and not {5, 15, 25, 30} & set(ranking.slices.tolist())
+    assert np.diff(np.sort(ranking.slices)).min() >= 3
+    rows = MRMLAdapter.queriedSlicesFromTable(table)
+    assert [r["slice"] for r in rows] == ranking.slices.tolist()
+    assert {(r["strategy"], r["status"]) for r in rows} == {("entropy", MRMLAdapter.STATUS_TO_ANNOTATE)}
+    with pytest.raises(ValueError, match="does not match the segmentation"):  # every segment, the model knows two
+        logic.rankSlices(volume, segmentation, None, "entropy", 3, modelPath=model, device="cpu")
 
     predicted = logic.predictSegmentation(volume, model, device="cpu")
     names = [predicted.GetSegmentation().GetNthSegment(i).GetName() for i in range(2)]

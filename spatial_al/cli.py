@@ -11,6 +11,7 @@ import argparse
 import ast
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -76,33 +77,60 @@ def resolve_annotated(args: argparse.Namespace, segmentation: Segmentation | Non
 
 
 def command_rank(args: argparse.Namespace) -> None:
+    from .learning import select_segments
     from .selection import rank
 
     output = Path(args.output)
-    refuse_overwriting_inputs(output, [args.image, args.labels])
+    refuse_overwriting_inputs(output, [args.image, args.labels, args.model])
     timer = Timer()
     with timer("load"):
         stack = load_stack(args.image, args.labels, slice_axis=args.axis, channel=args.channel)
+        model = device = None
+        if args.model:
+            from .device import resolve_device
+            from .training import load_model
+
+            device = resolve_device(args.device)
+            model, _ = load_model(args.model, device)
     segmentation = Segmentation(stack.label_layers, stack.segments, stack.geometry) if args.labels else None
     annotated = resolve_annotated(args, segmentation, stack.slice_axis)
+    segments = ()
+    pseudo_labeled: list[int] = []
+    if segmentation is not None:
+        names = [name.strip() for name in args.segments.split(",")] if args.segments else None
+        segments = select_segments(stack.segments, names) if stack.segments else ()
+        pseudo_labeled = recorded_slices([s.tags for s in segments], stack.slice_axis, "propagated") or []
     options = parse_options(args.option)
-    labels = stack.label_layers[0] if args.labels else None
     with timer("rank"), TqdmProgress("ranking", disable=args.quiet) as bar:
         ranking = rank(
             stack.image,
             args.strategy,
             args.budget,
-            labels=labels,
+            labels=stack.label_layers if segmentation is not None else None,
             annotated=annotated,
             axis=stack.slice_axis,
+            model=model,
             seed=args.seed,
             progress=bar,
+            segments=segments,
+            pseudo_labeled=pseudo_labeled,
+            device=device or "cpu",
+            batch_size=args.batch_size,
+            min_spacing=args.min_spacing,
             **options,
         )
     ranking.write_csv(output)
-    configuration = {**vars(args), "axis": stack.slice_axis, "annotated": annotated, "options": options}
+    configuration = {
+        **vars(args),
+        "axis": stack.slice_axis,
+        "annotated": annotated,
+        "pseudo_labeled": pseudo_labeled,
+        "options": options,
+        "model_config": asdict(model.config) if model is not None else None,
+        "device": str(device) if device is not None else None,
+    }
     configuration.pop("handler")
-    results = {"slices": ranking.slices, "scores": ranking.scores}
+    results = {"slices": ranking.slices, "scores": ranking.scores, "details": ranking.details}
     write_json(run_record_path(output), run_record("spatial-al rank", configuration, results, timer))
     if not args.quiet:
         print(f"rank  slice  score   ({args.strategy}, axis {stack.slice_axis}, {stack.n_slices} slices)")
@@ -199,8 +227,8 @@ def command_train(args: argparse.Namespace) -> None:
         **vars(args),
         "axis": stack.slice_axis,
         "annotated": outcome.annotated_slices,
-        "model": outcome.model.config.to_json(),
-        "training": training.to_json(),
+        "model": asdict(outcome.model.config),
+        "training": asdict(training),
         "device": str(outcome.trainer.device),
     }
     configuration.pop("handler")
@@ -365,6 +393,11 @@ def build_parser() -> argparse.ArgumentParser:
     rank.add_argument("--budget", required=True, type=int, help="number of slices to pick")
     rank.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     rank.add_argument("--output", required=True, help="CSV file to write (columns rank,slice,score)")
+    rank.add_argument("--model", metavar="CKPT", help="trained model (spatial-al train) for model-based strategies")
+    rank.add_argument("--segments", help="comma-separated segments of --labels the model knows (default: all)")
+    rank.add_argument("--min-spacing", type=int, default=0, help="picks at least this many slices apart (default 0)")
+    rank.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    rank.add_argument("--batch-size", type=int, default=8, help="slices per forward pass (default 8)")
     add_volume_arguments(rank)
     rank.set_defaults(handler=command_rank)
 

@@ -22,6 +22,7 @@ PACKAGES = (
     "SimpleITK",
     "itk-morphologicalcontourinterpolation",
     "scikit-image",
+    "scikit-learn",
     "slicerio",
     "torch",
     "monai",

@@ -107,3 +107,83 @@ def test_ranking_csv_has_rank_slice_score(tmp_path):
     assert list(rows[0]) == ["rank", "slice", "score"]
     assert [int(r["slice"]) for r in rows] == ranking.slices.tolist()
     assert [int(r["rank"]) for r in rows] == [1, 2, 3]
+
+
+# --- strided blocks ----------------------------------------------------------------------------------------
+
+
+def blocks_of(ranking):
+    return [tuple(block[1:]) for block in ranking.details["blocks"]]
+
+
+def test_strided_blocks_annotate_both_ends_and_never_overlap_labels():
+    annotated = [0, 11, 12, 30]
+    ranking = spatial_al.rank(IMAGE, "strided_blocks", 8, annotated=annotated, block_size=5, seed=2)
+    blocks = blocks_of(ranking)
+    sizes = [last - first + 1 for first, last in blocks]
+    assert len(blocks) == 4 and sizes[0] == 5 and sizes == sorted(sizes, reverse=True)  # full blocks first
+    covered = [set(range(first, last + 1)) for first, last in blocks]
+    assert all(not (c & set(annotated)) for c in covered)
+    assert all(not (a & b) for i, a in enumerate(covered) for b in covered[i + 1 :])
+    assert ranking.slices.tolist() == [end for block in blocks for end in block]
+
+
+def test_strided_blocks_shrink_when_no_full_block_is_left():
+    # free runs: 1-3 (3 slices) and 5-6 (2 slices); no block of 5 fits
+    annotated = [0, 4, *range(7, 34)]
+    ranking = spatial_al.rank(IMAGE, "strided_blocks", 4, annotated=annotated, block_size=5)
+    assert sorted(blocks_of(ranking)) == [(1, 3), (5, 6)]
+
+
+def test_strided_blocks_requery_pseudo_labels_only_when_nothing_else_is_left():
+    annotated, pseudo = [0, 10, 20, 33], [*range(1, 10), *range(11, 20)]
+    ranking = spatial_al.rank(IMAGE, "strided_blocks", 4, annotated=annotated, pseudo_labeled=pseudo, block_size=5)
+    assert all(first >= 21 and last <= 32 for first, last in blocks_of(ranking))
+    everything_else = [*range(21, 33)]
+    later = spatial_al.rank(
+        IMAGE, "strided_blocks", 2, annotated=annotated + everything_else, pseudo_labeled=pseudo, block_size=5
+    )
+    assert all(set(range(first, last + 1)) <= set(pseudo) for first, last in blocks_of(later))
+
+
+def test_strided_blocks_refuse_spacing_controls():
+    with pytest.raises(ValueError, match="spaces its picks by construction"):
+        spatial_al.rank(IMAGE, "strided_blocks", 4, min_spacing=3)
+
+
+def test_strided_blocks_by_uncertainty_need_a_model():
+    with pytest.raises(ValueError, match="needs a trained model"):
+        spatial_al.rank(IMAGE, "strided_blocks", 4, blocks="uncertainty")
+
+
+# --- shared selection controls and cohorts -----------------------------------------------------------------
+
+
+def test_min_spacing_keeps_picks_apart():
+    ranking = spatial_al.rank(IMAGE, "random", 6, min_spacing=5, seed=4)
+    picks = np.sort(ranking.slices)
+    assert len(picks) == 6 and np.diff(picks).min() >= 5
+
+
+def test_ties_go_to_the_lower_slice():
+    from spatial_al.selection.base import RankingContext, select_top, to_pool_volume
+
+    volume = to_pool_volume(spatial_al.selection.RankingVolume(IMAGE, annotated=[2]), 0, 0)
+    context = RankingContext((volume,), 3, np.random.default_rng(0))
+    picks = select_top(context, np.ones(33))
+    assert context.pool_slice[picks.positions].tolist() == [0, 1, 3]
+
+
+def test_stratified_in_a_cohort_takes_equal_slices_per_volume():
+    volumes = [spatial_al.selection.RankingVolume(IMAGE, name=f"case {i}") for i in range(3)]
+    ranking = spatial_al.selection.rank_cohort(volumes, "stratified", 6, seed=1)
+    assert np.bincount(ranking.volumes).tolist() == [2, 2, 2]
+
+
+def test_per_volume_caps_random_picks_in_a_cohort(tmp_path):
+    volumes = [spatial_al.selection.RankingVolume(IMAGE, name=name) for name in ("a", "b")]
+    ranking = spatial_al.selection.rank_cohort(volumes, "random", 4, per_volume=2, seed=0)
+    assert np.bincount(ranking.volumes).tolist() == [2, 2]
+    with ranking.write_csv(tmp_path / "cohort.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    assert list(rows[0]) == ["volume", "rank", "slice", "score"] and {r["volume"] for r in rows} == {"a", "b"}

@@ -187,6 +187,19 @@ class SlicePredictor:
                 outputs.append(self.model.bottleneck_features(self._padded(batch)).float().cpu())
         return torch.cat(outputs)
 
+    def labeled_features(self, images, labels, progress: ProgressReporter | None = None) -> torch.Tensor:
+        """STAR's labeled-slice encoder f_L on annotated slices: images (N, C, H, W) and their labels
+        (N, out_channels, H, W) one-hot / multi-hot -> bottleneck features (N, D, h, w)."""
+        if self.model.star is None:
+            raise ValueError(f"This model ({self.model.config.describe()}) has no STAR labeled-slice encoder.")
+        images = torch.as_tensor(np.asarray(images) if not torch.is_tensor(images) else images, dtype=torch.float32)
+        labels = torch.as_tensor(np.asarray(labels) if not torch.is_tensor(labels) else labels, dtype=torch.float32)
+        outputs = []
+        with torch.no_grad(), torch.autocast(self.device.type, enabled=self.use_amp):
+            for batch, _ in self._batches(torch.cat([images, labels], 1), progress, "labeled features"):
+                outputs.append(self.model.star.labeled_encoder(self._padded(batch))[-1].float().cpu())
+        return torch.cat(outputs)
+
     def structure(self, images, progress: ProgressReporter | None = None) -> dict[str, torch.Tensor]:
         """SBC-AL's outputs: "coarse" and "refined" probabilities (N, out, H, W), "distance" maps (N, S, H, W)."""
 

@@ -1,21 +1,19 @@
-"""Model-free strategies for the first round, when no model exists yet."""
+"""Model-free strategies for the first round, when no model exists yet: random, grids and strided blocks."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from .base import STRATEGIES, RankingContext
+from .base import STRATEGIES, Picks, RankingContext, spaced_by_construction
 
 
 @STRATEGIES.register("random")
-def random_slices(context: RankingContext) -> tuple[np.ndarray, np.ndarray]:
+def random_slices(context: RankingContext) -> np.ndarray:
     """Uniformly random slices (the baseline of every active-learning study); score = the random priority drawn.
 
     Each candidate slice draws a priority uniformly in [0, 1); the ``budget`` highest are picked.
     """
-    priority = context.rng.random(context.candidates.size)
-    order = np.argsort(-priority, kind="stable")[: context.budget]
-    return context.candidates[order], priority[order]
+    return context.rng.random(context.pool_slice.size)
 
 
 def centred_offset(n_slices: int, interval: int) -> int:
@@ -23,44 +21,59 @@ def centred_offset(n_slices: int, interval: int) -> int:
     return ((n_slices - 1) % interval) // 2
 
 
+def _per_volume_picks(context: RankingContext, pick) -> Picks:
+    """Run ``pick(volume, budget) -> slices`` on each volume with its share of the budget; score 1 per pick."""
+    positions = []
+    for index, (volume, share) in enumerate(zip(context.volumes, context.volume_budgets(), strict=True)):
+        if share:
+            picked = pick(volume, share)
+            positions.append(context.pool_range(index).start + np.searchsorted(volume.candidates, picked))
+    chosen = np.concatenate(positions).astype(np.int64) if positions else np.zeros(0, np.int64)
+    return Picks(chosen, np.ones(chosen.size))
+
+
 @STRATEGIES.register("fixed_interval")
-def fixed_interval(
-    context: RankingContext, *, interval: int | None = None, offset: int | None = None
-) -> tuple[np.ndarray, np.ndarray]:
+@spaced_by_construction()
+def fixed_interval(context: RankingContext, *, interval: int | None = None, offset: int | None = None) -> Picks:
     """Every j-th slice (STAR's initialisation, j=10; the MIDL 2025 study's "fixed"); score 1 for every pick.
 
     The grid is ``offset, offset + j, offset + 2j, ...``. Without ``interval``, j is the largest step that fits
-    ``budget`` slices in the volume; without ``offset``, the grid is centred (equal margins at both ends). Grid
+    the volume's share of the budget; without ``offset``, the grid is centred (equal margins at both ends). Grid
     slices already annotated are skipped, so fewer than ``budget`` slices may come back; when the grid holds more
-    than ``budget`` candidates, ``budget`` of them are taken evenly spread. Picks are in slice order.
+    than the budget, that many are taken evenly spread. Picks are in slice order, volume by volume.
 
     Keyword Args:
         interval: j, the step between picked slices (>= 1).
         offset: index of the first grid slice.
     """
-    n_slices = context.n_slices
-    if interval is None:
-        interval = max(1, (n_slices - 1) // max(context.budget - 1, 1)) if context.budget > 1 else n_slices
-    if interval < 1:
+    if interval is not None and interval < 1:
         raise ValueError(f"interval must be at least 1, got {interval}.")
-    if offset is None:
-        offset = centred_offset(n_slices, interval)
-    if not 0 <= offset < n_slices:
-        raise ValueError(f"offset must be a slice index (0 to {n_slices - 1}), got {offset}.")
-    grid = np.arange(offset, n_slices, interval)
-    picks = np.intersect1d(grid, context.candidates)
-    if picks.size > context.budget:
-        picks = picks[np.round(np.linspace(0, picks.size - 1, context.budget)).astype(int)]
-    return picks, np.ones(picks.size)
+
+    def grid_slices(volume, budget: int) -> np.ndarray:
+        n_slices = volume.n_slices
+        step = interval or (max(1, (n_slices - 1) // max(budget - 1, 1)) if budget > 1 else n_slices)
+        start = centred_offset(n_slices, step) if offset is None else offset
+        if not 0 <= start < n_slices:
+            raise ValueError(f"offset must be a slice index (0 to {n_slices - 1}), got {start}.")
+        picks = np.intersect1d(np.arange(start, n_slices, step), volume.candidates)
+        if picks.size > budget:
+            picks = picks[np.round(np.linspace(0, picks.size - 1, budget)).astype(int)]
+        return picks
+
+    return _per_volume_picks(context, grid_slices)
 
 
 @STRATEGIES.register("stratified")
-def stratified(context: RankingContext) -> tuple[np.ndarray, np.ndarray]:
-    """One random slice from each of ``budget`` equal runs of consecutive candidate slices; score 1 for every pick.
+@spaced_by_construction()
+def stratified(context: RankingContext) -> Picks:
+    """One random slice from each of equal runs of consecutive candidates, the same number in every volume.
 
-    Covers the whole volume like ``fixed_interval`` while keeping random sampling's independence from the grid.
-    Picks are in slice order.
+    Covers each volume like ``fixed_interval`` while keeping random sampling's independence from the grid; the
+    budget is shared equally between the volumes of a cohort. Score 1 for every pick; picks are in slice order.
     """
-    strata = np.array_split(context.candidates, context.budget)
-    picks = np.array([stratum[context.rng.integers(stratum.size)] for stratum in strata])
-    return picks, np.ones(picks.size)
+
+    def one_per_stratum(volume, budget: int) -> np.ndarray:
+        strata = np.array_split(volume.candidates, budget)
+        return np.array([stratum[context.rng.integers(stratum.size)] for stratum in strata])
+
+    return _per_volume_picks(context, one_per_stratum)

@@ -29,9 +29,9 @@ def normalize_intensities(image: np.ndarray) -> np.ndarray:
             f"The image has {bad} NaN or infinite voxels; replace them (e.g. with the background intensity) "
             "before training or predicting."
         )
-    low, high = np.percentile(image, PERCENTILES)
+    low, high = (float(value) for value in np.percentile(image, PERCENTILES))
     clipped = np.clip(image.astype(np.float32), low, high)
-    return (clipped - clipped.mean()) / max(float(clipped.std()), 1e-6)
+    return ((clipped - clipped.mean()) / max(float(clipped.std()), 1e-6)).astype(np.float32, copy=False)
 
 
 def take_slice(volume: np.ndarray, index: int, axis: int) -> np.ndarray:

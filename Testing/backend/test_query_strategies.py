@@ -1,0 +1,339 @@
+"""Model-based query strategies and pseudo-label selection: each strategy's defining property against a reference
+computed another way (numpy / scipy / sklearn on the model's raw outputs), and the model checks."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_UNET
+from scipy.spatial.distance import cdist, directed_hausdorff
+
+import spatial_al
+from spatial_al.models import SegmentationModel, preset_config
+from spatial_al.models.inference import SlicePredictor
+from spatial_al.selection import select_pseudo_labels
+from spatial_al.selection.uncertainty import UNCERTAINTY_MEASURES
+from spatial_al.training.data import distance_targets, normalize_intensities
+
+CPU = torch.device("cpu")
+CLASSES = ("disc", "square")
+
+
+def tiny_model(preset="unet-small", **changes) -> SegmentationModel:
+    torch.manual_seed(0)
+    return SegmentationModel(preset_config(preset, class_names=CLASSES, features=TINY_UNET, **changes)).eval()
+
+
+def ranked(stack, strategy, budget, model, annotated=(0, 9), **options):
+    return spatial_al.rank(
+        stack.image,
+        strategy,
+        budget,
+        labels=stack.label_layers,
+        segments=stack.segments,
+        annotated=annotated,
+        model=model,
+        device="cpu",
+        **options,
+    )
+
+
+def model_inputs(stack, slices):
+    return torch.as_tensor(normalize_intensities(stack.image)[list(slices), None])
+
+
+def candidates(annotated=(0, 9)):
+    return np.setdiff1d(np.arange(10), annotated)
+
+
+def probabilities(model, stack, slices):
+    return SlicePredictor(model, CPU).probabilities(model_inputs(stack, slices)).numpy()
+
+
+def expected_top(scores, slices, budget):
+    order = np.lexsort((slices, -np.asarray(scores)))
+    return np.asarray(slices)[order[:budget]]
+
+
+# --- uncertainty --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("head", ["softmax", "sigmoid"])
+@pytest.mark.parametrize("measure", sorted(UNCERTAINTY_MEASURES))
+def test_every_uncertainty_measure_ranks_a_uniform_prediction_first(measure, head):
+    channels = 3
+    alpha = 0.5 if head == "sigmoid" else 1 / channels
+    uniform = np.full((channels, 4, 4), alpha)
+    confident = np.zeros((channels, 4, 4))
+    confident[1] = 1.0
+    mixed = (uniform + confident) / 2
+    slices = torch.tensor(np.stack([confident, uniform, mixed]), dtype=torch.float32)
+    scores = UNCERTAINTY_MEASURES[measure](slices, head)
+    assert np.argmax(scores) == 1 and np.argmin(scores) == 0
+
+
+def test_least_confidence_follows_less_is_more_on_the_model_output(labeled_stack):
+    model = tiny_model()
+    slices = candidates()
+    p = probabilities(model, labeled_stack, slices)  # softmax over 3 channels: alpha = 1/3
+    reference = 1 - np.abs(p - 1 / 3).mean(axis=(1, 2, 3)) / (1 - 1 / 3)
+    ranking = ranked(labeled_stack, "least_confidence", 3, model)
+    np.testing.assert_array_equal(ranking.slices, expected_top(reference, slices, 3))
+    np.testing.assert_allclose(ranking.scores, np.sort(reference)[::-1][:3], rtol=1e-5)
+
+
+def test_entropy_forms_match_their_definitions(labeled_stack):
+    model = tiny_model(head="sigmoid")
+    slices = candidates()
+    p = probabilities(model, labeled_stack, slices).astype(np.float64)
+    x = np.clip(np.abs(p - 0.5), 1e-10, None)
+    less_is_more = (x * np.log(x)).mean(axis=(1, 2, 3))
+    q = np.clip(p, 1e-12, 1)
+    r = np.clip(1 - p, 1e-12, 1)
+    shannon = -(q * np.log(q) + r * np.log(r)).sum(1).mean((1, 2)) / (2 * np.log(2))
+    for form, reference in (("less_is_more", less_is_more), ("shannon", shannon)):
+        ranking = ranked(labeled_stack, "entropy", 8, model, form=form)
+        np.testing.assert_array_equal(ranking.slices, expected_top(reference, slices, 8))
+        np.testing.assert_allclose(ranking.scores, np.sort(reference)[::-1], rtol=1e-4, atol=1e-7)
+
+
+def test_margin_is_one_minus_the_gap_between_the_two_likeliest_classes(labeled_stack):
+    model = tiny_model()
+    slices = candidates()
+    top_two = -np.sort(-probabilities(model, labeled_stack, slices), axis=1)[:, :2]
+    reference = 1 - (top_two[:, 0] - top_two[:, 1]).mean((1, 2))
+    ranking = ranked(labeled_stack, "margin", 4, model)
+    np.testing.assert_array_equal(ranking.slices, expected_top(reference, slices, 4))
+
+
+@pytest.mark.parametrize("measure", ["bald", "variance"])
+def test_mc_dropout_scores_are_the_predictor_statistics_with_the_derived_seed(labeled_stack, measure):
+    model = tiny_model(dropout=0.3)
+    slices = candidates()
+    seed = int(np.random.default_rng(5).integers(0, 2**31 - 1, size=slices.size + 1)[0])
+    statistics = SlicePredictor(model, CPU).mc_dropout(model_inputs(labeled_stack, slices), samples=4, seed=seed)
+    values = statistics.mutual_information if measure == "bald" else statistics.variance.mean(1)
+    reference = values.mean((1, 2)).numpy()
+    ranking = ranked(labeled_stack, "mc_dropout", 8, model, seed=5, samples=4, measure=measure)
+    np.testing.assert_allclose(ranking.scores, np.sort(reference)[::-1], rtol=1e-5)
+    assert (ranking.scores >= 0).all()
+    again = ranked(labeled_stack, "mc_dropout", 8, model, seed=5, samples=4, measure=measure)
+    np.testing.assert_array_equal(ranking.slices, again.slices)
+
+
+def test_mc_dropout_refuses_a_model_without_dropout(labeled_stack):
+    with pytest.raises(ValueError, match="no dropout"):
+        ranked(labeled_stack, "mc_dropout", 2, tiny_model(dropout=0.0))
+
+
+def test_taal_is_the_jensen_shannon_divergence_of_flipped_predictions(labeled_stack):
+    model = tiny_model()
+    slices = candidates()
+    inputs = model_inputs(labeled_stack, slices)
+    plain = probabilities(model, labeled_stack, slices)
+    flipped = SlicePredictor(model, CPU).probabilities(inputs.flip(-1)).flip(-1).numpy()
+
+    def entropy(p):
+        return -(np.clip(p, 1e-12, 1) * np.log(np.clip(p, 1e-12, 1))).sum(1)
+
+    reference = (entropy((plain + flipped) / 2) - (entropy(plain) + entropy(flipped)) / 2).mean((1, 2))
+    ranking = ranked(labeled_stack, "taal", 8, model, transforms=["identity", "flip_columns"])
+    np.testing.assert_allclose(ranking.scores, np.sort(reference)[::-1], rtol=1e-4, atol=1e-8)
+
+
+# --- diversity and representativeness ----------------------------------------------------------------------
+
+
+def pooled_features(model, stack, slices):
+    return SlicePredictor(model, CPU).features(model_inputs(stack, slices)).amax((2, 3)).numpy().astype(np.float64)
+
+
+def test_kcenter_greedy_picks_the_farthest_point_each_time(labeled_stack):
+    model = tiny_model()
+    annotated, slices = (0, 9), candidates()
+    features, centers = pooled_features(model, labeled_stack, slices), pooled_features(model, labeled_stack, annotated)
+    expected, covered = [], list(centers)
+    for _ in range(3):
+        distance = np.array([min(np.linalg.norm(f - c) for c in covered) for f in features])
+        distance[[list(slices).index(s) for s in expected]] = -1
+        expected.append(int(slices[np.argmax(distance)]))
+        covered.append(features[np.argmax(distance)])
+    ranking = ranked(labeled_stack, "kcenter_greedy", 3, model)
+    assert ranking.slices.tolist() == expected
+    assert (np.diff(ranking.scores) <= 1e-9).all()  # each pick is no farther than the one before
+
+
+def test_distance_representative_first_pick_is_farthest_on_average_in_pca_space(labeled_stack):
+    from sklearn.decomposition import PCA
+
+    model = tiny_model()
+    annotated, slices = (0, 4, 9), candidates((0, 4, 9))
+    everything = np.concatenate(
+        [pooled_features(model, labeled_stack, annotated), pooled_features(model, labeled_stack, slices)]
+    )
+    normalized = (everything - everything.min(0)) / (everything.max(0) - everything.min(0) + 1e-10)
+    reduced = PCA(n_components=5, svd_solver="full").fit_transform(normalized)
+    mean_distance = cdist(reduced[3:], reduced[:3]).mean(1)
+    ranking = ranked(labeled_stack, "distance_representative", 2, model, annotated=annotated, dimensions=5)
+    assert ranking.slices[0] == slices[np.argmax(mean_distance)]
+    assert ranking.scores[0] == pytest.approx(mean_distance.max(), rel=1e-6)
+
+
+def test_distance_representative_needs_annotated_slices(labeled_stack):
+    with pytest.raises(ValueError, match="none is annotated"):
+        ranked(labeled_stack, "distance_representative", 2, tiny_model(), annotated=())
+
+
+def test_cluster_representative_in_one_cluster_scores_its_unlabeled_share(labeled_stack):
+    ranking = ranked(labeled_stack, "cluster_representative", 3, tiny_model(), bandwidth=1e6)
+    assert ranking.details == {"clusters": 1, "outliers": 0}
+    np.testing.assert_allclose(ranking.scores, [1 - 2 / 10, 1 - 3 / 10, 1 - 4 / 10])
+
+
+def test_bal_with_a_shortlist_of_the_budget_picks_the_most_uncertain(labeled_stack):
+    model = tiny_model()
+    slices = candidates()
+    p = probabilities(model, labeled_stack, slices)
+    uncertainty = 1 - np.abs(p - 1 / 3).mean(axis=(1, 2, 3)) / (2 / 3)
+    ranking = ranked(labeled_stack, "bal", 3, model, shortlist_factor=1)
+    assert set(ranking.slices) == set(expected_top(uncertainty, slices, 3))
+
+
+# --- spatial ------------------------------------------------------------------------------------------------
+
+
+def one_hot_with_background(labels, classes=2):
+    return np.stack([labels == value for value in range(classes + 1)], axis=1).astype(np.float32)
+
+
+def test_star_similarity_picks_the_least_similar_slice_of_each_group(labeled_stack):
+    model = tiny_model("star-small")
+    annotated = (0, 4, 9)
+    slices = candidates(annotated)
+    with torch.no_grad():
+        unlabeled = model.encode(model_inputs(labeled_stack, slices))[-1].flatten(1).numpy()
+        labels = torch.as_tensor(one_hot_with_background(labeled_stack.label_layers[0][list(annotated)]))
+        labeled_inputs = torch.cat([model_inputs(labeled_stack, annotated), labels], 1)
+        labeled = model.star.labeled_encoder(labeled_inputs)[-1].flatten(1).numpy()
+    cosine = 1 - cdist(unlabeled, labeled, "cosine")
+    groups = {1: (0, 1), 2: (1, 2)}  # slices 1-3 between annotated 0 and 4, slices 5-8 between 4 and 9
+    expected = []
+    for group, members in groups.items():
+        rows = [i for i, s in enumerate(slices) if np.searchsorted(annotated, s) == group]
+        similarity = cosine[rows][:, list(members)].mean(1)
+        expected.append((1 - similarity.min(), int(slices[rows][np.argmin(similarity)])))
+    ranking = ranked(labeled_stack, "star_similarity", 2, model, annotated=annotated)
+    assert sorted(ranking.slices.tolist()) == sorted(s for _, s in expected)
+    np.testing.assert_allclose(sorted(ranking.scores), sorted(score for score, _ in expected), rtol=1e-4)
+
+
+def test_star_similarity_needs_a_star_model_and_annotated_slices(labeled_stack):
+    with pytest.raises(ValueError, match="star-small"):
+        ranked(labeled_stack, "star_similarity", 2, tiny_model())
+    with pytest.raises(ValueError, match="none is annotated"):
+        ranked(labeled_stack, "star_similarity", 2, tiny_model("star-small"), annotated=())
+
+
+def hausdorff(a, b):
+    points_a, points_b = np.argwhere(a), np.argwhere(b)
+    return max(directed_hausdorff(points_a, points_b)[0], directed_hausdorff(points_b, points_a)[0])
+
+
+def test_sbc_consistency_against_an_independent_computation(labeled_stack):
+    model = tiny_model("sbc-small")
+    slices = candidates()
+    with torch.no_grad():
+        outputs = model.structure_outputs(model_inputs(labeled_stack, slices))
+    coarse, refined = outputs.coarse.softmax(1).argmax(1).numpy(), outputs.refined.softmax(1).argmax(1).numpy()
+    distance = outputs.distance.numpy()
+    diagonal = np.hypot(32, 32)
+    reference = []
+    for n in range(len(slices)):
+        structure, boundary = [], []
+        for c in range(2):
+            a, b = coarse[n] == c + 1, refined[n] == c + 1
+            expected_map = distance_targets(a[None])[0]
+            dot = (expected_map * distance[n, c]).sum()
+            norms = np.linalg.norm(expected_map) * np.linalg.norm(distance[n, c])
+            q_cos = dot / norms if norms else float(not expected_map.any() and not distance[n, c].any())
+            total = expected_map.sum() + distance[n, c].sum()
+            q_dice = 2 * dot / total if total else 1.0
+            structure.append(0.6 * q_cos + 0.4 * q_dice)
+            if a.any() and b.any():
+                boundary.append(max(0.0, 1 - hausdorff(a, b) / diagonal))
+            else:
+                boundary.append(float(a.any() == b.any()))
+        reference.append(1 - (0.8 * np.mean(structure) + 0.2 * np.mean(boundary)))
+    ranking = ranked(labeled_stack, "sbc_consistency", 8, model)
+    np.testing.assert_allclose(ranking.scores, np.sort(reference)[::-1], rtol=1e-4, atol=1e-6)
+
+
+# --- models that do not fit ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", ["entropy", "kcenter_greedy", "sbc_consistency"])
+def test_a_model_strategy_without_a_model_names_the_fix(labeled_stack, strategy):
+    with pytest.raises(ValueError, match="--model CKPT"):
+        ranked(labeled_stack, strategy, 2, None)
+
+
+def test_a_model_of_other_classes_is_refused(labeled_stack):
+    torch.manual_seed(0)
+    other = SegmentationModel(preset_config("unet-small", class_names=("liver",), features=TINY_UNET))
+    with pytest.raises(ValueError, match=r"does not match the segmentation.*liver"):
+        ranked(labeled_stack, "entropy", 2, other)
+
+
+def test_a_model_of_another_slice_axis_is_refused(labeled_stack):
+    model = tiny_model(slice_axis=1)
+    with pytest.raises(ValueError, match="axis 1"):
+        ranked(labeled_stack, "entropy", 2, model)
+
+
+def test_uncertainty_in_a_cohort_takes_one_slice_per_volume_by_default(labeled_stack):
+    volumes = [
+        spatial_al.selection.RankingVolume(labeled_stack.image, name="a"),
+        spatial_al.selection.RankingVolume(labeled_stack.image[::-1].copy(), name="b"),
+    ]
+    ranking = spatial_al.selection.rank_cohort(volumes, "entropy", 2, model=tiny_model(), device="cpu")
+    assert sorted(ranking.volumes.tolist()) == [0, 1]
+    with pytest.raises(ValueError, match="raise per_volume to at least 2"):
+        spatial_al.selection.rank_cohort(volumes, "entropy", 3, model=tiny_model(), device="cpu")
+
+
+# --- pseudo-labels -----------------------------------------------------------------------------------------
+
+
+def test_ceal_keeps_the_most_confident_slices(labeled_stack):
+    model = tiny_model()
+    slices = candidates()
+    p = np.clip(probabilities(model, labeled_stack, slices), 1e-12, 1)
+    confidence = 1 - (-(p * np.log(p)).sum(1)).mean((1, 2)) / np.log(3)
+    selection = select_pseudo_labels(labeled_stack.image, "ceal", model, count=3, annotated=(0, 9), device="cpu")
+    np.testing.assert_array_equal(selection.slices, expected_top(confidence, slices, 3))
+    np.testing.assert_allclose(selection.confidence, np.sort(confidence)[::-1][:3], rtol=1e-5)
+    threshold = float(np.median(confidence))
+    above = select_pseudo_labels(labeled_stack.image, "ceal", model, min_confidence=threshold, annotated=(0, 9))
+    assert set(above.slices) == set(slices[confidence >= threshold])
+
+
+def test_star_entropy_ranks_the_propagations_by_entropy(labeled_stack):
+    model = tiny_model("star-small")
+    selection = select_pseudo_labels(
+        labeled_stack.image,
+        "star_entropy",
+        model,
+        count=8,
+        labels=labeled_stack.label_layers,
+        segments=labeled_stack.segments,
+        annotated=(0, 9),
+        device="cpu",
+    )
+    labeled = one_hot_with_background(labeled_stack.label_layers[0][[0, 9]])
+    propagated, _ = SlicePredictor(model, CPU).propagate(
+        model_inputs(labeled_stack, candidates()), model_inputs(labeled_stack, (0, 9)), labeled
+    )
+    p = np.clip(propagated.numpy(), 1e-12, 1)
+    confidence = 1 - (-(p * np.log(p)).sum(1)).mean((1, 2)) / np.log(3)
+    np.testing.assert_allclose(selection.confidence, np.sort(confidence)[::-1], rtol=1e-4)
+    with pytest.raises(ValueError, match="STAR model"):
+        select_pseudo_labels(labeled_stack.image, "star_entropy", tiny_model(), count=2, annotated=(0, 9))

@@ -1,0 +1,220 @@
+"""Diversity and representativeness strategies on the model's bottleneck features.
+
+A slice's feature vector is the bottleneck activation max-pooled over space, (D,) per slice ("Less Is More"). The
+strategies here compare candidates with the annotated slices and with each other in that space.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.spatial.distance import cdist
+
+from ..progress import report
+from .base import STRATEGIES, Picks, RankingContext, uses_model
+from .uncertainty import CHUNK_SLICES, probability_measure, score_pool
+
+
+@dataclass
+class PoolFeatures:
+    """Max-pooled bottleneck features: ``candidates`` (n, D) in the order asked for, ``annotated`` (m, D)."""
+
+    candidates: np.ndarray
+    annotated: np.ndarray
+
+
+def slice_features(context: RankingContext, positions: np.ndarray | None = None) -> PoolFeatures:
+    """Feature vectors of the candidates at pool ``positions`` (default: all) and of every annotated slice,
+    computed in chunks with progress."""
+    positions = np.arange(context.pool_slice.size) if positions is None else np.asarray(positions)
+    jobs = []
+    for kind in ("candidates", "annotated"):
+        for index, volume in enumerate(context.volumes):
+            if kind == "annotated":
+                slices = volume.annotated
+            else:
+                slices = context.pool_slice[positions[context.pool_volume[positions] == index]]
+            starts = range(0, slices.size, CHUNK_SLICES)
+            jobs += [(kind, volume, slices[start : start + CHUNK_SLICES]) for start in starts]
+    predictor = context.predictor()
+    features: dict[str, list[np.ndarray]] = {"candidates": [], "annotated": []}
+    for done, (kind, volume, slices) in enumerate(jobs, start=1):
+        maps = predictor.features(volume.model_inputs(slices))  # (N, D, h, w)
+        features[kind].append(maps.amax((2, 3)).numpy().astype(np.float64))
+        report(context.progress, done, len(jobs), "bottleneck features")
+    candidates = np.concatenate(features["candidates"])
+    order = np.argsort(np.argsort(context.pool_volume[positions], kind="stable"), kind="stable")
+    annotated = np.concatenate(features["annotated"]) if features["annotated"] else np.zeros((0, candidates.shape[1]))
+    return PoolFeatures(candidates[order], annotated)
+
+
+def reduce_features(features: np.ndarray, dimensions: int = 10) -> np.ndarray:
+    """Min-max normalise each feature over the slices, then PCA to ``dimensions`` ("Less Is More"): (n, D) ->
+    (n, min(dimensions, n, D))."""
+    from sklearn.decomposition import PCA
+
+    low, high = features.min(0, keepdims=True), features.max(0, keepdims=True)
+    normalized = (features - low) / (high - low + 1e-10)
+    components = min(dimensions, *normalized.shape)
+    return PCA(n_components=components, svd_solver="full").fit_transform(normalized)
+
+
+def greedy_k_center(
+    context: RankingContext, features: np.ndarray, centers: np.ndarray, positions: np.ndarray | None = None
+) -> Picks:
+    """Farthest-first traversal (the core-set greedy of Sener & Savarese 2018) under the shared controls.
+
+    Args:
+        context: the call's context.
+        features: (n, D) features of the selectable candidates.
+        centers: (m, D) features already covered (the annotated slices); with none, the first pick is random.
+        positions: pool position of each row of ``features`` (default: all of the pool, in order).
+
+    Returns:
+        Picks whose score is the distance to the nearest center at the time of the pick.
+    """
+    positions = np.arange(len(features)) if positions is None else positions
+    if len(centers):
+        nearest = cdist(features, centers).min(1)
+    else:
+        nearest = np.full(len(features), np.inf)
+        nearest[context.rng.integers(len(features))] = np.finfo(float).max
+    admission = context.admission()
+    chosen, scores = [], []
+    available = np.ones(len(features), bool)
+    while len(chosen) < context.budget and available.any():
+        row = int(np.argmax(np.where(available, nearest, -np.inf)))
+        available[row] = False
+        volume, index = int(context.pool_volume[positions[row]]), int(context.pool_slice[positions[row]])
+        if not admission.admits(volume, index):
+            continue
+        admission.take(volume, index)
+        chosen.append(positions[row])
+        scores.append(float(nearest[row]) if np.isfinite(nearest[row]) and len(centers) else float("nan"))
+        nearest = np.minimum(nearest, cdist(features, features[row : row + 1])[:, 0])
+    scores = np.asarray(scores, dtype=float)
+    return Picks(np.asarray(chosen, dtype=np.int64), np.nan_to_num(scores, nan=0.0))
+
+
+@STRATEGIES.register("kcenter_greedy")
+@uses_model()
+def kcenter_greedy(context: RankingContext) -> Picks:
+    """Core-set: each pick is the slice farthest (in feature space) from the annotated and already picked slices.
+
+    Score = the distance to the nearest covered slice when picked (0 for a random first pick when nothing is
+    annotated yet).
+    """
+    features = slice_features(context)
+    return greedy_k_center(context, features.candidates, features.annotated)
+
+
+def reduced_pool_features(context: RankingContext, dimensions: int) -> tuple[np.ndarray, np.ndarray]:
+    """PCA-reduced features of the candidates (n, d) and the annotated slices (m, d), reduced together."""
+    features = slice_features(context)
+    reduced = reduce_features(np.concatenate([features.annotated, features.candidates]), dimensions)
+    return reduced[len(features.annotated) :], reduced[: len(features.annotated)]
+
+
+def require_annotated(context: RankingContext, strategy: str) -> None:
+    if not any(volume.annotated.size for volume in context.volumes):
+        raise ValueError(
+            f"{strategy} compares candidates with the annotated slices and none is annotated yet; start with a "
+            "cold-start strategy (fixed_interval, strided_blocks or random), annotate, then use it."
+        )
+
+
+@STRATEGIES.register("distance_representative")
+@uses_model()
+def distance_representative(context: RankingContext, *, dimensions: int = 10, metric: str = "euclidean") -> Picks:
+    """Slices farthest on average from the annotated set in reduced feature space ("Less Is More").
+
+    Features are min-max normalised and reduced by PCA to ``dimensions``; each pick joins the annotated set
+    before the next is scored. Score = mean distance to the annotated (and already picked) slices.
+
+    Keyword Args:
+        dimensions: PCA components (10 in the paper).
+        metric: a ``scipy.spatial.distance.cdist`` metric (euclidean, cosine, ...).
+    """
+    require_annotated(context, "distance_representative")
+    candidates, annotated = reduced_pool_features(context, dimensions)
+    distance_sum = cdist(candidates, annotated, metric).sum(1)
+    references = len(annotated)
+    admission = context.admission()
+    available = np.ones(len(candidates), bool)
+    chosen, scores = [], []
+    while len(chosen) < context.budget and available.any():
+        mean_distance = distance_sum / references
+        row = int(np.argmax(np.where(available, mean_distance, -np.inf)))
+        available[row] = False
+        volume, index = int(context.pool_volume[row]), int(context.pool_slice[row])
+        if not admission.admits(volume, index):
+            continue
+        admission.take(volume, index)
+        chosen.append(row)
+        scores.append(float(mean_distance[row]))
+        distance_sum += cdist(candidates, candidates[row : row + 1], metric)[:, 0]
+        references += 1
+    return Picks(np.asarray(chosen, dtype=np.int64), np.asarray(scores, dtype=float))
+
+
+@STRATEGIES.register("cluster_representative")
+@uses_model()
+def cluster_representative(context: RankingContext, *, dimensions: int = 10, bandwidth: float = 5.0) -> Picks:
+    """Random slices of the feature clusters least represented among the annotated slices ("Less Is More").
+
+    Features (max-pooled bottleneck, min-max normalised, PCA to ``dimensions``) of annotated and candidate
+    slices are clustered by mean shift. A candidate scores 1 - (annotated share of its cluster); after each pick
+    the shares are updated. Slices mean shift leaves as outliers score 0 and come last.
+
+    Keyword Args:
+        dimensions: PCA components (10 in the paper).
+        bandwidth: mean-shift kernel bandwidth (5 in the paper).
+    """
+    from sklearn.cluster import MeanShift
+
+    candidates, annotated = reduced_pool_features(context, dimensions)
+    clusters = MeanShift(bandwidth=bandwidth, cluster_all=False).fit(np.concatenate([annotated, candidates])).labels_
+    annotated_clusters, candidate_clusters = clusters[: len(annotated)], clusters[len(annotated) :]
+    ids = np.unique(clusters)
+    size = {c: int(np.count_nonzero(clusters == c)) for c in ids}
+    labeled = {c: int(np.count_nonzero(annotated_clusters == c)) for c in ids}
+    admission = context.admission()
+    available = np.ones(len(candidates), bool)
+    tie_breaker = context.rng.random(len(candidates))  # random slice within the neediest cluster
+    chosen, scores = [], []
+    while len(chosen) < context.budget and available.any():
+        need = np.array([0.0 if c == -1 else 1.0 - labeled[c] / size[c] for c in candidate_clusters])
+        row = int(np.lexsort((-tie_breaker, np.where(available, -need, np.inf)))[0])
+        available[row] = False
+        volume, index = int(context.pool_volume[row]), int(context.pool_slice[row])
+        if not admission.admits(volume, index):
+            continue
+        admission.take(volume, index)
+        chosen.append(row)
+        scores.append(float(need[row]))
+        labeled[candidate_clusters[row]] += 1
+    details = {"clusters": int(np.count_nonzero(ids >= 0)), "outliers": int(np.count_nonzero(clusters == -1))}
+    return Picks(np.asarray(chosen, dtype=np.int64), np.asarray(scores, dtype=float), details)
+
+
+@STRATEGIES.register("bal")
+@uses_model(default_per_volume=1)
+def bal(context: RankingContext, *, measure: str = "least_confidence", shortlist_factor: int = 5) -> Picks:
+    """Uncertainty, then diversity: the most uncertain slices, thinned to a spread-out set by k-center greedy.
+
+    The ``shortlist_factor * budget`` most uncertain candidates are shortlisted; core-set picks among them (from
+    the annotated slices as centers) avoid querying near-duplicates of one uncertain region. Score = the slice's
+    uncertainty.
+
+    Keyword Args:
+        measure: least_confidence, entropy, shannon or margin.
+        shortlist_factor: shortlist size as a multiple of the budget (>= 1).
+    """
+    if shortlist_factor < 1:
+        raise ValueError(f"shortlist_factor must be at least 1, got {shortlist_factor}.")
+    uncertainty = score_pool(context, probability_measure(measure), f"uncertainty ({measure})")
+    shortlist = np.sort(np.argsort(-uncertainty, kind="stable")[: shortlist_factor * context.budget])
+    features = slice_features(context, shortlist)
+    picks = greedy_k_center(context, features.candidates[shortlist], features.annotated, positions=shortlist)
+    return Picks(picks.positions, uncertainty[picks.positions])

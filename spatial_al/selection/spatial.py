@@ -1,0 +1,157 @@
+"""Spatial strategies: STAR's similarity to the annotated slices around a slice, SBC-AL's structure and
+boundary consistency."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..progress import report
+from ..training.losses import with_background
+from .base import STRATEGIES, Picks, RankingContext, select_top, uses_model
+from .uncertainty import CHUNK_SLICES, score_pool
+
+
+def annotated_groups(annotated: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """STAR's groups: the index of the interval between consecutive annotated slices that holds each candidate,
+    shape (n,). Candidates before the first annotated slice are group 0, after the last group len(annotated)."""
+    return np.searchsorted(annotated, candidates)
+
+
+def group_annotated_slices(annotated: np.ndarray, group: int) -> np.ndarray:
+    """The annotated slices bounding ``group`` (two inside the volume, one at either end)."""
+    return annotated[max(group - 1, 0) : group + 1]
+
+
+@STRATEGIES.register("star_similarity")
+@uses_model("star")
+def star_similarity(context: RankingContext) -> Picks:
+    """The slice of each group least similar to its group's annotated slices (STAR, eq. 4).
+
+    A group is the run of unlabeled slices between two consecutive annotated slices (or between a volume end and
+    its nearest annotated slice). Similarity is the mean, over the group's annotated slices, of the cosine
+    similarity between the unlabeled slice's f_U bottleneck and the annotated slice's f_L bottleneck (image and
+    label). Score = 1 - mean cosine similarity; every group gives its least similar slice before any gives a
+    second.
+    """
+    predictor = context.predictor()
+    class_names = context.model.config.class_names
+    scores, groups = [], []
+    for index, volume in enumerate(context.volumes):
+        if volume.annotated.size == 0:
+            raise ValueError(
+                f"{volume.name}: star_similarity compares slices with the annotated slices around them and none is "
+                "annotated; annotate a first set (e.g. fixed_interval, every 10th slice) first."
+            )
+        targets = torch.as_tensor(volume.class_targets(volume.annotated, class_names), dtype=torch.float32)
+        if context.model.config.head == "softmax":
+            targets = with_background(targets)
+        labeled = predictor.labeled_features(volume.model_inputs(volume.annotated), targets).flatten(1)
+        labeled = torch.nn.functional.normalize(labeled, dim=1)  # (m, D*h*w)
+        volume_groups = annotated_groups(volume.annotated, volume.candidates)
+        similarity = np.empty(volume.candidates.size)
+        for start in range(0, volume.candidates.size, CHUNK_SLICES):
+            chunk = slice(start, start + CHUNK_SLICES)
+            unlabeled = predictor.features(volume.model_inputs(volume.candidates[chunk])).flatten(1)
+            cosine = (torch.nn.functional.normalize(unlabeled, dim=1) @ labeled.T).numpy()  # (n, m)
+            for row, group in enumerate(volume_groups[chunk], start=start):
+                members = np.searchsorted(volume.annotated, group_annotated_slices(volume.annotated, group))
+                similarity[row] = cosine[row - start, members].mean()
+            report(
+                context.progress,
+                min(start + CHUNK_SLICES, volume.candidates.size),
+                volume.candidates.size,
+                f"STAR similarity ({volume.name})",
+            )
+        scores.append(1.0 - similarity)
+        groups.append(index * (volume.n_slices + 1) + volume_groups)
+    return select_top(context, np.concatenate(scores), np.concatenate(groups))
+
+
+def hausdorff_consistency(coarse: np.ndarray, refined: np.ndarray) -> float:
+    """1 - Hausdorff distance / slice diagonal between two (H, W) masks, in [0, 1]; 1 when both are empty, 0 when
+    only one is."""
+    from monai.metrics import compute_hausdorff_distance
+
+    if not coarse.any() and not refined.any():
+        return 1.0
+    if not coarse.any() or not refined.any():
+        return 0.0
+    pair = [torch.as_tensor(mask[np.newaxis, np.newaxis]) for mask in (coarse, refined)]
+    distance = float(compute_hausdorff_distance(pair[0], pair[1], include_background=True)[0, 0])
+    return max(0.0, 1.0 - distance / float(np.hypot(*coarse.shape)))
+
+
+def soft_dice(a: np.ndarray, b: np.ndarray) -> float:
+    """2 sum(ab) / (sum(a) + sum(b)) of two non-negative maps; 1 when both are zero."""
+    total = float(a.sum() + b.sum())
+    return 1.0 if total == 0 else 2.0 * float((a * b).sum()) / total
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity of two maps as vectors; 1 when both are zero, 0 when only one is."""
+    norms = float(np.linalg.norm(a) * np.linalg.norm(b))
+    if norms == 0:
+        return 1.0 if not a.any() and not b.any() else 0.0
+    return float((a * b).sum()) / norms
+
+
+def structure_boundary_consistency(
+    outputs: dict[str, torch.Tensor], head: str, weights: tuple[float, float, float, float]
+) -> np.ndarray:
+    """SBC-AL's consistency CS = w_s*SCS + w_b*BCS per slice (N,) from :meth:`SlicePredictor.structure` outputs.
+
+    SCS = w_c*Q_cos + w_d*Q_dice between the distance transform of the coarse segmentation and the SFP distance
+    maps; BCS = 1 - Hausdorff distance / slice diagonal between the coarse and refined segmentations (a
+    consistency in [0, 1], so CS is one too). Both are averaged over the classes.
+    """
+    from ..training.data import distance_targets
+
+    w_s, w_b, w_c, w_d = weights
+    classes = outputs["distance"].shape[1]
+
+    def masks(probabilities: torch.Tensor) -> np.ndarray:  # (N, C_out, H, W) -> (N, classes, H, W) bool
+        if head == "softmax":
+            labels = probabilities.argmax(1)
+            return np.stack([(labels == c + 1).numpy() for c in range(classes)], axis=1)
+        return (probabilities > 0.5).numpy()
+
+    coarse, refined = masks(outputs["coarse"]), masks(outputs["refined"])
+    predicted_distance = outputs["distance"].numpy()
+    consistency = np.empty(len(coarse))
+    for n in range(len(coarse)):
+        expected = distance_targets(coarse[n])
+        pairs = [(expected[c], predicted_distance[n, c]) for c in range(classes)]
+        structure = np.mean([w_c * cosine(a, b) + w_d * soft_dice(a, b) for a, b in pairs])
+        boundary = np.mean([hausdorff_consistency(coarse[n, c], refined[n, c]) for c in range(classes)])
+        consistency[n] = w_s * structure + w_b * boundary
+    return consistency
+
+
+@STRATEGIES.register("sbc_consistency")
+@uses_model("structure", default_per_volume=1)
+def sbc_consistency(
+    context: RankingContext,
+    *,
+    structure_weight: float = 0.8,
+    boundary_weight: float = 0.2,
+    cosine_weight: float = 0.6,
+    dice_weight: float = 0.4,
+) -> np.ndarray:
+    """Slices where SBC-AL's structure and boundary outputs disagree most: score = 1 - CS.
+
+    CS = w_s*SCS + w_b*BCS; SCS = w_c*Q_cos + w_d*Q_dice between the distance-transformed coarse segmentation and
+    the SFP distance maps; BCS = 1 - (Hausdorff distance between coarse and refined segmentations) / (slice
+    diagonal), so that both terms are consistencies in [0, 1] and the least consistent slice scores highest.
+
+    Keyword Args:
+        structure_weight: w_s (0.8). boundary_weight: w_b (0.2). cosine_weight: w_c (0.6). dice_weight: w_d (0.4).
+    """
+    weights = (structure_weight, boundary_weight, cosine_weight, dice_weight)
+    if min(weights) < 0:
+        raise ValueError(f"SBC-AL weights must be non-negative, got {weights}.")
+
+    def scorer(predictor, inputs):
+        return 1.0 - structure_boundary_consistency(predictor.structure(inputs), predictor.head, weights)
+
+    return score_pool(context, scorer, "structure and boundary consistency")

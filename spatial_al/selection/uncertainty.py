@@ -1,0 +1,173 @@
+"""Uncertainty strategies: slices where the trained model is least sure of itself.
+
+Every score is a per-slice mean over pixels (and classes), so slices of different sizes compare fairly across a
+cohort; higher = more uncertain = annotate sooner. In a cohort these strategies pick at most one slice per volume
+per round by default, as "Less Is More" does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from ..models.inference import TTA_TRANSFORMS, SlicePredictor, pixel_entropy
+from ..progress import report
+from .base import STRATEGIES, RankingContext, uses_model
+
+CHUNK_SLICES = 32  # slices scored per step: bounds memory (MC-dropout keeps T passes) and paces progress/cancel
+
+# (predictor, inputs (N, 1, H, W)) -> one score per slice, shape (N,)
+SliceScorer = Callable[[SlicePredictor, np.ndarray], np.ndarray]
+
+
+def score_pool(context: RankingContext, scorer: SliceScorer, message: str) -> np.ndarray:
+    """``scorer`` on every candidate slice of the pool, in chunks, with progress; shape (n,)."""
+    predictor = context.predictor()
+    chunks = [
+        (volume, volume.candidates[start : start + CHUNK_SLICES])
+        for volume in context.volumes
+        for start in range(0, volume.candidates.size, CHUNK_SLICES)
+    ]
+    scores = []
+    for done, (volume, slices) in enumerate(chunks, start=1):
+        scores.append(np.asarray(scorer(predictor, volume.model_inputs(slices)), dtype=float))
+        report(context.progress, done, len(chunks), message)
+    return np.concatenate(scores) if scores else np.zeros(0)
+
+
+def max_uncertainty_value(head: str, channels: int) -> float:
+    """alpha of "Less Is More" (appendix A): 0.5 for multi-label (sigmoid) outputs, 1/C for single-label (softmax,
+    C channels including the background)."""
+    return 0.5 if head == "sigmoid" else 1.0 / channels
+
+
+def least_confidence_scores(probabilities: torch.Tensor, head: str) -> np.ndarray:
+    """1 - mean |alpha - p| / (1 - alpha) per slice, for probabilities (N, C, H, W): 1 when every probability
+    sits at alpha (maximally uncertain), 0 when every pixel is certain."""
+    alpha = max_uncertainty_value(head, probabilities.shape[1])
+    distance = (probabilities - alpha).abs().mean((1, 2, 3))
+    return (1.0 - distance / (1.0 - alpha)).numpy()
+
+
+def less_is_more_entropy(probabilities: torch.Tensor, head: str) -> np.ndarray:
+    """Minus the mean of -x log x with x = |alpha - p| ("Less Is More" appendix A, ranked ascending there): a
+    prediction at alpha everywhere scores 0, the highest; any confident pixel lowers the score."""
+    alpha = max_uncertainty_value(head, probabilities.shape[1])
+    x = (probabilities - alpha).abs().clamp(min=1e-10)
+    return (x * x.log()).mean((1, 2, 3)).numpy()
+
+
+def shannon_entropy(probabilities: torch.Tensor, head: str) -> np.ndarray:
+    """Mean pixel entropy divided by its maximum (log C for softmax, C log 2 for sigmoid), in [0, 1]."""
+    channels = probabilities.shape[1]
+    maximum = math.log(channels) if head == "softmax" else channels * math.log(2.0)
+    return (pixel_entropy(probabilities, head).mean((1, 2)) / maximum).numpy()
+
+
+def margin_scores(probabilities: torch.Tensor, head: str) -> np.ndarray:
+    """1 - mean margin per slice: the gap between the two likeliest classes (softmax) or |2p - 1| per class
+    (sigmoid, the gap between a class and its absence)."""
+    if head == "softmax":
+        top_two = probabilities.topk(2, dim=1).values
+        margin = (top_two[:, 0] - top_two[:, 1]).mean((1, 2))
+    else:
+        margin = (2.0 * probabilities - 1.0).abs().mean((1, 2, 3))
+    return (1.0 - margin).numpy()
+
+
+UNCERTAINTY_MEASURES: dict[str, Callable[[torch.Tensor, str], np.ndarray]] = {
+    "least_confidence": least_confidence_scores,
+    "entropy": less_is_more_entropy,
+    "shannon": shannon_entropy,
+    "margin": margin_scores,
+}
+
+
+def probability_measure(measure: str) -> SliceScorer:
+    """A slice scorer applying one of :data:`UNCERTAINTY_MEASURES` to the model's probabilities."""
+    if measure not in UNCERTAINTY_MEASURES:
+        raise ValueError(f"Unknown uncertainty measure {measure!r}; choose one of {', '.join(UNCERTAINTY_MEASURES)}.")
+    function = UNCERTAINTY_MEASURES[measure]
+    return lambda predictor, inputs: function(predictor.probabilities(inputs), predictor.head)
+
+
+@STRATEGIES.register("least_confidence")
+@uses_model(default_per_volume=1)
+def least_confidence(context: RankingContext) -> np.ndarray:
+    """Slices whose probabilities sit closest to the maximally uncertain value ("Less Is More" appendix A).
+
+    Score = 1 - mean |alpha - p| / (1 - alpha) over pixels and output channels, alpha = 0.5 for a multi-label
+    (sigmoid) model and 1/C for a single-label (softmax) one with C channels.
+    """
+    return score_pool(context, probability_measure("least_confidence"), "least confidence")
+
+
+@STRATEGIES.register("entropy")
+@uses_model(default_per_volume=1)
+def entropy(context: RankingContext, *, form: str = "less_is_more") -> np.ndarray:
+    """Slices of highest prediction entropy ("Less Is More" appendix A form, or Shannon's).
+
+    Keyword Args:
+        form: "less_is_more": score = mean x log x with x = |alpha - p| (alpha as in least_confidence; a uniform
+            prediction scores 0, the maximum); "shannon": mean pixel entropy over its maximum, in [0, 1].
+    """
+    forms = {"less_is_more": "entropy", "shannon": "shannon"}
+    if form not in forms:
+        raise ValueError(f"Unknown entropy form {form!r}; choose one of {', '.join(forms)}.")
+    return score_pool(context, probability_measure(forms[form]), f"entropy ({form})")
+
+
+@STRATEGIES.register("margin")
+@uses_model(default_per_volume=1)
+def margin(context: RankingContext) -> np.ndarray:
+    """Slices where the two likeliest classes are closest: score = 1 - mean margin (best-versus-second-best)."""
+    return score_pool(context, probability_measure("margin"), "margin")
+
+
+@STRATEGIES.register("mc_dropout")
+@uses_model(default_per_volume=1)
+def mc_dropout(context: RankingContext, *, samples: int = 10, measure: str = "bald") -> np.ndarray:
+    """Slices where passes with dropout on disagree most (Gal et al.): mean BALD mutual information or variance.
+
+    Keyword Args:
+        samples: stochastic forward passes per slice (>= 2).
+        measure: "bald" (mutual information between prediction and weights, in nats) or "variance" (mean variance
+            of the probabilities over the passes).
+    """
+    if measure not in ("bald", "variance"):
+        raise ValueError(f"Unknown MC-dropout measure {measure!r}; choose 'bald' or 'variance'.")
+    seeds = iter(context.rng.integers(0, 2**31 - 1, size=len(context.pool_slice) + 1).tolist())
+
+    def scorer(predictor: SlicePredictor, inputs: np.ndarray) -> np.ndarray:
+        statistics = predictor.mc_dropout(inputs, samples=samples, seed=next(seeds))
+        values = statistics.mutual_information if measure == "bald" else statistics.variance.mean(1)
+        return values.mean((1, 2)).numpy()
+
+    return score_pool(context, scorer, f"MC-dropout ({measure}, {samples} samples)")
+
+
+def tta_disagreement(predictor: SlicePredictor, inputs: np.ndarray, transforms=tuple(TTA_TRANSFORMS)) -> np.ndarray:
+    """Mean Jensen-Shannon divergence between the predictions under test-time transforms (entropy of the mean
+    prediction minus the mean entropy), per slice (N,)."""
+    predictions = predictor.tta_probabilities(inputs, transforms)  # (T, N, C, H, W)
+    mean_entropy = torch.stack([pixel_entropy(p, predictor.head) for p in predictions]).mean(0)
+    divergence = (pixel_entropy(predictions.mean(0), predictor.head) - mean_entropy).clamp(min=0.0)
+    return divergence.mean((1, 2)).numpy()
+
+
+@STRATEGIES.register("taal")
+@uses_model(default_per_volume=1)
+def taal(context: RankingContext, *, transforms: tuple[str, ...] | list[str] = tuple(TTA_TRANSFORMS)) -> np.ndarray:
+    """Test-time augmentation disagreement (TAAL, Gaillochet et al. 2022): slices whose predictions change most
+    under flips and rotations; score = mean Jensen-Shannon divergence between the augmented predictions.
+
+    Keyword Args:
+        transforms: names from ``identity, flip_rows, flip_columns, rotate_90, rotate_180, rotate_270``.
+    """
+    transforms = tuple(transforms)
+    if len(transforms) < 2:
+        raise ValueError("taal needs at least two test-time transforms to measure disagreement.")
+    return score_pool(context, lambda p, x: tta_disagreement(p, x, transforms), "test-time augmentation")
