@@ -36,4 +36,4 @@ bench: $(STAMP)
 	$(BIN)/spatial-al benchmark throughput --output benchmark-throughput.json
 
 clean:
-	rm -rf $(VENV) demo-output benchmark-throughput.json .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) demo-output benchmark-*.json .pytest_cache .ruff_cache *.egg-info

@@ -263,3 +263,18 @@ def test_rank_with_a_trained_model_and_without_one(small_files, tmp_path, capsys
     assert "--model CKPT" in capsys.readouterr().err
     assert main([*arguments, "--strategy", "entropy", "--model", str(model), "--segments", "disc"]) == 2
     assert "does not match the segmentation" in capsys.readouterr().err
+
+
+def test_benchmark_ranking_times_each_strategy_and_writes_json(tmp_path, capsys):
+    output = tmp_path / "ranking.json"
+    arguments = ["benchmark", "ranking", "--strategies", "random,entropy,strided_blocks", "--slices", "20"]
+    assert main([*arguments, "--size", "32", "--device", "cpu", "--output", str(output), "--quiet"]) == 0
+    rows = json.loads(output.read_text())["results"]["rows"]
+    assert [r["strategy"] for r in rows] == ["random", "entropy", "strided_blocks"]
+    assert [r["model"] for r in rows] == [None, "unet-small", None]
+    annotated = set(range(5, 20, 10))
+    assert [len(r["picked"]) for r in rows[:2]] == [10, 10] and len(rows[2]["picked"]) <= 10  # blocks may leave gaps
+    assert not any(annotated & set(r["picked"]) for r in rows)
+    assert "strided_blocks" in capsys.readouterr().out
+    assert main(["benchmark", "ranking", "--strategies", "entropyy", "--output", str(output)]) == 2
+    assert "Did you mean 'entropy'" in capsys.readouterr().err

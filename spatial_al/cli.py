@@ -274,19 +274,29 @@ def command_predict(args: argparse.Namespace) -> None:
 
 
 def command_benchmark(args: argparse.Namespace) -> None:
-    from .benchmarks.throughput import format_table, measure_throughput
     from .device import resolve_device
 
-    output = Path(args.output)
-    presets = [name.strip() for name in args.presets.split(",")] if args.presets else None
+    output = Path(args.output or f"benchmark-{args.name}.json")
+    names = [name.strip() for name in args.names.split(",")] if args.names else None
     timer = Timer()
     device = resolve_device(args.device)
     with timer("benchmark"), TqdmProgress("benchmark", disable=args.quiet) as bar:
-        rows = measure_throughput(presets, device, args.size, args.batch_size, args.batches, progress=bar)
+        if args.name == "throughput":
+            from .benchmarks.throughput import format_table, measure_throughput
+
+            rows = measure_throughput(names, device, args.size, args.batch_size, args.batches, progress=bar)
+            title = f"Throughput on {device} ({args.size}x{args.size} slices, batch {args.batch_size}):"
+        else:
+            from .benchmarks.ranking import format_table, measure_ranking
+
+            rows = measure_ranking(
+                names, device, args.slices, args.size, args.budget, args.preset, args.batch_size, progress=bar
+            )
+            title = f"Ranking latency on {device} ({args.slices}x{args.size}x{args.size}, budget {args.budget}):"
     configuration = {**vars(args), "device": str(device), "torch_threads": torch_threads()}
     configuration.pop("handler")
-    write_json(output, run_record("spatial-al benchmark throughput", configuration, {"presets": rows}, timer))
-    print(f"Throughput on {device} ({args.size}x{args.size} slices, batch {args.batch_size}):")
+    write_json(output, run_record(f"spatial-al benchmark {args.name}", configuration, {"rows": rows}, timer))
+    print(title)
     print(format_table(rows))
     print(f"Wrote {output}")
 
@@ -439,18 +449,24 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
     predict.set_defaults(handler=command_predict)
 
-    benchmark = commands.add_parser(
-        "benchmark", help="measure training and inference throughput per model preset (prints a table, writes JSON)"
-    )
-    benchmark.add_argument("name", choices=["throughput"], help="what to measure")
-    benchmark.add_argument("--presets", help="comma-separated presets (default: all)")
-    benchmark.add_argument("--size", type=int, default=256, help="slice size in pixels (default 256)")
-    benchmark.add_argument("--batch-size", type=int, default=4, help="slices per batch (default 4)")
-    benchmark.add_argument("--batches", type=int, default=3, help="timed batches after one warm-up (default 3)")
-    benchmark.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
-    benchmark.add_argument("--output", default="benchmark-throughput.json", help="JSON file to write")
-    benchmark.add_argument("--quiet", action="store_true", help="no progress bar")
-    benchmark.set_defaults(handler=command_benchmark)
+    benchmark = commands.add_parser("benchmark", help="speed figures: prints a table, writes JSON")
+    kinds = benchmark.add_subparsers(dest="name", required=True, metavar="{throughput,ranking}")
+    throughput = kinds.add_parser("throughput", help="training and inference slices per second of each preset")
+    throughput.add_argument("--presets", dest="names", help="comma-separated presets (default: all)")
+    throughput.add_argument("--batches", type=int, default=3, help="timed batches after one warm-up (default 3)")
+    throughput.add_argument("--batch-size", type=int, default=4, help="slices per batch (default 4)")
+    ranking = kinds.add_parser("ranking", help="seconds each query strategy takes on one synthetic volume")
+    ranking.add_argument("--strategies", dest="names", help="comma-separated strategies (default: all)")
+    ranking.add_argument("--slices", type=int, default=300, help="slices of the volume (default 300)")
+    ranking.add_argument("--budget", type=int, default=10, help="slices to pick (default 10)")
+    ranking.add_argument("--preset", default="unet-small", help="model of the model-based strategies (unet-small)")
+    ranking.add_argument("--batch-size", type=int, default=8, help="slices per forward pass (default 8)")
+    for measurement in (throughput, ranking):
+        measurement.add_argument("--size", type=int, default=256, help="slice size in pixels (default 256)")
+        measurement.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+        measurement.add_argument("--output", help="JSON file to write (default benchmark-NAME.json)")
+        measurement.add_argument("--quiet", action="store_true", help="no progress bar")
+        measurement.set_defaults(handler=command_benchmark)
 
     presets = commands.add_parser("presets", help="list the model presets")
     presets.set_defaults(handler=command_presets)

@@ -189,13 +189,20 @@ def test_cluster_representative_in_one_cluster_scores_its_unlabeled_share(labele
     np.testing.assert_allclose(ranking.scores, [1 - 2 / 10, 1 - 3 / 10, 1 - 4 / 10])
 
 
-def test_bal_with_a_shortlist_of_the_budget_picks_the_most_uncertain(labeled_stack):
+def test_bal_picks_spread_out_slices_among_the_most_uncertain(labeled_stack):
     model = tiny_model()
     slices = candidates()
     p = probabilities(model, labeled_stack, slices)
     uncertainty = 1 - np.abs(p - 1 / 3).mean(axis=(1, 2, 3)) / (2 / 3)
-    ranking = ranked(labeled_stack, "bal", 3, model, shortlist_factor=1)
-    assert set(ranking.slices) == set(expected_top(uncertainty, slices, 3))
+    exact = ranked(labeled_stack, "bal", 3, model, shortlist_factor=1)
+    assert set(exact.slices) == set(expected_top(uncertainty, slices, 3))
+    shortlist = expected_top(uncertainty, slices, 6)
+    spread = ranked(labeled_stack, "bal", 3, model, shortlist_factor=2)
+    assert set(spread.slices) <= set(shortlist)
+    features = pooled_features(model, labeled_stack, shortlist)
+    centers = pooled_features(model, labeled_stack, (0, 9))
+    first = shortlist[np.argmax(cdist(features, centers).min(1))]
+    assert spread.slices[0] == first  # the shortlisted slice farthest from the annotated ones
 
 
 # --- spatial ------------------------------------------------------------------------------------------------
@@ -337,3 +344,16 @@ def test_star_entropy_ranks_the_propagations_by_entropy(labeled_stack):
     np.testing.assert_allclose(selection.confidence, np.sort(confidence)[::-1], rtol=1e-4)
     with pytest.raises(ValueError, match="STAR model"):
         select_pseudo_labels(labeled_stack.image, "star_entropy", tiny_model(), count=2, annotated=(0, 9))
+
+
+def test_strided_blocks_by_uncertainty_start_with_the_most_uncertain_block(labeled_stack):
+    model = tiny_model()
+    slices = candidates((0,))
+    p = probabilities(model, labeled_stack, slices)
+    uncertainty = dict(zip(slices.tolist(), 1 - np.abs(p - 1 / 3).mean(axis=(1, 2, 3)) / (2 / 3), strict=True))
+    block_means = {first: np.mean([uncertainty[s] for s in range(first, first + 4)]) for first in range(1, 7)}
+    best = max(block_means, key=lambda first: (block_means[first], -first))
+    ranking = ranked(labeled_stack, "strided_blocks", 2, model, annotated=(0,), blocks="uncertainty", block_size=4)
+    assert ranking.details["blocks"] == [[0, best, best + 3]]
+    assert ranking.slices.tolist() == [best, best + 3]
+    assert ranking.scores[0] == pytest.approx(block_means[best], rel=1e-5)

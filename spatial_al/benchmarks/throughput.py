@@ -14,7 +14,8 @@ from dataclasses import replace
 import torch
 
 from ..models import PRESETS, SegmentationModel
-from ..progress import ProgressReporter, report
+from ..progress import ProgressReporter
+from . import each_entry
 
 CLASS_NAMES = ("class 1", "class 2", "class 3")
 
@@ -84,15 +85,10 @@ def measure_throughput(
     progress: ProgressReporter | None = None,
 ) -> list[dict]:
     """:func:`measure_preset` for each preset (default: all), in registry order."""
-    names = list(presets or PRESETS.names())
-    for name in names:
-        PRESETS.get(name)  # an unknown name fails before any measurement, with the closest valid one
-    rows = []
-    for index, name in enumerate(names):
-        report(progress, index, len(names), name)
-        rows.append(measure_preset(name, device or torch.device("cpu"), slice_size, batch_size, batches))
-    report(progress, len(names), len(names))
-    return rows
+    device = device or torch.device("cpu")
+    return [
+        measure_preset(name, device, slice_size, batch_size, batches) for name in each_entry(PRESETS, presets, progress)
+    ]
 
 
 def format_table(rows: Sequence[dict]) -> str:

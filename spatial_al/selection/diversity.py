@@ -216,5 +216,5 @@ def bal(context: RankingContext, *, measure: str = "least_confidence", shortlist
     uncertainty = score_pool(context, probability_measure(measure), f"uncertainty ({measure})")
     shortlist = np.sort(np.argsort(-uncertainty, kind="stable")[: shortlist_factor * context.budget])
     features = slice_features(context, shortlist)
-    picks = greedy_k_center(context, features.candidates[shortlist], features.annotated, positions=shortlist)
+    picks = greedy_k_center(context, features.candidates, features.annotated, positions=shortlist)
     return Picks(picks.positions, uncertainty[picks.positions])
