@@ -107,6 +107,16 @@ class PoolVolume:
         layers = self.label_layers[:, np.asarray(slices, dtype=np.int64)]  # (L, N, H, W)
         return np.stack([layers[s.layer] == s.label_value for s in classes], axis=1).astype(np.uint8)
 
+    def label_inputs(self, slices: Sequence[int], config):
+        """Labels of ``slices`` as a model takes them (STAR's f_L): a float tensor (N, out_channels, H, W), one-hot
+        with the background first for a softmax model, multi-hot for a sigmoid one."""
+        import torch
+
+        from ..training.losses import with_background
+
+        targets = torch.as_tensor(self.class_targets(slices, config.class_names), dtype=torch.float32)
+        return with_background(targets) if config.head == "softmax" else targets
+
 
 @dataclass(frozen=True)
 class RankingContext:

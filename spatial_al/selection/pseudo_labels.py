@@ -8,11 +8,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from ..progress import ProgressReporter
 from ..registry import Registry
-from ..training.losses import with_background
 from ..volume import Segment
 from .base import PoolVolume, RankingContext, RankingVolume, StrategyInfo, check_model, to_pool_volume
 from .spatial import annotated_groups, group_annotated_slices
@@ -55,9 +53,7 @@ def star_entropy_confidence(context: RankingContext, volume: PoolVolume) -> np.n
     groups = annotated_groups(volume.annotated, volume.candidates)
     for group in np.unique(groups):
         members = group_annotated_slices(volume.annotated, group)
-        targets = torch.as_tensor(volume.class_targets(members, config.class_names), dtype=torch.float32)
-        if config.head == "softmax":
-            targets = with_background(targets)
+        targets = volume.label_inputs(members, config)
         rows = np.flatnonzero(groups == group)
         probabilities, _ = predictor.propagate(
             volume.model_inputs(volume.candidates[rows]), volume.model_inputs(members), targets, context.progress

@@ -3,13 +3,16 @@ boundary consistency."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from ..progress import report
-from ..training.losses import with_background
 from .base import STRATEGIES, Picks, RankingContext, select_top, uses_model
 from .uncertainty import CHUNK_SLICES, score_pool
+
+if TYPE_CHECKING:
+    import torch
 
 
 def annotated_groups(annotated: np.ndarray, candidates: np.ndarray) -> np.ndarray:
@@ -34,8 +37,9 @@ def star_similarity(context: RankingContext) -> Picks:
     label). Score = 1 - mean cosine similarity; every group gives its least similar slice before any gives a
     second.
     """
+    import torch
+
     predictor = context.predictor()
-    class_names = context.model.config.class_names
     scores, groups = [], []
     for index, volume in enumerate(context.volumes):
         if volume.annotated.size == 0:
@@ -43,9 +47,7 @@ def star_similarity(context: RankingContext) -> Picks:
                 f"{volume.name}: star_similarity compares slices with the annotated slices around them and none is "
                 "annotated; annotate a first set (e.g. fixed_interval, every 10th slice) first."
             )
-        targets = torch.as_tensor(volume.class_targets(volume.annotated, class_names), dtype=torch.float32)
-        if context.model.config.head == "softmax":
-            targets = with_background(targets)
+        targets = volume.label_inputs(volume.annotated, context.model.config)
         labeled = predictor.labeled_features(volume.model_inputs(volume.annotated), targets).flatten(1)
         labeled = torch.nn.functional.normalize(labeled, dim=1)  # (m, D*h*w)
         volume_groups = annotated_groups(volume.annotated, volume.candidates)
@@ -71,6 +73,7 @@ def star_similarity(context: RankingContext) -> Picks:
 def hausdorff_consistency(coarse: np.ndarray, refined: np.ndarray) -> float:
     """1 - Hausdorff distance / slice diagonal between two (H, W) masks, in [0, 1]; 1 when both are empty, 0 when
     only one is."""
+    import torch
     from monai.metrics import compute_hausdorff_distance
 
     if not coarse.any() and not refined.any():

@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from ..models.inference import TTA_TRANSFORMS, SlicePredictor, pixel_entropy
 from ..progress import report
 from .base import STRATEGIES, RankingContext, uses_model
+
+if TYPE_CHECKING:  # torch is imported on first use, so importing the backend stays light
+    import torch
+
+    from ..models.inference import SlicePredictor
 
 CHUNK_SLICES = 32  # slices scored per step: bounds memory (MC-dropout keeps T passes) and paces progress/cancel
 
 # (predictor, inputs (N, 1, H, W)) -> one score per slice, shape (N,)
-SliceScorer = Callable[[SlicePredictor, np.ndarray], np.ndarray]
+SliceScorer = Callable[["SlicePredictor", np.ndarray], np.ndarray]
 
 
 def score_pool(context: RankingContext, scorer: SliceScorer, message: str) -> np.ndarray:
@@ -62,6 +66,8 @@ def less_is_more_entropy(probabilities: torch.Tensor, head: str) -> np.ndarray:
 
 def shannon_entropy(probabilities: torch.Tensor, head: str) -> np.ndarray:
     """Mean pixel entropy divided by its maximum (log C for softmax, C log 2 for sigmoid), in [0, 1]."""
+    from ..models.inference import pixel_entropy
+
     channels = probabilities.shape[1]
     maximum = math.log(channels) if head == "softmax" else channels * math.log(2.0)
     return (pixel_entropy(probabilities, head).mean((1, 2)) / maximum).numpy()
@@ -149,9 +155,13 @@ def mc_dropout(context: RankingContext, *, samples: int = 10, measure: str = "ba
     return score_pool(context, scorer, f"MC-dropout ({measure}, {samples} samples)")
 
 
-def tta_disagreement(predictor: SlicePredictor, inputs: np.ndarray, transforms=tuple(TTA_TRANSFORMS)) -> np.ndarray:
+def tta_disagreement(predictor: SlicePredictor, inputs: np.ndarray, transforms: tuple[str, ...]) -> np.ndarray:
     """Mean Jensen-Shannon divergence between the predictions under test-time transforms (entropy of the mean
     prediction minus the mean entropy), per slice (N,)."""
+    import torch
+
+    from ..models.inference import pixel_entropy
+
     predictions = predictor.tta_probabilities(inputs, transforms)  # (T, N, C, H, W)
     mean_entropy = torch.stack([pixel_entropy(p, predictor.head) for p in predictions]).mean(0)
     divergence = (pixel_entropy(predictions.mean(0), predictor.head) - mean_entropy).clamp(min=0.0)
@@ -160,14 +170,17 @@ def tta_disagreement(predictor: SlicePredictor, inputs: np.ndarray, transforms=t
 
 @STRATEGIES.register("taal")
 @uses_model(default_per_volume=1)
-def taal(context: RankingContext, *, transforms: tuple[str, ...] | list[str] = tuple(TTA_TRANSFORMS)) -> np.ndarray:
+def taal(context: RankingContext, *, transforms: tuple[str, ...] | list[str] | None = None) -> np.ndarray:
     """Test-time augmentation disagreement (TAAL, Gaillochet et al. 2022): slices whose predictions change most
     under flips and rotations; score = mean Jensen-Shannon divergence between the augmented predictions.
 
     Keyword Args:
-        transforms: names from ``identity, flip_rows, flip_columns, rotate_90, rotate_180, rotate_270``.
+        transforms: names from ``identity, flip_rows, flip_columns, rotate_90, rotate_180, rotate_270`` (default:
+            all of them).
     """
-    transforms = tuple(transforms)
+    from ..models.inference import TTA_TRANSFORMS
+
+    transforms = tuple(TTA_TRANSFORMS if transforms is None else transforms)
     if len(transforms) < 2:
         raise ValueError("taal needs at least two test-time transforms to measure disagreement.")
     return score_pool(context, lambda p, x: tta_disagreement(p, x, transforms), "test-time augmentation")
