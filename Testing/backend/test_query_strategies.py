@@ -357,3 +357,52 @@ def test_strided_blocks_by_uncertainty_start_with_the_most_uncertain_block(label
     assert ranking.details["blocks"] == [[0, best, best + 3]]
     assert ranking.slices.tolist() == [best, best + 3]
     assert ranking.scores[0] == pytest.approx(block_means[best], rel=1e-5)
+
+
+# --- proxy-ranked cold start -------------------------------------------------------------------------------
+
+
+def test_proxy_label_is_the_largest_component_in_the_window():
+    from skimage.measure import label as connected_components
+
+    from spatial_al.selection.proxy import proxy_label
+
+    image = np.full((6, 20, 20), -1000.0)
+    image[1:5, 2:10, 2:10] = 40.0  # the larger blob
+    image[2:4, 14:17, 14:17] = 60.0  # a smaller one
+    image[0, 0, 0] = 2000.0  # bone, outside the window
+    components = connected_components((image >= -160) & (image <= 240), connectivity=1)
+    largest = np.argmax(np.bincount(components.ravel())[1:]) + 1
+    np.testing.assert_array_equal(proxy_label(image, (-160, 240)), components == largest)
+    with pytest.raises(ValueError, match="No voxel lies in the intensity window"):
+        proxy_label(image, (300, 400))
+
+
+def test_proxy_rank_ranks_a_ct_without_any_annotation(labeled_stack):
+    image = labeled_stack.image  # about 0 outside, 60 in the disc, 120 in the square
+    options = {"window": (40, 90), "training_slices": 4, "max_epochs": 1, "samples": 3}
+    first = spatial_al.rank(image, "proxy_rank", 3, device="cpu", seed=1, **options)
+    again = spatial_al.rank(image, "proxy_rank", 3, device="cpu", seed=1, **options)
+    assert len(first) == 3 and len(set(first.slices.tolist())) == 3 and (first.scores >= 0).all()
+    np.testing.assert_array_equal(first.slices, again.slices)
+    with pytest.raises(ValueError, match="low < high"):
+        spatial_al.rank(image, "proxy_rank", 3, window=(90, 40))
+
+
+# --- unsupervised representative annotation ----------------------------------------------------------------
+
+
+def test_ual_queries_one_typical_slice_of_each_kind_of_slice():
+    rows, columns = np.mgrid[:32, :32]
+    kinds = [
+        (rows // 4) % 2 * 100.0,  # horizontal stripes
+        (columns // 4) % 2 * 100.0,  # vertical stripes
+        ((rows - 16) ** 2 + (columns - 16) ** 2 < 80) * 100.0,  # a disc
+    ]
+    noise = np.random.default_rng(0).normal(0, 5, (12, 32, 32))
+    image = np.stack([kinds[k // 4] for k in range(12)]) + noise
+    ranking = spatial_al.rank(image, "ual", 3, device="cpu", seed=0, epochs=30)
+    assert sorted(ranking.slices // 4) == [0, 1, 2]
+    assert ranking.details == {"clusters": 3} and ranking.scores.sum() == pytest.approx(1.0)
+    again = spatial_al.rank(image, "ual", 3, device="cpu", seed=0, epochs=30)
+    np.testing.assert_array_equal(ranking.slices, again.slices)

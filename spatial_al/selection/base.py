@@ -127,7 +127,7 @@ class RankingContext:
         budget: how many slices to pick in all.
         rng: the seeded random generator of this call.
         model: a trained ``SegmentationModel`` for model-based strategies, or None.
-        device: torch device the model runs on (None without a model).
+        device: torch device the model runs on, or the caller's request ("auto", ...) resolved on first use.
         batch_size: slices per forward pass.
         per_volume: at most this many picks per volume (None: no limit).
         min_spacing: picks in one volume are at least this many slices apart (0 or 1: no constraint).
@@ -172,11 +172,17 @@ class RankingContext:
             left -= min(left, len(open_volumes))
         return shares
 
-    def predictor(self):
-        """A :class:`~spatial_al.models.inference.SlicePredictor` of the model on this call's device."""
+    def torch_device(self):
+        """The torch device of this call (resolved from the request when no model was given)."""
+        from ..device import resolve_device
+
+        return resolve_device(self.device)
+
+    def predictor(self, model=None):
+        """A :class:`~spatial_al.models.inference.SlicePredictor` of ``model`` (default: the call's model)."""
         from ..models.inference import SlicePredictor
 
-        return SlicePredictor(self.model, self.device, self.batch_size)
+        return SlicePredictor(self.model if model is None else model, self.torch_device(), self.batch_size)
 
     def admission(self) -> Admission:
         return Admission(self.per_volume, self.min_spacing)
@@ -501,17 +507,16 @@ def rank_cohort(
             "Drop them, or use a scoring strategy such as random."
         )
     check_model(model, strategy, info, axis, pool)
-    torch_device = None
-    if model is not None:
+    if model is not None:  # a missing device fails before any work; model-free strategies resolve it if they must
         from ..device import resolve_device
 
-        torch_device = resolve_device(device)
+        device = resolve_device(device)
     context = RankingContext(
         volumes=pool,
         budget=int(budget),
         rng=np.random.default_rng(seed),
         model=model,
-        device=torch_device,
+        device=device,
         batch_size=batch_size,
         per_volume=per_volume,
         min_spacing=int(min_spacing),

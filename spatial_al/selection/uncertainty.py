@@ -27,12 +27,26 @@ CHUNK_SLICES = 32  # slices scored per step: bounds memory (MC-dropout keeps T p
 SliceScorer = Callable[["SlicePredictor", np.ndarray], np.ndarray]
 
 
-def score_pool(context: RankingContext, scorer: SliceScorer, message: str) -> np.ndarray:
-    """``scorer`` on every candidate slice of the pool, in chunks, with progress; shape (n,)."""
-    predictor = context.predictor()
+def score_pool(
+    context: RankingContext, scorer: SliceScorer, message: str, model=None, volume_index: int | None = None
+) -> np.ndarray:
+    """``scorer`` on every candidate slice of the pool (or of one volume), in chunks, with progress.
+
+    Args:
+        context: the call's context.
+        scorer: scores a chunk of slices with a predictor.
+        message: progress message.
+        model: the model to score with (default: the call's model).
+        volume_index: score only this volume's candidates.
+
+    Returns:
+        Scores (n,) in pool order (of that volume's candidates when ``volume_index`` is given).
+    """
+    predictor = context.predictor(model)
+    volumes = context.volumes if volume_index is None else context.volumes[volume_index : volume_index + 1]
     chunks = [
         (volume, volume.candidates[start : start + CHUNK_SLICES])
-        for volume in context.volumes
+        for volume in volumes
         for start in range(0, volume.candidates.size, CHUNK_SLICES)
     ]
     scores = []
@@ -143,6 +157,14 @@ def mc_dropout(context: RankingContext, *, samples: int = 10, measure: str = "ba
         measure: "bald" (mutual information between prediction and weights, in nats) or "variance" (mean variance
             of the probabilities over the passes).
     """
+    return score_pool(
+        context, mc_dropout_scorer(context, samples, measure), f"MC-dropout ({measure}, {samples} samples)"
+    )
+
+
+def mc_dropout_scorer(context: RankingContext, samples: int, measure: str) -> SliceScorer:
+    """A slice scorer of mean BALD or variance over ``samples`` dropout passes, each chunk seeded from the call's
+    random generator."""
     if measure not in ("bald", "variance"):
         raise ValueError(f"Unknown MC-dropout measure {measure!r}; choose 'bald' or 'variance'.")
     seeds = iter(context.rng.integers(0, 2**31 - 1, size=len(context.pool_slice) + 1).tolist())
@@ -152,7 +174,7 @@ def mc_dropout(context: RankingContext, *, samples: int = 10, measure: str = "ba
         values = statistics.mutual_information if measure == "bald" else statistics.variance.mean(1)
         return values.mean((1, 2)).numpy()
 
-    return score_pool(context, scorer, f"MC-dropout ({measure}, {samples} samples)")
+    return scorer
 
 
 def tta_disagreement(predictor: SlicePredictor, inputs: np.ndarray, transforms: tuple[str, ...]) -> np.ndarray:
