@@ -1,3 +1,4 @@
+import json
 import logging
 import os
 import sys
@@ -189,6 +190,19 @@ class ActiveSliceSelectorWidget(SessionWidgetMixin, ScriptedLoadableModuleWidget
 
     def onStepQueriedSlice(self, direction) -> None:
         node = self._parameterNode
+        if self._currentSlice is not None and self._currentSlice in self.logic.editedQueriedSlices(
+            node.inputVolume, node.segmentation, self.selectedSegmentIds(), node.queriedSlices, node.sliceAxis
+        ):
+            question = _("Slice {index} was edited. Mark it annotated?").format(index=self._currentSlice)
+            if slicer.util.confirmYesNoDisplay(question):
+                self.logic.markAnnotated(
+                    node.inputVolume,
+                    node.segmentation,
+                    self.selectedSegmentIds(),
+                    [self._currentSlice],
+                    node.sliceAxis,
+                    node.queriedSlices,
+                )
         index = self.logic.nextQueriedSlice(node.queriedSlices, self._currentSlice, direction)
         if index is None:
             self.ui.statusLabel.text = _("Every queried slice is annotated.")
@@ -326,6 +340,8 @@ class ActiveSliceSelectorLogic(ScriptedLoadableModuleLogic):
         MRMLAdapter.writeQueriedSlicesTable(
             tableNode, ranking, [MRMLAdapter.STATUS_TO_ANNOTATE] * len(ranking), volumeNode
         )
+        checksums = MRMLAdapter.sliceLabelChecksums(segmentationNode, segmentIds, volumeNode, axis, ranking.slices)
+        tableNode.SetAttribute(MRMLAdapter.TABLE_ATTRIBUTE_CHECKSUMS, json.dumps(checksums))
         self._replacePlanes(tableNode, volumeNode, axis, ranking.slices if showPlanes else [])
         logging.info(f"Ranked {len(ranking)} slices with {strategy}: {ranking.slices.tolist()}")
         return ranking, tableNode
@@ -372,6 +388,21 @@ class ActiveSliceSelectorLogic(ScriptedLoadableModuleLogic):
         from SpatialALSlicerLib import ModelLogic
 
         return ModelLogic.predictSegmentation(volumeNode, modelPath, device, progress)
+
+    def editedQueriedSlices(self, volumeNode, segmentationNode, segmentIds, tableNode, sliceAxis="axial"):
+        """Queried slices still "to annotate" whose labels changed since they were queried (the radiologist drew
+        on them but did not mark them annotated yet), in rank order."""
+        from SpatialALSlicerLib import MRMLAdapter
+
+        queried = json.loads(tableNode.GetAttribute(MRMLAdapter.TABLE_ATTRIBUTE_CHECKSUMS) or "{}")
+        waiting = [
+            row["slice"]
+            for row in MRMLAdapter.queriedSlicesFromTable(tableNode)
+            if row["status"] == MRMLAdapter.STATUS_TO_ANNOTATE and str(row["slice"]) in queried
+        ]
+        axis = MRMLAdapter.sliceAxisIndex(volumeNode, sliceAxis)
+        now = MRMLAdapter.sliceLabelChecksums(segmentationNode, segmentIds, volumeNode, axis, waiting)
+        return [index for index in waiting if now[index] != queried[str(index)]]
 
     @staticmethod
     def nextQueriedSlice(tableNode, currentSlice=None, direction=+1):

@@ -30,6 +30,7 @@ STATUS_ANNOTATED = "annotated"
 STATUS_PROPAGATED = "propagated"
 TABLE_COLUMNS = ("rank", "slice", "score", "strategy", "status")
 TABLE_ATTRIBUTE_AXIS = "SpatialAL.SliceAxis"
+TABLE_ATTRIBUTE_CHECKSUMS = "SpatialAL.QueriedSliceChecksums"  # JSON {slice: checksum} of the labels when queried
 VOLUME_REFERENCE_ROLE = "SpatialAL.volume"
 PLANE_REFERENCE_ROLE = "SpatialAL.plane"
 
@@ -431,3 +432,18 @@ def setQueriedSliceStatus(tableNode, sliceIndex, status):
             tableNode.Modified()
             return True
     return False
+
+
+def sliceLabelChecksums(segmentationNode, segmentIds, volumeNode, axis, slices):
+    """{slice: CRC-32 of the segments' masks on that slice} (KJI ``axis``): a cheap fingerprint that changes when
+    any voxel of the slice is painted or erased."""
+    import zlib
+
+    masks = [
+        segmentMaskInVolumeGrid(segmentationNode, i, volumeNode) for i in segmentIdsOrAll(segmentationNode, segmentIds)
+    ]
+    checksums = {}
+    for index in slices:
+        content = b"".join(np.ascontiguousarray(np.take(mask, int(index), axis=axis)).tobytes() for mask in masks)
+        checksums[int(index)] = zlib.crc32(content)
+    return checksums

@@ -145,3 +145,20 @@ def test_update_model_trains_then_fine_tunes_and_predicts_into_a_new_node(slicer
     assert predicted.GetName() == "CT (model prediction)"
     for segmentId in lungs:  # the annotation is untouched
         assert (MRMLAdapter.segmentMaskInVolumeGrid(segmentation, segmentId, volume) == before[segmentId]).all()
+
+
+def test_an_edit_on_a_queried_slice_is_noticed_until_it_is_marked(slicer_modules, headless):
+    from SpatialALSlicerLib import MRMLAdapter
+
+    volume, segmentation, stack = chest_ct_nodes(headless.scene)
+    lung = stack.segment("right lung")
+    logic = slicer_modules["ActiveSliceSelector"].ActiveSliceSelectorLogic()
+    ranking, table = logic.rankSlices(volume, segmentation, [lung.segment_id], "fixed_interval", 4, interval=10)
+    assert logic.editedQueriedSlices(volume, segmentation, [lung.segment_id], table) == []
+    edited = int(ranking.slices[2])
+    mask = MRMLAdapter.segmentMaskInVolumeGrid(segmentation, lung.segment_id, volume)
+    mask[edited, :10, :10] = ~mask[edited, :10, :10]
+    MRMLAdapter.setSegmentMaskInVolumeGrid(segmentation, lung.segment_id, volume, mask)
+    assert logic.editedQueriedSlices(volume, segmentation, [lung.segment_id], table) == [edited]
+    logic.markAnnotated(volume, segmentation, [lung.segment_id], [edited], "axial", table)
+    assert logic.editedQueriedSlices(volume, segmentation, [lung.segment_id], table) == []
