@@ -57,7 +57,8 @@ class ActiveSliceSelectorParameterNode:
     """The module's state, saved with the scene (so a session resumes when the scene is reopened).
 
     inputVolume: the scan. segmentation: the segments being annotated. sliceAxis: plane of the slices.
-    strategy: query strategy name. budget/budgetUnit: how many slices to ask for. seed: random seed.
+    strategy: query strategy name. budget/budgetUnit: how many slices to ask for. minSpacing: queried slices at least
+    this many slices apart (strategies that space their picks themselves ignore it). seed: random seed.
     queriedSlices: table of the ranking (rank, slice, score, strategy, status).
     modelPath: checkpoint that "Update model" trains or fine-tunes and "Predict" uses.
     """
@@ -68,6 +69,7 @@ class ActiveSliceSelectorParameterNode:
     strategy: str = "fixed_interval"
     budget: Annotated[int, WithinRange(1, 100000)] = 10
     budgetUnit: Annotated[str, Choice(BUDGET_UNITS)] = "slices"
+    minSpacing: Annotated[int, WithinRange(0, 1000)] = 0
     seed: Annotated[int, WithinRange(0, 2**31 - 1)] = 0
     queriedSlices: vtkMRMLTableNode
     modelPath: str = ""
@@ -155,6 +157,7 @@ class ActiveSliceSelectorWidget(SessionWidgetMixin, ScriptedLoadableModuleWidget
                 tableNode=node.queriedSlices,
                 modelPath=node.modelPath,
                 progress=progress,
+                **self.logic.spacingOptions(node.strategy, node.minSpacing),
             )
             node.queriedSlices = tableNode
             self._currentSlice = None
@@ -251,6 +254,15 @@ class ActiveSliceSelectorLogic(ScriptedLoadableModuleLogic):
         from spatial_al.selection import STRATEGIES
 
         return [(entry.name, entry.summary) for entry in STRATEGIES.entries()]
+
+    @staticmethod
+    def spacingOptions(strategy, minSpacing):
+        """``{"min_spacing": minSpacing}`` for strategies that take it; {} for grids and blocks (which space their
+        picks themselves) or when no spacing is asked for."""
+        from spatial_al.selection import STRATEGIES, strategy_info
+
+        applies = minSpacing > 1 and strategy in STRATEGIES and strategy_info(STRATEGIES.get(strategy)).spacing_controls
+        return {"min_spacing": int(minSpacing)} if applies else {}
 
     def budgetInSlices(self, volumeNode, sliceAxis, budget, budgetUnit="slices"):
         """``budget`` slices, or ``budget`` percent of the volume's slices (at least 1)."""

@@ -162,3 +162,10 @@ def test_an_edit_on_a_queried_slice_is_noticed_until_it_is_marked(slicer_modules
     assert logic.editedQueriedSlices(volume, segmentation, [lung.segment_id], table) == [edited]
     logic.markAnnotated(volume, segmentation, [lung.segment_id], [edited], "axial", table)
     assert logic.editedQueriedSlices(volume, segmentation, [lung.segment_id], table) == []
+
+
+def test_min_spacing_is_passed_only_to_strategies_that_take_it(slicer_modules):
+    logic = slicer_modules["ActiveSliceSelector"].ActiveSliceSelectorLogic()
+    assert logic.spacingOptions("random", 4) == {"min_spacing": 4}
+    assert logic.spacingOptions("fixed_interval", 4) == {}
+    assert logic.spacingOptions("random", 0) == {}
