@@ -406,3 +406,16 @@ def test_ual_queries_one_typical_slice_of_each_kind_of_slice():
     assert ranking.details == {"clusters": 3} and ranking.scores.sum() == pytest.approx(1.0)
     again = spatial_al.rank(image, "ual", 3, device="cpu", seed=0, epochs=30)
     np.testing.assert_array_equal(ranking.slices, again.slices)
+
+
+def test_kcenter_greedy_without_annotation_starts_at_random_then_goes_farthest(labeled_stack):
+    model = tiny_model()
+    features = pooled_features(model, labeled_stack, range(10))
+    firsts = set()
+    for seed in range(4):
+        ranking = ranked(labeled_stack, "kcenter_greedy", 2, model, annotated=(), seed=seed)
+        first, second = ranking.slices.tolist()
+        assert second == int(np.argmax(np.linalg.norm(features - features[first], axis=1)))
+        assert ranking.scores[0] == 0 and ranking.scores[1] > 0
+        firsts.add(first)
+    assert len(firsts) > 1  # the seed chooses the start

@@ -75,26 +75,23 @@ def greedy_k_center(
         Picks whose score is the distance to the nearest center at the time of the pick.
     """
     positions = np.arange(len(features)) if positions is None else positions
-    if len(centers):
-        nearest = cdist(features, centers).min(1)
-    else:
-        nearest = np.full(len(features), np.inf)
-        nearest[context.rng.integers(len(features))] = np.finfo(float).max
+    nearest = cdist(features, centers).min(1) if len(centers) else np.full(len(features), np.inf)
+    first = None if len(centers) else int(context.rng.integers(len(features)))
     admission = context.admission()
     chosen, scores = [], []
     available = np.ones(len(features), bool)
     while len(chosen) < context.budget and available.any():
-        row = int(np.argmax(np.where(available, nearest, -np.inf)))
+        row = first if first is not None else int(np.argmax(np.where(available, nearest, -np.inf)))
+        first = None
         available[row] = False
         volume, index = int(context.pool_volume[positions[row]]), int(context.pool_slice[positions[row]])
         if not admission.admits(volume, index):
             continue
         admission.take(volume, index)
         chosen.append(positions[row])
-        scores.append(float(nearest[row]) if np.isfinite(nearest[row]) and len(centers) else float("nan"))
+        scores.append(float(nearest[row]) if np.isfinite(nearest[row]) else 0.0)
         nearest = np.minimum(nearest, cdist(features, features[row : row + 1])[:, 0])
-    scores = np.asarray(scores, dtype=float)
-    return Picks(np.asarray(chosen, dtype=np.int64), np.nan_to_num(scores, nan=0.0))
+    return Picks(np.asarray(chosen, dtype=np.int64), np.asarray(scores, dtype=float))
 
 
 @STRATEGIES.register("kcenter_greedy")
