@@ -419,3 +419,17 @@ def test_kcenter_greedy_without_annotation_starts_at_random_then_goes_farthest(l
         assert ranking.scores[0] == 0 and ranking.scores[1] > 0
         firsts.add(first)
     assert len(firsts) > 1  # the seed chooses the start
+
+
+@pytest.mark.parametrize(
+    ("strategy", "preset"), [("mc_dropout", "unet-small"), ("ual", None), ("kcenter_greedy", "unet-small")]
+)
+def test_model_based_ranking_reports_progress_and_can_be_cancelled(labeled_stack, strategy, preset):
+    from spatial_al.progress import OperationCancelled, RecordingProgress
+
+    model = tiny_model(preset) if preset else None
+    progress = RecordingProgress()
+    ranked(labeled_stack, strategy, 2, model, progress=progress, **({"epochs": 2} if strategy == "ual" else {}))
+    assert progress.reports and all(done <= total for done, total, _ in progress.reports)
+    with pytest.raises(OperationCancelled):
+        ranked(labeled_stack, strategy, 2, model, progress=RecordingProgress(cancel_after=1))
