@@ -3,6 +3,7 @@ boundary consistency."""
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -81,7 +82,9 @@ def hausdorff_consistency(coarse: np.ndarray, refined: np.ndarray) -> float:
     if not coarse.any() or not refined.any():
         return 0.0
     pair = [torch.as_tensor(mask[np.newaxis, np.newaxis]) for mask in (coarse, refined)]
-    distance = float(compute_hausdorff_distance(pair[0], pair[1], include_background=True)[0, 0])
+    with warnings.catch_warnings():  # MONAI passes its own deprecated always_return_as_numpy internally
+        warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*")
+        distance = float(compute_hausdorff_distance(pair[0], pair[1], include_background=True)[0, 0])
     return max(0.0, 1.0 - distance / float(np.hypot(*coarse.shape)))
 
 
