@@ -19,6 +19,7 @@ from spatial_al.annotation_record import (
     merge_pseudo_labels,
     recorded_annotated_slices,
     recorded_slices,
+    slice_checksum,
 )
 from spatial_al.io.segmentation import Segmentation, default_color
 from spatial_al.session import assemble_layers
@@ -435,15 +436,11 @@ def setQueriedSliceStatus(tableNode, sliceIndex, status):
 
 
 def sliceLabelChecksums(segmentationNode, segmentIds, volumeNode, axis, slices):
-    """{slice: CRC-32 of the segments' masks on that slice} (KJI ``axis``): a cheap fingerprint that changes when
-    any voxel of the slice is painted or erased."""
-    import zlib
-
+    """{slice: checksums of the segments' masks on that slice, joined} (KJI ``axis``): a cheap fingerprint that
+    changes when any voxel of the slice is painted or erased."""
     masks = [
         segmentMaskInVolumeGrid(segmentationNode, i, volumeNode) for i in segmentIdsOrAll(segmentationNode, segmentIds)
     ]
-    checksums = {}
-    for index in slices:
-        content = b"".join(np.ascontiguousarray(np.take(mask, int(index), axis=axis)).tobytes() for mask in masks)
-        checksums[int(index)] = zlib.crc32(content)
-    return checksums
+    return {
+        int(index): "".join(slice_checksum(np.take(mask, int(index), axis=axis)) for mask in masks) for index in slices
+    }
