@@ -379,12 +379,7 @@ class ActiveSliceSelectorLogic(ScriptedLoadableModuleLogic):
         """
         from SpatialALSlicerLib import MRMLAdapter
 
-        axis = MRMLAdapter.sliceAxisIndex(volumeNode, sliceAxis)
-        annotated = MRMLAdapter.recordAnnotatedSlices(segmentationNode, segmentIds, slices, axis)
-        if tableNode is not None:
-            for index in slices:
-                MRMLAdapter.setQueriedSliceStatus(tableNode, index, MRMLAdapter.STATUS_ANNOTATED)
-        return annotated
+        return MRMLAdapter.markSlicesAnnotated(volumeNode, segmentationNode, segmentIds, slices, sliceAxis, tableNode)
 
     def updateModel(self, volumeNode, segmentationNode, segmentIds, modelPath, sliceAxis="axial", **options):
         """Train a model on the annotated slices, or fine-tune the one at ``modelPath`` (next round); see

@@ -34,6 +34,8 @@ TABLE_ATTRIBUTE_AXIS = "SpatialAL.SliceAxis"
 TABLE_ATTRIBUTE_CHECKSUMS = "SpatialAL.QueriedSliceChecksums"  # JSON {slice: checksum} of the labels when queried
 VOLUME_REFERENCE_ROLE = "SpatialAL.volume"
 PLANE_REFERENCE_ROLE = "SpatialAL.plane"
+UNDO_REFERENCE_ROLE = "SpatialAL.undo"  # segmentation node -> hidden copy of it before the last propagation
+UNDO_SEGMENTS_ATTRIBUTE = "SpatialAL.UndoSegments"
 
 
 class MRMLInputError(ValueError):
@@ -313,6 +315,45 @@ def writePseudoLabels(segmentationNode, volumeNode, pseudoMasks, annotated, prop
     return keptEdited
 
 
+def saveUndoSnapshot(segmentationNode, segmentIds):
+    """Keep a hidden copy of the segmentation before ``segmentIds`` are changed (one level of undo; it is saved with
+    the scene, so undo works after reopening it). Replaces the previous snapshot; returns the snapshot node."""
+    scene = segmentationNode.GetScene()
+    previous = segmentationNode.GetNodeReference(UNDO_REFERENCE_ROLE)
+    if previous is not None:
+        scene.RemoveNode(previous)
+    snapshot = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{segmentationNode.GetName()} (before propagation)")
+    snapshot.SetHideFromEditors(True)
+    snapshot.GetSegmentation().DeepCopy(segmentationNode.GetSegmentation())
+    snapshot.SetAttribute(UNDO_SEGMENTS_ATTRIBUTE, ",".join(segmentIds))
+    segmentationNode.SetNodeReferenceID(UNDO_REFERENCE_ROLE, snapshot.GetID())
+    return snapshot
+
+
+def restoreUndoSnapshot(segmentationNode):
+    """Put back the segments saved by :func:`saveUndoSnapshot` exactly (masks, tags, colours, order), then drop the
+    snapshot; returns the restored segment IDs.
+
+    Raises:
+        MRMLInputError: there is nothing to undo.
+    """
+    snapshot = segmentationNode.GetNodeReference(UNDO_REFERENCE_ROLE)
+    if snapshot is None:
+        raise MRMLInputError(f"Nothing to undo: {segmentationNode.GetName()!r} was not propagated since it was loaded.")
+    segmentation, saved = segmentationNode.GetSegmentation(), snapshot.GetSegmentation()
+    segmentIds = [i for i in (snapshot.GetAttribute(UNDO_SEGMENTS_ATTRIBUTE) or "").split(",") if i]
+    for segmentId in segmentIds:
+        index = segmentation.GetSegmentIndex(segmentId)
+        if index >= 0:
+            segmentation.RemoveSegment(segmentId)
+        segmentation.CopySegmentFromSegmentation(saved, segmentId)
+        if index >= 0:
+            segmentation.SetSegmentIndex(segmentId, index)
+    segmentationNode.RemoveNodeReferenceIDs(UNDO_REFERENCE_ROLE)
+    segmentationNode.GetScene().RemoveNode(snapshot)
+    return segmentIds
+
+
 # --- slices in the views -------------------------------------------------------------------------------------------
 
 
@@ -433,6 +474,17 @@ def setQueriedSliceStatus(tableNode, sliceIndex, status):
             tableNode.Modified()
             return True
     return False
+
+
+def markSlicesAnnotated(volumeNode, segmentationNode, segmentIds, slices, sliceAxis, tableNode=None):
+    """Record ``slices`` as annotated in the segments (no longer propagated) and in the queried-slices table, if
+    given; returns all annotated slices."""
+    axis = sliceAxisIndex(volumeNode, sliceAxis)
+    annotated = recordAnnotatedSlices(segmentationNode, segmentIds, slices, axis)
+    if tableNode is not None:
+        for index in slices:
+            setQueriedSliceStatus(tableNode, index, STATUS_ANNOTATED)
+    return annotated
 
 
 def sliceLabelChecksums(segmentationNode, segmentIds, volumeNode, axis, slices):

@@ -225,6 +225,7 @@ class SpatialPropagationLogic(ScriptedLoadableModuleLogic):
         segmentation = MRMLAdapter.segmentationFromNode(segmentationNode, volumeNode, segmentIds)
         image = MRMLAdapter.arrayFromVolumeNode(volumeNode)
         layers = propagate_layers(segmentation, annotatedSlices, method, image, axis, progress, **options)
+        MRMLAdapter.saveUndoSnapshot(segmentationNode, segmentIds)
         keptEdited = MRMLAdapter.writePseudoLabels(
             segmentationNode,
             volumeNode,
@@ -238,6 +239,21 @@ class SpatialPropagationLogic(ScriptedLoadableModuleLogic):
         outcome = PropagationOutcome(layers.annotated, layers.propagated, layers.confidence, keptEdited, method)
         logging.info(outcome.summary())
         return outcome
+
+    def undo(self, segmentationNode):
+        """Restore the segments exactly as they were before the last propagation (edits made since are dropped);
+        returns the restored segment IDs. Raises MRMLInputError when there is nothing to undo."""
+        from SpatialALSlicerLib import MRMLAdapter
+
+        return MRMLAdapter.restoreUndoSnapshot(segmentationNode)
+
+    def accept(self, volumeNode, segmentationNode, segmentIds, slices, sliceAxis="axial", tableNode=None):
+        """Turn propagated slices into annotated ones (their labels, as they are now, become annotation): the record
+        moves them from propagated to annotated, so later propagation uses them as sources and never changes them.
+        Returns all annotated slices."""
+        from SpatialALSlicerLib import MRMLAdapter
+
+        return MRMLAdapter.markSlicesAnnotated(volumeNode, segmentationNode, segmentIds, slices, sliceAxis, tableNode)
 
 
 #

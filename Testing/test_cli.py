@@ -278,3 +278,26 @@ def test_benchmark_ranking_times_each_strategy_and_writes_json(tmp_path, capsys)
     assert "strided_blocks" in capsys.readouterr().out
     assert main(["benchmark", "ranking", "--strategies", "entropyy", "--output", str(output)]) == 2
     assert "Did you mean 'entropy'" in capsys.readouterr().err
+
+
+def test_propagate_writes_the_slice_confidence_csv(chest_files, tmp_path, capsys):
+    image, truth = chest_files
+    output, confidence = tmp_path / "out.seg.nrrd", tmp_path / "confidence.csv"
+    arguments = ["propagate", str(image), str(truth), "--annotated", "5,15,25", "--output", str(output), "--quiet"]
+    assert main([*arguments, "--confidence-output", str(confidence)]) == 0
+    with confidence.open() as file:
+        rows = list(csv.DictReader(file))
+    assert [int(r["slice"]) for r in rows] == list(range(34))
+    status = {int(r["slice"]): r["status"] for r in rows}
+    assert [k for k, s in status.items() if s == "annotated"] == [5, 15, 25]
+    assert [k for k, s in status.items() if s == "unreached"] == [*range(5), *range(26, 34)]
+    record = json.loads((tmp_path / "out.run.json").read_text())["results"]["slice_confidence"]
+    for row in rows:  # the CSV and the run record agree
+        expected = record[int(row["slice"])]
+        assert (
+            (row["confidence"] == "")
+            if expected is None
+            else float(row["confidence"]) == pytest.approx(expected, abs=1e-4)
+        )
+    assert main([*arguments, "--confidence-output", str(tmp_path / "confidence.txt")]) == 2
+    assert "is a .csv file" in capsys.readouterr().err

@@ -169,3 +169,35 @@ def test_min_spacing_is_passed_only_to_strategies_that_take_it(slicer_modules):
     assert logic.spacingOptions("random", 4) == {"min_spacing": 4}
     assert logic.spacingOptions("fixed_interval", 4) == {}
     assert logic.spacingOptions("random", 0) == {}
+
+
+def test_undo_restores_the_segmentation_exactly_and_accept_makes_a_slice_annotated(slicer_modules, headless):
+    from SpatialALSlicerLib import MRMLAdapter
+
+    volume, segmentation, stack = chest_ct_nodes(headless.scene)
+    lung = stack.segment("right lung")
+    ids = [s.segment_id for s in stack.segments]
+    selector = slicer_modules["ActiveSliceSelector"].ActiveSliceSelectorLogic()
+    propagation = slicer_modules["SpatialPropagation"].SpatialPropagationLogic()
+    with pytest.raises(MRMLAdapter.MRMLInputError, match="Nothing to undo"):
+        propagation.undo(segmentation)
+    selector.markAnnotated(volume, segmentation, [lung.segment_id], [10, 20], "axial")
+    annotation = stack.segment_mask(lung).copy()
+    annotation[np.r_[0:10, 11:20, 21:34]] = False
+    MRMLAdapter.setSegmentMaskInVolumeGrid(segmentation, lung.segment_id, volume, annotation)
+    before = {i: MRMLAdapter.segmentMaskInVolumeGrid(segmentation, i, volume) for i in ids}
+    tags = MRMLAdapter.segmentTags(segmentation, lung.segment_id)
+
+    outcome = propagation.propagate(volume, segmentation, [lung.segment_id], method="sdf")
+    assert outcome.propagated.tolist() == list(range(11, 20))
+    assert propagation.accept(volume, segmentation, [lung.segment_id], [15], "axial") == [10, 15, 20]
+    record = MRMLAdapter.sliceRecord(segmentation, lung.segment_id)
+    assert 15 not in record.propagated and len(record.propagated) == 8
+
+    assert propagation.undo(segmentation) == [lung.segment_id]
+    order = [segmentation.GetSegmentation().GetNthSegmentID(n) for n in range(len(ids))]
+    assert order == ids  # the segment keeps its place
+    for segmentId in ids:
+        assert (MRMLAdapter.segmentMaskInVolumeGrid(segmentation, segmentId, volume) == before[segmentId]).all()
+    assert MRMLAdapter.segmentTags(segmentation, lung.segment_id) == tags
+    assert headless.scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 1  # the snapshot is gone

@@ -143,8 +143,13 @@ def command_propagate(args: argparse.Namespace) -> None:
     from .session import annotation_only, propagate_segmentation
 
     output = Path(args.output)
+    confidence_output = Path(args.confidence_output) if args.confidence_output else None
     refuse_overwriting_inputs(output, [args.image, args.segmentation])
     require_segmentation_suffix(output)
+    if confidence_output is not None:
+        refuse_overwriting_inputs(confidence_output, [args.image, args.segmentation, output])
+        if confidence_output.suffix != ".csv":
+            raise CommandLineError(f"--confidence-output {str(confidence_output)!r}: the confidence is a .csv file.")
     timer = Timer()
     with timer("load"):
         stack = load_stack(args.image, slice_axis=args.axis, channel=args.channel)
@@ -162,9 +167,11 @@ def command_propagate(args: argparse.Namespace) -> None:
             progress=bar,
             **options,
         )
+    unreached = np.setdiff1d(np.arange(stack.n_slices), np.union1d(propagation.annotated, propagation.propagated))
     with timer("write"):
         write_segmentation(output, propagation.segmentation)
-    unreached = np.setdiff1d(np.arange(stack.n_slices), np.union1d(propagation.annotated, propagation.propagated))
+        if confidence_output is not None:
+            write_slice_confidence(confidence_output, propagation.confidence, propagation.annotated, unreached)
     configuration = {**vars(args), "axis": axis, "annotated": annotated, "options": options}
     configuration.pop("handler")
     results = {
@@ -180,6 +187,21 @@ def command_propagate(args: argparse.Namespace) -> None:
             file=sys.stderr,
         )
     print(f"Wrote {output} ({propagation.propagated.size} slices propagated from {len(annotated)} annotated)")
+
+
+def write_slice_confidence(path: Path, confidence: np.ndarray, annotated, unreached) -> None:
+    """CSV ``slice,status,confidence``: one row per slice; status annotated / propagated / unreached (empty
+    confidence)."""
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    annotated, unreached = set(np.asarray(annotated).tolist()), set(np.asarray(unreached).tolist())
+    with path.open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["slice", "status", "confidence"])
+        for index, value in enumerate(confidence):
+            status = "annotated" if index in annotated else "unreached" if index in unreached else "propagated"
+            writer.writerow([index, status, "" if np.isnan(value) else f"{value:.4f}"])
 
 
 def command_train(args: argparse.Namespace) -> None:
@@ -419,6 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
     propagate.add_argument("--annotated", help="annotated slices, e.g. 0,10,20 (default: recorded in SEG)")
     propagate.add_argument("--method", default="sdf", help="propagation method (spatial-al methods; default sdf)")
     propagate.add_argument("--output", required=True, help="output .seg.nrrd, .nrrd or .nii.gz (never an input)")
+    propagate.add_argument(
+        "--confidence-output", metavar="CSV", help="also write slice,status,confidence per slice to this .csv"
+    )
     add_volume_arguments(propagate)
     propagate.set_defaults(handler=command_propagate)
 
