@@ -88,6 +88,7 @@ class SpatialPropagationWidget(SessionWidgetMixin, ScriptedLoadableModuleWidget,
         self.logic = SpatialPropagationLogic()
 
         self.ui.propagateButton.connect("clicked(bool)", self.onPropagateButton)
+        self.ui.undoButton.connect("clicked(bool)", self.onUndoButton)
         self.ui.methodComboBox.connect("currentTextChanged(QString)", self.onMethodChanged)
         self.startSession()
 
@@ -108,6 +109,9 @@ class SpatialPropagationWidget(SessionWidgetMixin, ScriptedLoadableModuleWidget,
             self.ui.propagateButton.toolTip = (
                 _("Fill the slices between annotated slices") if ready else _("Select a volume and a segmentation")
             )
+        self.ui.undoButton.enabled = (
+            bool(node and node.segmentation and self.logic.canUndo(node.segmentation)) and not self.isRunning
+        )
 
     def onPropagateButton(self) -> None:
         from spatial_al.volume import parse_slice_list
@@ -127,6 +131,12 @@ class SpatialPropagationWidget(SessionWidgetMixin, ScriptedLoadableModuleWidget,
             self.ui.resultLabel.text = outcome.summary()
 
         self.runCancellable(self.ui.propagateButton, _("Propagation failed."), propagate)
+
+    def onUndoButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Undo failed."), waitCursor=True):
+            self.logic.undo(self._parameterNode.segmentation)
+            self.ui.resultLabel.text = _("The segments are back as they were before the last propagation.")
+        self.updateGUIFromParameterNode()
 
 
 #
@@ -239,6 +249,13 @@ class SpatialPropagationLogic(ScriptedLoadableModuleLogic):
         outcome = PropagationOutcome(layers.annotated, layers.propagated, layers.confidence, keptEdited, method)
         logging.info(outcome.summary())
         return outcome
+
+    @staticmethod
+    def canUndo(segmentationNode):
+        """Whether :meth:`undo` has a propagation to take back."""
+        from SpatialALSlicerLib import MRMLAdapter
+
+        return segmentationNode.GetNodeReference(MRMLAdapter.UNDO_REFERENCE_ROLE) is not None
 
     def undo(self, segmentationNode):
         """Restore the segments exactly as they were before the last propagation (edits made since are dropped);

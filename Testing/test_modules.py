@@ -194,7 +194,9 @@ def test_undo_restores_the_segmentation_exactly_and_accept_makes_a_slice_annotat
     record = MRMLAdapter.sliceRecord(segmentation, lung.segment_id)
     assert 15 not in record.propagated and len(record.propagated) == 8
 
+    assert propagation.canUndo(segmentation)
     assert propagation.undo(segmentation) == [lung.segment_id]
+    assert not propagation.canUndo(segmentation)
     order = [segmentation.GetSegmentation().GetNthSegmentID(n) for n in range(len(ids))]
     assert order == ids  # the segment keeps its place
     for segmentId in ids:
