@@ -301,3 +301,31 @@ def test_propagate_writes_the_slice_confidence_csv(chest_files, tmp_path, capsys
         )
     assert main([*arguments, "--confidence-output", str(tmp_path / "confidence.txt")]) == 2
     assert "is a .csv file" in capsys.readouterr().err
+
+
+def test_benchmark_propagation_reports_time_and_dice_per_interval(tmp_path, capsys):
+    output = tmp_path / "propagation.json"
+    arguments = ["benchmark", "propagation", "--methods", "sdf", "--intervals", "5,10", "--speed-slices", "20"]
+    assert main([*arguments, "--size", "48", "--output", str(output), "--quiet"]) == 0
+    rows = json.loads(output.read_text())["results"]["rows"]
+    assert [(r["dataset"], r["interval"]) for r in rows] == [
+        ("chest CT", 5),
+        ("chest CT", 10),
+        ("ellipsoids 20x48x48", 10),
+    ]
+    assert all(0 < r["dice"] <= 1 and r["seconds"] > 0 and r["speedup"] is None for r in rows)
+    assert rows[0]["dice"] > rows[1]["dice"]  # sparser annotation, lower Dice
+    assert "chest CT" in capsys.readouterr().out
+
+
+def test_speedups_compare_each_row_with_contour_of_the_same_dataset_and_interval():
+    from spatial_al.benchmarks.propagation import speedups
+
+    rows = [
+        {"dataset": "d", "interval": 5, "method": "contour", "seconds": 12.0, "process_seconds": 10.0, "dice": 0.5},
+        {"dataset": "d", "interval": 5, "method": "sdf", "seconds": 0.5, "dice": 0.6},
+        {"dataset": "d", "interval": 10, "method": "sdf", "seconds": 0.5, "dice": 0.4},
+    ]
+    compared = speedups(rows)
+    assert (compared[1]["speedup"], compared[1]["speedup_in_process"], compared[1]["dice_gain"]) == (24.0, 4.0, 0.1)
+    assert compared[2]["speedup"] is None and compared[2]["dice_gain"] is None

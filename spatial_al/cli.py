@@ -308,6 +308,13 @@ def command_benchmark(args: argparse.Namespace) -> None:
 
             rows = measure_throughput(names, device, args.size, args.batch_size, args.batches, progress=bar)
             title = f"Throughput on {device} ({args.size}x{args.size} slices, batch {args.batch_size}):"
+        elif args.name == "propagation":
+            from .benchmarks.propagation import format_table, measure_propagation, speedups
+
+            intervals = [int(value) for value in args.intervals.split(",")]
+            speed_shape = None if args.no_speed else (args.speed_slices, args.size)
+            rows = speedups(measure_propagation(names, intervals, speed_shape, progress=bar))
+            title = "Propagation against contour (Dice on the non-annotated slices between annotated ones):"
         else:
             from .benchmarks.ranking import format_table, measure_ranking
 
@@ -475,7 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(handler=command_predict)
 
     benchmark = commands.add_parser("benchmark", help="speed figures: prints a table, writes JSON")
-    kinds = benchmark.add_subparsers(dest="name", required=True, metavar="{throughput,ranking}")
+    kinds = benchmark.add_subparsers(dest="name", required=True, metavar="{throughput,ranking,propagation}")
     throughput = kinds.add_parser("throughput", help="training and inference slices per second of each preset")
     throughput.add_argument("--presets", dest="names", help="comma-separated presets (default: all)")
     throughput.add_argument("--batches", type=int, default=3, help="timed batches after one warm-up (default 3)")
@@ -486,12 +493,20 @@ def build_parser() -> argparse.ArgumentParser:
     ranking.add_argument("--budget", type=int, default=10, help="slices to pick (default 10)")
     ranking.add_argument("--preset", default="unet-small", help="model of the model-based strategies (unet-small)")
     ranking.add_argument("--batch-size", type=int, default=8, help="slices per forward pass (default 8)")
-    for measurement in (throughput, ranking):
-        measurement.add_argument("--size", type=int, default=256, help="slice size in pixels (default 256)")
+    propagation = kinds.add_parser("propagation", help="time and Dice of propagation methods against contour")
+    propagation.add_argument("--methods", dest="names", help="comma-separated methods (default: sdf,contour)")
+    propagation.add_argument("--intervals", default="5,10,15", help="annotation intervals (default 5,10,15)")
+    propagation.add_argument("--speed-slices", type=int, default=300, help="slices of the speed volume (300)")
+    propagation.add_argument("--no-speed", action="store_true", help="skip the large synthetic label map")
+    for measurement in (throughput, ranking, propagation):
+        measurement.add_argument(
+            "--size", type=int, default=256, help="slice size in pixels (default 256; 512 for propagation)"
+        )
         measurement.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
         measurement.add_argument("--output", help="JSON file to write (default benchmark-NAME.json)")
         measurement.add_argument("--quiet", action="store_true", help="no progress bar")
         measurement.set_defaults(handler=command_benchmark)
+    propagation.set_defaults(size=512)
 
     presets = commands.add_parser("presets", help="list the model presets")
     presets.set_defaults(handler=command_presets)

@@ -1,0 +1,160 @@
+"""Propagation methods against each other (``contour``, ITK's morphological contour interpolation, is the reference
+peer): seconds and Dice against the ground truth on the non-annotated slices between the first and last annotated
+slice, at several annotation intervals.
+
+Inputs: the ``slicerio`` chest CT and its segmentation (real anatomy, 34 axial slices of 10 mm), and a synthetic
+label map of ellipsoids, 300 x 512 x 512 by default, for speed at clinical size (its ground truth is known too).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..io.segmentation import Segmentation
+from ..progress import ProgressReporter, report
+from ..propagation import PROPAGATORS
+from ..selection.cold_start import centred_offset
+from ..session import annotation_only, propagate_segmentation
+from ..volume import Geometry, Segment, SliceStack
+
+DEFAULT_METHODS = ("sdf", "contour")
+
+
+def annotated_grid(n_slices: int, interval: int) -> np.ndarray:
+    """Every ``interval``-th slice, centred in the volume (what ``fixed_interval`` picks)."""
+    return np.arange(centred_offset(n_slices, interval), n_slices, interval)
+
+
+def ellipsoid_stack(n_slices: int = 300, size: int = 512, seed: int = 0) -> SliceStack:
+    """Label map (n_slices, size, size) of five random overlapping-free ellipsoids of labels 1..5 (no image)."""
+    rng = np.random.default_rng(seed)
+    labels = np.zeros((n_slices, size, size), np.uint8)
+    k, j, i = np.ogrid[:n_slices, :size, :size]
+    for value in range(1, 6):
+        centre = rng.uniform([0.2, 0.2, 0.2], [0.8, 0.8, 0.8]) * (n_slices, size, size)
+        radii = rng.uniform([0.08, 0.05, 0.05], [0.3, 0.15, 0.15]) * (n_slices, size, size)
+        inside = ((k - centre[0]) / radii[0]) ** 2 + ((j - centre[1]) / radii[1]) ** 2 + (
+            (i - centre[2]) / radii[2]
+        ) ** 2 <= 1
+        labels[inside & (labels == 0)] = value
+    segments = tuple(Segment(f"ellipsoid {value}", value) for value in range(1, 6))
+    return SliceStack(None, labels, segments, Geometry(labels.shape, spacing=(0.8, 0.8, 1.5)))
+
+
+def mean_dice(stack: SliceStack, segmentation: Segmentation, evaluated: np.ndarray) -> float:
+    """Mean Dice over the segments present on the ``evaluated`` slices (of the truth or the result)."""
+    from ..demo import per_segment_dice
+
+    scores = [score for score in per_segment_dice(stack, segmentation, evaluated).values() if score is not None]
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def measure_stack(
+    stack: SliceStack,
+    dataset: str,
+    methods: Sequence[str],
+    intervals: Sequence[int],
+    progress: ProgressReporter | None = None,
+) -> list[dict]:
+    """One row per (method, interval): seconds to propagate every segment, mean Dice on the evaluated slices."""
+    truth = Segmentation(stack.label_layers, stack.segments, stack.geometry)
+    rows = []
+    for interval in intervals:
+        annotated = annotated_grid(stack.n_slices, interval)
+        evaluated = np.setdiff1d(np.arange(annotated[0], annotated[-1] + 1), annotated)
+        annotation = annotation_only(truth, annotated, stack.slice_axis)
+        for method in methods:
+            started = time.perf_counter()
+            result = propagate_segmentation(annotation, annotated, method, stack.image, axis=stack.slice_axis)
+            seconds = time.perf_counter() - started
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "method": method,
+                    "interval": int(interval),
+                    "annotated_slices": int(annotated.size),
+                    "seconds": round(seconds, 3),
+                    "dice": round(mean_dice(stack, result.segmentation, evaluated), 4),
+                }
+            )
+            report(progress, len(rows), len(intervals) * len(methods), f"{dataset}: {method}, interval {interval}")
+    return rows
+
+
+def contour_process_seconds() -> float:
+    """Seconds ``contour`` takes on a trivial input: starting its ITK worker process and loading ITK (the fixed
+    cost each call pays; ITK cannot share SimpleITK's process, see the method's docstring)."""
+    from ..propagation import propagate
+
+    labels = np.zeros((3, 8, 8), np.uint8)
+    labels[[0, 2], 2:6, 2:6] = 1
+    started = time.perf_counter()
+    propagate(labels, [0, 2], "contour")
+    return time.perf_counter() - started
+
+
+def measure_propagation(
+    methods: Sequence[str] | None = None,
+    intervals: Sequence[int] = (5, 10, 15),
+    speed_shape: tuple[int, int] | None = (300, 512),
+    progress: ProgressReporter | None = None,
+) -> list[dict]:
+    """Rows for the chest CT at each interval, then the ellipsoid label map of ``speed_shape`` (slices, size) at
+    interval 10 (skipped when None). ``contour`` rows also carry ``process_seconds``, its fixed worker cost."""
+    from ..data import chest_ct_files
+    from ..io import load_stack
+
+    methods = list(methods or DEFAULT_METHODS)
+    for method in methods:
+        PROPAGATORS.get(method)  # an unknown name fails before any measurement, with the closest valid one
+    rows = measure_stack(load_stack(*chest_ct_files()), "chest CT", methods, intervals, progress)
+    if speed_shape is not None:
+        n_slices, size = speed_shape
+        stack = ellipsoid_stack(n_slices, size)
+        rows += measure_stack(stack, f"ellipsoids {n_slices}x{size}x{size}", methods, (10,), progress)
+    if "contour" in methods:
+        process = round(contour_process_seconds(), 3)
+        rows = [{**row, "process_seconds": process} if row["method"] == "contour" else row for row in rows]
+    return rows
+
+
+def speedups(rows: Sequence[dict], reference: str = "contour") -> list[dict]:
+    """Each row with ``speedup`` (reference seconds / seconds), ``speedup_in_process`` (the same without the
+    reference's fixed worker cost) and ``dice_gain`` (Dice - reference Dice) against the reference row of the same
+    dataset and interval; None without one."""
+    by_key = {(r["dataset"], r["interval"]): r for r in rows if r["method"] == reference}
+    compared = []
+    for row in rows:
+        peer = by_key.get((row["dataset"], row["interval"]))
+        compared.append(
+            {
+                **row,
+                "speedup": round(peer["seconds"] / row["seconds"], 2) if peer and row["seconds"] > 0 else None,
+                "speedup_in_process": (
+                    round((peer["seconds"] - peer.get("process_seconds", 0.0)) / row["seconds"], 2)
+                    if peer and row["seconds"] > 0
+                    else None
+                ),
+                "dice_gain": round(row["dice"] - peer["dice"], 4) if peer else None,
+            }
+        )
+    return compared
+
+
+def format_table(rows: Sequence[dict]) -> str:
+    """The rows as a table; "(in-process)" is the speedup without contour's fixed worker cost."""
+    header = ["seconds", "Dice", "x contour", "(in-process)", "Dice gain"]
+    lines = [f"{'dataset':26s} {'interval':>8s} {'method':10s} " + " ".join(f"{h:>12s}" for h in header)]
+    for r in rows:
+        cells = [
+            f"{r['seconds']:.2f}",
+            f"{r['dice']:.4f}",
+            "-" if r["speedup"] is None else f"{r['speedup']:.1f}",
+            "-" if r["speedup_in_process"] is None else f"{r['speedup_in_process']:.1f}",
+            "-" if r["dice_gain"] is None else f"{r['dice_gain']:+.4f}",
+        ]
+        lines.append(f"{r['dataset']:26s} {r['interval']:8d} {r['method']:10s} " + " ".join(f"{c:>12s}" for c in cells))
+    return "\n".join(lines)
