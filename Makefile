@@ -16,7 +16,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e ".[slicer,test]"
+	$(BIN)/python -m pip install --quiet -e ".[slicer,test,data]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -305,7 +305,17 @@ def test_propagate_writes_the_slice_confidence_csv(chest_files, tmp_path, capsys
 
 def test_benchmark_propagation_reports_time_and_dice_per_interval(tmp_path, capsys):
     output = tmp_path / "propagation.json"
-    arguments = ["benchmark", "propagation", "--methods", "sdf", "--intervals", "5,10", "--speed-slices", "20"]
+    arguments = [
+        "benchmark",
+        "propagation",
+        "--methods",
+        "sdf",
+        "--intervals",
+        "5,10",
+        "--speed-slices",
+        "20",
+        "--no-frog",
+    ]
     assert main([*arguments, "--size", "48", "--output", str(output), "--quiet"]) == 0
     rows = json.loads(output.read_text())["results"]["rows"]
     assert [(r["dataset"], r["interval"]) for r in rows] == [

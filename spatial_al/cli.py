@@ -313,7 +313,7 @@ def command_benchmark(args: argparse.Namespace) -> None:
 
             intervals = [int(value) for value in args.intervals.split(",")]
             speed_shape = None if args.no_speed else (args.speed_slices, args.size)
-            rows = speedups(measure_propagation(names, intervals, speed_shape, progress=bar))
+            rows = speedups(measure_propagation(names, intervals, speed_shape, not args.no_frog, progress=bar))
             title = "Propagation against contour (Dice on the non-annotated slices between annotated ones):"
         else:
             from .benchmarks.ranking import format_table, measure_ranking
@@ -498,6 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     propagation.add_argument("--intervals", default="5,10,15", help="annotation intervals (default 5,10,15)")
     propagation.add_argument("--speed-slices", type=int, default=300, help="slices of the speed volume (300)")
     propagation.add_argument("--no-speed", action="store_true", help="skip the large synthetic label map")
+    propagation.add_argument("--no-frog", action="store_true", help="skip pyvista's frog tissue label map")
     for measurement in (throughput, ranking, propagation):
         measurement.add_argument(
             "--size", type=int, default=256, help="slice size in pixels (default 256; 512 for propagation)"
