@@ -198,14 +198,7 @@ class ActiveSliceSelectorWidget(SessionWidgetMixin, ScriptedLoadableModuleWidget
         ):
             question = _("Slice {index} was edited. Mark it annotated?").format(index=self._currentSlice)
             if slicer.util.confirmYesNoDisplay(question):
-                self.logic.markAnnotated(
-                    node.inputVolume,
-                    node.segmentation,
-                    self.selectedSegmentIds(),
-                    [self._currentSlice],
-                    node.sliceAxis,
-                    node.queriedSlices,
-                )
+                self._markCurrentSliceAnnotated()
         index = self.logic.nextQueriedSlice(node.queriedSlices, self._currentSlice, direction)
         if index is None:
             self.ui.statusLabel.text = _("Every queried slice is annotated.")
@@ -215,19 +208,22 @@ class ActiveSliceSelectorWidget(SessionWidgetMixin, ScriptedLoadableModuleWidget
         self.ui.statusLabel.text = _("Slice {index}: annotate it, then press 'Mark annotated'.").format(index=index)
 
     def onMarkAnnotated(self) -> None:
-        node = self._parameterNode
         if self._currentSlice is None:
             return
         with slicer.util.tryWithErrorDisplay(_("Could not mark the slice annotated."), waitCursor=True):
-            self.logic.markAnnotated(
-                node.inputVolume,
-                node.segmentation,
-                self.selectedSegmentIds(),
-                [self._currentSlice],
-                node.sliceAxis,
-                node.queriedSlices,
-            )
+            self._markCurrentSliceAnnotated()
             self.onStepQueriedSlice(+1)
+
+    def _markCurrentSliceAnnotated(self) -> None:
+        node = self._parameterNode
+        self.logic.markAnnotated(
+            node.inputVolume,
+            node.segmentation,
+            self.selectedSegmentIds(),
+            [self._currentSlice],
+            node.sliceAxis,
+            node.queriedSlices,
+        )
 
 
 #

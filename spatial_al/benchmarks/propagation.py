@@ -21,6 +21,7 @@ from ..propagation import PROPAGATORS
 from ..selection.cold_start import centred_offset
 from ..session import annotation_only, propagate_layers
 from ..volume import Geometry, Segment, SliceStack
+from . import checked_names
 
 DEFAULT_METHODS = ("sdf", "contour")
 
@@ -115,9 +116,7 @@ def measure_propagation(
     from ..data import chest_ct_files
     from ..io import load_stack
 
-    methods = list(methods or DEFAULT_METHODS)
-    for method in methods:
-        PROPAGATORS.get(method)  # an unknown name fails before any measurement, with the closest valid one
+    methods = checked_names(PROPAGATORS, methods or DEFAULT_METHODS)
     rows = measure_stack(load_stack(*chest_ct_files()), "chest CT", methods, intervals, progress)
     if include_frog:
         from ..data import frog_tissues_stack

@@ -20,7 +20,7 @@ from ..models import PRESETS, SegmentationModel
 from ..progress import ProgressReporter
 from ..selection import STRATEGIES, rank, strategy_info
 from ..volume import Segment
-from . import each_entry
+from . import checked_names, each_entry
 
 ANNOTATED_INTERVAL = 10
 PRESET_FOR_MODEL_KIND = {"star": "star-small", "structure": "sbc-small"}
@@ -60,12 +60,11 @@ def measure_ranking(
     progress: ProgressReporter | None = None,
 ) -> list[dict]:
     """Seconds each strategy takes to rank ``budget`` slices of the synthetic volume (model loading excluded)."""
-    image = labels = None
+    names = checked_names(STRATEGIES, strategies)
+    image, labels = synthetic_volume(n_slices, size, seed)
     annotated = np.arange(ANNOTATED_INTERVAL // 2, n_slices, ANNOTATED_INTERVAL)
     rows = []
-    for name in each_entry(STRATEGIES, strategies, progress):
-        if image is None:  # after the names are checked
-            image, labels = synthetic_volume(n_slices, size, seed)
+    for name in each_entry(STRATEGIES, names, progress):
         preset, model = model_for(name, model_preset, seed)
         started = time.perf_counter()
         ranking = rank(

@@ -6,6 +6,7 @@ strategies here compare candidates with the annotated slices and with each other
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,6 +61,38 @@ def reduce_features(features: np.ndarray, dimensions: int = 10) -> np.ndarray:
     return PCA(n_components=components, svd_solver="full").fit_transform(normalized)
 
 
+def greedy_picks(
+    context: RankingContext,
+    count: int,
+    best: Callable[[np.ndarray], tuple[int, float]],
+    on_pick: Callable[[int], None],
+    positions: np.ndarray | None = None,
+) -> Picks:
+    """Picks made one at a time under the shared controls (slices per volume, spacing).
+
+    Args:
+        context: the call's context.
+        count: rows to choose from.
+        best: (available rows, bool (count,)) -> (the row to try next, its score); called before every try.
+        on_pick: told each row that was picked, to update what ``best`` sees.
+        positions: pool position of each row (default: the pool in order).
+    """
+    positions = np.arange(count) if positions is None else positions
+    admission = context.admission()
+    available = np.ones(count, bool)
+    chosen, scores = [], []
+    while len(chosen) < context.budget and available.any():
+        row, score = best(available)
+        available[row] = False
+        volume, index = int(context.pool_volume[positions[row]]), int(context.pool_slice[positions[row]])
+        if admission.admits(volume, index):
+            admission.take(volume, index)
+            chosen.append(positions[row])
+            scores.append(score)
+            on_pick(row)
+    return Picks(np.asarray(chosen, dtype=np.int64), np.asarray(scores, dtype=float))
+
+
 def greedy_k_center(
     context: RankingContext, features: np.ndarray, centers: np.ndarray, positions: np.ndarray | None = None
 ) -> Picks:
@@ -74,24 +107,17 @@ def greedy_k_center(
     Returns:
         Picks whose score is the distance to the nearest center at the time of the pick.
     """
-    positions = np.arange(len(features)) if positions is None else positions
     nearest = cdist(features, centers).min(1) if len(centers) else np.full(len(features), np.inf)
-    first = None if len(centers) else int(context.rng.integers(len(features)))
-    admission = context.admission()
-    chosen, scores = [], []
-    available = np.ones(len(features), bool)
-    while len(chosen) < context.budget and available.any():
-        row = first if first is not None else int(np.argmax(np.where(available, nearest, -np.inf)))
-        first = None
-        available[row] = False
-        volume, index = int(context.pool_volume[positions[row]]), int(context.pool_slice[positions[row]])
-        if not admission.admits(volume, index):
-            continue
-        admission.take(volume, index)
-        chosen.append(positions[row])
-        scores.append(float(nearest[row]) if np.isfinite(nearest[row]) else 0.0)
-        nearest = np.minimum(nearest, cdist(features, features[row : row + 1])[:, 0])
-    return Picks(np.asarray(chosen, dtype=np.int64), np.asarray(scores, dtype=float))
+    first = [] if len(centers) else [int(context.rng.integers(len(features)))]
+
+    def farthest(available: np.ndarray) -> tuple[int, float]:
+        row = first.pop() if first else int(np.argmax(np.where(available, nearest, -np.inf)))
+        return row, float(nearest[row]) if np.isfinite(nearest[row]) else 0.0
+
+    def cover(row: int) -> None:
+        np.minimum(nearest, cdist(features, features[row : row + 1])[:, 0], out=nearest)
+
+    return greedy_picks(context, len(features), farthest, cover, positions)
 
 
 @STRATEGIES.register("kcenter_greedy")
@@ -136,23 +162,18 @@ def distance_representative(context: RankingContext, *, dimensions: int = 10, me
     require_annotated(context, "distance_representative")
     candidates, annotated = reduced_pool_features(context, dimensions)
     distance_sum = cdist(candidates, annotated, metric).sum(1)
-    references = len(annotated)
-    admission = context.admission()
-    available = np.ones(len(candidates), bool)
-    chosen, scores = [], []
-    while len(chosen) < context.budget and available.any():
-        mean_distance = distance_sum / references
+    references = [len(annotated)]
+
+    def farthest_on_average(available: np.ndarray) -> tuple[int, float]:
+        mean_distance = distance_sum / references[0]
         row = int(np.argmax(np.where(available, mean_distance, -np.inf)))
-        available[row] = False
-        volume, index = int(context.pool_volume[row]), int(context.pool_slice[row])
-        if not admission.admits(volume, index):
-            continue
-        admission.take(volume, index)
-        chosen.append(row)
-        scores.append(float(mean_distance[row]))
-        distance_sum += cdist(candidates, candidates[row : row + 1], metric)[:, 0]
-        references += 1
-    return Picks(np.asarray(chosen, dtype=np.int64), np.asarray(scores, dtype=float))
+        return row, float(mean_distance[row])
+
+    def join_references(row: int) -> None:
+        distance_sum[:] += cdist(candidates, candidates[row : row + 1], metric)[:, 0]
+        references[0] += 1
+
+    return greedy_picks(context, len(candidates), farthest_on_average, join_references)
 
 
 @STRATEGIES.register("cluster_representative")
@@ -176,23 +197,19 @@ def cluster_representative(context: RankingContext, *, dimensions: int = 10, ban
     ids = np.unique(clusters)
     size = {c: int(np.count_nonzero(clusters == c)) for c in ids}
     labeled = {c: int(np.count_nonzero(annotated_clusters == c)) for c in ids}
-    admission = context.admission()
-    available = np.ones(len(candidates), bool)
     tie_breaker = context.rng.random(len(candidates))  # random slice within the neediest cluster
-    chosen, scores = [], []
-    while len(chosen) < context.budget and available.any():
+
+    def neediest(available: np.ndarray) -> tuple[int, float]:
         need = np.array([0.0 if c == -1 else 1.0 - labeled[c] / size[c] for c in candidate_clusters])
         row = int(np.lexsort((-tie_breaker, np.where(available, -need, np.inf)))[0])
-        available[row] = False
-        volume, index = int(context.pool_volume[row]), int(context.pool_slice[row])
-        if not admission.admits(volume, index):
-            continue
-        admission.take(volume, index)
-        chosen.append(row)
-        scores.append(float(need[row]))
+        return row, float(need[row])
+
+    def count_labeled(row: int) -> None:
         labeled[candidate_clusters[row]] += 1
+
+    picks = greedy_picks(context, len(candidates), neediest, count_labeled)
     details = {"clusters": int(np.count_nonzero(ids >= 0)), "outliers": int(np.count_nonzero(clusters == -1))}
-    return Picks(np.asarray(chosen, dtype=np.int64), np.asarray(scores, dtype=float), details)
+    return picks._replace(details=details)
 
 
 @STRATEGIES.register("bal")
