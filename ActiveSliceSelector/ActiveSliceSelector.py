@@ -309,7 +309,7 @@ class ActiveSliceSelectorLogic(ScriptedLoadableModuleLogic):
             (``spatial_al.selection.RankingResult``, the table node).
         """
         import spatial_al
-        from SpatialALSlicerLib import MRMLAdapter
+        from SpatialALSlicerLib import ModelLogic, MRMLAdapter
 
         axis = MRMLAdapter.sliceAxisIndex(volumeNode, sliceAxis)
         segmentIds = MRMLAdapter.segmentIdsOrAll(segmentationNode, segmentIds)
@@ -319,11 +319,7 @@ class ActiveSliceSelectorLogic(ScriptedLoadableModuleLogic):
         model = labels = None
         segments = ()
         if modelPath and spatial_al.selection.strategy_info(spatial_al.STRATEGIES.get(strategy)).reads_model:
-            from spatial_al.device import resolve_device
-            from spatial_al.training import load_model
-
-            device = resolve_device(device)
-            model, _ = load_model(modelPath, device)
+            model, device = ModelLogic.loadModel(modelPath, device)
             segmentation = MRMLAdapter.segmentationFromNode(segmentationNode, volumeNode, segmentIds)
             labels, segments = segmentation.label_layers, segmentation.segments
         ranking = spatial_al.rank(

@@ -36,6 +36,8 @@ VOLUME_REFERENCE_ROLE = "SpatialAL.volume"
 PLANE_REFERENCE_ROLE = "SpatialAL.plane"
 UNDO_REFERENCE_ROLE = "SpatialAL.undo"  # segmentation node -> hidden copy of it before the last propagation
 UNDO_SEGMENTS_ATTRIBUTE = "SpatialAL.UndoSegments"
+PREVIEW_REFERENCE_ROLE = "SpatialAL.preview"  # segmentation node -> its propagation preview
+PREVIEW_OPACITY = 0.5
 
 
 class MRMLInputError(ValueError):
@@ -354,6 +356,45 @@ def restoreUndoSnapshot(segmentationNode):
     return segmentIds
 
 
+def showPreview(segmentationNode, volumeNode, pseudoMasks, propagated, axis):
+    """Show propagated masks without touching the segmentation: a separate node "<name> (preview)" with one segment
+    "<segment> (propagated)" per segment (same colour, half opacity) holding its mask on the ``propagated`` slices
+    only. Replaces the previous preview of the node; returns the preview node.
+
+    Args:
+        pseudoMasks: segment ID -> propagated bool mask (K, J, I) on the volume's grid.
+        propagated: slice indices along ``axis`` that hold pseudo-labels.
+        axis: slice axis (KJI array axis).
+    """
+    removePreview(segmentationNode)
+    preview = segmentationNode.GetScene().AddNewNodeByClass(
+        "vtkMRMLSegmentationNode", f"{segmentationNode.GetName()} (preview)"
+    )
+    preview.CreateDefaultDisplayNodes()
+    preview.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+    preview.GetDisplayNode().SetOpacity(PREVIEW_OPACITY)
+    index = [slice(None)] * 3
+    index[axis] = np.asarray(propagated, dtype=np.int64)
+    for segmentId, mask in pseudoMasks.items():
+        source = segmentationNode.GetSegmentation().GetSegment(segmentId)
+        shown = np.zeros_like(mask)
+        shown[tuple(index)] = mask[tuple(index)]
+        previewId = preview.GetSegmentation().AddEmptySegment(
+            segmentId, f"{source.GetName()} (propagated)", source.GetColor()
+        )
+        setSegmentMaskInVolumeGrid(preview, previewId, volumeNode, shown)
+    segmentationNode.SetNodeReferenceID(PREVIEW_REFERENCE_ROLE, preview.GetID())
+    return preview
+
+
+def removePreview(segmentationNode):
+    """Remove the preview node of :func:`showPreview`, if any."""
+    preview = segmentationNode.GetNodeReference(PREVIEW_REFERENCE_ROLE)
+    if preview is not None:
+        segmentationNode.RemoveNodeReferenceIDs(PREVIEW_REFERENCE_ROLE)
+        segmentationNode.GetScene().RemoveNode(preview)
+
+
 # --- slices in the views -------------------------------------------------------------------------------------------
 
 
@@ -485,6 +526,23 @@ def markSlicesAnnotated(volumeNode, segmentationNode, segmentIds, slices, sliceA
         for index in slices:
             setQueriedSliceStatus(tableNode, index, STATUS_ANNOTATED)
     return annotated
+
+
+def syncQueriedSliceStatuses(volumeNode, segmentationNode, segmentIds):
+    """In every queried-slices table of ``volumeNode``, show as "propagated" the queried slices not yet annotated
+    that the segments record as propagated, and as "to annotate" those they no longer do (after an undo)."""
+    scene = volumeNode.GetScene()
+    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLTableNode")):
+        tableNode = scene.GetNthNodeByClass(index, "vtkMRMLTableNode")
+        axis = tableNode.GetAttribute(TABLE_ATTRIBUTE_AXIS)
+        if axis is None or tableNode.GetNodeReference(VOLUME_REFERENCE_ROLE) is not volumeNode:
+            continue
+        propagated = set(recordedPropagatedSlices(segmentationNode, segmentIds, int(axis)))
+        for row in queriedSlicesFromTable(tableNode):
+            if row["status"] != STATUS_ANNOTATED:
+                status = STATUS_PROPAGATED if row["slice"] in propagated else STATUS_TO_ANNOTATE
+                if status != row["status"]:
+                    setQueriedSliceStatus(tableNode, row["slice"], status)
 
 
 def sliceLabelChecksums(segmentationNode, segmentIds, volumeNode, axis, slices):

@@ -69,18 +69,26 @@ def updateModel(
     )
 
 
+def loadModel(modelPath, device="auto"):
+    """(model, torch device) of the checkpoint at ``modelPath``, on ``device``; raises ValueError naming a missing
+    or unreadable file."""
+    from spatial_al.device import resolve_device
+    from spatial_al.training import load_model
+
+    torchDevice = resolve_device(device)
+    model, _ = load_model(modelPath, torchDevice)
+    return model, torchDevice
+
+
 def predictSegmentation(volumeNode, modelPath, device="auto", progress=None):
     """Segment the volume with the model at ``modelPath`` into a new segmentation node named
     "<volume> (model prediction)" (no existing segment is touched); returns the node."""
     import numpy as np
 
-    from spatial_al.device import resolve_device
     from spatial_al.learning import predict_segmentation
-    from spatial_al.training import load_model
     from spatial_al.volume import SliceStack
 
-    torchDevice = resolve_device(device)
-    model, _ = load_model(modelPath, torchDevice)
+    model, torchDevice = loadModel(modelPath, device)
     image = MRMLAdapter.arrayFromVolumeNode(volumeNode)
     geometry = MRMLAdapter.volumeGeometry(volumeNode)
     stack = SliceStack(image, np.zeros(image.shape, np.uint8), (), geometry, model.config.slice_axis)

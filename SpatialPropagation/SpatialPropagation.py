@@ -27,7 +27,7 @@ SLICE_PLANES = ["axial", "coronal", "sagittal"]
 
 
 class SpatialPropagation(ScriptedLoadableModule):
-    """Fills the slices between annotated slices with pseudo-labels propagated from them."""
+    """Fills the slices that are not annotated with pseudo-labels propagated from the annotated ones."""
 
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
@@ -36,13 +36,16 @@ class SpatialPropagation(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["SpatialActiveLearning developers"]
         self.parent.helpText = _(
-            "Propagates the annotated slices of a segmentation to the slices between them. Annotated slices and "
-            "anything you drew elsewhere are never changed; which slices are annotated and which are propagated "
-            "(with a confidence) is recorded in the segments and saved with the segmentation."
+            "Propagates the annotated slices of a segmentation to the slices that are not annotated, by interpolation "
+            "(sdf, contour), learned slice-to-slice correspondence (sli2vol) or a trained model (star, model). "
+            "Preview shows the result beside the segmentation first. Annotated slices and anything you drew elsewhere "
+            "are never changed; which slices are annotated and which are propagated (with a confidence) is recorded "
+            "in the segments and saved with the segmentation, and Undo restores the segments as they were."
         )
         self.parent.acknowledgementText = _(
             "Signed-distance interpolation as in 'Less Is More'; morphological contour interpolation is ITK's "
-            "filter behind Slicer's 'Fill between slices' (Zukic et al., 2016)."
+            "filter behind Slicer's 'Fill between slices' (Zukic et al., 2016); spatial aggregation from STAR "
+            "(Ma et al., MICCAI 2025); slice-to-slice propagation in the style of Sli2Vol (Yeung et al., MIDL 2021)."
         )
 
 
@@ -57,6 +60,8 @@ class SpatialPropagationParameterNode:
 
     inputVolume: the scan. segmentation: the segments to fill. sliceAxis: plane of the slices.
     method: propagation method. annotatedSlices: e.g. "0,10,20" ("" = the slices recorded in the segments).
+    modelPath: checkpoint read by methods that use a model. mostConfident: keep the N most confident propagated
+    slices (0 = all). autoUpdate: recompute the preview after each edit of a segment.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -64,6 +69,9 @@ class SpatialPropagationParameterNode:
     sliceAxis: Annotated[str, Choice(SLICE_PLANES)] = "axial"
     method: str = "sdf"
     annotatedSlices: str = ""
+    modelPath: str = ""
+    mostConfident: int = 0
+    autoUpdate: bool = False
 
 
 #
@@ -78,18 +86,29 @@ class SpatialPropagationWidget(SessionWidgetMixin, ScriptedLoadableModuleWidget,
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
+        self._observedSegmentation = None
+        self._previewTimer = None
 
     def setup(self) -> None:
+        import qt  # the application's Qt; absent where only the Logic runs (slicer-core)
+
         ScriptedLoadableModuleWidget.setup(self)
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/SpatialPropagation.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = SpatialPropagationLogic()
+        self._previewTimer = qt.QTimer()
+        self._previewTimer.setSingleShot(True)
+        self._previewTimer.setInterval(500)  # one update after a burst of edits, as Fill between slices waits
+        self._previewTimer.connect("timeout()", self.onPreviewButton)
 
+        self.ui.previewButton.connect("clicked(bool)", self.onPreviewButton)
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.propagateButton.connect("clicked(bool)", self.onPropagateButton)
         self.ui.undoButton.connect("clicked(bool)", self.onUndoButton)
         self.ui.methodComboBox.connect("currentTextChanged(QString)", self.onMethodChanged)
+        self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathChanged)
         self.startSession()
 
     def populateChoices(self) -> None:
@@ -100,33 +119,90 @@ class SpatialPropagationWidget(SessionWidgetMixin, ScriptedLoadableModuleWidget,
             self._parameterNode.method = name
             self.ui.methodHelpLabel.text = self.choiceHelp(self.ui.methodComboBox)
 
+    def onModelPathChanged(self, path) -> None:
+        if self._parameterNode:
+            self._parameterNode.modelPath = path
+
     def updateGUIFromParameterNode(self, caller=None, event=None) -> None:
         node = self._parameterNode
         ready = bool(node and node.inputVolume and node.segmentation)
+        needsModel = bool(node and node.method and self.logic.methodUsesModel(node.method))
+        if ready and needsModel and not node.modelPath:
+            ready, reason = False, _("Choose the model file: this method propagates with a trained model")
+        else:
+            reason = _("Select a volume and a segmentation")
+        if node and self.ui.modelPathLineEdit.currentPath != node.modelPath:
+            self.ui.modelPathLineEdit.currentPath = node.modelPath
+        self.ui.modelPathLineEdit.enabled = needsModel
         if not self.isRunning:
             self.ui.propagateButton.text = _("Propagate")
-            self.ui.propagateButton.enabled = ready
-            self.ui.propagateButton.toolTip = (
-                _("Fill the slices between annotated slices") if ready else _("Select a volume and a segmentation")
-            )
+            self.ui.previewButton.text = _("Preview")
+            for button, tip in (
+                (self.ui.propagateButton, _("Fill the slices that are not annotated")),
+                (self.ui.previewButton, _("Show the propagation without changing the segmentation")),
+            ):
+                button.enabled = ready
+                button.toolTip = tip if ready else reason
+        previewed = bool(node and node.segmentation and self.logic.hasPreview(node.segmentation))
+        self.ui.applyButton.enabled = previewed and not self.isRunning
         self.ui.undoButton.enabled = (
             bool(node and node.segmentation and self.logic.canUndo(node.segmentation)) and not self.isRunning
         )
+        self.observeEdits(node.segmentation if node and node.autoUpdate else None)
 
-    def onPropagateButton(self) -> None:
+    def observeEdits(self, segmentationNode) -> None:
+        """Watch ``segmentationNode``'s segments for edits (None: watch nothing) to refresh the preview."""
+        if segmentationNode is self._observedSegmentation:
+            return
+        edited = slicer.vtkSegmentation.SegmentModified
+        if self._observedSegmentation is not None:
+            self.removeObserver(self._observedSegmentation.GetSegmentation(), edited, self.onSegmentEdited)
+        self._observedSegmentation = segmentationNode
+        if segmentationNode is not None:
+            self.addObserver(segmentationNode.GetSegmentation(), edited, self.onSegmentEdited)
+
+    def onSegmentEdited(self, caller=None, event=None) -> None:
+        node = self._parameterNode
+        if node and node.autoUpdate and not self.isRunning and self.logic.hasPreview(node.segmentation):
+            self._previewTimer.start()
+
+    def propagationArguments(self) -> dict:
+        """The Logic's arguments from the panel's state."""
         from spatial_al.volume import parse_slice_list
 
+        node = self._parameterNode
+        return {
+            "segmentIds": self.selectedSegmentIds(),
+            "annotatedSlices": parse_slice_list(node.annotatedSlices) if node.annotatedSlices.strip() else None,
+            "method": node.method,
+            "sliceAxis": node.sliceAxis,
+            "modelPath": node.modelPath,
+            "mostConfident": node.mostConfident or None,
+        }
+
+    def onPreviewButton(self) -> None:
+        node = self._parameterNode
+
+        def preview(progress):
+            outcome = self.logic.propagate(
+                node.inputVolume, node.segmentation, progress=progress, preview=True, **self.propagationArguments()
+            )
+            self.ui.resultLabel.text = _("Preview: ") + outcome.summary()
+
+        self.runCancellable(self.ui.previewButton, _("Preview failed."), preview)
+
+    def onApplyButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Apply failed."), waitCursor=True):
+            node = self._parameterNode
+            self.ui.resultLabel.text = self.logic.applyPreview(node.inputVolume, node.segmentation).summary()
+        self.updateGUIFromParameterNode()
+
+    def onPropagateButton(self) -> None:
         node = self._parameterNode
 
         def propagate(progress):
             outcome = self.logic.propagate(
-                node.inputVolume,
-                node.segmentation,
-                self.selectedSegmentIds(),
-                annotatedSlices=parse_slice_list(node.annotatedSlices) if node.annotatedSlices.strip() else None,
-                method=node.method,
-                sliceAxis=node.sliceAxis,
-                progress=progress,
+                node.inputVolume, node.segmentation, progress=progress, **self.propagationArguments()
             )
             self.ui.resultLabel.text = outcome.summary()
 
@@ -134,7 +210,7 @@ class SpatialPropagationWidget(SessionWidgetMixin, ScriptedLoadableModuleWidget,
 
     def onUndoButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Undo failed."), waitCursor=True):
-            self.logic.undo(self._parameterNode.segmentation)
+            self.logic.undo(self._parameterNode.segmentation, self._parameterNode.inputVolume)
             self.ui.resultLabel.text = _("The segments are back as they were before the last propagation.")
         self.updateGUIFromParameterNode()
 
@@ -180,6 +256,8 @@ class SpatialPropagationLogic(ScriptedLoadableModuleLogic):
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
+        # segmentation node ID -> (segment IDs, LayerPropagation, slice axis, method) of its last preview
+        self._previews = {}
 
     def getParameterNode(self):
         return SpatialPropagationParameterNode(super().getParameterNode())
@@ -191,6 +269,13 @@ class SpatialPropagationLogic(ScriptedLoadableModuleLogic):
 
         return [(entry.name, entry.summary) for entry in PROPAGATORS.entries()]
 
+    @staticmethod
+    def methodUsesModel(method):
+        """Whether ``method`` propagates with a trained model (the panel then asks for the model file)."""
+        from spatial_al.propagation.base import PROPAGATORS, method_info
+
+        return method_info(PROPAGATORS.get(method)).model is not None
+
     def propagate(
         self,
         volumeNode,
@@ -200,31 +285,46 @@ class SpatialPropagationLogic(ScriptedLoadableModuleLogic):
         method="sdf",
         sliceAxis="axial",
         progress=None,
+        modelPath="",
+        device="auto",
+        mostConfident=None,
+        minConfidence=None,
+        preview=False,
         **options,
     ):
-        """Fill the slices between annotated slices of the segments, in place, keeping every voxel a person drew.
+        """Fill the slices that are not annotated of the segments, in place, keeping every voxel a person drew.
+
+        With ``preview`` the segmentation is left untouched and the result is shown in a separate "<name> (preview)"
+        segmentation instead (segments "<name> (propagated)", half opacity), as the Segment Editor's Fill between
+        slices previews; :meth:`applyPreview` then writes it and :meth:`clearPreview` drops it.
 
         Args:
             volumeNode: the scan; slices are on its voxel grid.
             segmentationNode: the segmentation to fill.
-            segmentIds: segments to fill (None: all).
+            segmentIds: segments to fill (None: all); with a model they must be the model's classes.
             annotatedSlices: slices used as sources (None: those recorded in the segments).
             method: propagation method (see :meth:`methods`).
             sliceAxis: 0, 1, 2 (KJI array axis) or "axial" / "coronal" / "sagittal".
             progress: progress reporter (``progress(done, total, message)``, ``should_cancel()``).
+            modelPath: checkpoint of a trained model, read only by methods that use one (star, model).
+            device: where torch work runs ("auto", "cpu", "cuda", ...).
+            mostConfident: keep pseudo-labels on this many most confident slices only (None: all).
+            minConfidence: keep pseudo-labels only on slices at least this confident (None: all).
+            preview: show the result beside the segmentation instead of writing it.
             **options: options of the method.
 
         Returns:
-            A :class:`PropagationOutcome`.
+            A :class:`PropagationOutcome` (with a preview, no slice is kept edited: nothing was written).
 
         Raises:
-            ValueError: no annotated slice, unknown method or segment, unusable volume.
+            ValueError: no annotated slice, unknown method or segment, a method needing a model given none,
+                unusable volume.
         """
         from spatial_al.session import propagate_layers
-        from SpatialALSlicerLib import MRMLAdapter
+        from SpatialALSlicerLib import ModelLogic, MRMLAdapter
 
-        axis = MRMLAdapter.sliceAxisIndex(volumeNode, sliceAxis)
         segmentIds = MRMLAdapter.segmentIdsOrAll(segmentationNode, segmentIds)
+        axis = MRMLAdapter.sliceAxisIndex(volumeNode, sliceAxis)
         if annotatedSlices is None:
             annotatedSlices = MRMLAdapter.recordedAnnotatedSlices(segmentationNode, segmentIds, axis)
         if len(annotatedSlices) == 0:
@@ -232,9 +332,63 @@ class SpatialPropagationLogic(ScriptedLoadableModuleLogic):
                 "No annotated slice: annotate slices and mark them annotated (Active Slice Selector), or list them "
                 "in 'Annotated slices'."
             )
-        segmentation = MRMLAdapter.segmentationFromNode(segmentationNode, volumeNode, segmentIds)
-        image = MRMLAdapter.arrayFromVolumeNode(volumeNode)
-        layers = propagate_layers(segmentation, annotatedSlices, method, image, axis, progress, **options)
+        model = None
+        if self.methodUsesModel(method):
+            if not modelPath:
+                raise MRMLAdapter.MRMLInputError(
+                    f"The method {method!r} propagates with a trained model: choose the model file (trained with "
+                    "'Update model' in Active Slice Selector), or pick a model-free method such as sdf or sli2vol."
+                )
+            model, device = ModelLogic.loadModel(modelPath, device)
+        layers = propagate_layers(
+            MRMLAdapter.segmentationFromNode(segmentationNode, volumeNode, segmentIds),
+            annotatedSlices,
+            method,
+            MRMLAdapter.arrayFromVolumeNode(volumeNode),
+            axis,
+            progress,
+            model=model,
+            device=device,
+            most_confident=mostConfident,
+            min_confidence=minConfidence,
+            **options,
+        )
+        if not preview:
+            self.clearPreview(segmentationNode)
+            return self._write(volumeNode, segmentationNode, segmentIds, layers, axis, method)
+        MRMLAdapter.showPreview(segmentationNode, volumeNode, layers.pseudo_masks, layers.propagated, axis)
+        self._previews[segmentationNode.GetID()] = (segmentIds, layers, axis, method)
+        return PropagationOutcome(layers.annotated, layers.propagated, layers.confidence, {}, method)
+
+    def hasPreview(self, segmentationNode):
+        """Whether :meth:`applyPreview` has a preview of this segmentation to write."""
+        return segmentationNode.GetID() in self._previews
+
+    def applyPreview(self, volumeNode, segmentationNode):
+        """Write the last preview of the segmentation into it (keeping what a person drew since) and remove the
+        preview node; returns a :class:`PropagationOutcome`. Raises MRMLInputError when nothing is previewed."""
+        from SpatialALSlicerLib import MRMLAdapter
+
+        if not self.hasPreview(segmentationNode):
+            raise MRMLAdapter.MRMLInputError(
+                f"Nothing to apply: {segmentationNode.GetName()!r} has no preview; press Preview (or Propagate) first."
+            )
+        segmentIds, layers, axis, method = self._previews.pop(segmentationNode.GetID())
+        MRMLAdapter.removePreview(segmentationNode)
+        return self._write(volumeNode, segmentationNode, segmentIds, layers, axis, method)
+
+    def clearPreview(self, segmentationNode):
+        """Drop the preview of the segmentation (its node too), if any."""
+        from SpatialALSlicerLib import MRMLAdapter
+
+        self._previews.pop(segmentationNode.GetID(), None)
+        MRMLAdapter.removePreview(segmentationNode)
+
+    @staticmethod
+    def _write(volumeNode, segmentationNode, segmentIds, layers, axis, method):
+        """Save the undo copy, then merge a propagation into the segments; returns a :class:`PropagationOutcome`."""
+        from SpatialALSlicerLib import MRMLAdapter
+
         MRMLAdapter.saveUndoSnapshot(segmentationNode, segmentIds)
         keptEdited = MRMLAdapter.writePseudoLabels(
             segmentationNode,
@@ -246,6 +400,7 @@ class SpatialPropagationLogic(ScriptedLoadableModuleLogic):
             axis,
             method,
         )
+        MRMLAdapter.syncQueriedSliceStatuses(volumeNode, segmentationNode, segmentIds)
         outcome = PropagationOutcome(layers.annotated, layers.propagated, layers.confidence, keptEdited, method)
         logging.info(outcome.summary())
         return outcome
@@ -257,12 +412,18 @@ class SpatialPropagationLogic(ScriptedLoadableModuleLogic):
 
         return segmentationNode.GetNodeReference(MRMLAdapter.UNDO_REFERENCE_ROLE) is not None
 
-    def undo(self, segmentationNode):
+    def undo(self, segmentationNode, volumeNode=None):
         """Restore the segments exactly as they were before the last propagation (edits made since are dropped);
-        returns the restored segment IDs. Raises MRMLInputError when there is nothing to undo."""
+        returns the restored segment IDs. With ``volumeNode``, its queried-slices tables show the statuses again
+        as they were. Raises MRMLInputError when there is nothing to undo."""
         from SpatialALSlicerLib import MRMLAdapter
 
-        return MRMLAdapter.restoreUndoSnapshot(segmentationNode)
+        segmentIds = MRMLAdapter.restoreUndoSnapshot(segmentationNode)
+        if volumeNode is not None:
+            MRMLAdapter.syncQueriedSliceStatuses(volumeNode, segmentationNode, segmentIds)
+        return segmentIds
+
+    revert = undo  # the same action under the name the Logic API also offers
 
     def accept(self, volumeNode, segmentationNode, segmentIds, slices, sliceAxis="axial", tableNode=None):
         """Turn propagated slices into annotated ones (their labels, as they are now, become annotation): the record

@@ -20,6 +20,24 @@ def disc_stack():
 
 
 @pytest.fixture(scope="session")
+def moving_stack():
+    """SliceStack (K, J, I) = (19, 48, 48) for learned propagation: a disc that moves and grows along K (segment
+    "disc", value 1) and a blob that grows then shrinks (segment "blob", value 2), rendered brighter than a textured
+    background with noise. Annotating every 6th slice leaves gaps where copying the nearest slice is poor."""
+    from spatial_al.volume import Geometry, Segment, SliceStack
+
+    rows, columns = np.mgrid[:48, :48]
+    labels = np.zeros((19, 48, 48), np.uint8)
+    for k in range(19):
+        labels[k][(rows - 14 - k) ** 2 + (columns - 16 - 0.5 * k) ** 2 <= (5 + 0.3 * k) ** 2] = 1
+        labels[k][(rows - 34) ** 2 + (columns - 36) ** 2 <= (8 - abs(k - 9) * 0.6) ** 2] = 2
+    texture = 20 * np.sin(rows / 5.0) * np.cos(columns / 7.0)
+    image = labels * 50.0 + texture + np.random.default_rng(0).normal(0, 8, labels.shape)
+    segments = (Segment("disc", 1), Segment("blob", 2))
+    return SliceStack(image, labels, segments, Geometry(labels.shape, spacing=(2.0, 1.0, 1.0)))
+
+
+@pytest.fixture(scope="session")
 def chest_ct():
     """The slicerio chest CT as a SliceStack (image + 7-segment ground truth)."""
     from spatial_al.data import chest_ct_files

@@ -265,6 +265,31 @@ def test_rank_with_a_trained_model_and_without_one(small_files, tmp_path, capsys
     assert "does not match the segmentation" in capsys.readouterr().err
 
 
+def test_propagate_with_a_star_model_keeps_the_most_confident_slices(small_files, tmp_path, capsys):
+    image, labels = small_files
+    model = tmp_path / "star.pt"
+    train = ["train", image, labels, "--annotated", "0,4,9", "--max-epochs", "1", "--preset", "star-small"]
+    assert main([*train, "--option", "augment=False", "--device", "cpu", "--output", str(model), "--quiet"]) == 0
+    output, confidence = tmp_path / "star.seg.nrrd", tmp_path / "star.csv"
+    arguments = ["propagate", image, labels, "--annotated", "0,4,9", "--method", "star", "--output", str(output)]
+    extra = ["--model", str(model), "--most-confident", "3", "--confidence-output", str(confidence), "--quiet"]
+    assert main([*arguments, *extra]) == 0
+    with confidence.open() as file:
+        rows = list(csv.DictReader(file))
+    kept = [int(r["slice"]) for r in rows if r["status"] == "propagated"]
+    dropped = [r for r in rows if r["status"] == "not_kept"]
+    assert len(kept) == 3 and len(dropped) == 4 and all(r["confidence"] for r in dropped)
+    lowest_kept = min(float(r["confidence"]) for r in rows if r["status"] == "propagated")
+    assert all(float(r["confidence"]) <= lowest_kept for r in dropped)
+    segmentation = slicerio.read_segmentation(str(output))  # IJK: slices are the last axis
+    for slice_index in (int(r["slice"]) for r in dropped):
+        assert not segmentation["voxels"][..., slice_index].any()
+    record = json.loads((tmp_path / "star.run.json").read_text())
+    assert record["configuration"]["model_config"]["star"] and record["results"]["propagated_slices"] == kept
+    assert main([*arguments, "--quiet"]) == 2
+    assert "needs a trained model" in capsys.readouterr().err
+
+
 def test_benchmark_ranking_times_each_strategy_and_writes_json(tmp_path, capsys):
     output = tmp_path / "ranking.json"
     arguments = ["benchmark", "ranking", "--strategies", "random,entropy,strided_blocks", "--slices", "20"]

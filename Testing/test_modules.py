@@ -203,3 +203,108 @@ def test_undo_restores_the_segmentation_exactly_and_accept_makes_a_slice_annotat
         assert (MRMLAdapter.segmentMaskInVolumeGrid(segmentation, segmentId, volume) == before[segmentId]).all()
     assert MRMLAdapter.segmentTags(segmentation, lung.segment_id) == tags
     assert headless.scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 1  # the snapshot is gone
+
+
+def annotated_lung(slicer_modules, scene, slices):
+    """Chest CT nodes with the right lung kept on ``slices`` only and those slices marked annotated."""
+    from SpatialALSlicerLib import MRMLAdapter
+
+    volume, segmentation, stack = chest_ct_nodes(scene)
+    lung = stack.segment("right lung")
+    selector = slicer_modules["ActiveSliceSelector"].ActiveSliceSelectorLogic()
+    selector.markAnnotated(volume, segmentation, [lung.segment_id], slices, "axial")
+    annotation = np.zeros_like(stack.segment_mask(lung))
+    annotation[slices] = stack.segment_mask(lung)[slices]
+    MRMLAdapter.setSegmentMaskInVolumeGrid(segmentation, lung.segment_id, volume, annotation)
+    return volume, segmentation, lung
+
+
+def test_preview_shows_the_propagation_beside_the_segmentation_and_apply_writes_it(slicer_modules, headless):
+    from SpatialALSlicerLib import MRMLAdapter
+
+    volume, segmentation, lung = annotated_lung(slicer_modules, headless.scene, [10, 20])
+    before = MRMLAdapter.segmentMaskInVolumeGrid(segmentation, lung.segment_id, volume)
+    tags = MRMLAdapter.segmentTags(segmentation, lung.segment_id)
+    logic = slicer_modules["SpatialPropagation"].SpatialPropagationLogic()
+    outcome = logic.propagate(volume, segmentation, [lung.segment_id], method="sdf", preview=True)
+
+    assert (MRMLAdapter.segmentMaskInVolumeGrid(segmentation, lung.segment_id, volume) == before).all()
+    assert MRMLAdapter.segmentTags(segmentation, lung.segment_id) == tags
+    preview = segmentation.GetNodeReference(MRMLAdapter.PREVIEW_REFERENCE_ROLE)
+    shown = preview.GetSegmentation().GetSegment(lung.segment_id)
+    assert shown.GetName() == "right lung (propagated)" and preview.GetDisplayNode().GetOpacity() == 0.5
+    previewed = MRMLAdapter.segmentMaskInVolumeGrid(preview, lung.segment_id, volume)
+    assert outcome.propagated.tolist() == list(range(11, 20))
+    assert previewed[11:20].any() and not previewed[[10, 20]].any() and not previewed[:10].any()
+
+    applied = logic.applyPreview(volume, segmentation)
+    written = MRMLAdapter.segmentMaskInVolumeGrid(segmentation, lung.segment_id, volume)
+    assert (written[11:20] == previewed[11:20]).all() and (written[[10, 20]] == before[[10, 20]]).all()
+    assert applied.propagated.tolist() == list(range(11, 20)) and logic.canUndo(segmentation)
+    assert segmentation.GetNodeReference(MRMLAdapter.PREVIEW_REFERENCE_ROLE) is None
+    with pytest.raises(MRMLAdapter.MRMLInputError, match="press Preview"):
+        logic.applyPreview(volume, segmentation)
+
+
+def test_undo_copy_survives_a_scene_save_and_restores_after_reload(slicer_modules, headless, tmp_path):
+    from SpatialALSlicerLib import MRMLAdapter
+    from SpatialALSlicerLib.HeadlessScene import loadSceneBundle, saveSceneBundle
+
+    volume, segmentation, lung = annotated_lung(slicer_modules, headless.scene, [10, 20])
+    before = MRMLAdapter.segmentMaskInVolumeGrid(segmentation, lung.segment_id, volume)
+    logic = slicer_modules["SpatialPropagation"].SpatialPropagationLogic()
+    logic.propagate(volume, segmentation, [lung.segment_id], method="sdf")
+    saveSceneBundle(headless.scene, tmp_path / "propagated.mrb")
+
+    scene = loadSceneBundle(tmp_path / "propagated.mrb").scene
+    nodes = [scene.GetNthNodeByClass(n, "vtkMRMLSegmentationNode") for n in range(2)]
+    reloaded = next(node for node in nodes if not node.GetHideFromEditors())
+    volume = scene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+    assert MRMLAdapter.sliceRecord(reloaded, lung.segment_id).propagated == tuple(range(11, 20))
+    assert logic.canUndo(reloaded) and logic.undo(reloaded) == [lung.segment_id]
+    assert (MRMLAdapter.segmentMaskInVolumeGrid(reloaded, lung.segment_id, volume) == before).all()
+    assert MRMLAdapter.sliceRecord(reloaded, lung.segment_id).propagated == ()
+
+
+def test_learned_propagation_reads_the_model_file_and_asks_for_one(slicer_modules, headless, tmp_path):
+    from conftest import TINY_UNET
+
+    from spatial_al.models import preset_config
+    from SpatialALSlicerLib import MRMLAdapter
+
+    volume, segmentation, lung = annotated_lung(slicer_modules, headless.scene, [8, 14, 20])
+    selector = slicer_modules["ActiveSliceSelector"].ActiveSliceSelectorLogic()
+    modelPath = str(tmp_path / "star.pt")
+    preset = preset_config("star-small", features=TINY_UNET)
+    selector.updateModel(
+        volume, segmentation, [lung.segment_id], modelPath, preset=preset, device="cpu", max_epochs=1, augment=False
+    )
+    logic = slicer_modules["SpatialPropagation"].SpatialPropagationLogic()
+    assert logic.methodUsesModel("star") and not logic.methodUsesModel("sli2vol")
+    with pytest.raises(MRMLAdapter.MRMLInputError, match="choose the model file"):
+        logic.propagate(volume, segmentation, [lung.segment_id], method="star")
+    outcome = logic.propagate(
+        volume, segmentation, [lung.segment_id], method="star", modelPath=modelPath, device="cpu", mostConfident=5
+    )
+    assert len(outcome.propagated) == 5 and set(outcome.propagated) < set(range(9, 20)) - {14}
+    record = MRMLAdapter.sliceRecord(segmentation, lung.segment_id)
+    assert record.method == "star" and record.propagated == tuple(outcome.propagated.tolist())
+    with pytest.raises(ValueError, match="does not match the segmentation"):  # the model knows the right lung only
+        logic.propagate(volume, segmentation, None, method="star", modelPath=modelPath, device="cpu")
+
+
+def test_queried_slices_filled_by_propagation_show_as_propagated_until_undone(slicer_modules, headless):
+    from SpatialALSlicerLib import MRMLAdapter
+
+    volume, segmentation, lung = annotated_lung(slicer_modules, headless.scene, [10, 20])
+    selector = slicer_modules["ActiveSliceSelector"].ActiveSliceSelectorLogic()
+    _, table = selector.rankSlices(volume, segmentation, [lung.segment_id], "fixed_interval", 4, interval=5)
+    queried = [row["slice"] for row in MRMLAdapter.queriedSlicesFromTable(table)]
+    assert any(10 < k < 20 for k in queried) and any(not 10 < k < 20 for k in queried)
+    propagation = slicer_modules["SpatialPropagation"].SpatialPropagationLogic()
+    propagation.propagate(volume, segmentation, [lung.segment_id], method="sdf")
+
+    statuses = {row["slice"]: row["status"] for row in MRMLAdapter.queriedSlicesFromTable(table)}
+    assert statuses == {k: "propagated" if 10 < k < 20 else "to annotate" for k in queried}
+    propagation.revert(segmentation, volume)
+    assert {row["status"] for row in MRMLAdapter.queriedSlicesFromTable(table)} == {"to annotate"}

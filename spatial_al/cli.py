@@ -76,6 +76,18 @@ def resolve_annotated(args: argparse.Namespace, segmentation: Segmentation | Non
     return []
 
 
+def load_model_argument(args: argparse.Namespace):
+    """(model, device) of ``--model`` and ``--device``, or (None, None) without ``--model``."""
+    if not args.model:
+        return None, None
+    from .device import resolve_device
+    from .training import load_model
+
+    device = resolve_device(args.device)
+    model, _ = load_model(args.model, device)
+    return model, device
+
+
 def command_rank(args: argparse.Namespace) -> None:
     from .learning import select_segments
     from .selection import rank
@@ -85,13 +97,7 @@ def command_rank(args: argparse.Namespace) -> None:
     timer = Timer()
     with timer("load"):
         stack = load_stack(args.image, args.labels, slice_axis=args.axis, channel=args.channel)
-        model = device = None
-        if args.model:
-            from .device import resolve_device
-            from .training import load_model
-
-            device = resolve_device(args.device)
-            model, _ = load_model(args.model, device)
+        model, device = load_model_argument(args)
     segmentation = Segmentation(stack.label_layers, stack.segments, stack.geometry) if args.labels else None
     annotated = resolve_annotated(args, segmentation, stack.slice_axis)
     segments = ()
@@ -144,16 +150,17 @@ def command_propagate(args: argparse.Namespace) -> None:
 
     output = Path(args.output)
     confidence_output = Path(args.confidence_output) if args.confidence_output else None
-    refuse_overwriting_inputs(output, [args.image, args.segmentation])
+    refuse_overwriting_inputs(output, [args.image, args.segmentation, args.model])
     require_segmentation_suffix(output)
     if confidence_output is not None:
-        refuse_overwriting_inputs(confidence_output, [args.image, args.segmentation, output])
+        refuse_overwriting_inputs(confidence_output, [args.image, args.segmentation, args.model, output])
         if confidence_output.suffix != ".csv":
             raise CommandLineError(f"--confidence-output {str(confidence_output)!r}: the confidence is a .csv file.")
     timer = Timer()
     with timer("load"):
         stack = load_stack(args.image, slice_axis=args.axis, channel=args.channel)
         segmentation = place_on_grid(read_segmentation(args.segmentation), stack.geometry)
+        model, device = load_model_argument(args)
     axis = stack.slice_axis
     annotated = resolve_annotated(args, segmentation, axis)
     options = parse_options(args.option)
@@ -165,43 +172,66 @@ def command_propagate(args: argparse.Namespace) -> None:
             stack.image,
             axis=axis,
             progress=bar,
+            model=model,
+            device=device or args.device,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            most_confident=args.most_confident,
+            min_confidence=args.min_confidence,
             **options,
         )
-    unreached = np.setdiff1d(np.arange(stack.n_slices), np.union1d(propagation.annotated, propagation.propagated))
+    status = slice_status_names(propagation.confidence, propagation.annotated, propagation.propagated)
     with timer("write"):
         write_segmentation(output, propagation.segmentation)
         if confidence_output is not None:
-            write_slice_confidence(confidence_output, propagation.confidence, propagation.annotated, unreached)
+            write_slice_confidence(confidence_output, propagation.confidence, status)
     configuration = {**vars(args), "axis": axis, "annotated": annotated, "options": options}
     configuration.pop("handler")
+    configuration["model_config"] = asdict(model.config) if model is not None else None
+    configuration["device"] = str(device or args.device)
     results = {
         "annotated_slices": propagation.annotated,
         "propagated_slices": propagation.propagated,
-        "unreached_slices": unreached,
+        "not_kept_slices": np.flatnonzero(status == "not_kept"),
+        "unreached_slices": np.flatnonzero(status == "unreached"),
         "slice_confidence": [None if np.isnan(c) else round(float(c), 4) for c in propagation.confidence],
     }
     write_json(run_record_path(output), run_record("spatial-al propagate", configuration, results, timer))
-    if unreached.size:
+    if results["unreached_slices"].size:
         print(
-            f"{unreached.size} slices lie outside the annotated range and were left empty: {unreached.tolist()}",
+            f"{results['unreached_slices'].size} slices lie outside the annotated range and were left empty: "
+            f"{results['unreached_slices'].tolist()}",
+            file=sys.stderr,
+        )
+    if results["not_kept_slices"].size:
+        print(
+            f"{results['not_kept_slices'].size} filled slices fell below the confidence cut and were left empty: "
+            f"{results['not_kept_slices'].tolist()}",
             file=sys.stderr,
         )
     print(f"Wrote {output} ({propagation.propagated.size} slices propagated from {len(annotated)} annotated)")
 
 
-def write_slice_confidence(path: Path, confidence: np.ndarray, annotated, unreached) -> None:
-    """CSV ``slice,status,confidence``: one row per slice; status annotated / propagated / unreached (empty
-    confidence)."""
+def slice_status_names(confidence: np.ndarray, annotated: np.ndarray, propagated: np.ndarray) -> np.ndarray:
+    """Per-slice status: "annotated", "propagated", "not_kept" (filled, but cut by --most-confident or
+    --min-confidence) or "unreached" (outside what the method fills)."""
+    status = np.where(np.isnan(confidence), "unreached", "not_kept").astype(object)
+    status[np.asarray(propagated, dtype=np.int64)] = "propagated"
+    status[np.asarray(annotated, dtype=np.int64)] = "annotated"
+    return status
+
+
+def write_slice_confidence(path: Path, confidence: np.ndarray, status: np.ndarray) -> None:
+    """CSV ``slice,status,confidence``: one row per slice (see :func:`slice_status_names`; empty confidence where
+    unreached)."""
     import csv
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    annotated, unreached = set(np.asarray(annotated).tolist()), set(np.asarray(unreached).tolist())
     with path.open("w", newline="") as file:
         writer = csv.writer(file)
         writer.writerow(["slice", "status", "confidence"])
-        for index, value in enumerate(confidence):
-            status = "annotated" if index in annotated else "unreached" if index in unreached else "propagated"
-            writer.writerow([index, status, "" if np.isnan(value) else f"{value:.4f}"])
+        for index, (value, name) in enumerate(zip(confidence, status, strict=True)):
+            writer.writerow([index, name, "" if np.isnan(value) else f"{value:.4f}"])
 
 
 def command_train(args: argparse.Namespace) -> None:
@@ -313,7 +343,8 @@ def command_benchmark(args: argparse.Namespace) -> None:
 
             intervals = [int(value) for value in args.intervals.split(",")]
             speed_shape = None if args.no_speed else (args.speed_slices, args.size)
-            rows = speedups(measure_propagation(names, intervals, speed_shape, not args.no_frog, progress=bar))
+            rows = measure_propagation(names, intervals, speed_shape, not args.no_frog, bar, device, args.train_epochs)
+            rows = speedups(rows)
             title = "Propagation against contour (Dice on the non-annotated slices between annotated ones):"
         else:
             from .benchmarks.ranking import format_table, measure_ranking
@@ -441,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     rank.set_defaults(handler=command_rank)
 
     propagate = commands.add_parser(
-        "propagate", help="fill the slices between annotated slices; only annotated slices of SEG are read"
+        "propagate", help="fill the slices not annotated from the annotated ones; only annotated slices of SEG are read"
     )
     propagate.add_argument("image", help="scalar volume (.nrrd, .nii.gz, ...)")
     propagate.add_argument("segmentation", help="segmentation (.seg.nrrd or label map) holding the annotated slices")
@@ -451,6 +482,16 @@ def build_parser() -> argparse.ArgumentParser:
     propagate.add_argument(
         "--confidence-output", metavar="CSV", help="also write slice,status,confidence per slice to this .csv"
     )
+    propagate.add_argument("--model", metavar="CKPT", help="trained model (spatial-al train) for star and model")
+    propagate.add_argument(
+        "--most-confident", type=int, metavar="N", help="keep pseudo-labels on the N most confident slices only"
+    )
+    propagate.add_argument(
+        "--min-confidence", type=float, metavar="C", help="keep pseudo-labels only on slices at least C confident"
+    )
+    propagate.add_argument("--seed", type=int, default=0, help="random seed of learned methods (default 0)")
+    propagate.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    propagate.add_argument("--batch-size", type=int, default=8, help="slices per forward pass (default 8)")
     add_volume_arguments(propagate)
     propagate.set_defaults(handler=command_propagate)
 
@@ -494,7 +535,10 @@ def build_parser() -> argparse.ArgumentParser:
     ranking.add_argument("--preset", default="unet-small", help="model of the model-based strategies (unet-small)")
     ranking.add_argument("--batch-size", type=int, default=8, help="slices per forward pass (default 8)")
     propagation = kinds.add_parser("propagation", help="time and Dice of propagation methods against contour")
-    propagation.add_argument("--methods", dest="names", help="comma-separated methods (default: sdf,contour)")
+    propagation.add_argument("--methods", dest="names", help="comma-separated methods (default: every method)")
+    propagation.add_argument(
+        "--train-epochs", type=int, default=30, help="epochs of the model trained for star and model (default 30)"
+    )
     propagation.add_argument("--intervals", default="5,10,15", help="annotation intervals (default 5,10,15)")
     propagation.add_argument("--speed-slices", type=int, default=300, help="slices of the speed volume (300)")
     propagation.add_argument("--no-speed", action="store_true", help="skip the large synthetic label map")

@@ -20,10 +20,23 @@ def dice(prediction: np.ndarray, reference: np.ndarray) -> float:
     return 2.0 * np.count_nonzero(prediction & reference) / total
 
 
+def label_values(*label_maps: np.ndarray) -> np.ndarray:
+    """The sorted non-zero values present in any of the label maps.
+
+    Counted with ``np.bincount`` for unsigned label types (a single pass, several times faster than ``np.unique``'s
+    sort or hash on whole slices); ``np.unique`` otherwise.
+    """
+    if all(np.asarray(m).dtype.kind in "bu" and np.asarray(m).dtype.itemsize <= 2 for m in label_maps):
+        present = [np.flatnonzero(np.bincount(np.ravel(m))) for m in label_maps]
+        values = np.unique(np.concatenate(present)) if present else np.zeros(0, np.intp)
+        return values[values != 0]
+    values = np.unique(np.concatenate([np.ravel(m) for m in label_maps]))
+    return values[values != 0]
+
+
 def mean_label_dice(first: np.ndarray, second: np.ndarray) -> float:
     """Mean Dice over the non-zero label values present in either label map; 1.0 when both are empty."""
-    values = np.union1d(np.unique(first), np.unique(second))
-    values = values[values != 0]
+    values = label_values(first, second)
     if values.size == 0:
         return 1.0
     return float(np.mean([dice(first == value, second == value) for value in values]))

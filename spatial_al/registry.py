@@ -84,3 +84,18 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries
+
+
+def with_info(info: object) -> Callable[[T], T]:
+    """Decorator attaching ``info`` (what the driver needs to know of a component) to it; :func:`info_of` reads it."""
+
+    def mark(component: T) -> T:
+        component.component_info = info
+        return component
+
+    return mark
+
+
+def info_of(component: object, default: T) -> T:
+    """The info :func:`with_info` attached to ``component``, or ``default``."""
+    return getattr(component, "component_info", default)

@@ -19,19 +19,20 @@ class LayerPropagation:
     """Every segment of a segmentation propagated from the annotated slices (nothing merged yet).
 
     Attributes:
-        pseudo_masks: segment identifier -> propagated bool mask (K, J, I); annotated slices as annotated.
-        confidence: per-slice confidence along the slice axis, shape (n_slices,); the least confident layer counts,
-            NaN where nothing was propagated.
+        pseudo_masks: segment identifier -> propagated bool mask (K, J, I); annotated slices as annotated, empty
+            where nothing was propagated.
+        confidence: per-slice confidence along the slice axis, shape (n_slices,); NaN where the method reached
+            nothing.
         annotated: annotated slice indices.
         propagated: slice indices that received pseudo-labels.
-        layer_results: the propagation result of each label layer.
+        result: the propagation of the label layers.
     """
 
     pseudo_masks: dict[str, np.ndarray]
     confidence: np.ndarray
     annotated: np.ndarray
     propagated: np.ndarray
-    layer_results: list[PropagationResult]
+    result: PropagationResult
 
 
 @dataclass
@@ -105,20 +106,26 @@ def propagate_layers(
     progress: ProgressReporter | None = None,
     **options,
 ) -> LayerPropagation:
-    """Propagate every layer of a segmentation from its annotated slices (arrays KJI, spacing from its geometry)."""
-    layers = segmentation.label_layers
-    annotated_slices = normalize_slice_indices(annotated, layers.shape[1 + axis])
-    spacing = segmentation.geometry.array_spacing
-    results = [
-        propagate(layer, annotated_slices, method, image, spacing, axis, progress, **options) for layer in layers
-    ]
-    # The least confident layer speaks for the slice; fmin skips NaN (a layer with nothing there).
-    confidence = np.fmin.reduce(np.stack([r.confidence for r in results]), axis=0)
-    propagated = np.setdiff1d(np.flatnonzero(~np.isnan(confidence)), annotated_slices)
+    """Propagate every segment of a segmentation from its annotated slices (arrays KJI, spacing from its geometry).
+
+    ``options`` are those of :func:`spatial_al.propagation.propagate` (model, device, most_confident, ...) and of
+    the method; the segments are the segmentation's.
+    """
+    result = propagate(
+        segmentation.label_layers,
+        annotated,
+        method,
+        image,
+        segmentation.geometry.array_spacing,
+        axis,
+        progress,
+        segments=segmentation.segments,
+        **options,
+    )
     pseudo_masks = {
-        segment.identifier: results[segment.layer].labels == segment.label_value for segment in segmentation.segments
+        segment.identifier: result.labels[segment.layer] == segment.label_value for segment in segmentation.segments
     }
-    return LayerPropagation(pseudo_masks, confidence, annotated_slices, propagated, results)
+    return LayerPropagation(pseudo_masks, result.confidence, result.annotated, result.propagated, result)
 
 
 def propagate_segmentation(

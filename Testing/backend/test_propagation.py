@@ -119,7 +119,7 @@ def test_slices_outside_the_annotated_range_are_not_extrapolated():
     assert not result.labels[[0, 1, 2, 7, 8, 9]].any()
     assert np.isnan(result.confidence[[0, 1, 2, 7, 8, 9]]).all()
     np.testing.assert_array_equal(result.unreached_slices, [0, 1, 2, 7, 8, 9])
-    np.testing.assert_array_equal(result.propagated_slices, [4, 5])
+    np.testing.assert_array_equal(result.propagated, [4, 5])
 
 
 def test_confidence_falls_with_distance_and_disagreement():
@@ -155,8 +155,15 @@ def test_single_slice_volume_with_its_slice_annotated_is_returned_as_is():
         (np.full((5, 4, 4), 0.3), [0], {}, ValueError, "whole non-negative"),
         (np.zeros((5, 4, 4), np.uint8), [0], {"method": "sdv"}, UnknownNameError, "Did you mean 'sdf'"),
         (np.zeros((5, 4, 4), np.uint8), [0], {"tip": 0.5}, ValueError, "tip_fraction"),
-        (np.zeros((5, 4, 4), np.uint8), [0], {"tip_fraction": 0}, ValueError, r"in \(0, 1\]"),
-        (np.zeros((5, 4, 4), np.uint8), [0], {"spacing": (1, 0, 1)}, ValueError, "three positive"),
+        (np.ones((5, 4, 4), np.uint8), [0, 4], {"tip_fraction": 0}, ValueError, r"in \(0, 1\]"),
+        (np.ones((5, 4, 4), np.uint8), [0, 4], {"spacing": (1, 0, 1)}, ValueError, "three positive"),
+        (np.ones((5, 4, 4), np.uint8), [2], {}, ValueError, "Only one annotated slice"),
+        (np.ones((5, 4, 4), np.uint8), [2], {"method": "contour"}, ValueError, "extrapolate=True"),
+        (np.zeros((5, 4, 4), np.uint8), [0, 4], {}, ValueError, "empty in every segment"),
+        (np.ones((5, 4, 4), np.uint8), [0, 4], {"method": "sli2vol"}, ValueError, "works on the image"),
+        (np.ones((5, 4, 4), np.uint8), [0, 4], {"method": "star", "image": np.ones((5, 4, 4))}, ValueError, "--model"),
+        (np.ones((5, 4, 4), np.uint8), [0, 4], {"most_confident": 0}, ValueError, "at least 1 slice"),
+        (np.ones((5, 4, 4), np.uint8), [0, 4], {"min_confidence": 2}, ValueError, r"in \[0, 1\]"),
     ],
 )
 def test_bad_input_is_explained(labels, annotated, kwargs, error, message):

@@ -4,7 +4,10 @@ slice, at several annotation intervals.
 
 Inputs: the ``slicerio`` chest CT and its segmentation (real anatomy, 34 axial slices of 10 mm), pyvista's frog
 tissue label map (136 slices of 500 x 470, about 25 tissues; labels only) when pyvista is installed, and a
-synthetic label map of ellipsoids, 300 x 512 x 512 by default, for speed at clinical size.
+synthetic label map of ellipsoids, 300 x 512 x 512 by default, for speed at clinical size. Methods that need the
+image (sli2vol, star, model) run where there is one (the chest CT). The model of star and model is trained for the
+benchmark on the annotated slices of each interval (``star-small``, from random initialisation); its training time
+is reported apart.
 """
 
 from __future__ import annotations
@@ -17,13 +20,14 @@ import numpy as np
 from ..io.segmentation import Segmentation
 from ..metrics import dice
 from ..progress import ProgressReporter, report
-from ..propagation import PROPAGATORS
+from ..propagation import PROPAGATORS, propagate
 from ..selection.cold_start import centred_offset
-from ..session import annotation_only, propagate_layers
+from ..session import annotation_only
 from ..volume import Geometry, Segment, SliceStack
 from . import checked_names
 
-DEFAULT_METHODS = ("sdf", "contour")
+DEFAULT_METHODS = ("sdf", "contour", "sli2vol", "star", "model")
+BENCHMARK_PRESET = "star-small"  # a STAR model is also a segmentation model: one training serves star and model
 
 
 def annotated_grid(n_slices: int, interval: int) -> np.ndarray:
@@ -58,25 +62,58 @@ def mean_dice(stack: SliceStack, pseudo_masks: dict[str, np.ndarray], evaluated:
     return float(np.mean(scores)) if scores else float("nan")
 
 
+def train_benchmark_model(stack: SliceStack, annotated: np.ndarray, device, epochs: int):
+    """A :data:`BENCHMARK_PRESET` model trained on the annotated slices of ``stack`` (seed 0), and its seconds."""
+    from ..learning import train_on_stack
+    from ..training import TrainingConfig
+
+    started = time.perf_counter()
+    training = TrainingConfig(max_epochs=epochs, validation_fraction=0.0, seed=0)
+    outcome = train_on_stack(stack, annotated, preset=BENCHMARK_PRESET, training=training, device=device)
+    return outcome.model, time.perf_counter() - started
+
+
 def measure_stack(
     stack: SliceStack,
     dataset: str,
     methods: Sequence[str],
     intervals: Sequence[int],
     progress: ProgressReporter | None = None,
+    device="cpu",
+    train_epochs: int = 30,
 ) -> list[dict]:
-    """One row per (method, interval): seconds the method takes to propagate every segment (the merge into the
-    segmentation, the same for every method, is left out), and the mean Dice on the evaluated slices."""
+    """One row per (method, interval): seconds :func:`~spatial_al.propagation.propagate` takes to fill every label
+    layer (splitting the layers into segment masks and merging them into the segmentation, the same for every
+    method, are left out), and the mean Dice on the evaluated slices. Methods that
+    need an image are skipped on a label-only stack; ``train_seconds`` is the training of the model they use."""
+    from ..propagation.base import method_info
+
     truth = Segmentation(stack.label_layers, stack.segments, stack.geometry)
+    runnable = [m for m in methods if stack.image is not None or not method_info(PROPAGATORS.get(m)).image]
     rows = []
     for interval in intervals:
         annotated = annotated_grid(stack.n_slices, interval)
         evaluated = np.setdiff1d(np.arange(annotated[0], annotated[-1] + 1), annotated)
         annotation = annotation_only(truth, annotated, stack.slice_axis)
-        for method in methods:
+        model = train_seconds = None
+        for method in runnable:
+            info = method_info(PROPAGATORS.get(method))
+            if info.model is not None and model is None:
+                model, train_seconds = train_benchmark_model(stack, annotated, device, train_epochs)
             started = time.perf_counter()
-            result = propagate_layers(annotation, annotated, method, stack.image, axis=stack.slice_axis)
+            result = propagate(
+                annotation.label_layers,
+                annotated,
+                method,
+                stack.image,
+                stack.geometry.array_spacing,
+                stack.slice_axis,
+                segments=stack.segments,
+                model=model if info.model else None,
+                device=device,
+            )
             seconds = time.perf_counter() - started
+            masks = {s.identifier: result.labels[s.layer] == s.label_value for s in stack.segments}
             rows.append(
                 {
                     "dataset": dataset,
@@ -84,18 +121,17 @@ def measure_stack(
                     "interval": int(interval),
                     "annotated_slices": int(annotated.size),
                     "seconds": round(seconds, 3),
-                    "dice": round(mean_dice(stack, result.pseudo_masks, evaluated), 4),
+                    "train_seconds": round(train_seconds, 3) if info.model else None,
+                    "dice": round(mean_dice(stack, masks, evaluated), 4),
                 }
             )
-            report(progress, len(rows), len(intervals) * len(methods), f"{dataset}: {method}, interval {interval}")
+            report(progress, len(rows), len(intervals) * len(runnable), f"{dataset}: {method}, interval {interval}")
     return rows
 
 
 def contour_process_seconds() -> float:
     """Seconds ``contour`` takes on a trivial input: starting its ITK worker process and loading ITK (the fixed
     cost each call pays; ITK cannot share SimpleITK's process, see the method's docstring)."""
-    from ..propagation import propagate
-
     labels = np.zeros((3, 8, 8), np.uint8)
     labels[[0, 2], 2:6, 2:6] = 1
     started = time.perf_counter()
@@ -109,23 +145,27 @@ def measure_propagation(
     speed_shape: tuple[int, int] | None = (300, 512),
     include_frog: bool = True,
     progress: ProgressReporter | None = None,
+    device="cpu",
+    train_epochs: int = 30,
 ) -> list[dict]:
     """Rows for the chest CT and the frog (``include_frog``, needs pyvista) at each interval, then the ellipsoid
     label map of ``speed_shape`` (slices, size) at interval 10 (skipped when None). ``contour`` rows also carry
-    ``process_seconds``, its fixed worker cost."""
+    ``process_seconds``, its fixed worker cost. Learned methods run on ``device``; ``train_epochs`` trains the
+    model of star and model."""
     from ..data import chest_ct_files
     from ..io import load_stack
 
     methods = checked_names(PROPAGATORS, methods or DEFAULT_METHODS)
-    rows = measure_stack(load_stack(*chest_ct_files()), "chest CT", methods, intervals, progress)
+    learning = {"device": device, "train_epochs": train_epochs}
+    rows = measure_stack(load_stack(*chest_ct_files()), "chest CT", methods, intervals, progress, **learning)
     if include_frog:
         from ..data import frog_tissues_stack
 
-        rows += measure_stack(frog_tissues_stack(), "frog tissues", methods, intervals, progress)
+        rows += measure_stack(frog_tissues_stack(), "frog tissues", methods, intervals, progress, **learning)
     if speed_shape is not None:
         n_slices, size = speed_shape
         stack = ellipsoid_stack(n_slices, size)
-        rows += measure_stack(stack, f"ellipsoids {n_slices}x{size}x{size}", methods, (10,), progress)
+        rows += measure_stack(stack, f"ellipsoids {n_slices}x{size}x{size}", methods, (10,), progress, **learning)
     if "contour" in methods:
         process = round(contour_process_seconds(), 3)
         rows = [{**row, "process_seconds": process} if row["method"] == "contour" else row for row in rows]
@@ -157,11 +197,12 @@ def speedups(rows: Sequence[dict], reference: str = "contour") -> list[dict]:
 
 def format_table(rows: Sequence[dict]) -> str:
     """The rows as a table; "(in-process)" is the speedup without contour's fixed worker cost."""
-    header = ["seconds", "Dice", "x contour", "(in-process)", "Dice gain"]
+    header = ["seconds", "training s", "Dice", "x contour", "(in-process)", "Dice gain"]
     lines = [f"{'dataset':26s} {'interval':>8s} {'method':10s} " + " ".join(f"{h:>12s}" for h in header)]
     for r in rows:
         cells = [
             f"{r['seconds']:.2f}",
+            "-" if r.get("train_seconds") is None else f"{r['train_seconds']:.1f}",
             f"{r['dice']:.4f}",
             "-" if r["speedup"] is None else f"{r['speedup']:.1f}",
             "-" if r["speedup_in_process"] is None else f"{r['speedup_in_process']:.1f}",

@@ -1,9 +1,9 @@
-"""Propagation: fill the slices between annotated slices with pseudo-labels.
+"""Propagation: fill the slices that are not annotated with pseudo-labels from the annotated ones.
 
 Methods live in :data:`PROPAGATORS` (``spatial-al methods`` lists them); :func:`propagate` runs one.
 """
 
-from . import interpolation  # noqa: F401  (registers sdf and contour)
-from .base import PROPAGATORS, PropagationResult, propagate
+from . import interpolation, learned, sli2vol  # noqa: F401  (register sdf, contour, star, model, sli2vol)
+from .base import PROPAGATORS, PropagationResult, PropagationTask, propagate
 
-__all__ = ["PROPAGATORS", "PropagationResult", "propagate"]
+__all__ = ["PROPAGATORS", "PropagationResult", "PropagationTask", "propagate"]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from ..metrics import label_values
 from ..progress import ProgressReporter, check_cancelled, report
-from .base import PROPAGATORS, gaps, interpolation_confidence
+from .base import PROPAGATORS, gaps, interpolation_confidence, per_label_map
 
 
 def signed_distance(mask: np.ndarray, spacing: np.ndarray) -> np.ndarray:
@@ -48,11 +49,11 @@ def tip_distance(distance: np.ndarray, mask: np.ndarray, shrink: float) -> np.nd
 
 
 @PROPAGATORS.register("sdf")
+@per_label_map
 def sdf_interpolation(
     labels: np.ndarray,
     annotated: np.ndarray,
     spacing: np.ndarray,
-    image: np.ndarray | None = None,
     progress: ProgressReporter | None = None,
     *,
     tip_fraction: float = 0.5,
@@ -77,12 +78,11 @@ def sdf_interpolation(
     filled = np.zeros_like(labels)
     depth = np.zeros(labels.shape, dtype=np.float32)  # signed distance of the winning label, > 0 where filled
     in_plane = spacing[1:]
-    label_values = np.unique(labels[annotated])
-    label_values = label_values[label_values != 0]
+    present = label_values(labels[annotated])
     gap_list = gaps(annotated)
     for done, (a, b) in enumerate(gap_list):
         report(progress, done, len(gap_list), f"slices {a}-{b}")
-        for value in label_values:
+        for value in present:
             first, last = labels[a] == value, labels[b] == value
             box = bounding_box(first, last)
             if box is None:
@@ -106,11 +106,11 @@ def sdf_interpolation(
 
 
 @PROPAGATORS.register("contour")
+@per_label_map
 def contour_interpolation(
     labels: np.ndarray,
     annotated: np.ndarray,
     spacing: np.ndarray,
-    image: np.ndarray | None = None,
     progress: ProgressReporter | None = None,
     *,
     use_distance_transform: bool = True,

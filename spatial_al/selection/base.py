@@ -19,18 +19,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ..compatibility import check_model
 from ..progress import ProgressReporter
-from ..registry import Registry
+from ..registry import Registry, info_of, with_info
 from ..volume import Segment, check_label_dtype, check_scalar_volume, check_slice_axis, normalize_slice_indices
 
 logger = logging.getLogger(__name__)
-
-# What a strategy's model must be able to do, by the name of the requirement.
-MODEL_KINDS = {
-    "segmentation": "any trained model (spatial-al train)",
-    "star": "a STAR model (spatial-al train --preset star-small or star)",
-    "structure": "an SBC-AL model (spatial-al train --preset sbc-small or sbc)",
-}
 
 
 @dataclass(frozen=True)
@@ -263,7 +257,7 @@ class StrategyInfo:
     """How the driver treats a strategy.
 
     Attributes:
-        model: the kind of model it needs (a key of :data:`MODEL_KINDS`), or None.
+        model: the kind of model it needs (a key of :data:`~spatial_al.compatibility.MODEL_KINDS`), or None.
         default_per_volume: its slices per volume in a cohort when the caller sets none.
         spacing_controls: whether ``per_volume`` and ``min_spacing`` apply (grids and blocks space their picks by
             construction and refuse them).
@@ -289,21 +283,15 @@ STRATEGIES: Registry[Strategy] = Registry("strategy")
 
 
 def strategy_info(function: Strategy) -> StrategyInfo:
-    return getattr(function, "strategy_info", StrategyInfo())
+    return info_of(function, StrategyInfo())
 
 
-def described(info: StrategyInfo) -> Callable[[Strategy], Strategy]:
-    """Attach ``info`` to a strategy function (read back by :func:`strategy_info`)."""
-
-    def mark(function: Strategy) -> Strategy:
-        function.strategy_info = info
-        return function
-
-    return mark
+described = with_info  # @described(StrategyInfo(...)) on a strategy
 
 
 def uses_model(kind: str = "segmentation", default_per_volume: int | None = None) -> Callable[[Strategy], Strategy]:
-    """Mark a strategy as needing a trained model of ``kind`` (a key of :data:`MODEL_KINDS`)."""
+    """Mark a strategy as needing a trained model of ``kind`` (a key of
+    :data:`~spatial_al.compatibility.MODEL_KINDS`)."""
     return described(StrategyInfo(kind, default_per_volume))
 
 
@@ -402,39 +390,6 @@ def to_pool_volume(volume: RankingVolume, axis: int, index: int) -> PoolVolume:
     )
 
 
-def check_model(model: Any, strategy: str, info: StrategyInfo, axis: int, volumes: Sequence[PoolVolume]) -> None:
-    """Raise ValueError when ``strategy`` needs a model that is missing, of the wrong kind, cut along another axis,
-    or trained on classes that are not the segments of the volumes (when they are known)."""
-    from ..training.data import match_classes
-
-    if model is None:
-        if info.model is not None:
-            raise ValueError(
-                f"The strategy {strategy!r} ranks slices with a trained model and none was given: pass --model CKPT "
-                f"on the command line or choose the model file in Slicer ({MODEL_KINDS[info.model]}), or use a "
-                "model-free strategy such as fixed_interval or strided_blocks."
-            )
-        return
-    config = model.config
-    if info.model == "star" and not config.star:
-        raise ValueError(f"The strategy {strategy!r} needs {MODEL_KINDS['star']}; this model is {config.describe()}.")
-    if info.model == "structure" and not config.structure_heads:
-        raise ValueError(
-            f"The strategy {strategy!r} needs {MODEL_KINDS['structure']}; this model is {config.describe()}."
-        )
-    if config.slice_axis != axis:
-        raise ValueError(
-            f"The model was trained on slices along array axis {config.slice_axis}, the ranking cuts along axis "
-            f"{axis}; rank along axis {config.slice_axis} or train a model on this axis."
-        )
-    for volume in volumes:
-        if volume.segments:
-            try:
-                match_classes(volume.segments, config.class_names)
-            except ValueError as error:
-                raise ValueError(f"{volume.name}: the model does not match the segmentation. {error}") from None
-
-
 def rank_cohort(
     volumes: Sequence[RankingVolume],
     strategy: str,
@@ -506,7 +461,14 @@ def rank_cohort(
             f"The strategy {strategy!r} spaces its picks by construction; per_volume and min_spacing do not apply. "
             "Drop them, or use a scoring strategy such as random."
         )
-    check_model(model, strategy, info, axis, pool)
+    check_model(
+        model,
+        f"The strategy {strategy!r}",
+        info.model,
+        axis,
+        [(volume.name, volume.segments) for volume in pool],
+        model_free="a model-free strategy such as fixed_interval or strided_blocks",
+    )
     if model is not None:  # a missing device fails before any work; model-free strategies resolve it if they must
         from ..device import resolve_device
 

@@ -9,10 +9,11 @@ from typing import Any
 
 import numpy as np
 
+from ..compatibility import check_model
 from ..progress import ProgressReporter
 from ..registry import Registry
 from ..volume import Segment
-from .base import PoolVolume, RankingContext, RankingVolume, StrategyInfo, check_model, to_pool_volume
+from .base import PoolVolume, RankingContext, RankingVolume, to_pool_volume
 from .spatial import annotated_groups, group_annotated_slices
 from .uncertainty import shannon_entropy
 
@@ -105,8 +106,8 @@ def select_pseudo_labels(
     if count is not None and count < 1:
         raise ValueError(f"count must be at least 1, got {count}.")
     volume = to_pool_volume(RankingVolume(image, labels, tuple(segments), annotated), axis, 0)
-    info = StrategyInfo(model="star" if method == "star_entropy" else "segmentation")
-    check_model(model, method, info, axis, [volume])
+    kind = "star" if method == "star_entropy" else "segmentation"
+    check_model(model, f"The pseudo-label selector {method!r}", kind, axis, [(volume.name, volume.segments)])
     if method == "star_entropy" and volume.annotated.size == 0:
         raise ValueError("star_entropy propagates from annotated slices and none is annotated; annotate some first.")
     context = RankingContext(

@@ -1,0 +1,177 @@
+"""Learned propagation (star, sli2vol, model) on a small synthetic stack, against copying the nearest annotated slice
+and against the same computation done directly with the model; top-N selection and the input checks."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_UNET
+
+import spatial_al
+from spatial_al.learning import predict_segmentation, train_on_stack
+from spatial_al.metrics import mean_label_dice
+from spatial_al.models import SegmentationModel, preset_config
+from spatial_al.models.inference import SlicePredictor
+from spatial_al.progress import OperationCancelled, RecordingProgress
+from spatial_al.propagation.sli2vol import local_affinity, transfer
+from spatial_al.training import TrainingConfig
+from spatial_al.training.data import normalize_intensities
+
+ANNOTATED = [0, 6, 12, 18]
+QUICK_SLI2VOL = {"steps": 20, "device": "cpu"}
+
+
+def mean_dice_off_annotation(filled, truth, annotated=ANNOTATED):
+    evaluated = [k for k in range(truth.shape[0]) if k not in annotated]
+    return np.mean([mean_label_dice(filled[k], truth[k]) for k in evaluated])
+
+
+def nearest_copy(labels, annotated=ANNOTATED):
+    """Reference baseline: every slice copies the nearest annotated slice (the lower one on ties)."""
+    return labels[[min(annotated, key=lambda a: (abs(a - k), a)) for k in range(labels.shape[0])]]
+
+
+@pytest.fixture(scope="module")
+def star_model(moving_stack):
+    """A tiny STAR model trained on the annotated slices of the moving stack (both STAR stages)."""
+    training = TrainingConfig(
+        max_epochs=10, batch_size=4, validation_fraction=0.0, augment=False, learning_rate=1e-2, iterations_per_epoch=4
+    )
+    config = preset_config("star-small", features=TINY_UNET)
+    return train_on_stack(moving_stack, ANNOTATED, preset=config, training=training, device="cpu").model
+
+
+def learned(stack, method, model=None, **options):
+    return spatial_al.propagate(
+        stack.label_layers[0], ANNOTATED, method, stack.image, model=model, segments=stack.segments, **options
+    )
+
+
+def test_sli2vol_beats_copying_the_nearest_annotated_slice(moving_stack):
+    truth = moving_stack.label_layers[0]
+    result = learned(moving_stack, "sli2vol", **QUICK_SLI2VOL)
+    assert mean_dice_off_annotation(result.labels, truth) > mean_dice_off_annotation(nearest_copy(truth), truth) + 0.1
+    np.testing.assert_array_equal(result.labels[ANNOTATED], truth[ANNOTATED])
+    assert set(np.unique(result.labels)) == {0, 1, 2}  # the label values travel as they are
+    np.testing.assert_array_equal(result.propagated, [k for k in range(19) if k not in ANNOTATED])
+    assert np.all((result.confidence > 0) & (result.confidence <= 1))
+
+
+def test_sli2vol_is_reproducible_and_extrapolates_from_a_single_slice(moving_stack):
+    labels = moving_stack.label_layers[0]
+    first = spatial_al.propagate(labels, [9], "sli2vol", moving_stack.image, extrapolate=True, **QUICK_SLI2VOL)
+    again = spatial_al.propagate(labels, [9], "sli2vol", moving_stack.image, extrapolate=True, **QUICK_SLI2VOL)
+    np.testing.assert_array_equal(first.labels, again.labels)
+    np.testing.assert_array_equal(first.propagated, np.delete(np.arange(19), 9))
+    assert mean_label_dice(first.labels[8], labels[8]) > 0.8  # the neighbours of the annotated slice follow it
+
+
+def test_transfer_through_a_one_offset_affinity_shifts_the_values():
+    radius, (dy, dx) = 2, (1, -2)
+    values = torch.rand(1, 3, 12, 10)
+    affinity = torch.zeros(1, (2 * radius + 1) ** 2, 12, 10)
+    affinity[:, (dy + radius) * (2 * radius + 1) + (dx + radius)] = 1.0
+    moved = transfer(affinity, values, radius)
+    padded = np.pad(values.numpy(), ((0, 0), (0, 0), (radius, radius), (radius, radius)), mode="edge")
+    expected = padded[..., radius + dy : radius + dy + 12, radius + dx : radius + dx + 10]
+    np.testing.assert_allclose(moved.numpy(), expected)
+
+
+def test_affinity_of_matching_features_points_at_the_matching_pixel():
+    features = torch.nn.functional.normalize(torch.randn(1, 16, 9, 9), dim=1)
+    source = features.roll(shifts=(1, 1), dims=(2, 3))  # the target pixel (y, x) sits at (y + 1, x + 1) in the source
+    affinity = local_affinity(features, source, radius=2)
+    assert torch.allclose(affinity.sum(1), torch.ones(1, 9, 9))
+    inner = affinity[0, :, 2:-2, 2:-2].argmax(0)
+    assert (inner == (1 + 2) * 5 + (1 + 2)).all()
+
+
+def test_star_beats_copying_the_nearest_annotated_slice(moving_stack, star_model):
+    truth = moving_stack.label_layers[0]
+    result = learned(moving_stack, "star", star_model, device="cpu")
+    assert mean_dice_off_annotation(result.labels, truth) > mean_dice_off_annotation(nearest_copy(truth), truth) + 0.1
+    np.testing.assert_array_equal(result.labels[ANNOTATED], truth[ANNOTATED])
+    assert np.isnan(result.confidence).sum() == 0 and result.unreached_slices.size == 0
+
+
+def test_star_averages_the_windows_of_the_two_annotated_slices_of_a_gap(moving_stack, star_model):
+    predictor = SlicePredictor(star_model, torch.device("cpu"))
+    inputs = normalize_intensities(moving_stack.image)[:, None]
+    one_hot = torch.nn.functional.one_hot(torch.as_tensor(moving_stack.label_layers[0]).long(), 3)
+    label_inputs = one_hot.permute(0, 3, 1, 2).float()  # background, disc, blob
+    gap = np.arange(7, 12)
+    from_six, _ = predictor.propagate(inputs[gap], inputs[[6]], label_inputs[[6]])
+    from_twelve, _ = predictor.propagate(inputs[gap], inputs[[12]], label_inputs[[12]])
+    weights = torch.as_tensor((gap - 6) / 6.0, dtype=torch.float32)[:, None, None, None]
+    expected = ((1 - weights) * from_six + weights * from_twelve).argmax(1).numpy()
+    result = learned(moving_stack, "star", star_model, device="cpu")
+    np.testing.assert_array_equal(result.labels[gap], expected)
+
+
+def test_model_method_is_the_models_prediction_on_every_slice_not_annotated(moving_stack, star_model):
+    result = learned(moving_stack, "model", star_model, device="cpu")
+    predicted = predict_segmentation(star_model, moving_stack, device="cpu").label_layers[0]
+    not_annotated = np.delete(np.arange(19), ANNOTATED)
+    np.testing.assert_array_equal(result.labels[not_annotated], predicted[not_annotated])
+    np.testing.assert_array_equal(result.propagated, not_annotated)
+
+
+def test_most_confident_keeps_the_top_n_slices_and_empties_the_rest(moving_stack, star_model):
+    everything = learned(moving_stack, "model", star_model, device="cpu")
+    top = learned(moving_stack, "model", star_model, device="cpu", most_confident=4)
+    candidates = np.delete(np.arange(19), ANNOTATED)
+    expected = np.sort(candidates[np.argsort(-everything.confidence[candidates], kind="stable")[:4]])
+    np.testing.assert_array_equal(top.propagated, expected)
+    np.testing.assert_array_equal(top.labels[expected], everything.labels[expected])
+    np.testing.assert_array_equal(top.dropped_slices, np.setdiff1d(candidates, expected))
+    assert not top.labels[top.dropped_slices].any()
+    threshold = float(np.median(everything.confidence[candidates]))
+    cut = learned(moving_stack, "model", star_model, device="cpu", min_confidence=threshold)
+    np.testing.assert_array_equal(cut.propagated, candidates[everything.confidence[candidates] >= threshold])
+
+
+def test_learned_methods_check_their_model(moving_stack, star_model):
+    plain = SegmentationModel(preset_config("unet-small", features=TINY_UNET, class_names=("disc", "blob")))
+    with pytest.raises(ValueError, match="STAR model"):
+        learned(moving_stack, "star", plain)
+    with pytest.raises(ValueError, match=r"needs a trained model.*--model CKPT"):
+        learned(moving_stack, "model")
+    renamed = replace(moving_stack, segments=tuple(replace(s, name=s.name.upper()) for s in moving_stack.segments))
+    with pytest.raises(ValueError, match="does not match the segmentation"):
+        learned(renamed, "star", star_model)
+    with pytest.raises(ValueError, match="slices along array axis 0"):
+        spatial_al.propagate(
+            np.moveaxis(moving_stack.label_layers[0], 0, 2),
+            ANNOTATED,
+            "model",
+            np.moveaxis(moving_stack.image, 0, 2),
+            axis=2,
+            model=star_model,
+            segments=moving_stack.segments,
+        )
+    with pytest.raises(ValueError, match="weighting must be one of distance, uniform"):
+        learned(moving_stack, "star", star_model, weighting="nearest")
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"steps": 0}, "steps >= 1"),
+        ({"scheduled_sampling": 1.5}, r"probability in \[0, 1\]"),
+        ({"radius": 0}, "radius >= 1"),
+        ({"weighting": "nearest"}, "weighting must be one of distance, uniform"),
+    ],
+)
+def test_sli2vol_explains_bad_options(moving_stack, options, message):
+    with pytest.raises(ValueError, match=message):
+        learned(moving_stack, "sli2vol", **options)
+
+
+def test_sli2vol_reports_progress_and_can_be_cancelled(moving_stack):
+    recorder = RecordingProgress()
+    learned(moving_stack, "sli2vol", progress=recorder, **QUICK_SLI2VOL)
+    messages = [message for _, _, message in recorder.reports]
+    assert "learning slice correspondences" in messages and "done" in messages
+    with pytest.raises(OperationCancelled):
+        learned(moving_stack, "sli2vol", progress=RecordingProgress(cancel_after=5), **QUICK_SLI2VOL)
