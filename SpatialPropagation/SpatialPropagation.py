@@ -239,9 +239,16 @@ class PropagationOutcome:
     method: str
 
     def summary(self):
+        import numpy as np
+
         text = _("{propagated} slices propagated from {annotated} annotated slices ({method}).").format(
             propagated=len(self.propagated), annotated=len(self.annotated), method=self.method
         )
+        if len(self.propagated):
+            confidence = np.asarray(self.confidence)[np.asarray(self.propagated)]
+            lowest = np.argsort(confidence, kind="stable")[:3]
+            slices = ", ".join(f"{int(self.propagated[i])} ({confidence[i]:.2f})" for i in lowest)
+            text += " " + _("Least confident, to review first: {slices}.").format(slices=slices)
         if self.keptEdited:
             kept = sorted({index for slices in self.keptEdited.values() for index in slices})
             text += " " + _("Slices {slices} hold your own drawing and were left as they are.").format(slices=kept)

@@ -131,6 +131,24 @@ def test_propagate_to_seg_nrrd_keeps_annotated_slices_and_segments(chest_files, 
     assert record["results"]["propagated_slices"] == [k for k in range(34) if k % 3]
 
 
+def test_propagate_only_the_named_segments_and_write_the_others_as_read(chest_files, tmp_path, capsys):
+    image, truth = chest_files
+    output = tmp_path / "lung.seg.nrrd"
+    arguments = ["propagate", str(image), str(truth), "--annotated", "10,20", "--output", str(output), "--quiet"]
+    assert main([*arguments, "--segments", "right lung"]) == 0
+    written, reference = slicerio.read_segmentation(str(output)), slicerio.read_segmentation(str(truth))
+
+    def mask(segmentation, name):  # (I, J, K) boolean mask of one segment, read by slicerio
+        return slicerio.extract_segments(segmentation, [(name, 1)])["voxels"] == 1
+
+    np.testing.assert_array_equal(mask(written, "ribs"), mask(reference, "ribs"))  # every slice, as read
+    lung, lung_truth = mask(written, "right lung"), mask(reference, "right lung")
+    np.testing.assert_array_equal(lung[..., [10, 20]], lung_truth[..., [10, 20]])
+    assert not lung[..., :10].any() and lung[..., 11:20].any()
+    assert main([*arguments, "--segments", "right lungs"]) == 2
+    assert "No segment named 'right lungs'" in capsys.readouterr().err
+
+
 def test_propagate_to_a_nifti_label_map_keeps_label_values(chest_files, tmp_path):
     image, truth = chest_files
     output = tmp_path / "out.nii.gz"

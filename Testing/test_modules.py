@@ -235,6 +235,8 @@ def test_preview_shows_the_propagation_beside_the_segmentation_and_apply_writes_
     assert shown.GetName() == "right lung (propagated)" and preview.GetDisplayNode().GetOpacity() == 0.5
     previewed = MRMLAdapter.segmentMaskInVolumeGrid(preview, lung.segment_id, volume)
     assert outcome.propagated.tolist() == list(range(11, 20))
+    lowest = outcome.propagated[np.argsort(outcome.confidence[outcome.propagated], kind="stable")[0]]
+    assert f"Least confident, to review first: {lowest} (" in outcome.summary()
     assert previewed[11:20].any() and not previewed[[10, 20]].any() and not previewed[:10].any()
 
     applied = logic.applyPreview(volume, segmentation)

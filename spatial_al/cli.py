@@ -164,14 +164,16 @@ def command_propagate(args: argparse.Namespace) -> None:
     axis = stack.slice_axis
     annotated = resolve_annotated(args, segmentation, axis)
     options = parse_options(args.option)
+    names = [name.strip() for name in args.segments.split(",")] if args.segments else None
     with timer("propagate"), TqdmProgress(f"propagating ({args.method})", disable=args.quiet) as bar:
         propagation = propagate_segmentation(
-            annotation_only(segmentation, annotated, axis),
+            annotation_only(segmentation, annotated, axis, names),
             annotated,
             args.method,
             stack.image,
             axis=axis,
             progress=bar,
+            segment_names=names,
             model=model,
             device=device or args.device,
             batch_size=args.batch_size,
@@ -483,6 +485,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--confidence-output", metavar="CSV", help="also write slice,status,confidence per slice to this .csv"
     )
     propagate.add_argument("--model", metavar="CKPT", help="trained model (spatial-al train) for star and model")
+    propagate.add_argument(
+        "--segments", help="comma-separated segments to propagate (default: all; the others are written as read)"
+    )
     propagate.add_argument(
         "--most-confident", type=int, metavar="N", help="keep pseudo-labels on the N most confident slices only"
     )

@@ -88,13 +88,37 @@ def assemble_layers(segments: Sequence[Segment], masks: Sequence[np.ndarray]) ->
     return stacked, tuple(replace(s, layer=renumber[s.layer]) for s in placed)
 
 
-def annotation_only(segmentation: Segmentation, annotated: Iterable[int], axis: int) -> Segmentation:
-    """The segmentation with every slice but the annotated ones emptied (what a person drew, for a simulation)."""
-    kept = np.zeros_like(segmentation.label_layers)
-    index: list[slice | np.ndarray] = [slice(None)] * 4
-    index[1 + axis] = normalize_slice_indices(annotated, kept.shape[1 + axis])
-    kept[tuple(index)] = segmentation.label_layers[tuple(index)]
+def annotation_only(
+    segmentation: Segmentation, annotated: Iterable[int], axis: int, segment_names: Sequence[str] | None = None
+) -> Segmentation:
+    """The segmentation with every slice but the annotated ones emptied (what a person drew, for a simulation); with
+    ``segment_names``, only those segments are emptied and the others kept whole."""
+    layers = segmentation.label_layers
+    index: list[slice | np.ndarray] = [slice(None)] * 3
+    index[axis] = np.setdiff1d(
+        np.arange(layers.shape[1 + axis]), normalize_slice_indices(annotated, layers.shape[1 + axis])
+    )
+    kept = layers.copy()
+    for segment in chosen_segments(segmentation, segment_names):
+        layer = kept[segment.layer]
+        layer[tuple(index)] = np.where(layer[tuple(index)] == segment.label_value, 0, layer[tuple(index)])
     return Segmentation(kept, segmentation.segments, segmentation.geometry)
+
+
+def chosen_segments(segmentation: Segmentation, names: Sequence[str] | None) -> tuple[Segment, ...]:
+    """The segments called ``names`` (all when None); ValueError naming the segments there are otherwise."""
+    from .learning import select_segments
+
+    return select_segments(segmentation.segments, names)
+
+
+def only_segments(segmentation: Segmentation, segments: Sequence[Segment]) -> Segmentation:
+    """The segmentation holding ``segments`` only: the other segments' label values are cleared from the layers."""
+    kept = np.zeros_like(segmentation.label_layers)
+    for segment in segments:
+        layer = segmentation.label_layers[segment.layer]
+        kept[segment.layer][layer == segment.label_value] = segment.label_value
+    return Segmentation(kept, tuple(segments), segmentation.geometry)
 
 
 def propagate_layers(
@@ -135,18 +159,27 @@ def propagate_segmentation(
     image: np.ndarray | None = None,
     axis: int = 0,
     progress: ProgressReporter | None = None,
+    *,
+    segment_names: Sequence[str] | None = None,
     **options,
 ) -> SegmentationPropagation:
-    """Propagate every segment from the annotated slices and merge the pseudo-labels into the segmentation.
+    """Propagate the segments from the annotated slices and merge the pseudo-labels into the segmentation.
 
     Pseudo-labels are written only where they lose nothing (see
     :func:`spatial_al.annotation_record.merge_pseudo_labels`); each segment's tags record the annotated and
     propagated slices. Arrays are KJI; ``axis`` is the slice axis; spacing comes from the segmentation's geometry.
+    ``segment_names`` limits the propagation to those segments (default: all); the others are kept as they are.
     """
     layers = segmentation.label_layers
-    propagation = propagate_layers(segmentation, annotated, method, image, axis, progress, **options)
+    chosen = {segment.identifier for segment in chosen_segments(segmentation, segment_names)}
+    sources = only_segments(segmentation, [s for s in segmentation.segments if s.identifier in chosen])
+    propagation = propagate_layers(sources, annotated, method, image, axis, progress, **options)
     masks, segments, kept = [], [], {}
     for segment in segmentation.segments:
+        if segment.identifier not in chosen:
+            masks.append(layers[segment.layer] == segment.label_value)
+            segments.append(segment)
+            continue
         merged = merge_pseudo_labels(
             current=layers[segment.layer] == segment.label_value,
             pseudo=propagation.pseudo_masks[segment.identifier],

@@ -1,10 +1,11 @@
 """The annotated/propagated record in segment tags, and merging pseudo-labels without losing a person's work."""
 
 import numpy as np
+import pytest
 
 from spatial_al.annotation_record import SliceRecord, merge_pseudo_labels, slice_checksum
 from spatial_al.io.segmentation import Segmentation
-from spatial_al.session import assemble_layers, propagate_segmentation
+from spatial_al.session import annotation_only, assemble_layers, propagate_segmentation
 from spatial_al.volume import Geometry, Segment
 
 
@@ -90,6 +91,26 @@ def test_propagate_segmentation_records_slices_in_every_segment():
         record = SliceRecord.from_tags(segment.tags)
         assert record.annotated == (0, 6) and record.propagated == (1, 2, 3, 4, 5) and record.method == "sdf"
     np.testing.assert_array_equal(result.segmentation.label_layers[0][3], labels[0])
+
+
+def test_only_the_named_segments_are_propagated_and_the_others_kept_whole():
+    labels = np.zeros((7, 10, 10), np.uint8)
+    labels[[0, 6], 2:6, 2:6] = 1
+    labels[[0, 3], 6:9, 6:9] = 2  # "b" also holds a stroke on slice 3, which is not annotated
+    segmentation = Segmentation(labels, (Segment("a", 1), Segment("b", 2)), Geometry(labels.shape))
+    result = propagate_segmentation(segmentation, [0, 6], segment_names=["a"])
+    a, b = result.segmentation.segments
+    layers = result.segmentation.label_layers
+    np.testing.assert_array_equal(layers[b.layer] == b.label_value, labels == 2)
+    assert b.tags == {} and SliceRecord.from_tags(a.tags).propagated == (1, 2, 3, 4, 5)
+    np.testing.assert_array_equal(layers[a.layer][1:6] == a.label_value, np.broadcast_to(labels[0] == 1, (5, 10, 10)))
+    with pytest.raises(ValueError, match=r"No segment named 'c'.*it has: a, b"):
+        propagate_segmentation(segmentation, [0, 6], segment_names=["c"])
+    sources = annotation_only(segmentation, [0, 6], 0, ["b"])
+    np.testing.assert_array_equal(sources.label_layers[0] == 1, labels == 1)  # "a" is kept whole
+    np.testing.assert_array_equal(
+        sources.label_layers[0] == 2, np.isin(np.arange(7), [0, 6])[:, None, None] & (labels == 2)
+    )
 
 
 def test_nothing_to_fill_leaves_the_segmentation_as_it_is():
