@@ -16,7 +16,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e ".[slicer,test,data]"
+	$(BIN)/python -m pip install --quiet -e ".[slicer,test,data,cluster]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -17,7 +17,8 @@ _SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if os.path.isdir(os.path.join(_SOURCE_ROOT, "spatial_al")) and _SOURCE_ROOT not in sys.path:
     sys.path.append(_SOURCE_ROOT)
 
-from SpatialALSlicerLib.ModuleWidget import SessionWidgetMixin  # noqa: E402  (after the path is set)
+from SpatialALSlicerLib import batchHelp  # noqa: E402  (after the path is set)
+from SpatialALSlicerLib.ModuleWidget import SessionWidgetMixin  # noqa: E402
 
 SLICE_PLANES = ["axial", "coronal", "sagittal"]
 BUDGET_UNITS = ["slices", "percent"]
@@ -41,6 +42,7 @@ class ActiveSliceSelector(ScriptedLoadableModule):
             "jumps the slice views through them. Mark a slice annotated when you finished it; then fill the rest "
             "with the Spatial Propagation module."
         )
+        self.parent.helpText += "<br><br>" + batchHelp(_)
         self.parent.acknowledgementText = _(
             "Built on the ideas of STAR spatial aggregation, 'Less Is More' strided sampling, SBC-AL, proxy-ranked "
             "semi-supervised active learning and the MIDL 2025 slice-selection study."

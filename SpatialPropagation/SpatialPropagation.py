@@ -17,7 +17,8 @@ _SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if os.path.isdir(os.path.join(_SOURCE_ROOT, "spatial_al")) and _SOURCE_ROOT not in sys.path:
     sys.path.append(_SOURCE_ROOT)
 
-from SpatialALSlicerLib.ModuleWidget import SessionWidgetMixin  # noqa: E402  (after the path is set)
+from SpatialALSlicerLib import batchHelp  # noqa: E402  (after the path is set)
+from SpatialALSlicerLib.ModuleWidget import SessionWidgetMixin  # noqa: E402
 
 SLICE_PLANES = ["axial", "coronal", "sagittal"]
 
@@ -42,6 +43,7 @@ class SpatialPropagation(ScriptedLoadableModule):
             "are never changed; which slices are annotated and which are propagated (with a confidence) is recorded "
             "in the segments and saved with the segmentation, and Undo restores the segments as they were."
         )
+        self.parent.helpText += "<br><br>" + batchHelp(_)
         self.parent.acknowledgementText = _(
             "Signed-distance interpolation as in 'Less Is More'; morphological contour interpolation is ITK's "
             "filter behind Slicer's 'Fill between slices' (Zukic et al., 2016); spatial aggregation from STAR "

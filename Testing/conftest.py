@@ -93,3 +93,45 @@ def labeled_stack():
     image = labels * 60.0 + np.random.default_rng(0).normal(0, 10, labels.shape)
     segments = (Segment("disc", 1, color=(1.0, 0.0, 0.0)), Segment("square", 2, color=(0.0, 1.0, 0.0)))
     return SliceStack(image, labels, segments, Geometry(labels.shape, spacing=(0.8, 0.8, 2.0)))
+
+
+def write_msd_folder(root, cases=5, shape=(12, 24, 20), channels=None, missing_label=None):
+    """An MSD task folder (dataset.json, imagesTr/, labelsTr/ as NIfTI) of ``cases`` subjects: an ellipsoid of label 1
+    with a core of label 2, brighter than a noisy background, shifted per case; 4D images when ``channels`` is set.
+    ``missing_label`` names a case whose label file is not written."""
+    import json
+
+    import SimpleITK as sitk
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "imagesTr").mkdir(exist_ok=True)
+    (root / "labelsTr").mkdir(exist_ok=True)
+    rng = np.random.default_rng(0)
+    k, j, i = np.mgrid[: shape[0], : shape[1], : shape[2]]
+    training = []
+    for case in range(cases):
+        centre = np.array(shape) / 2 + rng.uniform(-2, 2, 3)
+        distance = ((k - centre[0]) / 4) ** 2 + ((j - centre[1]) / 6) ** 2 + ((i - centre[2]) / 5) ** 2
+        labels = np.where(distance <= 1, 1, 0).astype(np.uint8)
+        labels[distance <= 0.3] = 2
+        image = (labels * 40.0 + rng.normal(0, 5, shape)).astype(np.float32)
+        name = f"case_{case:03d}"
+        if channels:
+            volume = sitk.JoinSeries([sitk.GetImageFromArray(image * (c + 1)) for c in range(channels)])
+        else:
+            volume = sitk.GetImageFromArray(image)
+            volume.SetSpacing((0.8, 0.8, 2.5))
+        sitk.WriteImage(volume, str(root / "imagesTr" / f"{name}.nii.gz"))
+        label_image = sitk.GetImageFromArray(labels)
+        label_image.SetSpacing((0.8, 0.8, 2.5) if not channels else (1.0, 1.0, 1.0))
+        if name != missing_label:
+            sitk.WriteImage(label_image, str(root / "labelsTr" / f"{name}.nii.gz"))
+        training.append({"image": f"./imagesTr/{name}.nii.gz", "label": f"./labelsTr/{name}.nii.gz"})
+    description = {
+        "name": root.name.split("_", 1)[-1],
+        "labels": {"0": "background", "1": "organ", "2": "core"},
+        "modality": {str(c): f"channel {c}" for c in range(channels or 1)},
+        "training": training,
+    }
+    (root / "dataset.json").write_text(json.dumps(description))
+    return root

@@ -1,5 +1,7 @@
 """The scripted modules' Logic and their own Test classes, on slicer-core's MRML classes."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -12,6 +14,18 @@ def test_active_slice_selector_module_test_passes(slicer_modules):
 def test_spatial_propagation_module_test_passes(slicer_modules):
     result = slicer_modules["SpatialPropagation"].SpatialPropagationTest("runTest").run()
     assert result.wasSuccessful(), result.errors + result.failures
+
+
+@pytest.mark.parametrize("name", ["ActiveSliceSelector", "SpatialPropagation"])
+def test_the_help_section_prints_the_batch_scripts_path(slicer_modules, name):
+    from types import SimpleNamespace
+
+    from SpatialALSlicerLib import BATCH_SCRIPT
+
+    parent = SimpleNamespace()
+    getattr(slicer_modules[name], name)(parent)
+    assert BATCH_SCRIPT in parent.helpText and "--no-main-window --python-script" in parent.helpText
+    assert BATCH_SCRIPT.endswith("BatchCommand.py") and Path(BATCH_SCRIPT).is_file()
 
 
 def chest_ct_nodes(scene):

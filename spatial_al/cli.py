@@ -405,6 +405,37 @@ def list_registry(registry) -> None:
         print(f"{entry.name:{width}s}  {entry.summary}")
 
 
+def command_experiment(args: argparse.Namespace) -> None:
+    if args.action == "protocols":
+        from .experiments.protocols import PROTOCOLS
+
+        list_registry(PROTOCOLS)
+        return
+    if args.action == "report":
+        from .experiments.report import write_report
+
+        print(f"Wrote the report into {write_report(args.study)}")
+        return
+    from .experiments.runner import StudyRequest, run_study
+
+    request = StudyRequest(
+        protocol=args.protocol,
+        data=args.data,
+        output=Path(args.output),
+        scale=args.scale,
+        config_file=Path(args.config) if args.config else None,
+        arms=[name.strip() for name in args.strategies.split(",")] if args.strategies else None,
+        seeds=args.seeds,
+        device=args.device,
+        resume=args.resume,
+        ray=args.ray,
+        cache=Path(args.cache) if args.cache else None,
+        threads=args.threads,
+        command=" ".join(["spatial-al", *sys.argv[1:]]) if sys.argv else "",
+    )
+    run_study(request, quiet=args.quiet)
+
+
 def command_presets(args: argparse.Namespace) -> None:
     from .models import PRESETS
 
@@ -557,6 +588,27 @@ def build_parser() -> argparse.ArgumentParser:
         measurement.add_argument("--quiet", action="store_true", help="no progress bar")
         measurement.set_defaults(handler=command_benchmark)
     propagation.set_defaults(size=512)
+
+    experiment = commands.add_parser("experiment", help="the papers' active-learning studies, headless")
+    actions = experiment.add_subparsers(dest="action", required=True, metavar="{run,report,protocols}")
+    study = actions.add_parser("run", help="run a study (protocol x strategies x seeds); writes tables and curves")
+    study.add_argument("protocol", help="protocol name (spatial-al experiment protocols)")
+    study.add_argument("--data", required=True, help="'demo' (the offline chest CT cohort) or an MSD task folder")
+    study.add_argument("--output", required=True, help="study folder (runs, report, study.json)")
+    study.add_argument("--config", help="JSON (or YAML) file overriding any protocol value")
+    study.add_argument("--strategies", help="comma-separated strategies of the protocol (default: its default set)")
+    study.add_argument("--seeds", type=int, help="runs per strategy (default: the protocol's)")
+    study.add_argument("--scale", default="cpu", choices=["smoke", "cpu", "paper"], help="study size (default cpu)")
+    study.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    study.add_argument("--resume", action="store_true", help="continue the study in --output (finished runs are kept)")
+    study.add_argument("--ray", metavar="auto|ADDRESS", help="one Ray task per run: 'auto' or a cluster address")
+    study.add_argument("--cache", help="folder of preprocessed cohorts (default OUTPUT/cache)")
+    study.add_argument("--threads", type=int, help="torch CPU threads per run (default: torch's; 1 per Ray task)")
+    study.add_argument("--quiet", action="store_true", help="no progress bars")
+    rebuild = actions.add_parser("report", help="rebuild a study's tables and curves from its run folders")
+    rebuild.add_argument("study", help="study folder")
+    actions.add_parser("protocols", help="list the protocols and their papers")
+    experiment.set_defaults(handler=command_experiment)
 
     presets = commands.add_parser("presets", help="list the model presets")
     presets.set_defaults(handler=command_presets)

@@ -161,6 +161,7 @@ def train_on_stack(
                 used_pseudo,
                 stack.slice_axis,
                 weight=config.pseudo_weight(trainer.state.round_index),
+                annotated=False,
             )
         )
     training_examples, validation_examples = split_validation(examples, config.validation_fraction, config.seed)

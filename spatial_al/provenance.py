@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from .files import write_text_atomic
+
 PACKAGES = (
     "spatial-active-learning",
     "numpy",
@@ -76,10 +78,8 @@ def _json_default(value: Any) -> Any:
 
 
 def write_json(path: str | Path, content: dict[str, Any]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(content, indent=2, default=_json_default, allow_nan=False) + "\n")
-    return path
+    """Write ``content`` as indented JSON to ``path`` atomically (NaN and infinity are refused: use None)."""
+    return write_text_atomic(path, json.dumps(content, indent=2, default=_json_default, allow_nan=False) + "\n")
 
 
 def run_record(command: str, configuration: dict[str, Any], results: dict[str, Any], timer: Timer) -> dict[str, Any]:

@@ -15,8 +15,10 @@ from spatial_al.models import SegmentationModel, preset_config
 from spatial_al.models.inference import SlicePredictor
 from spatial_al.progress import OperationCancelled, RecordingProgress
 from spatial_al.propagation.sli2vol import local_affinity, transfer
+from spatial_al.selection import select_pseudo_labels
 from spatial_al.training import TrainingConfig
 from spatial_al.training.data import normalize_intensities
+from spatial_al.volume import Segment
 
 ANNOTATED = [0, 6, 12, 18]
 QUICK_SLI2VOL = {"steps": 20, "device": "cpu"}
@@ -40,6 +42,14 @@ def star_model(moving_stack):
     )
     config = preset_config("star-small", features=TINY_UNET)
     return train_on_stack(moving_stack, ANNOTATED, preset=config, training=training, device="cpu").model
+
+
+def star_pseudo_labels(model, image, labels, annotated, **options):
+    """STAR's top-N pseudo-label selection on one volume with the moving stack's segments."""
+    segments = (Segment("disc", 1), Segment("blob", 2))
+    return select_pseudo_labels(
+        image, "star_entropy", model, labels=labels, segments=segments, annotated=annotated, device="cpu", **options
+    )
 
 
 def learned(stack, method, model=None, **options):
@@ -95,18 +105,22 @@ def test_star_beats_copying_the_nearest_annotated_slice(moving_stack, star_model
     assert np.isnan(result.confidence).sum() == 0 and result.unreached_slices.size == 0
 
 
-def test_star_averages_the_windows_of_the_two_annotated_slices_of_a_gap(moving_stack, star_model):
+def test_star_attends_over_both_annotated_slices_of_a_gap_as_star_entropy_does(moving_stack, star_model):
     predictor = SlicePredictor(star_model, torch.device("cpu"))
     inputs = normalize_intensities(moving_stack.image)[:, None]
     one_hot = torch.nn.functional.one_hot(torch.as_tensor(moving_stack.label_layers[0]).long(), 3)
     label_inputs = one_hot.permute(0, 3, 1, 2).float()  # background, disc, blob
     gap = np.arange(7, 12)
-    from_six, _ = predictor.propagate(inputs[gap], inputs[[6]], label_inputs[[6]])
-    from_twelve, _ = predictor.propagate(inputs[gap], inputs[[12]], label_inputs[[12]])
-    weights = torch.as_tensor((gap - 6) / 6.0, dtype=torch.float32)[:, None, None, None]
-    expected = ((1 - weights) * from_six + weights * from_twelve).argmax(1).numpy()
+    probabilities, attention = predictor.propagate(inputs[gap], inputs[[6, 12]], label_inputs[[6, 12]])  # eq. 2
+    assert attention.shape[2] == 2 and torch.allclose(attention.sum((2, 3, 4)), torch.ones(1))
     result = learned(moving_stack, "star", star_model, device="cpu")
-    np.testing.assert_array_equal(result.labels[gap], expected)
+    np.testing.assert_array_equal(result.labels[gap], probabilities.argmax(1).numpy())
+
+    # the top-N pseudo-label selector computes the same aggregation, hence the same confidence
+    selection = star_pseudo_labels(star_model, moving_stack.image, moving_stack.label_layers, ANNOTATED, count=3)
+    np.testing.assert_allclose(selection.confidence, result.confidence[selection.slices], rtol=1e-5)
+    inside = result.propagated
+    assert selection.slices.tolist() == inside[np.argsort(-result.confidence[inside], kind="stable")][:3].tolist()
 
 
 def test_model_method_is_the_models_prediction_on_every_slice_not_annotated(moving_stack, star_model):
@@ -150,8 +164,8 @@ def test_learned_methods_check_their_model(moving_stack, star_model):
             model=star_model,
             segments=moving_stack.segments,
         )
-    with pytest.raises(ValueError, match="weighting must be one of distance, uniform"):
-        learned(moving_stack, "star", star_model, weighting="nearest")
+    with pytest.raises(ValueError, match="has no option 'weighting'"):
+        learned(moving_stack, "star", star_model, weighting="uniform")
 
 
 @pytest.mark.parametrize(
@@ -175,3 +189,29 @@ def test_sli2vol_reports_progress_and_can_be_cancelled(moving_stack):
     assert "learning slice correspondences" in messages and "done" in messages
     with pytest.raises(OperationCancelled):
         learned(moving_stack, "sli2vol", progress=RecordingProgress(cancel_after=5), **QUICK_SLI2VOL)
+
+
+def test_cohort_pseudo_labels_are_the_most_confident_slices_of_the_whole_pool(moving_stack, star_model):
+    from spatial_al.selection import RankingVolume
+    from spatial_al.selection.pseudo_labels import select_cohort_pseudo_labels
+
+    flipped = moving_stack.image[:, :, ::-1].copy(), moving_stack.label_layers[:, :, :, ::-1].copy()
+    volumes = [
+        RankingVolume(moving_stack.image, moving_stack.label_layers, moving_stack.segments, ANNOTATED, name="a"),
+        RankingVolume(flipped[0], flipped[1], moving_stack.segments, [0, 9, 18], name="b"),
+    ]
+    every = [star_pseudo_labels(star_model, v.image, v.label_layers, v.annotated, min_confidence=0.0) for v in volumes]
+    pool = sorted(
+        (
+            (-c, index, s)
+            for index, selection in enumerate(every)
+            for s, c in zip(selection.slices, selection.confidence, strict=True)
+        ),
+    )[:5]
+    chosen = select_cohort_pseudo_labels(volumes, "star_entropy", star_model, count=5, device="cpu")
+    assert list(zip(chosen.volumes.tolist(), chosen.slices.tolist(), strict=True)) == [(v, s) for _, v, s in pool]
+    assert not set(chosen.slices[chosen.volumes == 0].tolist()) & set(ANNOTATED)
+    result = learned(moving_stack, "star", star_model, device="cpu")
+    for volume, index, mask in zip(chosen.volumes, chosen.slices, chosen.labels, strict=True):
+        if volume == 0:  # the pseudo-label is the star method's propagation of that slice
+            np.testing.assert_array_equal(mask, [result.labels[index] == value for value in (1, 2)])

@@ -188,3 +188,23 @@ def test_contour_interpolation_fills_between_and_respects_empty_annotated_slices
     for k in range(7):
         np.testing.assert_array_equal(result.labels[k], labels[0])
     assert not result.labels[7:].any()
+
+
+def test_the_paper_sdf_variant_is_less_is_mores_formula_and_skips_labels_that_do_not_overlap():
+    def paper_distance(mask):  # edt(x) - edt(not x) + 0.5 on the whole slice, in pixels
+        return ndimage.distance_transform_edt(mask) - ndimage.distance_transform_edt(~mask) + 0.5
+
+    labels = np.zeros((5, 40, 40), np.uint8)
+    labels[0][disc(6)] = 1
+    labels[4][disc(12, 8)] = 1
+    labels[0][disc(5, center=(6, 6))] = 2  # absent from slice 4, so the two masks do not overlap: no pseudo-label
+    result = spatial_al.propagate(labels, [0, 4], "sdf", spacing=(5.0, 2.0, 1.0), variant="paper")
+    for k in (1, 2, 3):
+        t = k / 4
+        expected = (1 - t) * paper_distance(labels[0] == 1) + t * paper_distance(labels[4] == 1) >= 0
+        np.testing.assert_array_equal(result.labels[k] == 1, expected)  # pixel units: the spacing is not used
+        assert not (result.labels[k] == 2).any()
+    shrinking = spatial_al.propagate(labels, [0, 4], "sdf", spacing=(5.0, 2.0, 1.0))
+    assert (shrinking.labels[1] == 2).any()  # the default variant lets a one-sided structure taper instead
+    with pytest.raises(ValueError, match="variant must be one of shrink_tips, paper"):
+        spatial_al.propagate(labels, [0, 4], "sdf", variant="pixels")

@@ -212,7 +212,7 @@ def one_hot_with_background(labels, classes=2):
     return np.stack([labels == value for value in range(classes + 1)], axis=1).astype(np.float32)
 
 
-def test_star_similarity_picks_the_least_similar_slice_of_each_group(labeled_stack):
+def test_star_similarity_picks_the_least_similar_slices_of_the_pool_or_of_each_group(labeled_stack):
     model = tiny_model("star-small")
     annotated = (0, 4, 9)
     slices = candidates(annotated)
@@ -223,14 +223,19 @@ def test_star_similarity_picks_the_least_similar_slice_of_each_group(labeled_sta
         labeled = model.star.labeled_encoder(labeled_inputs)[-1].flatten(1).numpy()
     cosine = 1 - cdist(unlabeled, labeled, "cosine")
     groups = {1: (0, 1), 2: (1, 2)}  # slices 1-3 between annotated 0 and 4, slices 5-8 between 4 and 9
-    expected = []
+    dissimilarity = np.empty(len(slices))
     for group, members in groups.items():
         rows = [i for i, s in enumerate(slices) if np.searchsorted(annotated, s) == group]
-        similarity = cosine[rows][:, list(members)].mean(1)
-        expected.append((1 - similarity.min(), int(slices[rows][np.argmin(similarity)])))
+        dissimilarity[rows] = 1 - cosine[rows][:, list(members)].mean(1)
+    least_similar = np.argsort(-dissimilarity, kind="stable")[:2]  # eq. 4 over the whole pool, the paper's code
     ranking = ranked(labeled_stack, "star_similarity", 2, model, annotated=annotated)
-    assert sorted(ranking.slices.tolist()) == sorted(s for _, s in expected)
-    np.testing.assert_allclose(sorted(ranking.scores), sorted(score for score, _ in expected), rtol=1e-4)
+    assert ranking.slices.tolist() == slices[least_similar].tolist()
+    np.testing.assert_allclose(ranking.scores, dissimilarity[least_similar], rtol=1e-4)
+
+    per_group = ranked(labeled_stack, "star_similarity", 2, model, annotated=annotated, per_group=True)
+    in_group = [np.searchsorted(annotated, s) for s in slices]
+    best_of_group = {g: slices[np.argmax(np.where(np.equal(in_group, g), dissimilarity, -np.inf))] for g in (1, 2)}
+    assert sorted(per_group.slices.tolist()) == sorted(best_of_group.values())
 
 
 def test_star_similarity_needs_a_star_model_and_annotated_slices(labeled_stack):

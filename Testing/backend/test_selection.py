@@ -187,3 +187,22 @@ def test_per_volume_caps_random_picks_in_a_cohort(tmp_path):
     with ranking.write_csv(tmp_path / "cohort.csv").open() as file:
         rows = list(csv.DictReader(file))
     assert list(rows[0]) == ["volume", "rank", "slice", "score"] and {r["volume"] for r in rows} == {"a", "b"}
+
+
+def test_stratified_random_keeps_scans_equally_annotated_one_slice_per_scan_while_scans_outnumber_the_batch():
+    sizes = (20, 40, 10, 30)
+    annotated = ([0, 1, 2], [], [5], [3, 4])  # annotated fractions .15, 0, .1, .067
+    volumes = [
+        spatial_al.selection.RankingVolume(np.zeros((n, 4, 4), np.float32), annotated=done, name=f"s{i}")
+        for i, (n, done) in enumerate(zip(sizes, annotated, strict=True))
+    ]
+    three = spatial_al.selection.rank_cohort(volumes, "stratified", 3, seed=0, within="random")
+    assert sorted(three.volumes.tolist()) == [1, 2, 3]  # the three least annotated scans, one slice each
+    many = spatial_al.selection.rank_cohort(volumes, "stratified", 10, seed=0, within="random")
+    counts = np.bincount(many.volumes, minlength=4)
+    assert counts.max() <= 3 and counts.sum() == 10  # fewer scans than the batch: at most ceil(10 / 4) each
+    assert not {(v, s) for v, s in zip(many.volumes, many.slices, strict=True)} & {
+        (i, s) for i, done in enumerate(annotated) for s in done
+    }
+    with pytest.raises(ValueError, match="within must be 'strata' or 'random'"):
+        spatial_al.selection.rank_cohort(volumes, "stratified", 3, within="grid")

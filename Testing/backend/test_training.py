@@ -14,7 +14,7 @@ from spatial_al.models import SegmentationModel, preset_config
 from spatial_al.models.inference import SlicePredictor
 from spatial_al.progress import OperationCancelled, RecordingProgress
 from spatial_al.training import TrainingConfig, load_model, read_checkpoint, resume_trainer, save_checkpoint
-from spatial_al.training.data import distance_targets, nearest_annotated_pairs, normalize_intensities
+from spatial_al.training.data import annotated_neighbour_groups, distance_targets, normalize_intensities
 from spatial_al.training.losses import focal_loss, segmentation_loss, weighted_mean
 from spatial_al.volume import Segment
 
@@ -165,10 +165,11 @@ def test_star_round_trains_stage_one_then_only_the_propagation_modules(labeled_s
     assert moved and not any(name.startswith("star.") for name in moved)
 
 
-def test_stage_two_pairs_each_annotated_slice_with_its_nearest_annotated_neighbour():
-    sources = [(0, 0), (0, 10), (0, 14), (1, 5), (1, 9), (2, 3)]
-    pairs = nearest_annotated_pairs(sources)
-    assert pairs == [(1, 0), (2, 1), (1, 2), (4, 3), (3, 4)]  # volume 2 has one annotated slice: no pair
+def test_stage_two_groups_each_annotated_slice_with_its_nearest_annotated_neighbours_on_each_side():
+    sources = [(0, 10), (0, 0), (0, 14), (1, 5), (1, 9), (2, 3)]
+    groups = annotated_neighbour_groups(sources)
+    # volume 0: slice 10 sits between 0 and 14, the ends have one neighbour; volume 2 has one annotated slice: none
+    assert groups == [(0, (1, 2)), (1, (0,)), (2, (0,)), (3, (4,)), (4, (3,))]
 
 
 def test_sbc_model_learns_the_distance_maps(labeled_stack):
@@ -332,6 +333,39 @@ def test_star_stage_two_pairs_only_annotated_slices_and_copes_with_one_held_out_
 
     image = normalize_intensities(labeled_stack.image)
     examples = slice_examples(image, pseudo.label_layers, pseudo.segments, ("disc", "square"), (0, 6), 0)
-    examples.extend(slice_examples(image, pseudo.label_layers, pseudo.segments, ("disc", "square"), (2, 3), 0, 0.5))
-    pairs = outcome.trainer.data_loader(examples, "star_propagation", shuffle=True).dataset.pairs
-    assert pairs == [(1, 0), (0, 1)]  # slices 0 and 6 pair up; the pseudo-labeled 2 and 3 never do
+    pseudo_examples = slice_examples(
+        image, pseudo.label_layers, pseudo.segments, ("disc", "square"), (2, 3), 0, weight=1.0, annotated=False
+    )
+    examples.extend(pseudo_examples)  # weighted as labels, still never a STAR group member
+    dataset = outcome.trainer.data_loader(examples, "star_propagation", shuffle=True).dataset
+    assert dataset.groups == [(0, (1,)), (1, (0,))]  # slices 0 and 6 group; the pseudo-labeled 2 and 3 never do
+    sample = dataset[0]
+    assert sample["labeled_image"].shape == (2, 1, 32, 32) and sample["labeled_mask"].tolist() == [True, False]
+
+
+@pytest.mark.parametrize("reinitialize", [True, False])
+def test_labeled_encoder_is_copied_from_the_unlabeled_encoder_at_every_round_only_when_asked(
+    labeled_stack, reinitialize
+):
+    from spatial_al.models import SegmentationModel
+    from spatial_al.training import Trainer
+
+    config = replace(QUICK, reinitialize_labeled_encoder=reinitialize, learning_rate=1e-2, fine_tune_learning_rate=0.0)
+    model = SegmentationModel(tiny("star-small", class_names=("disc", "square")))
+    trainer = Trainer(model, config, torch.device("cpu"))
+    examples = stack_examples(labeled_stack, (0, 3, 6, 9))
+    trainer.train_round(examples)  # round 0 trains f_U and, after copying it, f_L
+    after_first = weights(model.star.labeled_encoder)
+    encoder = dict(model.backbone.encoder.named_parameters())
+    first_convolution = "blocks.0.conv_0.conv.weight"
+    assert not torch.equal(after_first[first_convolution][:, :1], encoder[first_convolution])  # f_L moved on
+    trainer.next_round()
+    trainer.train_round(examples)  # round 1 learns at rate 0: only the copy can change f_L
+    labeled = dict(model.star.labeled_encoder.named_parameters())
+    if reinitialize:
+        for name, tensor in encoder.items():
+            copied = labeled[name][:, :1] if labeled[name].shape != tensor.shape else labeled[name]
+            assert torch.equal(copied, tensor), name
+        assert not labeled[first_convolution][:, 1:].any()  # label weights start at zero
+    else:
+        assert same_weights(weights(model.star.labeled_encoder), after_first)

@@ -23,6 +23,15 @@ def signed_distance(mask: np.ndarray, spacing: np.ndarray) -> np.ndarray:
     return (inside - outside)[1:-1, 1:-1]
 
 
+def paper_signed_distance(mask: np.ndarray) -> np.ndarray:
+    """ "Less Is More"'s signed distance of a 2D mask in pixels: ``edt(mask) - edt(~mask) + 0.5``, shape of ``mask``
+    (positive inside; the +0.5 puts the zero level half-way between the last inside and the first outside pixel)."""
+    return ndimage.distance_transform_edt(mask) - ndimage.distance_transform_edt(~mask) + 0.5
+
+
+SDF_VARIANTS = ("shrink_tips", "paper")
+
+
 def bounding_box(*masks: np.ndarray, margin: int = 1) -> tuple[slice, slice] | None:
     """Rows and columns covering every True pixel of the 2D masks, grown by ``margin``; None if all are empty."""
     union = np.logical_or.reduce(masks)
@@ -57,6 +66,7 @@ def sdf_interpolation(
     progress: ProgressReporter | None = None,
     *,
     tip_fraction: float = 0.5,
+    variant: str = "shrink_tips",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Signed-distance interpolation between the nearest annotated slices on each side, per label, in mm.
 
@@ -70,13 +80,21 @@ def sdf_interpolation(
     ``tip_fraction`` of the gap (0.5: the middle, the expected end when it is equally likely anywhere in the gap).
     Slices before the first and after the last annotated slice are not filled (no extrapolation).
 
+    ``variant="paper"`` is "Less Is More"'s definition instead (Burmeister et al. 2022, and its code): distances
+    in pixels, ``edt(x) - edt(not x) + 0.5``, the blend kept where it is >= 0, and no pseudo-label of a label in a
+    gap where its masks on the two annotated slices do not overlap (one-sided structures included).
+
     Keyword Args:
         tip_fraction: where in the gap a one-sided structure vanishes, in (0, 1].
+        variant: "shrink_tips" (the above) or "paper".
     """
     if not 0 < tip_fraction <= 1:
         raise ValueError(f"tip_fraction must be in (0, 1], got {tip_fraction}.")
+    if variant not in SDF_VARIANTS:
+        raise ValueError(f"variant must be one of {', '.join(SDF_VARIANTS)}, got {variant!r}.")
+    paper = variant == "paper"
     filled = np.zeros_like(labels)
-    depth = np.zeros(labels.shape, dtype=np.float32)  # signed distance of the winning label, > 0 where filled
+    depth = np.full(labels.shape, -1.0, dtype=np.float32)  # signed distance of the winning label where filled
     in_plane = spacing[1:]
     present = label_values(labels[annotated])
     gap_list = gaps(annotated)
@@ -88,8 +106,11 @@ def sdf_interpolation(
             if box is None:
                 continue
             first, last = first[box], last[box]
-            distance_first = signed_distance(first, in_plane) if first.any() else None
-            distance_last = signed_distance(last, in_plane) if last.any() else None
+            if paper and not (first & last).any():
+                continue
+            distance = paper_signed_distance if paper else (lambda mask: signed_distance(mask, in_plane))
+            distance_first = distance(first) if first.any() else None
+            distance_last = distance(last) if last.any() else None
             for k in range(a + 1, b):
                 t = (k - a) / (b - a)
                 if distance_first is not None and distance_last is not None:
@@ -98,7 +119,7 @@ def sdf_interpolation(
                     blend = tip_distance(distance_first, first, t / tip_fraction)
                 else:
                     blend = tip_distance(distance_last, last, (1 - t) / tip_fraction)
-                winner = blend > depth[k][box]
+                winner = (blend >= 0 if paper else blend > 0) & (blend > depth[k][box])
                 filled[k][box][winner] = value
                 depth[k][box][winner] = blend[winner]
     report(progress, len(gap_list), len(gap_list), "done")

@@ -1,5 +1,5 @@
 """Learned propagation with a trained model: STAR's spatial aggregation (``star``) and the segmentation model's own
-prediction (``model``); the windows and blending they share with ``sli2vol``.
+prediction (``model``); the anchored windows and their blending, which ``sli2vol`` uses for its two cascades.
 
 Torch is imported inside the functions, so importing the package stays light.
 """
@@ -159,47 +159,37 @@ def model_prediction(task: PropagationTask) -> tuple[np.ndarray, np.ndarray]:
 
 @PROPAGATORS.register("star")
 @needs(MethodInfo(image=True, model="star"))
-def star_propagation(
-    task: PropagationTask, *, extrapolate: bool = False, weighting: str = "distance"
-) -> tuple[np.ndarray, np.ndarray]:
-    """STAR spatial aggregation (Ma et al., MICCAI 2025): cross-attention from each slice to its annotated neighbours.
+def star_propagation(task: PropagationTask, *, extrapolate: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """STAR spatial aggregation (Ma et al., MICCAI 2025): each slice attends to its group's annotated slices (eq. 2).
 
-    The STAR network's labeled-slice encoder was trained with one annotated slice per unlabeled slice, so each
-    annotated slice propagates on its own to its window, the slices up to the next annotated slice on either side.
-    The windows of two neighbouring annotated slices overlap on the gap between them, where their probabilities are
-    averaged: weighted by the distance to each ("distance"), or equally ("uniform", the paper's average). Confidence
-    is 1 - normalised mean entropy, the measure STAR ranks its top-N pseudo-labels by (``most_confident``).
+    A slice between annotated slices a < k < b attends, in one softmax, over every bottleneck position of a and b
+    (with their labels, through the labeled-slice encoder f_L); the readout is decoded into its pseudo-label. This
+    is the computation of STAR's top-N pseudo-labels (``star_entropy``): both call
+    :func:`~spatial_al.selection.spatial.star_aggregation`. Confidence is 1 - normalised mean entropy, the measure
+    STAR ranks its top-N pseudo-labels by (``most_confident``).
 
     Keyword Args:
-        extrapolate: also fill the slices before the first and after the last annotated slice (from that slice
-            alone), as STAR's groups at the volume's ends do.
-        weighting: "distance" or "uniform".
+        extrapolate: also fill the slices before the first and after the last annotated slice, from that slice
+            alone (STAR's groups at the volume's ends).
     """
     from ..device import resolve_device
     from ..models.inference import SlicePredictor
+    from ..selection.spatial import star_aggregation
 
-    check_weighting(weighting)
     volume = model_volume(task)
     predictor = SlicePredictor(task.model, resolve_device(task.device), task.batch_size)
-    label_inputs = volume.label_inputs(task.annotated, task.model.config)
-    row = {int(slice_index): index for index, slice_index in enumerate(task.annotated)}
-
-    def propagate_from(anchor: int, slices: np.ndarray) -> torch.Tensor:
-        import torch
-
-        chunks = [
-            predictor.propagate(
-                volume.model_inputs(slices[start : start + CHUNK_SLICES]),
-                volume.model_inputs([anchor]),
-                label_inputs[row[anchor]][None],
-            )[0]
-            for start in range(0, slices.size, CHUNK_SLICES)
-        ]
-        return torch.cat(chunks)
-
+    first, last = task.annotated[0], task.annotated[-1]
+    slices = (
+        volume.candidates
+        if extrapolate
+        else volume.candidates[(volume.candidates > first) & (volume.candidates < last)]
+    )
     filled = np.zeros_like(task.label_layers)
     confidence = np.full(task.n_slices, np.nan, dtype=np.float32)
-    for slices, probabilities in blended_runs(task, propagate_from, extrapolate, weighting):
-        write_classes(task, filled, slices, probabilities)
-        confidence[slices] = slice_confidence(probabilities, predictor.head)
+    for start in range(0, slices.size, CHUNK_SLICES):
+        chunk = slices[start : start + CHUNK_SLICES]
+        probabilities = star_aggregation(predictor, volume, chunk)
+        write_classes(task, filled, chunk, probabilities)
+        confidence[chunk] = slice_confidence(probabilities, predictor.head)
+        report(task.progress, start + chunk.size, slices.size, "STAR aggregation")
     return filled, confidence

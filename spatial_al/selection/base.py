@@ -38,6 +38,8 @@ class RankingVolume:
         annotated: slices already annotated (never picked again).
         pseudo_labeled: slices holding propagated pseudo-labels (``strided_blocks`` re-queries them last).
         name: shown in cohort results.
+        normalized: ``image`` is float32 and already normalised as for training (an experiment's slice cache):
+            it is used as it is, never copied, so a cohort of memory-mapped volumes stays on disk.
     """
 
     image: np.ndarray | None
@@ -46,6 +48,7 @@ class RankingVolume:
     annotated: Iterable[int] = ()
     pseudo_labeled: Iterable[int] = ()
     name: str = ""
+    normalized: bool = False
 
 
 @dataclass
@@ -60,6 +63,7 @@ class PoolVolume:
         pseudo_labeled: sorted pseudo-labeled slice indices (never annotated ones).
         candidates: sorted slice indices that may be picked.
         name: the volume's name.
+        normalized: ``image`` is already normalised as for training.
     """
 
     image: np.ndarray | None
@@ -69,6 +73,7 @@ class PoolVolume:
     pseudo_labeled: np.ndarray
     candidates: np.ndarray
     name: str
+    normalized: bool = False
 
     @property
     def n_slices(self) -> int:
@@ -81,7 +86,7 @@ class PoolVolume:
 
         if self.image is None:
             raise ValueError(f"Volume {self.name!r} has no image; model-based strategies need one.")
-        return normalize_intensities(self.image)
+        return self.image if self.normalized else normalize_intensities(self.image)
 
     def model_inputs(self, slices: Sequence[int]) -> np.ndarray:
         """Network inputs (N, 1, H, W) float32 of ``slices``."""
@@ -387,6 +392,7 @@ def to_pool_volume(volume: RankingVolume, axis: int, index: int) -> PoolVolume:
         pseudo_labeled=pseudo,
         candidates=np.setdiff1d(np.arange(n_slices), annotated),
         name=name,
+        normalized=volume.normalized,
     )
 
 

@@ -21,10 +21,12 @@ def centred_offset(n_slices: int, interval: int) -> int:
     return ((n_slices - 1) % interval) // 2
 
 
-def _per_volume_picks(context: RankingContext, pick) -> Picks:
-    """Run ``pick(volume, budget) -> slices`` on each volume with its share of the budget; score 1 per pick."""
+def _per_volume_picks(context: RankingContext, pick, shares: list[int] | None = None) -> Picks:
+    """Run ``pick(volume, budget) -> slices`` on each volume with its share of the budget (default: equal shares,
+    :meth:`RankingContext.volume_budgets`); score 1 per pick."""
     positions = []
-    for index, (volume, share) in enumerate(zip(context.volumes, context.volume_budgets(), strict=True)):
+    shares = context.volume_budgets() if shares is None else shares
+    for index, (volume, share) in enumerate(zip(context.volumes, shares, strict=True)):
         if share:
             picked = pick(volume, share)
             positions.append(context.pool_range(index).start + np.searchsorted(volume.candidates, picked))
@@ -63,17 +65,47 @@ def fixed_interval(context: RankingContext, *, interval: int | None = None, offs
     return _per_volume_picks(context, grid_slices)
 
 
+def balanced_volume_budgets(context: RankingContext) -> list[int]:
+    """The budget shared so that volumes stay equally annotated ("Less Is More"'s stratified sampling): slice by slice,
+    to the volume with the lowest annotated fraction (counting the slices given so far; ties drawn at random), at
+    most ceil(budget / volumes) per volume, so a cohort with as many volumes as the budget gets one slice each."""
+    cap = -(-context.budget // len(context.volumes))
+    shares = [0] * len(context.volumes)
+    tie_break = context.rng.random(len(context.volumes))
+    for _ in range(context.budget):
+        open_volumes = [i for i, v in enumerate(context.volumes) if shares[i] < min(cap, v.candidates.size)]
+        if not open_volumes:
+            break
+        chosen = min(
+            open_volumes,
+            key=lambda i: ((context.volumes[i].annotated.size + shares[i]) / context.volumes[i].n_slices, tie_break[i]),
+        )
+        shares[chosen] += 1
+    return shares
+
+
 @STRATEGIES.register("stratified")
 @spaced_by_construction()
-def stratified(context: RankingContext) -> Picks:
-    """One random slice from each of equal runs of consecutive candidates, the same number in every volume.
+def stratified(context: RankingContext, *, within: str = "strata") -> Picks:
+    """Equal slices per volume, each volume's slices spread by strata or drawn at random ("Less Is More"'s StrRS).
 
-    Covers each volume like ``fixed_interval`` while keeping random sampling's independence from the grid; the
-    budget is shared equally between the volumes of a cohort. Score 1 for every pick; picks are in slice order.
+    The budget goes slice by slice to the volume with the lowest annotated fraction (ties at random), at most
+    ceil(budget / volumes) per volume, so volumes stay equally annotated across rounds and a cohort with at least
+    as many volumes as the budget gives one slice per volume. Within a volume: one random slice from each of equal
+    runs of consecutive candidates ("strata", which covers the volume like ``fixed_interval`` while keeping random
+    sampling's independence from the grid), or uniformly random slices ("random", the paper's). Score 1 for every
+    pick; picks are in slice order, volume by volume.
+
+    Keyword Args:
+        within: "strata" or "random".
     """
+    if within not in ("strata", "random"):
+        raise ValueError(f"within must be 'strata' or 'random', got {within!r}.")
 
-    def one_per_stratum(volume, budget: int) -> np.ndarray:
+    def pick(volume, budget: int) -> np.ndarray:
+        if within == "random":
+            return np.sort(context.rng.choice(volume.candidates, size=budget, replace=False))
         strata = np.array_split(volume.candidates, budget)
         return np.array([stratum[context.rng.integers(stratum.size)] for stratum in strata])
 
-    return _per_volume_picks(context, one_per_stratum)
+    return _per_volume_picks(context, pick, balanced_volume_budgets(context))

@@ -15,6 +15,10 @@ from .uncertainty import CHUNK_SLICES, score_pool
 if TYPE_CHECKING:
     import torch
 
+    from ..models.inference import SlicePredictor
+    from ..progress import ProgressReporter
+    from .base import PoolVolume
+
 
 def annotated_groups(annotated: np.ndarray, candidates: np.ndarray) -> np.ndarray:
     """STAR's groups: the index of the interval between consecutive annotated slices that holds each candidate,
@@ -27,16 +31,51 @@ def group_annotated_slices(annotated: np.ndarray, group: int) -> np.ndarray:
     return annotated[max(group - 1, 0) : group + 1]
 
 
+def star_aggregation(
+    predictor: SlicePredictor, volume: PoolVolume, slices: np.ndarray, progress: ProgressReporter | None = None
+) -> torch.Tensor:
+    """STAR's spatial aggregation (eq. 2) of ``slices`` of ``volume``: probabilities (n, out_channels, H, W).
+
+    Each slice attends, in one softmax, over every bottleneck position of its group's annotated slices (the two
+    bounding it, or the one nearest a volume end) through the STAR network; the readout is decoded into its
+    pseudo-label. The one aggregation path of the package: the ``star`` propagation method and the
+    ``star_entropy`` pseudo-labels both call it.
+    """
+    import torch
+
+    slices = np.asarray(slices, dtype=np.int64)
+    probabilities: torch.Tensor | None = None
+    groups = annotated_groups(volume.annotated, slices)
+    for done, group in enumerate(np.unique(groups), start=1):
+        members = group_annotated_slices(volume.annotated, group)
+        rows = np.flatnonzero(groups == group)
+        group_probabilities, _ = predictor.propagate(
+            volume.model_inputs(slices[rows]),
+            volume.model_inputs(members),
+            volume.label_inputs(members, predictor.model.config),
+        )
+        if probabilities is None:
+            probabilities = torch.empty((slices.size, *group_probabilities.shape[1:]), dtype=torch.float32)
+        probabilities[torch.as_tensor(rows)] = group_probabilities
+        report(progress, done, len(np.unique(groups)), f"STAR aggregation ({volume.name})")
+    if probabilities is None:
+        raise ValueError("STAR aggregation needs at least one slice to fill.")
+    return probabilities
+
+
 @STRATEGIES.register("star_similarity")
 @uses_model("star")
-def star_similarity(context: RankingContext) -> Picks:
-    """The slice of each group least similar to its group's annotated slices (STAR, eq. 4).
+def star_similarity(context: RankingContext, *, per_group: bool = False) -> Picks:
+    """The slices least similar to the annotated slices of their group (STAR, eq. 4).
 
     A group is the run of unlabeled slices between two consecutive annotated slices (or between a volume end and
     its nearest annotated slice). Similarity is the mean, over the group's annotated slices, of the cosine
     similarity between the unlabeled slice's f_U bottleneck and the annotated slice's f_L bottleneck (image and
-    label). Score = 1 - mean cosine similarity; every group gives its least similar slice before any gives a
-    second.
+    label). Score = 1 - mean cosine similarity; the budget goes to the least similar slices of the whole pool, as
+    the paper's code queries.
+
+    Keyword Args:
+        per_group: every group gives its least similar slice before any gives a second (spreads the picks).
     """
     import torch
 
@@ -68,7 +107,7 @@ def star_similarity(context: RankingContext) -> Picks:
             )
         scores.append(1.0 - similarity)
         groups.append(index * (volume.n_slices + 1) + volume_groups)
-    return select_top(context, np.concatenate(scores), np.concatenate(groups))
+    return select_top(context, np.concatenate(scores), np.concatenate(groups) if per_group else None)
 
 
 def hausdorff_consistency(coarse: np.ndarray, refined: np.ndarray) -> float:

@@ -35,6 +35,8 @@ class TrainingConfig:
         pseudo_label_weight: loss weight of pseudo-labeled slices in round 0 ...
         pseudo_label_decay: ... multiplied by this every round (pseudo-labels count less as true labels grow).
         loss_weights: SBC-AL's (a, b, c) of a*L_SEG + b*L_SFP + c*L_ASR.
+        reinitialize_labeled_encoder: copy f_U into STAR's f_L at the start of every round's stage 2 (STAR's code);
+            otherwise only the first time.
         gradient_clip: maximum gradient norm (nnU-Net uses 12).
         mixed_precision: autocast and gradient scaling on CUDA (ignored elsewhere).
         seed: seeds weights, data order, augmentation and dropout.
@@ -59,6 +61,7 @@ class TrainingConfig:
     pseudo_label_weight: float = 0.5
     pseudo_label_decay: float = 0.5
     loss_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    reinitialize_labeled_encoder: bool = False
     gradient_clip: float = 12.0
     mixed_precision: bool = True
     seed: int = 0

@@ -70,8 +70,11 @@ class SliceExamples:
         images: (C, H, W) float32, intensities normalised per volume.
         targets: (S, H, W) uint8 multi-hot over the classes.
         masks: (1, H, W) uint8, 1 where the pixel is supervised.
-        weights: loss weight of each slice (1 for annotated, lower for pseudo-labels).
+        weights: loss weight of each slice (1 for annotated, lower for pseudo-labels unless a protocol weighs them
+            as labels).
         sources: (volume index, slice index) of each slice.
+        annotated: whether each slice was annotated by a person (False: pseudo-labeled); only annotated slices are
+            held out for validation and serve as STAR's labeled slices in its stage 2.
     """
 
     images: list[np.ndarray] = field(default_factory=list)
@@ -79,21 +82,34 @@ class SliceExamples:
     masks: list[np.ndarray] = field(default_factory=list)
     weights: list[float] = field(default_factory=list)
     sources: list[tuple[int, int]] = field(default_factory=list)
+    annotated: list[bool] = field(default_factory=list)
+
+    FIELDS = ("images", "targets", "masks", "weights", "sources", "annotated")
 
     def __len__(self) -> int:
         return len(self.images)
 
+    def append(
+        self, image: np.ndarray, target: np.ndarray, weight: float, source: tuple[int, int], annotated: bool
+    ) -> None:
+        """Add one slice: image (C, H, W) float32 and target (S, H, W) uint8, every pixel supervised."""
+        self.images.append(image)
+        self.targets.append(target)
+        self.masks.append(np.ones((1, *target.shape[1:]), dtype=np.uint8))
+        self.weights.append(float(weight))
+        self.sources.append(source)
+        self.annotated.append(bool(annotated))
+
     def extend(self, other: SliceExamples) -> None:
-        for name in ("images", "targets", "masks", "weights", "sources"):
+        for name in self.FIELDS:
             getattr(self, name).extend(getattr(other, name))
 
     def subset(self, indices: Sequence[int]) -> SliceExamples:
-        return SliceExamples(
-            *(
-                [getattr(self, name)[i] for i in indices]
-                for name in ("images", "targets", "masks", "weights", "sources")
-            )
-        )
+        return SliceExamples(*([getattr(self, name)[i] for i in indices] for name in self.FIELDS))
+
+    @property
+    def annotated_indices(self) -> list[int]:
+        return [index for index, annotated in enumerate(self.annotated) if annotated]
 
     def largest_slice_shape(self) -> tuple[int, int]:
         return tuple(int(max(image.shape[axis] for image in self.images)) for axis in (1, 2))  # type: ignore
@@ -108,6 +124,7 @@ def slice_examples(
     axis: int,
     weight: float = 1.0,
     volume_index: int = 0,
+    annotated: bool = True,
 ) -> SliceExamples:
     """Examples for ``slices`` of one volume.
 
@@ -120,6 +137,7 @@ def slice_examples(
         axis: KJI slice axis.
         weight: loss weight of these slices.
         volume_index: recorded in ``sources``.
+        annotated: the slices were annotated by a person (False for pseudo-labels).
     """
     classes = match_classes(segments, class_names)
     indices = normalize_slice_indices(slices, normalized_image.shape[axis], "training slice")
@@ -127,40 +145,36 @@ def slice_examples(
     for index in indices.tolist():
         layers = take_slice(label_layers, index, axis)  # (L, H, W)
         target = np.stack([layers[segment.layer] == segment.label_value for segment in classes]).astype(np.uint8)
-        examples.images.append(take_slice(normalized_image, index, axis)[np.newaxis].astype(np.float32))
-        examples.targets.append(target)
-        examples.masks.append(np.ones((1, *target.shape[1:]), dtype=np.uint8))
-        examples.weights.append(float(weight))
-        examples.sources.append((volume_index, index))
+        image = take_slice(normalized_image, index, axis)[np.newaxis].astype(np.float32)
+        examples.append(image, target, weight, (volume_index, index), annotated)
     return examples
 
 
-def nearest_annotated_pairs(sources: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
-    """STAR stage 2 pairs: for each example, the example of the nearest other annotated slice of its volume.
+def annotated_neighbour_groups(sources: Sequence[tuple[int, int]]) -> list[tuple[int, tuple[int, ...]]]:
+    """STAR stage 2 samples: each example with its group, the nearest other example below and above it in its
+    volume, as the group of annotated slices around an unlabeled slice (eq. 2).
 
     Args:
         sources: (volume index, slice index) per example.
 
     Returns:
-        (labeled example, unlabeled example) index pairs, i.e. (x', y') -> (x'', y''); ties go to the lower
-        slice. Volumes with a single annotated slice give no pair.
+        (target example, (labeled examples, 1 or 2, the lower slice first)) per example that has a neighbour, i.e.
+        ({x', y'}, x'') -> y''. Volumes with a single annotated slice give none.
     """
-    pairs = []
+    groups = []
     for target, (volume, index) in enumerate(sources):
-        candidates = [
-            (abs(other_index - index), other_index, other)
-            for other, (other_volume, other_index) in enumerate(sources)
-            if other_volume == volume and other != target and other_index != index
-        ]
-        if candidates:
-            pairs.append((min(candidates)[2], target))
-    return pairs
+        below = [(index - i, o) for o, (v, i) in enumerate(sources) if v == volume and i < index]
+        above = [(i - index, o) for o, (v, i) in enumerate(sources) if v == volume and i > index]
+        neighbours = tuple(min(side)[1] for side in (below, above) if side)
+        if neighbours:
+            groups.append((target, neighbours))
+    return groups
 
 
 def split_validation(examples: SliceExamples, fraction: float, seed: int) -> tuple[SliceExamples, SliceExamples | None]:
-    """Hold out ``fraction`` of the annotated (weight 1) slices for early stopping; None when fewer than 2 would
-    remain to train on or none would be held out."""
-    annotated = [i for i, weight in enumerate(examples.weights) if weight >= 1.0]
+    """Hold out ``fraction`` of the annotated slices for early stopping; None when fewer than 2 would remain to
+    train on or none would be held out."""
+    annotated = examples.annotated_indices
     held_out_count = int(np.floor(fraction * len(annotated)))
     if held_out_count == 0 or len(annotated) - held_out_count < 1:
         return examples, None

@@ -1,8 +1,9 @@
 """Torch datasets over :class:`SliceExamples`, with MONAI's 2D augmentation and padding to a common size.
 
 A sample is a dict of tensors: "image" (C, H, W), "target" (S, H, W), "mask" (1, H, W), "weight" (); with
-distance targets also "distance" (S, H, W); a STAR pair adds "labeled_image" (1, C, H, W) and "labeled_target"
-(1, S, H, W). Padded pixels have mask 0, so they never count in the loss.
+distance targets also "distance" (S, H, W); a STAR group adds its N = 2 labeled slices, "labeled_image"
+(N, C, H, W), "labeled_target" (N, S, H, W) and "labeled_mask" (N,) (False for the second slot of a group with
+one labeled slice). Padded pixels have mask 0, so they never count in the loss.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from torch.utils.data import Dataset
 from .data import SliceExamples, distance_targets
 
 SPATIAL_KEYS = ("image", "target", "mask")
-PAIR_KEYS = ("labeled_image", "labeled_target")
+GROUP_SIZE = 2  # STAR's group: the annotated slices on either side
+GROUP_KEYS = tuple(f"{key}_{slot}" for slot in range(GROUP_SIZE) for key in ("labeled_image", "labeled_target"))
 
 
 def padded_size(shape: Sequence[int], divisor: int) -> tuple[int, int]:
@@ -68,7 +70,9 @@ class SliceDataset(Dataset):
         patch_size: random crop (H, W) after padding (None: whole slices).
         augment: apply the random augmentation.
         with_distance: add SBC-AL's "distance" targets, computed after augmentation.
-        pairs: STAR (labeled, unlabeled) example index pairs; the dataset then yields one sample per pair.
+        groups: STAR stage 2 samples, (target example, labeled examples (1 or 2)) (see
+            :func:`~spatial_al.training.data.annotated_neighbour_groups`); the dataset then yields one sample per
+            group, every slice of it under the same augmentation.
     """
 
     def __init__(
@@ -78,18 +82,18 @@ class SliceDataset(Dataset):
         patch_size: tuple[int, int] | None = None,
         augment: bool = False,
         with_distance: bool = False,
-        pairs: Sequence[tuple[int, int]] | None = None,
+        groups: Sequence[tuple[int, tuple[int, ...]]] | None = None,
     ):
         if len(examples) == 0:
             raise ValueError("No training slices: annotate at least one slice first.")
         self.examples = examples
-        self.pairs = list(pairs) if pairs is not None else None
+        self.groups = list(groups) if groups is not None else None
         self.with_distance = with_distance
         size = padded_size(examples.largest_slice_shape(), size_divisor)
         if patch_size is not None:
             patch_size = padded_size(patch_size, size_divisor)
             size = tuple(max(a, b) for a, b in zip(size, patch_size, strict=True))  # type: ignore[assignment]
-        keys = SPATIAL_KEYS + (PAIR_KEYS if pairs is not None else ())
+        keys = SPATIAL_KEYS + (GROUP_KEYS if groups is not None else ())
         self.transform = build_transform(keys, size, patch_size, augment)
 
     def reseed(self, seed: int) -> None:
@@ -97,23 +101,25 @@ class SliceDataset(Dataset):
         self.transform.set_random_state(seed=seed % 2**32)
 
     def __len__(self) -> int:
-        return len(self.pairs) if self.pairs is not None else len(self.examples)
+        return len(self.groups) if self.groups is not None else len(self.examples)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        labeled, unlabeled = self.pairs[index] if self.pairs is not None else (None, index)
+        unlabeled, labeled = self.groups[index] if self.groups is not None else (index, ())
         sample = {
-            "image": self.examples.images[unlabeled],
+            "image": np.array(self.examples.images[unlabeled], dtype=np.float32),  # a copy: cached slices are read-only
             "target": self.examples.targets[unlabeled].astype(np.float32),
             "mask": self.examples.masks[unlabeled].astype(np.float32),
         }
-        if labeled is not None:
-            sample["labeled_image"] = self.examples.images[labeled]
-            sample["labeled_target"] = self.examples.targets[labeled].astype(np.float32)
+        slots = [labeled[min(slot, len(labeled) - 1)] for slot in range(GROUP_SIZE)] if labeled else []
+        for slot, example in enumerate(slots):
+            sample[f"labeled_image_{slot}"] = np.array(self.examples.images[example], dtype=np.float32)
+            sample[f"labeled_target_{slot}"] = self.examples.targets[example].astype(np.float32)
         sample = self.transform(sample)
         if self.with_distance:
             sample["distance"] = torch.from_numpy(distance_targets(sample["target"].numpy() > 0.5))
-        for key in PAIR_KEYS:
-            if key in sample:
-                sample[key] = sample[key][None]  # one labeled slice per group: (1, ...)
+        if slots:
+            for key in ("labeled_image", "labeled_target"):
+                sample[key] = torch.stack([sample.pop(f"{key}_{slot}") for slot in range(GROUP_SIZE)])
+            sample["labeled_mask"] = torch.arange(GROUP_SIZE) < len(labeled)
         sample["weight"] = torch.tensor(self.examples.weights[unlabeled], dtype=torch.float32)
         return sample

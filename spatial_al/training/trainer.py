@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -24,7 +25,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from ..models import STAGES
 from ..progress import ProgressReporter, check_cancelled, report
 from .config import TrainingConfig
-from .data import SliceExamples, nearest_annotated_pairs
+from .data import SliceExamples, annotated_neighbour_groups
 from .loader import SliceDataset
 from .losses import distance_regression_loss, segmentation_loss, weighted_mean, with_background
 
@@ -111,9 +112,10 @@ class Trainer:
     def train_round(self, training: SliceExamples, validation: SliceExamples | None = None) -> TrainerState:
         """One round: the segmentation stage, then STAR's propagation stage when the model has STAR modules.
 
-        STAR stage 2 pairs each annotated slice with the nearest annotated slice of its volume ((x', y', x'')
-        -> y'') and trains f_L, the key/value head and the decoder; f_L starts as a copy of f_U in round 0.
-        A resumed state continues from its stage and epoch.
+        STAR stage 2 predicts each annotated slice from the annotated slices around it in its volume (its group,
+        eq. 2: ({x', y'}, x'') -> y'') and trains f_L, the key/value head and the decoder. f_L starts as a copy of
+        f_U when stage 2 starts for the first time, or at every round with ``reinitialize_labeled_encoder``. A
+        resumed state continues from its stage and epoch.
         """
         if self.state.stage == "segmentation":
             self.fit(training, validation, stage="segmentation")
@@ -123,10 +125,12 @@ class Trainer:
             self.optimizer = None
             self.best_model_state = None
         if not self.state.finished:
-            if not bool(self.model.star.labeled_encoder_trained):
-                self.model.star.initialize_labeled_encoder(self.model.backbone.encoder)
+            star = self.model.star
+            starting = self.state.epoch == 0
+            if starting and (self.config.reinitialize_labeled_encoder or not bool(star.labeled_encoder_trained)):
+                star.initialize_labeled_encoder(self.model.backbone.encoder)
             self.fit(training, validation, stage="star_propagation")
-            self.model.star.labeled_encoder_trained.fill_(True)
+            star.labeled_encoder_trained.fill_(True)
         return self.state
 
     # -- one stage -----------------------------------------------------------------------------------------------
@@ -180,17 +184,17 @@ class Trainer:
 
     def data_loader(self, examples: SliceExamples, stage: str, shuffle: bool) -> DataLoader | None:
         """Batches of ``examples`` for ``stage``: shuffled, cropped and augmented when ``shuffle`` (training).
-        None for validation of STAR's stage 2 when no two held-out slices of one volume can be paired."""
-        pairs = None
-        if stage == "star_propagation":  # pairs of annotated slices only, never pseudo-labels
-            annotated = [i for i, weight in enumerate(examples.weights) if weight >= 1.0]
-            pairs = [
-                (annotated[a], annotated[b])
-                for a, b in nearest_annotated_pairs([examples.sources[i] for i in annotated])
+        None for validation of STAR's stage 2 when no two held-out slices of one volume can be grouped."""
+        groups = None
+        if stage == "star_propagation":  # groups of annotated slices only, never pseudo-labels
+            annotated = examples.annotated_indices
+            groups = [
+                (annotated[target], tuple(annotated[n] for n in neighbours))
+                for target, neighbours in annotated_neighbour_groups([examples.sources[i] for i in annotated])
             ]
-            if not pairs and not shuffle:
-                return None  # too few held-out slices to pair: stage 2 runs without early stopping
-            if not pairs:
+            if not groups and not shuffle:
+                return None  # too few held-out slices to group: stage 2 runs without early stopping
+            if not groups:
                 raise ValueError("STAR's propagation stage needs two annotated slices in one volume; annotate another.")
         dataset = SliceDataset(
             examples,
@@ -198,7 +202,7 @@ class Trainer:
             self.config.patch_size if shuffle else None,
             augment=self.config.augment and shuffle,
             with_distance=self.model.structure is not None and stage == "segmentation",
-            pairs=pairs,
+            groups=groups,
         )
         sampler = None
         if shuffle:
@@ -246,7 +250,7 @@ class Trainer:
         power = 0.9 if self.config.schedule == "poly" else 0.0
         scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=self.config.max_epochs, power=power)
         with warnings.catch_warnings():  # fast-forwarding a resumed stage's schedule is not a misordered step
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
             for _ in range(self.state.epoch):
                 scheduler.step()
         return scheduler
@@ -276,7 +280,9 @@ class Trainer:
                 labels = batch["labeled_target"]
                 if self.model.config.head == "softmax":
                     labels = with_background(labels.flatten(0, 1)).unflatten(0, labels.shape[:2])
-                logits = self.model.propagate(batch["image"], batch["labeled_image"], labels).logits
+                logits = self.model.propagate(
+                    batch["image"], batch["labeled_image"], labels, batch["labeled_mask"]
+                ).logits
                 return weighted_mean(loss(logits, target, mask), weights)
             if self.model.structure is None:
                 return weighted_mean(loss(self.model(batch["image"]), target, mask), weights)

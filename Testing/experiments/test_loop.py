@@ -1,0 +1,70 @@
+"""Pieces of one run on a tiny cached cohort: the session state on disk, the oracle, block interpolation."""
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from spatial_al.experiments.cohort import build_cohort, open_source, split_subjects
+from spatial_al.experiments.loop import RunSpec, Session, SessionState
+from spatial_al.experiments.protocols import resolve_config
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    config, _ = resolve_config("less_is_more", "demo", "smoke")
+    source = open_source("demo", config.data)
+    cohort = build_cohort(source, config.data, tmp_path_factory.mktemp("cache"))
+    return config, cohort, split_subjects(source.names, config.data.split, 0)
+
+
+def session_for(parts, folder, arm):
+    config, cohort, split = parts
+    return Session(RunSpec(folder, arm, 0, config, cohort.folder, split, "cpu"))
+
+
+def paper_blend(first, last, t):
+    def distance(mask):
+        return ndimage.distance_transform_edt(mask) - ndimage.distance_transform_edt(~mask) + 0.5
+
+    if not (first & last).any():
+        return np.zeros(first.shape, bool)
+    return (1 - t) * distance(first) + t * distance(last) >= 0
+
+
+def test_blocks_are_filled_from_their_two_end_slices_by_the_papers_sdf(parts, tmp_path):
+    session = session_for(parts, tmp_path, "Blocks5-random-SDF")
+    subject = session.training_subjects[0]
+    state = SessionState(1, {s.name: [2, 6, 8, 9] for s in session.training_subjects})
+    made = session.interpolate_blocks(state, [[0, 2, 6], [0, 8, 9]])  # the second block has no inside
+    assert made == [(subject.name, k) for k in (3, 4, 5)]
+    truth = np.asarray(subject.targets).astype(bool)
+    for k in (3, 4, 5):
+        pseudo = state.pseudo[subject.name][k].astype(bool)
+        blends = np.stack([paper_blend(truth[2, c], truth[6, c], (k - 2) / 4) for c in range(truth.shape[1])])
+        assert np.all(pseudo <= blends)  # each class only where the paper's formula puts it ...
+        alone = blends.sum(0) == 1
+        np.testing.assert_array_equal(pseudo[:, alone], blends[:, alone])  # ... and wherever no other class competes
+
+
+def test_the_oracle_reveals_queried_slices_and_their_pseudo_labels_give_way(parts, tmp_path):
+    from spatial_al.selection import RankingResult
+
+    session = session_for(parts, tmp_path, "RandS")
+    name = session.training_subjects[1].name
+    state = SessionState(
+        1, {s.name: [0] for s in session.training_subjects}, {name: {4: np.ones((4, 32, 32), np.uint8)}}
+    )
+    ranking = RankingResult(np.array([4, 7]), np.ones(2), "random", 0, volumes=np.array([1, 1]))
+    assert session.reveal(state, ranking) == [[name, 4], [name, 7]]
+    assert state.annotated[name] == [0, 4, 7] and state.pseudo[name] == {}
+
+
+def test_the_session_state_round_trips_through_its_file(tmp_path):
+    masks = {"a": {3: np.arange(8, dtype=np.uint8).reshape(2, 2, 2)}, "b": {}}
+    state = SessionState(4, {"a": [0, 5], "b": []}, masks, [{"round": 0, "metrics": {"dice_3d": 0.5}}])
+    state.save(tmp_path / "state.npz")
+    loaded = SessionState.load(tmp_path / "state.npz")
+    assert (loaded.round_index, loaded.annotated, loaded.rounds) == (4, state.annotated, state.rounds)
+    np.testing.assert_array_equal(loaded.pseudo["a"][3], masks["a"][3])
+    assert loaded.labeled_count() == 2 and loaded.pseudo_count() == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["state.npz"]  # written through a temporary file, renamed

@@ -1,0 +1,576 @@
+"""One run of a study: a simulated annotation session over a cohort, for one strategy (arm) and one seed.
+
+Round 0 annotates the protocol's cold-start selection. Every round then: train (round 0) or fine-tune (later
+rounds, weights kept) on the annotated and pseudo-labeled training slices, early-stopping on the validation
+subjects; evaluate on the test subjects; stop when the budget is spent; else query a batch over the whole training
+pool with the arm's strategy, reveal the ground truth of the queried slices (the oracle) and make the arm's
+pseudo-labels. The query, the pseudo-labels and the trainer are the ones the Slicer modules and the CLI use.
+
+The run folder holds ``state.npz`` (the session after the last finished round), ``model.pt`` (the trainer's
+checkpoint, rewritten after every epoch), ``rounds/round-NNN.json`` and, once finished, ``run.json``. A killed run
+restarts from there: finished rounds are kept and an interrupted round continues from its last epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..files import atomic_path
+from ..progress import ProgressReporter, report
+from ..provenance import Timer, environment, write_json
+from ..volume import Segment
+from .cohort import Cohort, Split, Subject
+from .config import ArmConfig, ExperimentConfig
+from .metrics import pooled_dice, summarize, volume_metrics
+
+REFERENCE_ARM = "Full"  # the fully supervised reference: every training slice annotated, one round
+STATE_FILE = "state.npz"
+CHECKPOINT_FILE = "model.pt"
+RUN_FILE = "run.json"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What one run needs (picklable, so a Ray worker can run it).
+
+    Attributes:
+        folder: the run's folder.
+        arm: the arm's name (:data:`REFERENCE_ARM` for the fully supervised reference).
+        seed: the run's seed (weights, data order, augmentation, dropout, random queries).
+        config: the resolved protocol.
+        cohort: the cohort's cache folder.
+        split: the subject-wise split.
+        device: "auto", "cpu", "cuda", ...
+        threads: torch CPU threads of the run (None: torch's default); the same value gives the same numbers.
+        provenance: the study's protocol title, paper, scale and data source, copied into the run record.
+    """
+
+    folder: Path
+    arm: str
+    seed: int
+    config: ExperimentConfig
+    cohort: Path
+    split: Split
+    device: str = "auto"
+    threads: int | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def reference(self) -> bool:
+        return self.arm == REFERENCE_ARM
+
+
+@dataclass
+class SessionState:
+    """The annotation session after a finished round (what ``state.npz`` holds).
+
+    Attributes:
+        round_index: the next round to train.
+        annotated: training subject -> its annotated slices (sorted).
+        pseudo: training subject -> slice -> multi-hot pseudo-label (C, H, W) uint8.
+        rounds: the records of the finished rounds.
+    """
+
+    round_index: int
+    annotated: dict[str, list[int]]
+    pseudo: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+
+    def save(self, path: Path) -> None:
+        header = {"round_index": self.round_index, "annotated": self.annotated, "rounds": self.rounds}
+        arrays = {
+            f"pseudo/{subject}/{index}": mask for subject, masks in self.pseudo.items() for index, mask in masks.items()
+        }
+        with atomic_path(path) as temporary:
+            np.savez_compressed(temporary, header=np.array(json.dumps(header)), **arrays)
+
+    @classmethod
+    def load(cls, path: Path) -> SessionState:
+        with np.load(path) as contents:
+            header = json.loads(str(contents["header"]))
+            pseudo: dict[str, dict[int, np.ndarray]] = {}
+            for key in contents.files:
+                if key.startswith("pseudo/"):
+                    _, subject, index = key.rsplit("/", 2)
+                    pseudo.setdefault(subject, {})[int(index)] = contents[key]
+        return cls(header["round_index"], header["annotated"], pseudo, header["rounds"])
+
+    def labeled_count(self) -> int:
+        return sum(len(slices) for slices in self.annotated.values())
+
+    def pseudo_count(self) -> int:
+        return sum(len(masks) for masks in self.pseudo.values())
+
+
+class RoundProgress:
+    """A run's progress: one step per round (rounds 0 .. ``last_round``); a phase's own steps (batches, volumes) show
+    in the message. Wraps the caller's reporter (None: silent) and passes its cancel requests through."""
+
+    def __init__(self, outer: ProgressReporter | None, last_round: int = 0):
+        self.outer = outer
+        self.last_round = last_round
+        self.round_index = 0
+        self.phase = ""
+
+    def start(self, round_index: int, phase: str) -> None:
+        self.round_index, self.phase = round_index, phase
+        report(self.outer, round_index, self.last_round + 1, f"round {round_index}/{self.last_round} {phase}")
+
+    def finish(self) -> None:
+        report(self.outer, self.last_round + 1, self.last_round + 1, "done")
+
+    def progress(self, done: int, total: int, message: str = "") -> None:
+        if self.outer is not None:
+            detail = f"{self.phase} {done}/{total}" + (f" {message}" if message else "")
+            where = f"round {self.round_index}/{self.last_round} {detail}"
+            self.outer.progress(self.round_index, self.last_round + 1, where)
+
+    def should_cancel(self) -> bool:
+        return self.outer is not None and self.outer.should_cancel()
+
+
+def round_seed(seed: int, round_index: int) -> int:
+    """The seed of a round's random choices, from the run's seed and the round (a resumed round repeats them)."""
+    return int(np.random.SeedSequence([seed, round_index]).generate_state(1)[0])
+
+
+def arm_config(spec: RunSpec) -> ArmConfig:
+    if spec.reference:
+        return ArmConfig(strategy="random", description="fully supervised: every training slice annotated")
+    return spec.config.arms[spec.arm]
+
+
+def needs_star_model(arm: ArmConfig) -> bool:
+    from ..selection import STRATEGIES, strategy_info
+
+    return strategy_info(STRATEGIES.get(arm.strategy)).model == "star" or arm.pseudo_labels == "star"
+
+
+class Session:
+    """A run in progress: the cohort, the session state, the model and its trainer."""
+
+    def __init__(self, spec: RunSpec, progress: ProgressReporter | None = None):
+        from ..device import resolve_device
+
+        self.spec = spec
+        self.config = spec.config
+        self.arm = arm_config(spec)
+        self.progress = progress
+        self.device = resolve_device(spec.device)
+        self.cohort = Cohort(spec.cohort)
+        self.classes = self.cohort.class_names
+        self.segments = tuple(Segment(name, index + 1) for index, name in enumerate(self.classes))
+        self.training_subjects = [self.cohort[name] for name in spec.split.training]
+        self.pool_slices = sum(subject.n_slices for subject in self.training_subjects)
+        self.training = self.config.training_config(spec.seed)
+        if spec.reference:  # every training slice: an epoch is one pass over them, however few batches others take
+            self.training = self.training.with_options(iterations_per_epoch=None)
+        self.model = None
+        self.trainer = None
+        self.encoder_init: dict[str, Any] = {"weights": "random initialisation"}
+
+    # -- model and trainer -------------------------------------------------------------------------------------------
+
+    def model_config(self):
+        from ..models import ModelConfig, preset_config
+
+        preset = self.config.star_preset if needs_star_model(self.arm) else self.config.preset
+        base = asdict(preset_config(preset))
+        values = {**base, **self.config.model, "class_names": self.classes, "class_colors": [], "head": "softmax"}
+        return ModelConfig.from_json(json.dumps({**values, "slice_axis": 0}))
+
+    def new_model(self):
+        from monai.utils import set_determinism
+
+        from ..models import SegmentationModel
+        from ..models.pretrained import cached_resnet50_weights, load_imagenet_encoder
+
+        set_determinism(seed=self.spec.seed)
+        model = SegmentationModel(self.model_config())
+        weights = self.config.encoder_weights
+        resnet50 = model.config.architecture == "resnet_unet" and model.config.backbone == "resnet50"
+        if weights is not None and resnet50:
+            path = cached_resnet50_weights() if weights == "auto" else Path(weights)
+            if path is None:
+                self.encoder_init = {
+                    "weights": "random initialisation (no ImageNet ResNet-50 file in the torch hub cache)"
+                }
+            else:
+                self.encoder_init = {"weights": "ImageNet", **load_imagenet_encoder(model, path)}
+        return model
+
+    def restore_trainer(self, round_index: int) -> bool:
+        """Build the model and trainer for ``round_index`` from the run's checkpoint (or new); True when that round's
+        training already finished (the run was killed after training it)."""
+        from ..models import SegmentationModel
+        from ..training import Trainer, read_checkpoint, save_checkpoint
+        from ..training.checkpoint import load_weights
+
+        path = self.spec.folder / CHECKPOINT_FILE
+
+        def checkpoint(trainer) -> None:
+            save_checkpoint(path, trainer.model, trainer)
+
+        if not path.is_file():
+            if round_index > 0:
+                raise FileNotFoundError(f"{path} is missing: the run folder is incomplete; delete it to rerun the run.")
+            self.model = self.new_model()
+            self.trainer = Trainer(self.model, self.training, self.device, self.progress, on_epoch_end=checkpoint)
+            return False
+        saved = read_checkpoint(path)
+        self.model = SegmentationModel(saved.model_config)
+        load_weights(self.model, saved.model_state, path)
+        state = saved.trainer_state
+        self.trainer = Trainer(self.model, self.training, self.device, self.progress, state, on_epoch_end=checkpoint)
+        complete = state.finished and (self.model.star is None or state.stage == "star_propagation")
+        if state.round_index == round_index and complete:
+            return True
+        if state.round_index == round_index - 1 and complete:
+            self.trainer.next_round()
+        elif state.round_index == round_index and state.finished:  # stage 1 ended, STAR's stage 2 not begun
+            state.start_stage("star_propagation")
+        elif state.round_index == round_index:
+            self.trainer.pending_optimizer_state = saved.optimizer_state
+            self.trainer.best_model_state = saved.best_model_state
+        else:
+            raise ValueError(f"{path} holds round {state.round_index}, the session is at round {round_index}.")
+        return False
+
+    # -- data ----------------------------------------------------------------------------------------------------
+
+    def training_examples(self, state: SessionState):
+        """Annotated slices (weight 1) and pseudo-labeled slices (the round's pseudo-label weight) of the training
+        subjects; images and targets stay memory-mapped until a batch reads them."""
+        from ..training.data import SliceExamples
+
+        examples = SliceExamples()
+        pseudo_weight = self.training.pseudo_weight(state.round_index)
+        for volume, subject in enumerate(self.training_subjects):
+            for index in state.annotated[subject.name]:
+                examples.append(subject.image[index][None], subject.targets[index], 1.0, (volume, index), True)
+            for index, mask in sorted(state.pseudo.get(subject.name, {}).items()):
+                examples.append(subject.image[index][None], mask, pseudo_weight, (volume, index), False)
+        return examples
+
+    def validation_examples(self):
+        """Every ``validation_stride``-th slice of each validation subject, or None without validation subjects."""
+        from ..training.data import SliceExamples
+
+        if not self.spec.split.validation:
+            return None
+        examples = SliceExamples()
+        offset = len(self.training_subjects)
+        for volume, name in enumerate(self.spec.split.validation, start=offset):
+            subject = self.cohort[name]
+            for index in range(0, subject.n_slices, self.config.validation_stride):
+                examples.append(subject.image[index][None], subject.targets[index], 1.0, (volume, index), True)
+        return examples
+
+    def ranking_volume(self, subject: Subject, state: SessionState, with_labels: bool):
+        """The subject as the selection code sees it: normalised slices, annotated slices, and (``with_labels``) a
+        label map holding the revealed ground truth of the annotated slices only."""
+        from ..selection import RankingVolume
+
+        annotated = state.annotated[subject.name]
+        labels = None
+        if with_labels:
+            labels = np.zeros(subject.image.shape, np.uint8)
+            truth = np.asarray(subject.targets[annotated])  # (n, C, H, W)
+            for c in range(truth.shape[1]):
+                labels[annotated] = np.where(truth[:, c].astype(bool), c + 1, labels[annotated])
+        return RankingVolume(
+            subject.image,
+            labels,
+            self.segments,
+            annotated,
+            sorted(state.pseudo.get(subject.name, {})),
+            subject.name,
+            normalized=True,
+        )
+
+    # -- the round's phases --------------------------------------------------------------------------------------
+
+    def train(self, state: SessionState) -> dict[str, Any]:
+        already_trained = self.restore_trainer(state.round_index)
+        started = len(self.trainer.state.history)
+        if not already_trained:
+            self.trainer.train_round(self.training_examples(state), self.validation_examples())
+            from ..training import save_checkpoint
+
+            save_checkpoint(self.spec.folder / CHECKPOINT_FILE, self.model, self.trainer)
+        epochs = [epoch for epoch in self.trainer.state.history if epoch["round"] == state.round_index]
+        return {
+            "epochs": len(epochs),
+            "epochs_this_process": len(self.trainer.state.history) - started,
+            "final_train_loss": epochs[-1]["train_loss"] if epochs else None,
+            "best_validation_loss": min(
+                (e["validation_loss"] for e in epochs if e["validation_loss"] is not None), default=None
+            ),
+        }
+
+    def evaluate(self) -> dict[str, Any]:
+        """Metrics of the model on every test subject (see :mod:`spatial_al.experiments.metrics`)."""
+        from ..models.inference import SlicePredictor
+
+        predictor = SlicePredictor(self.model, self.device, self.config.batch_size)
+        per_volume = []
+        for done, name in enumerate(self.spec.split.test, start=1):
+            subject = self.cohort[name]
+            labels = predictor.labels(np.array(subject.image)[:, None]).numpy()
+            per_volume.append(volume_metrics(labels, np.asarray(subject.targets), subject.spacing, self.config.hd95))
+            report(self.progress, done, len(self.spec.split.test), "evaluating")
+        return summarize(per_volume, self.classes)
+
+    def query(self, state: SessionState, count: int):
+        """The arm's query of ``count`` slices over the whole training pool (a :class:`RankingResult`)."""
+        from ..selection import STRATEGIES, rank_cohort, strategy_info
+
+        info = strategy_info(STRATEGIES.get(self.arm.strategy))
+        volumes = [
+            self.ranking_volume(subject, state, with_labels=info.model == "star") for subject in self.training_subjects
+        ]
+        per_volume = self.arm.per_volume
+        if per_volume is not None:
+            per_volume = max(per_volume, math.ceil(count / len(volumes)))  # fewer scans than the query: relax
+        elif info.spacing_controls:
+            per_volume = count  # no limit: the q best of the whole pool, whatever the strategy's cohort default
+        return rank_cohort(
+            volumes,
+            self.arm.strategy,
+            count,
+            axis=0,
+            model=self.model if info.reads_model else None,
+            device=self.device,
+            batch_size=self.config.batch_size,
+            per_volume=per_volume,
+            seed=round_seed(self.spec.seed, state.round_index),
+            progress=self.progress,
+            **self.arm.options,
+        )
+
+    def reveal(self, state: SessionState, ranking) -> list[list[Any]]:
+        """The oracle: the queried slices become annotated (their pseudo-labels, if any, give way)."""
+        queried = []
+        for volume, index in zip(ranking.volumes.tolist(), ranking.slices.tolist(), strict=True):
+            name = self.training_subjects[volume].name
+            state.annotated[name] = sorted({*state.annotated[name], index})
+            state.pseudo.get(name, {}).pop(index, None)
+            queried.append([name, index])
+        return queried
+
+    def make_pseudo_labels(self, state: SessionState, ranking) -> list[tuple[str, int]]:
+        """The arm's pseudo-labels after the query; returns the (subject, slice) pairs made this round."""
+        rule = self.arm.pseudo_labels
+        if rule == "none":
+            return []
+        if rule == "interpolation":
+            return self.interpolate_blocks(state, ranking.details.get("blocks", []))
+        from ..selection.pseudo_labels import select_cohort_pseudo_labels
+
+        volumes = [self.ranking_volume(s, state, with_labels=rule == "star") for s in self.training_subjects]
+        selection = select_cohort_pseudo_labels(
+            volumes,
+            "star_entropy" if rule == "star" else "ceal",
+            self.model,
+            count=self.arm.pseudo_label_count or self.config.query_size,
+            device=self.device,
+            batch_size=self.config.batch_size,
+            progress=self.progress,
+        )
+        state.pseudo = {}  # STAR and CEAL choose their pseudo-labels afresh every round
+        made = []
+        for volume, index, mask in zip(selection.volumes, selection.slices, selection.labels, strict=True):
+            name = self.training_subjects[int(volume)].name
+            state.pseudo.setdefault(name, {})[int(index)] = mask
+            made.append((name, int(index)))
+        return made
+
+    def interpolate_blocks(self, state: SessionState, blocks: list[list[int]]) -> list[tuple[str, int]]:
+        """Fill the inside of each queried block from its two (now annotated) end slices with the arm's propagation
+        method; the filled slices stay pseudo-labeled for the rest of the run. All blocks go through one call (their
+        stacks are laid end to end, so no gap spans two blocks)."""
+        from ..propagation import propagate
+
+        blocks = [(self.training_subjects[v], first, last) for v, first, last in blocks if last - first >= 2]
+        if not blocks:
+            return []
+        stacked = np.concatenate([np.asarray(s.targets[first : last + 1]) for s, first, last in blocks])  # (n, C, H, W)
+        label_map = np.zeros((stacked.shape[0], *stacked.shape[2:]), np.uint8)
+        for c in range(stacked.shape[1]):
+            label_map[stacked[:, c].astype(bool)] = c + 1
+        ends, position = [], 0
+        for _, first, last in blocks:
+            ends += [position, position + last - first]
+            position += last - first + 1
+        known = np.zeros_like(label_map)
+        known[ends] = label_map[ends]  # the interpolation reads the revealed end slices only
+        result = propagate(
+            known,
+            ends,
+            self.arm.propagation,
+            spacing=blocks[0][0].spacing,
+            segments=self.segments,
+            seed=self.spec.seed,
+            **self.arm.propagation_options,
+        )
+        made, position = [], 0
+        for subject, first, last in blocks:
+            for offset in range(1, last - first):
+                filled = result.labels[position + offset]
+                mask = np.stack([filled == c + 1 for c in range(len(self.classes))]).astype(np.uint8)
+                state.pseudo.setdefault(subject.name, {})[first + offset] = mask
+                made.append((subject.name, first + offset))
+            position += last - first + 1
+        return made
+
+    def pseudo_label_dice(self, state: SessionState, made: list[tuple[str, int]]) -> dict[str, float | None]:
+        """Dice of this round's new pseudo-labels, and of every pseudo-label held now, against the hidden truth."""
+
+        def dice_of(pairs) -> float | None:
+            return pooled_dice(
+                [state.pseudo[name][index] for name, index in pairs],
+                [np.asarray(self.cohort[name].targets[index]) for name, index in pairs],
+            )
+
+        held = [(name, index) for name, masks in state.pseudo.items() for index in masks]
+        return {"new": dice_of(made), "held": dice_of(held)}
+
+    def initial_selection(self) -> SessionState:
+        """Round 0's cold-start annotation: the protocol's strategy on the pool, or its grid on every volume."""
+        from ..selection import RankingVolume, rank, rank_cohort
+
+        initial = self.config.initial
+        names = [subject.name for subject in self.training_subjects]
+        if self.spec.reference:
+            return SessionState(0, {s.name: list(range(s.n_slices)) for s in self.training_subjects})
+        if initial.budget is None:
+            interval = initial.options.get("interval")
+            annotated = {}
+            for subject in self.training_subjects:
+                budget = math.ceil(subject.n_slices / interval)
+                picks = rank(subject.image, initial.strategy, budget, seed=self.spec.seed, **initial.options)
+                annotated[subject.name] = sorted(picks.slices.tolist())
+            return SessionState(0, annotated)
+        volumes = [RankingVolume(s.image, name=s.name, normalized=True) for s in self.training_subjects]
+        ranking = rank_cohort(volumes, initial.strategy, initial.budget, seed=self.spec.seed, **initial.options)
+        annotated = {name: [] for name in names}
+        for volume, index in zip(ranking.volumes.tolist(), ranking.slices.tolist(), strict=True):
+            annotated[names[volume]].append(index)
+        return SessionState(0, {name: sorted(slices) for name, slices in annotated.items()})
+
+    def expected_rounds(self, state: SessionState) -> int:
+        """The last round index the run will reach (the budget, or the protocol's round count)."""
+        if self.spec.reference:
+            return 0
+        rounds = self.config.rounds
+        if self.config.budget_percent is not None:
+            needed = self.config.budget_percent / 100.0 * self.pool_slices - state.labeled_count()
+            rounds = min(rounds, state.round_index + max(0, math.ceil(needed / self.config.query_size)))
+        return rounds
+
+    def finished(self, state: SessionState) -> bool:
+        if self.spec.reference or state.round_index >= self.config.rounds:
+            return True
+        percent = 100.0 * state.labeled_count() / self.pool_slices
+        budget = self.config.budget_percent
+        return (budget is not None and percent >= budget - 1e-9) or state.labeled_count() >= self.pool_slices
+
+
+def run_session(spec: RunSpec, progress: ProgressReporter | None = None) -> dict[str, Any]:
+    """Run (or continue) one run to its end; returns its record (also written to ``run.json``).
+
+    A finished run is read back, not repeated. Progress reports one step per phase of each round; cancelling stops
+    at the next step, and the run continues from its last saved state when started again.
+    """
+    import torch
+
+    folder = Path(spec.folder)
+    record_path = folder / RUN_FILE
+    if record_path.is_file():
+        record = json.loads(record_path.read_text())
+        if record.get("status") == "finished":
+            return record
+    folder.mkdir(parents=True, exist_ok=True)
+    if spec.threads is not None:
+        torch.set_num_threads(spec.threads)
+    phases = RoundProgress(progress)
+    session = Session(spec, phases)
+    state_path = folder / STATE_FILE
+    state = SessionState.load(state_path) if state_path.is_file() else session.initial_selection()
+    if not state_path.is_file():
+        state.save(state_path)
+    phases.last_round = session.expected_rounds(state)
+    started = time.perf_counter()
+    while True:
+        timer = Timer()
+        round_index = state.round_index
+        phases.start(round_index, "training")
+        with timer("train"):
+            training = session.train(state)
+        phases.start(round_index, "evaluating")
+        with timer("evaluate"):
+            metrics = session.evaluate()
+        record: dict[str, Any] = {
+            "round": round_index,
+            "labeled_slices": state.labeled_count(),
+            "labeled_percent": 100.0 * state.labeled_count() / session.pool_slices,
+            "pseudo_labeled_slices": state.pseudo_count(),
+            "metrics": metrics,
+            "training": training,
+        }
+        done = session.finished(state)
+        if not done:
+            count = min(session.config.query_size, session.pool_slices - state.labeled_count())
+            phases.start(round_index, "querying")
+            with timer("query"):
+                ranking = session.query(state, count)
+            record["queried"] = session.reveal(state, ranking)
+            phases.start(round_index, "pseudo-labels")
+            with timer("pseudo_labels"):
+                made = session.make_pseudo_labels(state, ranking)
+            record["pseudo_label_dice"] = session.pseudo_label_dice(state, made) if made or state.pseudo else None
+        record["seconds"] = timer.seconds
+        write_json(folder / "rounds" / f"round-{round_index:03d}.json", record)
+        state.rounds.append(record)
+        state.round_index += 1
+        state.save(state_path)
+        if done:
+            break
+    phases.last_round = state.round_index - 1
+    phases.finish()
+    result = {
+        "status": "finished",
+        "protocol": spec.config.protocol,
+        "study": spec.provenance,
+        "arm": spec.arm,
+        "arm_config": asdict(session.arm),
+        "seed": spec.seed,
+        "reference": spec.reference,
+        "device": str(session.device),
+        "threads": spec.threads,
+        "split": spec.split.to_dict(),
+        "pool_slices": session.pool_slices,
+        "classes": session.classes,
+        "model_config": json.loads(session.model.config.to_json()),
+        "encoder_initialisation": session.encoder_init,
+        "training_config": json.loads(session.training.to_json()),
+        "config": spec.config.to_dict(),
+        "rounds": state.rounds,
+        "seconds_this_process": round(time.perf_counter() - started, 2),
+        "environment": environment(),
+    }
+    write_json(record_path, result)
+    return result
+
+
+def run_folder(study: Path, arm: str, seed: int) -> Path:
+    """``study/runs/<arm>/seed-<seed>``, the arm's name kept to letters, digits and ``-_+.()``."""
+    safe = "".join(character if character.isalnum() or character in "-_+.()" else "_" for character in arm)
+    return Path(study) / "runs" / safe / f"seed-{seed}"

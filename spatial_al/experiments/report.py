@@ -1,0 +1,291 @@
+"""A study's report, rebuilt from its run folders alone (``runs/*/seed-*/run.json``): tables laid out like the
+paper's (mean ± std over seeds) as Markdown and CSV, learning curves and the protocol's extra figures as PNG.
+
+- ``table.md`` / ``table.csv``: one row per strategy; columns at the protocol's labeled percents (each run's curve
+  interpolated there) or rounds, then max(p) (the best test Dice a run reaches over its rounds) and S% (the labeled
+  percent at which a run first reaches the fully supervised Dice of its seed, interpolated between rounds), and the
+  fully supervised reference as the last row (100 %).
+- ``ablation.md``: the protocol's ablation rows with their pseudo-label Dice.
+- ``pseudo_labels.md`` (and ``pseudo_labels_by_block.md`` for strided blocks): pseudo-label Dice against the hidden
+  truth, the mean over rounds of each round's new pseudo-labels and the final Dice of every held one.
+- ``curves.png``: the table's metric against percent labeled (or round), one line per strategy, ±1 std band;
+  ``pseudo_labels.png``: pseudo-label Dice per round of the strategies that make them (STAR's Fig. 3b).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import warnings
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..files import atomic_path, write_text_atomic
+from .loop import REFERENCE_ARM
+from .metrics import percent_to_reach, value_at
+
+METRIC_NAMES = {"dice_2d": "Dice (mean of 2D slice Dice)", "dice_3d": "Dice (3D, per volume)", "iou_3d": "IoU (3D)"}
+
+
+def read_runs(study: str | Path) -> dict[str, list[dict[str, Any]]]:
+    """Finished run records of a study by arm (seeds in order); unfinished runs are left out."""
+    runs: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for path in sorted(Path(study).glob("runs/*/seed-*/run.json")):
+        record = json.loads(path.read_text())
+        if record.get("status") == "finished":
+            runs[record["arm"]].append(record)
+    for records in runs.values():
+        records.sort(key=lambda record: record["seed"])
+    return dict(runs)
+
+
+def mean_std(values: Sequence[float | None], digits: int = 3) -> str:
+    """ "mean ± std" over the defined values (population std); "–" without any; "(k/n)" when some are missing."""
+    defined = [v for v in values if v is not None]
+    if not defined:
+        return "–"
+    text = f"{np.mean(defined):.{digits}f} ± {np.std(defined):.{digits}f}"
+    return text if len(defined) == len(values) else f"{text} ({len(defined)}/{len(values)})"
+
+
+def curve(record: dict[str, Any], metric: str) -> tuple[list[float], list[float]]:
+    """(labeled percent, metric) of each round of a run."""
+    return (
+        [r["labeled_percent"] for r in record["rounds"]],
+        [r["metrics"][metric] for r in record["rounds"]],
+    )
+
+
+def run_columns(record: dict[str, Any], report: dict[str, Any], reference: float | None) -> dict[str, float | None]:
+    """One run's values of the main table's columns."""
+    metric = report["metric"]
+    percents, values = curve(record, metric)
+    columns: dict[str, float | None] = {}
+    if report["curve_axis"] == "percent":
+        for percent in report["percents"]:
+            columns[f"{percent:g} %"] = value_at(percents, values, percent)
+    else:
+        by_round = {r["round"]: r["metrics"][metric] for r in record["rounds"]}
+        for round_index in report["rounds"]:
+            columns[f"round {round_index}"] = by_round.get(round_index)
+    columns["max(p)"] = float(max(values))
+    columns["S%"] = percent_to_reach(percents, values, reference) if reference is not None else None
+    return columns
+
+
+def table_rows(runs: dict[str, list[dict[str, Any]]], report: dict[str, Any], order: Sequence[str]):
+    """(arm, description, {column: values over seeds}) rows of the main table, in ``order``, the reference last."""
+    metric = report["metric"]
+    reference_by_seed = {
+        record["seed"]: record["rounds"][-1]["metrics"][metric] for record in runs.get(REFERENCE_ARM, [])
+    }
+    rows = []
+    for arm in [*(a for a in order if a in runs), *(a for a in runs if a not in order and a != REFERENCE_ARM)]:
+        columns: dict[str, list[float | None]] = defaultdict(list)
+        for record in runs[arm]:
+            for name, value in run_columns(record, report, reference_by_seed.get(record["seed"])).items():
+                columns[name].append(value)
+        rows.append((arm, runs[arm][0]["arm_config"].get("description", ""), dict(columns)))
+    return rows, reference_by_seed
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def pseudo_label_values(record: dict[str, Any]) -> tuple[float | None, float | None]:
+    """(mean over rounds of each round's new pseudo-label Dice, the Dice of every pseudo-label held at the end)."""
+    rounds = [r for r in record["rounds"] if r.get("pseudo_label_dice")]
+    new = [r["pseudo_label_dice"]["new"] for r in rounds if r["pseudo_label_dice"]["new"] is not None]
+    held = rounds[-1]["pseudo_label_dice"]["held"] if rounds else None
+    return (float(np.mean(new)) if new else None), held
+
+
+def main_table(runs, report, order, title: str) -> tuple[str, str]:
+    rows, reference = table_rows(runs, report, order)
+    columns = list(rows[0][2]) if rows else []
+    header = ["strategy", *columns]
+    markdown_rows = [[arm, *(mean_std(values[c], 1 if c == "S%" else 3) for c in columns)] for arm, _, values in rows]
+    if reference:
+        values = list(reference.values())
+        fill = ["–"] * (len(columns) - 2)
+        markdown_rows.append([f"{REFERENCE_ARM} (100 % labeled)", *fill, mean_std(values), "100"])
+    csv_rows = []
+    for arm, description, values in rows:
+        for column in columns:
+            defined = [v for v in values[column] if v is not None]
+            statistics = [np.mean(defined), np.std(defined)] if defined else ["", ""]
+            csv_rows.append([arm, description, column, *statistics, len(defined)])
+    if reference:
+        values = list(reference.values())
+        csv_rows.append([REFERENCE_ARM, "fully supervised", "100 %", np.mean(values), np.std(values), len(values)])
+    metric = METRIC_NAMES.get(report["metric"], report["metric"])
+    text = f"# {title}\n\n{metric} on the test subjects, mean ± std over seeds.\n\n" + markdown_table(
+        header, markdown_rows
+    )
+    return text, csv_text(["strategy", "description", "column", "mean", "std", "runs"], csv_rows)
+
+
+def write_report(study: str | Path) -> Path:
+    """Write the report of the study in ``study`` into ``study/report`` from its finished runs; returns that folder.
+
+    Raises:
+        FileNotFoundError: the folder holds no finished run.
+    """
+    study = Path(study)
+    runs = read_runs(study)
+    if not runs:
+        raise FileNotFoundError(f"{str(study)!r} holds no finished run (runs/*/seed-*/run.json); run the study first.")
+    any_record = next(iter(runs.values()))[0]
+    config = any_record["config"]
+    report = config["report"]
+    order = list(config["arms"])
+    folder = study / "report"
+    study_file = study / "study.json"
+    provenance = any_record.get("study") or (json.loads(study_file.read_text()) if study_file.is_file() else {})
+    title = provenance.get("title", config["protocol"])
+    if provenance:
+        title += f"\n\n{provenance['paper']}. Data: {provenance['source']}; scale {provenance['scale']}."
+    table, table_csv = main_table(runs, report, order, title)
+    write_text_atomic(folder / "table.md", table)
+    write_text_atomic(folder / "table.csv", table_csv)
+    write_pseudo_label_tables(runs, order, folder)
+    if report.get("ablation"):
+        write_ablation(runs, report, folder)
+    plot_curves(runs, report, order, folder / "curves.png")
+    plot_pseudo_labels(runs, order, folder / "pseudo_labels.png")
+    return folder
+
+
+def write_pseudo_label_tables(runs, order, folder: Path) -> None:
+    rows, by_block = [], defaultdict(dict)
+    for arm in [a for a in order if a in runs]:
+        arm_config = runs[arm][0]["arm_config"]
+        if arm_config["pseudo_labels"] == "none":
+            continue
+        values = [pseudo_label_values(record) for record in runs[arm]]
+        new, held = mean_std([v[0] for v in values]), mean_std([v[1] for v in values])
+        rule = arm_config["pseudo_labels"] + (
+            f" ({arm_config['propagation']})" if arm_config["pseudo_labels"] == "interpolation" else ""
+        )
+        rows.append([arm, rule, new, held])
+        if arm_config["strategy"] == "strided_blocks" and arm_config["pseudo_labels"] == "interpolation":
+            order_name = arm_config["options"].get("blocks", "random")
+            by_block[(arm_config["propagation"], order_name)][arm_config["options"].get("block_size", 5)] = held
+    if not rows:
+        return
+    text = (
+        "# Pseudo-label Dice against the hidden ground truth\n\n"
+        "`new`: mean over rounds of the Dice of the pseudo-labels made that round; `held`: the Dice of every "
+        "pseudo-label held at the end of the run (pooled over slices, mean over classes); mean ± std over seeds.\n\n"
+    )
+    write_text_atomic(folder / "pseudo_labels.md", text + markdown_table(["strategy", "rule", "new", "held"], rows))
+    if by_block:
+        sizes = sorted({size for values in by_block.values() for size in values})
+        block_rows = [
+            [method, block_order, *(values.get(size, "–") for size in sizes)]
+            for (method, block_order), values in sorted(by_block.items())
+        ]
+        write_text_atomic(
+            folder / "pseudo_labels_by_block.md",
+            "# Interpolated pseudo-label Dice by method and block size (held at the end of the run)\n\n"
+            + markdown_table(["method", "block order", *(f"block {size}" for size in sizes)], block_rows),
+        )
+
+
+def write_ablation(runs, report, folder: Path) -> None:
+    percent_columns = [f"{p:g} %" for p in report["percents"]] if report["curve_axis"] == "percent" else []
+    rows, _ = table_rows(runs, report, list(report["ablation"].values()))
+    by_arm = {arm: values for arm, _, values in rows}
+    lines = []
+    for title, arm in report["ablation"].items():
+        if arm not in by_arm:
+            continue
+        pseudo = mean_std([pseudo_label_values(record)[0] for record in runs[arm]])
+        lines.append(
+            [title, arm, *(mean_std(by_arm[arm][c]) for c in percent_columns), mean_std(by_arm[arm]["max(p)"]), pseudo]
+        )
+    if lines:
+        header = ["components", "strategy", *percent_columns, "max(p)", "pseudo-label Dice (new)"]
+        write_text_atomic(folder / "ablation.md", "# Ablation\n\n" + markdown_table(header, lines))
+
+
+def save_figure(figure, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=120, bbox_inches="tight")
+    plt.close(figure)
+
+
+def averaged_by_round(records, value) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(round, mean x, mean y, std y) over the seeds of one arm, round by round (rounds all seeds reached)."""
+    rounds = min(len(record["rounds"]) for record in records)
+    x = np.array([[r["labeled_percent"] for r in record["rounds"][:rounds]] for record in records])
+    y = np.array([[np.nan if value(r) is None else value(r) for r in record["rounds"][:rounds]] for record in records])
+    with warnings.catch_warnings():  # rounds without a value (e.g. no pseudo-labels in the last round) stay NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.arange(rounds), x.mean(0), np.nanmean(y, 0), np.nanstd(y, 0)
+
+
+def plot_curves(runs, report, order, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = report["metric"]
+    figure, axes = plt.subplots(figsize=(8, 5))
+    for arm in [a for a in order if a in runs]:
+        rounds, x, mean, std = averaged_by_round(runs[arm], lambda r: r["metrics"][metric])
+        axis = x if report["curve_axis"] == "percent" else rounds
+        axes.plot(axis, mean, marker="o", markersize=3, label=arm)
+        axes.fill_between(axis, mean - std, mean + std, alpha=0.15)
+    if REFERENCE_ARM in runs:
+        full = [record["rounds"][-1]["metrics"][metric] for record in runs[REFERENCE_ARM]]
+        axes.axhline(float(np.mean(full)), color="black", linestyle="--", linewidth=1, label=f"{REFERENCE_ARM} (100 %)")
+    axes.set_xlabel("labeled training slices (%)" if report["curve_axis"] == "percent" else "round")
+    axes.set_ylabel(METRIC_NAMES.get(metric, metric) + " (test)")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7, ncol=2)
+    save_figure(figure, path)
+
+
+def plot_pseudo_labels(runs, order, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = [a for a in order if a in runs and runs[a][0]["arm_config"]["pseudo_labels"] != "none"]
+    if not arms:
+        return
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for arm in arms:
+
+        def new_dice(r):
+            return (r.get("pseudo_label_dice") or {}).get("new")
+
+        rounds, _, mean, std = averaged_by_round(runs[arm], new_dice)
+        axes.plot(rounds, mean, marker="o", markersize=3, label=arm)
+        axes.fill_between(rounds, mean - std, mean + std, alpha=0.15)
+    axes.set_xlabel("round")
+    axes.set_ylabel("Dice of the round's new pseudo-labels")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    save_figure(figure, path)

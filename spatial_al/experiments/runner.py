@@ -1,0 +1,286 @@
+"""A study: protocol x arms x seeds, each (arm, seed) one run in its own folder, run one after another or as Ray
+tasks; then the report.
+
+Study folder::
+
+    study.json                      command, protocol, scale, data, arms, seeds, resolved configuration, versions
+    cohort -> the slice cache       (``--cache``, default ``<output>/cache``)
+    runs/<arm>/seed-<s>/            one run (see :mod:`spatial_al.experiments.loop`)
+    report/                         tables (Markdown, CSV) and figures (PNG), rebuilt by ``experiment report``
+
+Every check of the request (protocol, arms, configuration keys and types, data folder, split, budget) runs before any
+training, and errors name the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..progress import TqdmProgress
+from ..provenance import environment, write_json
+from .cohort import Cohort, Split, build_cohort, open_source, resolve_classes, split_subjects
+from .config import ConfigError, ExperimentConfig
+from .loop import REFERENCE_ARM, RunSpec, run_folder, run_session
+from .protocols import resolve_config
+
+STUDY_FILE = "study.json"
+
+
+@dataclass(frozen=True)
+class StudyRequest:
+    """What ``spatial-al experiment run`` asks for.
+
+    Attributes:
+        protocol: protocol name (``spatial-al experiment protocols``).
+        data: "demo" or a dataset folder.
+        output: the study folder.
+        scale: "smoke", "cpu" or "paper".
+        config_file: a JSON/YAML file of overrides.
+        arms: the arms to run (None: the protocol's default arms at this scale).
+        seeds: runs per arm (None: the protocol's).
+        device: "auto", "cpu", "cuda", ...
+        resume: continue the study in ``output``.
+        ray: None (one run after another), "auto" (a running Ray cluster, else a local one) or a cluster address.
+        cache: the folder of slice caches (None: ``output/cache``).
+        threads: torch CPU threads per run (None: torch's default serially, 1 per Ray task on CPUs).
+        command: the command line, for the record.
+    """
+
+    protocol: str
+    data: str
+    output: Path
+    scale: str = "cpu"
+    config_file: Path | None = None
+    arms: list[str] | None = None
+    seeds: int | None = None
+    device: str = "auto"
+    resume: bool = False
+    ray: str | None = None
+    cache: Path | None = None
+    threads: int | None = None
+    command: str = ""
+
+
+@dataclass
+class Study:
+    """A checked request: configuration, cohort, split and the runs to do."""
+
+    request: StudyRequest
+    config: ExperimentConfig
+    provenance: dict[str, Any]
+    cohort: Cohort
+    split: Split
+    arms: list[str]
+    seeds: list[int]
+    runs: list[RunSpec] = field(default_factory=list)
+
+
+def choose_arms(config: ExperimentConfig, names: list[str] | None) -> list[str]:
+    """The arms to run, checked; an unknown name fails with the closest arm."""
+    if names is None:
+        return list(config.default_arms or config.arms)
+    for name in names:
+        if name not in config.arms:
+            closest = difflib.get_close_matches(name, list(config.arms), n=1, cutoff=0.0)
+            raise ConfigError(
+                f"Unknown strategy {name!r} for protocol {config.protocol!r}. Did you mean {closest[0]!r}? "
+                f"Strategies: {', '.join(config.arms)}."
+            )
+    return list(dict.fromkeys(names))
+
+
+def check_components(config: ExperimentConfig, arms: list[str]) -> None:
+    """Every strategy, propagation method and option named by the initial selection and the arms exists."""
+    from ..models import PRESETS
+    from ..propagation import PROPAGATORS
+    from ..selection import STRATEGIES, strategy_info
+
+    for preset in (config.preset, config.star_preset):
+        PRESETS.get(preset)
+    initial = config.initial
+    if strategy_info(STRATEGIES.get(initial.strategy)).model is not None:
+        raise ConfigError(
+            f"initial.strategy {initial.strategy!r} needs a trained model, and round 0 has none; use a cold-start "
+            "strategy such as fixed_interval, random or stratified."
+        )
+    STRATEGIES.check_options(initial.strategy, initial.options)
+    if initial.budget is None and (initial.strategy != "fixed_interval" or "interval" not in initial.options):
+        raise ConfigError(
+            "initial.budget is required unless initial.strategy is fixed_interval with an interval option."
+        )
+    for name in arms:
+        arm = config.arms[name]
+        try:
+            STRATEGIES.check_options(arm.strategy, arm.options)
+            if arm.pseudo_labels == "interpolation":
+                PROPAGATORS.check_options(arm.propagation, arm.propagation_options)
+        except (KeyError, ValueError) as error:
+            raise ConfigError(f"arms.{name}: {error}") from None
+
+
+def check_budget(config: ExperimentConfig, cohort: Cohort, split: Split) -> None:
+    """The initial selection fits the pool and the budget is above it."""
+    counts = cohort.slice_counts()
+    pool = sum(counts[name] for name in split.training)
+    initial = config.initial
+    if initial.budget is None:
+        first = sum(math.ceil(counts[name] / initial.options["interval"]) for name in split.training)
+    else:
+        first = initial.budget
+        if first > pool:
+            raise ConfigError(
+                f"initial.budget {first} is larger than the {pool} training slices; lower it to at most {pool}."
+            )
+    if config.budget_percent is not None and config.budget_percent < 100.0 * first / pool:
+        raise ConfigError(
+            f"budget_percent {config.budget_percent} is below the initial selection ({first} of {pool} training "
+            f"slices, {100.0 * first / pool:.1f} %); raise budget_percent or lower the initial selection."
+        )
+
+
+def prepare_study(request: StudyRequest, progress=None) -> Study:
+    """Check ``request`` and prepare the cohort; nothing is trained here.
+
+    Raises:
+        ConfigError / ValueError / KeyError / FileNotFoundError: a bad protocol, arm, configuration key or type,
+            data folder, split or budget, or an existing study folder without ``resume``; the message names the fix.
+    """
+    from ..device import resolve_device
+
+    output = Path(request.output)
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"--output {str(output)!r} is a file; give a folder for the study.")
+    if (output / STUDY_FILE).is_file() and not request.resume:
+        raise ConfigError(
+            f"{str(output)!r} already holds a study; pass --resume to continue it, or choose another --output."
+        )
+    config, provenance = resolve_config(request.protocol, request.data, request.scale, request.config_file)
+    arms = choose_arms(config, request.arms)
+    check_components(config, arms)
+    resolve_device(request.device)
+    if request.ray:
+        from importlib.util import find_spec
+
+        if find_spec("ray") is None:
+            raise ConfigError(
+                "--ray needs Ray: pip install 'ray>=2.9' (or pip install -e '.[cluster]'), or drop --ray."
+            )
+    seeds = list(range(request.seeds if request.seeds is not None else config.seeds))
+    if not seeds:
+        raise ConfigError("--seeds must be at least 1.")
+    source = open_source(request.data, config.data)
+    resolve_classes(source, config.data)
+    split = split_subjects(source.names, config.data.split, config.data.split_seed)
+    cache = Path(request.cache) if request.cache is not None else output / "cache"
+    cohort = build_cohort(source, config.data, cache, progress)
+    check_budget(config, cohort, split)
+    names = arms + ([REFERENCE_ARM] if config.supervised_reference else [])
+    threads = request.threads if request.threads is not None else (1 if request.ray else None)
+    provenance = {**provenance, "source": source.description, "cache": str(cohort.folder)}
+    runs = [
+        RunSpec(
+            run_folder(output, arm, seed), arm, seed, config, cohort.folder, split, request.device, threads, provenance
+        )
+        for arm in names
+        for seed in seeds
+    ]
+    return Study(request, config, provenance, cohort, split, arms, seeds, runs)
+
+
+def write_study_record(study: Study) -> None:
+    request = study.request
+    write_json(
+        Path(request.output) / STUDY_FILE,
+        {
+            "command": request.command,
+            **study.provenance,
+            "data": str(request.data),
+            "arms": study.arms,
+            "seeds": study.seeds,
+            "device": request.device,
+            "ray": request.ray,
+            "threads": request.threads,
+            "classes": study.cohort.class_names,
+            "split": study.split.to_dict(),
+            "slices": study.cohort.slice_counts(),
+            "config": study.config.to_dict(),
+            "environment": environment(),
+        },
+    )
+
+
+def summary_line(record: dict[str, Any], metric: str) -> str:
+    last = record["rounds"][-1]
+    value = last["metrics"].get(metric)
+    shown = "n/a" if value is None else f"{value:.3f}"
+    seconds = sum(sum(r["seconds"].values()) for r in record["rounds"])
+    return (
+        f"{record['arm']:>24} seed {record['seed']}: {len(record['rounds'])} rounds, {metric} {shown} at "
+        f"{last['labeled_percent']:.1f} % labeled, {seconds:.0f} s"
+    )
+
+
+def run_serially(study: Study, quiet: bool = False) -> list[dict[str, Any]]:
+    records = []
+    for spec in study.runs:
+        with TqdmProgress(f"{spec.arm} seed {spec.seed}", disable=quiet) as bar:
+            record = run_session(spec, bar)
+        records.append(record)
+        print(summary_line(record, study.config.report.metric), file=sys.stderr)
+    return records
+
+
+def run_on_ray(study: Study, address: str) -> list[dict[str, Any]]:
+    """Each run as one Ray task (1 GPU each on CUDA, else ``threads`` CPUs); records gathered into the study folder
+    as the tasks finish. The study folder must be on a file system the workers share."""
+    import ray
+
+    from ..device import resolve_device
+
+    if not ray.is_initialized():
+        ray.init(address=None if address == "auto" else address, log_to_driver=False)
+    gpus = 1 if resolve_device(study.request.device).type == "cuda" else 0
+    cpus = (study.runs[0].threads or 1) if study.runs else 1
+    task = ray.remote(num_cpus=cpus, num_gpus=gpus)(run_session)
+    pending = {task.remote(spec): spec for spec in study.runs}
+    records = []
+    while pending:
+        finished, _ = ray.wait(list(pending), num_returns=1)
+        spec = pending.pop(finished[0])
+        record = ray.get(finished[0])
+        write_json(spec.folder / "run.json", record)  # also when the worker's disk is not the driver's
+        records.append(record)
+        print(summary_line(record, study.config.report.metric), file=sys.stderr)
+    return sorted(records, key=lambda r: [(s.arm, s.seed) for s in study.runs].index((r["arm"], r["seed"])))
+
+
+def run_study(request: StudyRequest, quiet: bool = False) -> Path:
+    """Run a study end to end (or continue it with ``request.resume``) and write its report; returns the report
+    folder."""
+    from .report import write_report
+
+    started = time.perf_counter()
+    with TqdmProgress("preparing the cohort", disable=quiet) as bar:
+        study = prepare_study(request, bar)
+    write_study_record(study)
+    done = sum(1 for spec in study.runs if (spec.folder / "run.json").is_file())
+    print(
+        f"{request.protocol} at scale {request.scale}: {len(study.arms)} strategies x {len(study.seeds)} seeds"
+        f"{' + the fully supervised reference' if study.config.supervised_reference else ''}, {len(study.runs)} runs"
+        f" ({done} already finished); cohort {len(study.cohort.names)} subjects ({len(study.split.training)} "
+        f"training, {len(study.split.validation)} validation, {len(study.split.test)} test)",
+        file=sys.stderr,
+    )
+    if request.ray:
+        run_on_ray(study, request.ray)
+    else:
+        run_serially(study, quiet)
+    folder = write_report(Path(request.output))
+    print(f"Study finished in {time.perf_counter() - started:.0f} s; report in {folder}", file=sys.stderr)
+    return folder
