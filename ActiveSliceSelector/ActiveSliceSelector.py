@@ -107,8 +107,11 @@ class ActiveSliceSelectorWidget(SessionWidgetMixin, ScriptedLoadableModuleWidget
         self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathChanged)
         self.ui.updateModelButton.connect("clicked(bool)", self.onUpdateModel)
         self.ui.predictButton.connect("clicked(bool)", self.onPredict)
-        self.ui.nextButton.setShortcut("Ctrl+]")
-        self.ui.previousButton.setShortcut("Ctrl+[")
+        import qt  # the application's Qt; absent where only the Logic runs (slicer-core)
+
+        # PythonQt has no str -> QKeySequence conversion: a plain string here would abort setup()
+        self.ui.nextButton.setShortcut(qt.QKeySequence("Ctrl+]"))
+        self.ui.previousButton.setShortcut(qt.QKeySequence("Ctrl+["))
         self.startSession()
 
     def populateChoices(self) -> None:

@@ -8,7 +8,7 @@ import slicer
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
-from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import *
 from slicer.util import VTKObservationMixin
 
@@ -72,7 +72,7 @@ class SpatialPropagationParameterNode:
     method: str = "sdf"
     annotatedSlices: str = ""
     modelPath: str = ""
-    mostConfident: int = 0
+    mostConfident: Annotated[int, WithinRange(0, 10000)] = 0  # the .ui spin box's range; never negative
     autoUpdate: bool = False
 
 

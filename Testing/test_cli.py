@@ -63,7 +63,7 @@ def test_rank_writes_the_csv_and_a_run_record(chest_files, tmp_path):
         rows = list(csv.DictReader(file))
     assert list(rows[0]) == ["rank", "slice", "score"]
     assert [int(r["slice"]) for r in rows] == [1, 11, 21, 31]
-    record = json.loads((tmp_path / "ranking.run.json").read_text())
+    record = json.loads((tmp_path / "ranking.csv.run.json").read_text())
     assert record["configuration"]["options"] == {"interval": 10}
     assert record["environment"]["versions"]["numpy"] == np.__version__
 
@@ -127,7 +127,7 @@ def test_propagate_to_seg_nrrd_keeps_annotated_slices_and_segments(chest_files, 
     tags = written["segments"][4]["tags"]
     assert tags["SpatialAL.AnnotatedSlices"] == ",".join(map(str, annotated))
     assert tags["SpatialAL.PropagationMethod"] == "sdf"
-    record = json.loads((tmp_path / "out.run.json").read_text())
+    record = json.loads((tmp_path / "out.seg.nrrd.run.json").read_text())
     assert record["results"]["propagated_slices"] == [k for k in range(34) if k % 3]
 
 
@@ -183,8 +183,56 @@ def test_propagate_to_a_nifti_label_map_keeps_label_values(chest_files, tmp_path
             "'x' is not a slice index",
         ),
         (["propagate", "{image}", "{truth}", "--output", "{out}/p.seg.nrrd"], "No annotated slice"),
+        (["propagate", "{image}", "{truth}", "--annotated", "0,11,8-4", "--output", "{out}/p.nrrd"], "write it low to"),
+        (["propagate", "{image}", "{truth}", "--annotated", "-1,6", "--output", "{out}/p.nrrd"], "index -1 is out of"),
+        (
+            [
+                "propagate",
+                "{image}",
+                "{truth}",
+                "--annotated",
+                "0,9",
+                "--option",
+                "tip_fraction=abc",
+                "--output",
+                "{out}/p.nrrd",
+            ],
+            "option tip_fraction must be float, got 'abc'",
+        ),
+        (
+            [
+                "rank",
+                "{image}",
+                "--strategy",
+                "fixed_interval",
+                "--budget",
+                "3",
+                "--option",
+                "interval=2.5",
+                "--output",
+                "{out}/r.csv",
+            ],
+            "option interval must be int, got 2.5",
+        ),
+        (
+            [
+                "train",
+                "{image}",
+                "{truth}",
+                "--annotated",
+                "0,9",
+                "--option",
+                "learning_rate=fast",
+                "--output",
+                "{out}/m.pt",
+            ],
+            "training option learning_rate must be float, got 'fast'",
+        ),
         (["propagate", "{image}", "{truth}", "--annotated", "0,34", "--output", "{out}/p.seg.nrrd"], "index 34"),
         (["propagate", "{image}", "{truth}", "--annotated", "0,9", "--output", "{truth}"], "is an input file"),
+        (["rank", "{image}", "--strategy", "random", "--budget", "3", "--output", "{truth}/r.csv"], "is a file, not a"),
+        (["rank", "{image}", "--strategy", "random", "--budget", "3", "--output", "{out}"], "is a folder; give a file"),
+        (["demo", "--output", "{truth}"], "is a file; give a folder"),
         (
             ["propagate", "{image}", "{out}/missing.seg.nrrd", "--annotated", "0", "--output", "{out}/p.seg.nrrd"],
             "does not exist",
@@ -230,12 +278,15 @@ def test_train_then_fine_tune_then_predict_round_trip(small_files, tmp_path, cap
     model = tmp_path / "model.pt"
     common = ["--max-epochs", "2", "--option", "augment=False", "--device", "cpu", "--quiet"]
     assert main(["train", image, labels, "--annotated", "0,4,8", "--output", str(model), *common]) == 0
-    record = json.loads((tmp_path / "model.run.json").read_text())
+    record = json.loads((tmp_path / "model.pt.run.json").read_text())
     assert record["results"]["round"] == 0 and len(record["results"]["history"]) == 2
     assert record["configuration"]["annotated"] == [0, 4, 8] and "versions" in json.dumps(record)
 
     tuned = tmp_path / "tuned.pt"
     arguments = ["train", image, labels, "--annotated", "0,4,8,9", "--resume", str(model), "--output", str(tuned)]
+    kept = model.read_bytes()
+    assert main([*arguments[:-1], str(model), *common]) == 2  # the previous round's checkpoint is an input
+    assert "is an input file" in capsys.readouterr().err and model.read_bytes() == kept
     assert main([*arguments, *common]) == 0
     assert "round 1" in capsys.readouterr().out
 
@@ -275,7 +326,7 @@ def test_rank_with_a_trained_model_and_without_one(small_files, tmp_path, capsys
     with ranking.open() as file:
         picked = [int(row["slice"]) for row in csv.DictReader(file)]
     assert len(picked) == 3 and not {0, 9} & set(picked) and np.diff(sorted(picked)).min() >= 2
-    record = json.loads((tmp_path / "ranking.run.json").read_text())
+    record = json.loads((tmp_path / "ranking.csv.run.json").read_text())
     assert record["configuration"]["model_config"]["class_names"] == ["disc", "square"]
     assert main([*arguments, "--strategy", "entropy"]) == 2
     assert "--model CKPT" in capsys.readouterr().err
@@ -302,7 +353,7 @@ def test_propagate_with_a_star_model_keeps_the_most_confident_slices(small_files
     segmentation = slicerio.read_segmentation(str(output))  # IJK: slices are the last axis
     for slice_index in (int(r["slice"]) for r in dropped):
         assert not segmentation["voxels"][..., slice_index].any()
-    record = json.loads((tmp_path / "star.run.json").read_text())
+    record = json.loads((tmp_path / "star.seg.nrrd.run.json").read_text())
     assert record["configuration"]["model_config"]["star"] and record["results"]["propagated_slices"] == kept
     assert main([*arguments, "--quiet"]) == 2
     assert "needs a trained model" in capsys.readouterr().err
@@ -334,7 +385,7 @@ def test_propagate_writes_the_slice_confidence_csv(chest_files, tmp_path, capsys
     status = {int(r["slice"]): r["status"] for r in rows}
     assert [k for k, s in status.items() if s == "annotated"] == [5, 15, 25]
     assert [k for k, s in status.items() if s == "unreached"] == [*range(5), *range(26, 34)]
-    record = json.loads((tmp_path / "out.run.json").read_text())["results"]["slice_confidence"]
+    record = json.loads((tmp_path / "out.seg.nrrd.run.json").read_text())["results"]["slice_confidence"]
     for row in rows:  # the CSV and the run record agree
         expected = record[int(row["slice"])]
         assert (
@@ -382,3 +433,18 @@ def test_speedups_compare_each_row_with_contour_of_the_same_dataset_and_interval
     compared = speedups(rows)
     assert (compared[1]["speedup"], compared[1]["speedup_in_process"], compared[1]["dice_gain"]) == (24.0, 4.0, 0.1)
     assert compared[2]["speedup"] is None and compared[2]["dice_gain"] is None
+
+
+def test_a_batch_size_below_one_and_ctrl_c_get_messages_not_tracebacks(chest_files, tmp_path, capsys, monkeypatch):
+    image, _ = chest_files
+    arguments = ["rank", str(image), "--strategy", "random", "--budget", "3", "--output", str(tmp_path / "r.csv")]
+    with pytest.raises(SystemExit) as exit_status:
+        main([*arguments, "--batch-size", "0"])
+    assert exit_status.value.code == 2 and "must be at least 1, got 0" in capsys.readouterr().err
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("spatial_al.selection.rank", interrupted)
+    assert main([*arguments, "--quiet"]) == 130
+    assert "Cancelled (Ctrl+C)" in capsys.readouterr().err and not (tmp_path / "r.csv").exists()

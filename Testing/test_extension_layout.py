@@ -100,3 +100,30 @@ def test_dependency_installer_checks_every_requirement():
 def test_package_version_matches_pyproject():
     pyproject = tomllib.loads((REPOSITORY / "pyproject.toml").read_text())
     assert spatial_al.__version__ == pyproject["project"]["version"]
+
+
+def parameter_annotations(name):
+    """Field name -> annotation source of the module's @parameterNodeWrapper class."""
+    for node in ast.parse(module_source(name)).body:
+        if isinstance(node, ast.ClassDef) and any(
+            getattr(d, "id", "") == "parameterNodeWrapper" for d in node.decorator_list
+        ):
+            return {
+                item.target.id: ast.unparse(item.annotation) for item in node.body if isinstance(item, ast.AnnAssign)
+            }
+    raise AssertionError(f"{name}.py has no @parameterNodeWrapper class")
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_every_integer_parameter_has_a_range(name):
+    # without one, Slicer's connector gives the spin box the full int32 range over the .ui's, negatives included
+    unbounded = [f for f, annotation in parameter_annotations(name).items() if annotation == "int"]
+    assert not unbounded
+    assert all("WithinRange" in a for a in parameter_annotations(name).values() if a.startswith("Annotated[int"))
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_shortcuts_are_key_sequences(name):
+    calls = [node for node in ast.walk(ast.parse(module_source(name))) if isinstance(node, ast.Call)]
+    shortcuts = [call for call in calls if getattr(call.func, "attr", "") == "setShortcut"]
+    assert all(ast.unparse(call.args[0]).startswith("qt.QKeySequence(") for call in shortcuts)

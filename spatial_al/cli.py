@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -46,10 +47,40 @@ def parse_options(pairs: Sequence[str]) -> dict[str, Any]:
 
 
 def run_record_path(output: Path) -> Path:
-    """``out.seg.nrrd`` -> ``out.run.json`` (the record of the run that wrote ``output``)."""
-    name = output.name
-    suffix = file_suffix(output)
-    return output.with_name((name[: -len(suffix)] if suffix else name) + ".run.json")
+    """``case1.seg.nrrd`` -> ``case1.seg.nrrd.run.json``: the record of the run that wrote ``output``, named after
+    the whole file name so outputs that share a stem (``case1.csv``, ``case1.seg.nrrd``) keep their own records."""
+    return output.with_name(output.name + ".run.json")
+
+
+def writable_output(path: str | Path, folder: bool = False) -> Path:
+    """``path`` checked before any work: a file (or with ``folder`` a folder) that can be written there.
+
+    Raises:
+        CommandLineError: the path is a folder where a file is asked (or the reverse), or its folder cannot be
+            created or written; the message says which and what to do.
+    """
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        wanted = "a folder" if folder else "a file name"
+        raise CommandLineError(f"--output {str(path)!r} is {'a file' if folder else 'a folder'}; give {wanted}.")
+    parent = path if folder else path.parent
+    existing = next((p for p in (parent, *parent.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise CommandLineError(f"--output {str(path)!r} cannot be written: {str(existing)!r} is a file, not a folder.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise CommandLineError(f"--output {str(path)!r} cannot be written: the folder {str(existing)!r} is read-only.")
+    return path
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def refuse_overwriting_inputs(output: Path, inputs: Sequence[str | Path | None]) -> None:
@@ -92,7 +123,7 @@ def command_rank(args: argparse.Namespace) -> None:
     from .learning import select_segments
     from .selection import rank
 
-    output = Path(args.output)
+    output = writable_output(args.output)
     refuse_overwriting_inputs(output, [args.image, args.labels, args.model])
     timer = Timer()
     with timer("load"):
@@ -148,7 +179,7 @@ def command_rank(args: argparse.Namespace) -> None:
 def command_propagate(args: argparse.Namespace) -> None:
     from .session import annotation_only, propagate_segmentation
 
-    output = Path(args.output)
+    output = writable_output(args.output)
     confidence_output = Path(args.confidence_output) if args.confidence_output else None
     refuse_overwriting_inputs(output, [args.image, args.segmentation, args.model])
     require_segmentation_suffix(output)
@@ -228,8 +259,9 @@ def write_slice_confidence(path: Path, confidence: np.ndarray, status: np.ndarra
     unreached)."""
     import csv
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as file:
+    from .files import atomic_path
+
+    with atomic_path(path) as temporary, temporary.open("w", newline="") as file:
         writer = csv.writer(file)
         writer.writerow(["slice", "status", "confidence"])
         for index, (value, name) in enumerate(zip(confidence, status, strict=True)):
@@ -240,8 +272,8 @@ def command_train(args: argparse.Namespace) -> None:
     from .learning import train_on_stack
     from .training import TrainingConfig, read_checkpoint
 
-    output = Path(args.output)
-    refuse_overwriting_inputs(output, [args.image, args.segmentation, args.pseudo])
+    output = writable_output(args.output)
+    refuse_overwriting_inputs(output, [args.image, args.segmentation, args.pseudo, args.resume])
     if not output.name.endswith(".pt"):
         raise CommandLineError(f"--output {str(output)!r}: a model checkpoint is written as a .pt file.")
     timer = Timer()
@@ -308,7 +340,7 @@ def command_predict(args: argparse.Namespace) -> None:
     from .learning import predict_segmentation
     from .training import load_model
 
-    output = Path(args.output)
+    output = writable_output(args.output)
     refuse_overwriting_inputs(output, [args.image, args.model])
     require_segmentation_suffix(output)
     timer = Timer()
@@ -330,7 +362,7 @@ def command_predict(args: argparse.Namespace) -> None:
 def command_benchmark(args: argparse.Namespace) -> None:
     from .device import resolve_device
 
-    output = Path(args.output or f"benchmark-{args.name}.json")
+    output = writable_output(args.output or f"benchmark-{args.name}.json")
     names = [name.strip() for name in args.names.split(",")] if args.names else None
     timer = Timer()
     device = resolve_device(args.device)
@@ -385,7 +417,7 @@ def command_demo(args: argparse.Namespace) -> None:
         else:
             scene_writer = writeSessionScene
     with TqdmProgress("demo", disable=args.quiet) as bar:
-        report = run_demo(args.output, scene_writer=scene_writer, progress=bar)
+        report = run_demo(writable_output(args.output, folder=True), scene_writer=scene_writer, progress=bar)
     results = report["results"]
     print(
         f"Demo: {len(results['annotated_slices'])} of {results['n_slices']} slices annotated, "
@@ -421,7 +453,7 @@ def command_experiment(args: argparse.Namespace) -> None:
     request = StudyRequest(
         protocol=args.protocol,
         data=args.data,
-        output=Path(args.output),
+        output=writable_output(args.output, folder=True),
         scale=args.scale,
         config_file=Path(args.config) if args.config else None,
         arms=[name.strip() for name in args.strategies.split(",")] if args.strategies else None,
@@ -500,7 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
     rank.add_argument("--segments", help="comma-separated segments of --labels the model knows (default: all)")
     rank.add_argument("--min-spacing", type=int, default=0, help="picks at least this many slices apart (default 0)")
     rank.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
-    rank.add_argument("--batch-size", type=int, default=8, help="slices per forward pass (default 8)")
+    rank.add_argument("--batch-size", type=positive_int, default=8, help="slices per forward pass (default 8)")
     add_volume_arguments(rank)
     rank.set_defaults(handler=command_rank)
 
@@ -527,7 +559,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     propagate.add_argument("--seed", type=int, default=0, help="random seed of learned methods (default 0)")
     propagate.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
-    propagate.add_argument("--batch-size", type=int, default=8, help="slices per forward pass (default 8)")
+    propagate.add_argument("--batch-size", type=positive_int, default=8, help="slices per forward pass (default 8)")
     add_volume_arguments(propagate)
     propagate.set_defaults(handler=command_propagate)
 
@@ -553,7 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", required=True, metavar="CKPT", help="checkpoint written by spatial-al train")
     predict.add_argument("--output", required=True, help="output .seg.nrrd (segment names kept) or label map")
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
-    predict.add_argument("--batch-size", type=int, default=8, help="slices per forward pass (default 8)")
+    predict.add_argument("--batch-size", type=positive_int, default=8, help="slices per forward pass (default 8)")
     predict.add_argument("--channel", type=int, default=None, help="channel of a 4D (multi-modal) image")
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
     predict.set_defaults(handler=command_predict)
@@ -569,7 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
     ranking.add_argument("--slices", type=int, default=300, help="slices of the volume (default 300)")
     ranking.add_argument("--budget", type=int, default=10, help="slices to pick (default 10)")
     ranking.add_argument("--preset", default="unet-small", help="model of the model-based strategies (unet-small)")
-    ranking.add_argument("--batch-size", type=int, default=8, help="slices per forward pass (default 8)")
+    ranking.add_argument("--batch-size", type=positive_int, default=8, help="slices per forward pass (default 8)")
     propagation = kinds.add_parser("propagation", help="time and Dice of propagation methods against contour")
     propagation.add_argument("--methods", dest="names", help="comma-separated methods (default: every method)")
     propagation.add_argument(
@@ -619,13 +651,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Options whose value may start with "-" (a negative index): argparse would read "-1,6" as an option.
+DASH_VALUE_OPTIONS = ("--annotated",)
+
+
+def joined_dash_values(argv: Sequence[str]) -> list[str]:
+    """``[..., "--annotated", "-1,6"]`` -> ``[..., "--annotated=-1,6"]``, so the value reaches the slice parser, which
+    then says what is wrong with it."""
+    joined: list[str] = []
+    for token in argv:
+        if joined and joined[-1] in DASH_VALUE_OPTIONS and token.startswith("-") and token[1:2].isdigit():
+            joined[-1] = f"{joined[-1]}={token}"
+        else:
+            joined.append(token)
+    return joined
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(joined_dash_values(sys.argv[1:] if argv is None else argv))
     try:
         args.handler(args)
     except OperationCancelled as error:
         print(f"spatial-al: {error}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("spatial-al: Cancelled (Ctrl+C); every file written so far is complete.", file=sys.stderr)
         return 130
     except (ValueError, KeyError, FileNotFoundError, FloatingPointError, GeometryMismatchError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error

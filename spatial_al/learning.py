@@ -152,6 +152,13 @@ def train_on_stack(
         candidates = range(stack.n_slices) if pseudo_slices is None else pseudo_slices
         used_pseudo = sorted(set(normalize_slice_indices(candidates, stack.n_slices).tolist()) - set(annotated_slices))
         pseudo_segments = [s for s in pseudo_labels.segments if s.name in model_config.class_names]
+        absent = [name for name in model_config.class_names if name not in {s.name for s in pseudo_segments}]
+        if absent:
+            raise ValueError(
+                f"The pseudo-labels have no segment named {', '.join(map(repr, absent))}; their segments are "
+                f"{', '.join(s.name for s in pseudo_labels.segments) or 'none'}. Pseudo-label segments must have the "
+                "names of the segments being learned."
+            )
         examples.extend(
             slice_examples(
                 image,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .files import atomic_path
 from .volume import Geometry, Segment
 
 # Screen (right, up) directions in RAS of Slicer's default views, keyed by the RAS axis of the slice normal.
@@ -145,6 +146,7 @@ def render_overview(
     if title:
         figure.suptitle(title, color="white", fontsize=11)
     figure.tight_layout(rect=(0, 0.06, 1, 0.97))
-    figure.savefig(path, dpi=90, facecolor=figure.get_facecolor())
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=90, facecolor=figure.get_facecolor())
     plt.close(figure)
     return path

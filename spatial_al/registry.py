@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -62,11 +63,15 @@ class Registry(Generic[T]):
         return f"Unknown {self.kind} {name!r}.{hint} Valid {self.kind} names: {', '.join(valid)}."
 
     def check_options(self, name: str, options: dict) -> None:
-        """Raise ValueError naming the accepted options when ``options`` has a key ``name``'s component lacks.
+        """Raise ValueError when ``options`` has a key ``name``'s component lacks (naming the accepted options), or a
+        value of another type than the option declares (naming both).
 
-        Options are the component's keyword-only parameters.
+        Options are the component's keyword-only parameters; their annotations are their types.
         """
-        parameters = inspect.signature(self.get(name)).parameters.values()
+        from .typed import ConfigError, convert
+
+        component = self.get(name)
+        parameters = inspect.signature(component).parameters.values()
         accepted = [p.name for p in parameters if p.kind == p.KEYWORD_ONLY]
         unknown = sorted(set(options) - set(accepted))
         if unknown:
@@ -74,6 +79,12 @@ class Registry(Generic[T]):
                 f"The {self.kind} {name!r} has no option {unknown[0]!r}; "
                 f"its options are: {', '.join(accepted) or 'none'}."
             )
+        types = typing.get_type_hints(component)
+        for option, value in options.items():
+            try:
+                convert(value, types.get(option, typing.Any), f"option {option}")
+            except ConfigError as error:
+                raise ConfigError(f"The {self.kind} {name!r}: {error}") from None
 
     def names(self) -> list[str]:
         return sorted(self._entries)

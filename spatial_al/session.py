@@ -63,8 +63,9 @@ def assemble_layers(segments: Sequence[Segment], masks: Sequence[np.ndarray]) ->
     shape = masks[0].shape if masks else (0, 0, 0)
     layers: list[np.ndarray] = []
     placed: list[Segment] = []
-    max_value = max((s.label_value for s in segments), default=1)
-    dtype = np.uint8 if max_value < 255 else np.uint16
+    # a moved segment may take the next free value of its layer: leave room for one more value per segment
+    largest = max((s.label_value for s in segments), default=1) + len(segments)
+    dtype = np.uint8 if largest <= 255 else np.uint16 if largest <= 65535 else np.uint32
     for segment, mask in zip(segments, masks, strict=True):
         preferred = [segment.layer] + [i for i in range(len(layers)) if i != segment.layer]
         for layer_index in preferred:

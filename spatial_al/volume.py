@@ -183,24 +183,47 @@ def resolve_slice_axis(axis: int | str, geometry: Geometry) -> int:
 
 
 def parse_slice_list(text: str) -> list[int]:
-    """``"0,10,20"`` or with ranges ``"0-4,10"`` -> sorted unique slice indices (no range check)."""
+    """``"0,10,20"`` or with ranges ``"0-4,10"`` -> sorted unique slice indices (no range check).
+
+    Raises:
+        ValueError: a token that is not an index or a range, or a range written from high to low (``8-4``), which
+            would otherwise select nothing silently.
+    """
     slices: set[int] = set()
     for token in (t.strip() for t in text.split(",")):
         if not token:
             continue
         first, separator, last = token.partition("-") if "-" in token[1:] else (token, "", "")
         try:
-            slices.update(range(int(first), int(last) + 1) if separator else [int(first)])
+            low, high = int(first), int(last) if separator else int(first)
         except ValueError:
             raise ValueError(f"{token!r} is not a slice index or range (write e.g. 0,10,20 or 0-5).") from None
+        if high < low:
+            raise ValueError(f"The range {token!r} runs backwards; write it low to high: {high}-{low}.")
+        slices.update(range(low, high + 1))
     return sorted(slices)
 
 
 def normalize_slice_indices(slices: Iterable[int], n_slices: int, what: str = "annotated slice") -> np.ndarray:
-    """Sorted unique slice indices as an int array; raises ValueError for an index outside ``[0, n_slices)``."""
+    """Sorted unique slice indices as an int array.
+
+    ``slices`` is indices, or a boolean mask with one value per slice (True = selected).
+
+    Raises:
+        ValueError: an index outside ``[0, n_slices)``, a non-integer index, or a boolean mask of another length.
+    """
     values = np.asarray(list(slices) if not isinstance(slices, np.ndarray) else slices)
+    if values.dtype == bool:
+        if values.shape != (n_slices,):
+            raise ValueError(
+                f"A boolean mask of {what}s needs one value per slice ({n_slices}), got shape {values.shape}; pass "
+                "the indices instead (e.g. numpy.flatnonzero(mask))."
+            )
+        return np.flatnonzero(values).astype(np.int64)
     if values.size == 0:
         return np.zeros(0, dtype=np.int64)
+    if not np.issubdtype(values.dtype, np.number):
+        raise ValueError(f"{what.capitalize()} indices must be whole numbers, got {values.tolist()}.")
     if not np.issubdtype(values.dtype, np.integer):
         if not np.all(np.equal(np.mod(values, 1), 0)):
             raise ValueError(f"Slice indices must be whole numbers, got {values.tolist()}.")

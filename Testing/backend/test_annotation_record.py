@@ -120,3 +120,11 @@ def test_nothing_to_fill_leaves_the_segmentation_as_it_is():
     result = propagate_segmentation(segmentation, [0, 1])
     np.testing.assert_array_equal(result.segmentation.label_layers[0], labels)
     assert result.propagated.size == 0
+
+
+def test_label_values_above_65535_are_kept():
+    masks = [np.zeros((2, 3, 3), bool) for _ in range(2)]
+    masks[0][0, 0, 0] = masks[1][1, 1, 1] = True
+    layers, placed = assemble_layers([Segment("a", 70000), Segment("b", 300)], masks)
+    assert layers.dtype == np.uint32 and layers[0, 0, 0, 0] == 70000 and layers[0, 1, 1, 1] == 300
+    assert [s.label_value for s in placed] == [70000, 300]

@@ -200,3 +200,17 @@ def test_msd_folder_problems_are_named(tmp_path):
     (tmp_path / "labelsTr" / "spleen_7.nii.gz").unlink()
     with pytest.raises(FileNotFoundError, match=re.escape("spleen_7.nii.gz")):
         MSDDataset(tmp_path)
+
+
+def test_segments_sharing_a_name_are_refused_with_their_label_values():
+    labels = np.zeros((1, 2, 2, 2), np.uint8)
+    segments = (Segment("lung", 1), Segment("heart", 2), Segment("lung", 3, layer=0))
+    with pytest.raises(ValueError, match=r"share a name \('lung': label 1 \(layer 0\), label 3 \(layer 0\)\)"):
+        Segmentation(labels, segments, Geometry((2, 2, 2)))
+
+
+def test_an_empty_segmentation_file_is_named_as_such(tmp_path):
+    empty = tmp_path / "empty.seg.nrrd"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"is an empty file \(0 bytes\)"):
+        read_segmentation(empty)

@@ -208,3 +208,8 @@ def test_the_paper_sdf_variant_is_less_is_mores_formula_and_skips_labels_that_do
     assert (shrinking.labels[1] == 2).any()  # the default variant lets a one-sided structure taper instead
     with pytest.raises(ValueError, match="variant must be one of shrink_tips, paper"):
         spatial_al.propagate(labels, [0, 4], "sdf", variant="pixels")
+
+
+def test_label_layers_of_different_shapes_are_refused_naming_them():
+    with pytest.raises(ValueError, match=r"must share one shape .*\(5, 4, 4\), \(5, 4, 3\)"):
+        spatial_al.propagate([np.zeros((5, 4, 4), np.uint8), np.zeros((5, 4, 3), np.uint8)], [0, 4])

@@ -206,3 +206,11 @@ def test_stratified_random_keeps_scans_equally_annotated_one_slice_per_scan_whil
     }
     with pytest.raises(ValueError, match="within must be 'strata' or 'random'"):
         spatial_al.selection.rank_cohort(volumes, "stratified", 3, within="grid")
+
+
+def test_a_grid_that_meets_annotated_slices_fills_its_budget_with_the_farthest_slices():
+    ranking = spatial_al.rank(IMAGE, "fixed_interval", 5, annotated=[0, 10, 20, 30])
+    # the grid 0, 8, 16, 24, 32 loses 0 to the annotation; slice 4 is then the farthest from every taken slice
+    assert ranking.slices.tolist() == [4, 8, 16, 24, 32]
+    full = spatial_al.rank(IMAGE, "fixed_interval", 10, annotated=[0, 10, 20, 30])
+    assert len(full) == 10 and not {0, 10, 20, 30} & set(full.slices.tolist())

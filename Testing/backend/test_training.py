@@ -294,6 +294,11 @@ def test_bad_input_gets_errors_that_name_the_fix(labeled_stack, tmp_path):
         train(more, resume=checkpoint, training=None)
     with pytest.raises(ValueError, match=r"axis 0, this run cuts along axis 1; pass --axis 0"):
         train(replace(labeled_stack, slice_axis=1, status=None, confidence=None), resume=checkpoint, training=None)
+    renamed = Segmentation(
+        labeled_stack.label_layers, (Segment("liver", 1), Segment("square", 2)), labeled_stack.geometry
+    )
+    with pytest.raises(ValueError, match="no segment named 'disc'; their segments are liver, square"):
+        train(labeled_stack, pseudo_labels=renamed)
 
     pickled = tmp_path / "pickled.pt"
     torch.save(SegmentationModel(tiny(class_names=("a",))), pickled)

@@ -124,3 +124,15 @@ def test_stack_refuses_labels_off_the_grid_and_probability_maps():
         SliceStack(None, np.zeros((3, 5, 7), np.uint8), (), Geometry((3, 5, 6)))
     with pytest.raises(ValueError, match="whole non-negative"):
         SliceStack.from_label_map(np.full((3, 4, 4), 0.5))
+
+
+def test_reversed_ranges_and_masks_of_another_length_are_refused_and_masks_are_read_as_masks():
+    with pytest.raises(ValueError, match="The range '8-4' runs backwards; write it low to high: 4-8"):
+        parse_slice_list("0,11,8-4")
+    mask = np.zeros(6, bool)
+    mask[[1, 4]] = True
+    np.testing.assert_array_equal(normalize_slice_indices(mask, 6), [1, 4])  # not the indices {0, 1}
+    with pytest.raises(ValueError, match=r"needs one value per slice \(6\), got shape \(2,\)"):
+        normalize_slice_indices(np.array([True, False]), 6)
+    with pytest.raises(ValueError, match=r"indices must be whole numbers, got \['a'\]"):
+        normalize_slice_indices(["a"], 6)

@@ -4,9 +4,10 @@ import json
 
 import pytest
 
-from spatial_al.experiments.config import ConfigError, DataConfig, ExperimentConfig, build, deep_merge
+from spatial_al.experiments.config import DataConfig, ExperimentConfig, deep_merge
 from spatial_al.experiments.protocols import PROTOCOLS, load_protocol, resolve_config
 from spatial_al.registry import UnknownNameError
+from spatial_al.typed import ConfigError, build
 
 
 @pytest.mark.parametrize("name", PROTOCOLS.names())

@@ -68,3 +68,20 @@ def test_the_session_state_round_trips_through_its_file(tmp_path):
     np.testing.assert_array_equal(loaded.pseudo["a"][3], masks["a"][3])
     assert loaded.labeled_count() == 2 and loaded.pseudo_count() == 1
     assert [p.name for p in tmp_path.iterdir()] == ["state.npz"]  # written through a temporary file, renamed
+
+
+def test_training_slices_stream_from_the_cache_and_validation_takes_every_nth_slice(tmp_path):
+    config, _ = resolve_config("star", "demo", "smoke")
+    source = open_source("demo", config.data)
+    cohort = build_cohort(source, config.data, tmp_path / "cache")
+    split = split_subjects(source.names, config.data.split, 0)
+    session = Session(RunSpec(tmp_path / "run", "STAR", 0, config, cohort.folder, split, "cpu"))
+    state = SessionState(
+        0, {s.name: [0, 5] for s in session.training_subjects}, {split.training[0]: {2: np.ones((4, 32, 32), np.uint8)}}
+    )
+    examples = session.training_examples(state)
+    assert all(isinstance(image, np.memmap) for image in examples.images)  # views into the cache, not copies
+    assert examples.annotated.count(False) == 1 and examples.weights[examples.annotated.index(False)] == 1.0
+    validation = session.validation_examples()
+    subject = cohort[split.validation[0]]
+    assert [index for _, index in validation.sources] == list(range(0, subject.n_slices, config.validation_stride))

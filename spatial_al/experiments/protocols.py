@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from ..registry import Registry
-from .config import SCALES, ConfigError, ExperimentConfig, build, deep_merge, read_mapping
+from ..typed import ConfigError, build
+from .config import SCALES, ExperimentConfig, deep_merge, read_mapping
 
 
 @dataclass(frozen=True)

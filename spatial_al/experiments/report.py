@@ -1,5 +1,5 @@
 """A study's report, rebuilt from its run folders alone (``runs/*/seed-*/run.json``): tables laid out like the
-paper's (mean ± std over seeds) as Markdown and CSV, learning curves and the protocol's extra figures as PNG.
+paper's (mean ± sample std over seeds) as Markdown and CSV, learning curves and the protocol's extra figures as PNG.
 
 - ``table.md`` / ``table.csv``: one row per strategy; columns at the protocol's labeled percents (each run's curve
   interpolated there) or rounds, then max(p) (the best test Dice a run reaches over its rounds) and S% (the labeled
@@ -44,12 +44,17 @@ def read_runs(study: str | Path) -> dict[str, list[dict[str, Any]]]:
     return dict(runs)
 
 
+def sample_std(values: Sequence[float]) -> float:
+    """Standard deviation over seeds with Bessel's correction (as "Less Is More"'s tables), 0 for a single seed."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
 def mean_std(values: Sequence[float | None], digits: int = 3) -> str:
-    """ "mean ± std" over the defined values (population std); "–" without any; "(k/n)" when some are missing."""
+    """Mean ± :func:`sample_std` over the defined values; "–" without any; "(k/n)" when some are missing."""
     defined = [v for v in values if v is not None]
     if not defined:
         return "–"
-    text = f"{np.mean(defined):.{digits}f} ± {np.std(defined):.{digits}f}"
+    text = f"{np.mean(defined):.{digits}f} ± {sample_std(defined):.{digits}f}"
     return text if len(defined) == len(values) else f"{text} ({len(defined)}/{len(values)})"
 
 
@@ -117,6 +122,8 @@ def pseudo_label_values(record: dict[str, Any]) -> tuple[float | None, float | N
 
 
 def main_table(runs, report, order, title: str) -> tuple[str, str]:
+    """The main table as Markdown (mean ± std per cell; the reference row last) and as CSV (one row per strategy and
+    column: mean, std, runs)."""
     rows, reference = table_rows(runs, report, order)
     columns = list(rows[0][2]) if rows else []
     header = ["strategy", *columns]
@@ -129,11 +136,11 @@ def main_table(runs, report, order, title: str) -> tuple[str, str]:
     for arm, description, values in rows:
         for column in columns:
             defined = [v for v in values[column] if v is not None]
-            statistics = [np.mean(defined), np.std(defined)] if defined else ["", ""]
+            statistics = [np.mean(defined), sample_std(defined)] if defined else ["", ""]
             csv_rows.append([arm, description, column, *statistics, len(defined)])
     if reference:
         values = list(reference.values())
-        csv_rows.append([REFERENCE_ARM, "fully supervised", "100 %", np.mean(values), np.std(values), len(values)])
+        csv_rows.append([REFERENCE_ARM, "fully supervised", "100 %", np.mean(values), sample_std(values), len(values)])
     metric = METRIC_NAMES.get(report["metric"], report["metric"])
     text = f"# {title}\n\n{metric} on the test subjects, mean ± std over seeds.\n\n" + markdown_table(
         header, markdown_rows
@@ -173,6 +180,8 @@ def write_report(study: str | Path) -> Path:
 
 
 def write_pseudo_label_tables(runs, order, folder: Path) -> None:
+    """``pseudo_labels.md`` for the strategies that make pseudo-labels, and for interpolated strided blocks
+    ``pseudo_labels_by_block.md`` ("Less Is More"'s Table 10 layout: method and block order by block size)."""
     rows, by_block = [], defaultdict(dict)
     for arm in [a for a in order if a in runs]:
         arm_config = runs[arm][0]["arm_config"]
@@ -209,6 +218,8 @@ def write_pseudo_label_tables(runs, order, folder: Path) -> None:
 
 
 def write_ablation(runs, report, folder: Path) -> None:
+    """``ablation.md``: the protocol's ablation rows (components -> strategy) with the table's percent columns, max(p)
+    and the mean Dice of each round's new pseudo-labels."""
     percent_columns = [f"{p:g} %" for p in report["percents"]] if report["curve_axis"] == "percent" else []
     rows, _ = table_rows(runs, report, list(report["ablation"].values()))
     by_arm = {arm: values for arm, _, values in rows}
@@ -226,6 +237,7 @@ def write_ablation(runs, report, folder: Path) -> None:
 
 
 def save_figure(figure, path: Path) -> None:
+    """Save a matplotlib figure as PNG atomically and close it."""
     import matplotlib.pyplot as plt
 
     with atomic_path(path) as temporary:
@@ -240,10 +252,12 @@ def averaged_by_round(records, value) -> tuple[np.ndarray, np.ndarray, np.ndarra
     y = np.array([[np.nan if value(r) is None else value(r) for r in record["rounds"][:rounds]] for record in records])
     with warnings.catch_warnings():  # rounds without a value (e.g. no pseudo-labels in the last round) stay NaN
         warnings.simplefilter("ignore", RuntimeWarning)
-        return np.arange(rounds), x.mean(0), np.nanmean(y, 0), np.nanstd(y, 0)
+        return np.arange(rounds), x.mean(0), np.nanmean(y, 0), np.nanstd(y, 0, ddof=1 if len(records) > 1 else 0)
 
 
 def plot_curves(runs, report, order, path: Path) -> None:
+    """The learning curves: the table's metric per round against percent labeled (or round), mean ± std band per
+    strategy, the fully supervised Dice as a dashed line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -267,6 +281,7 @@ def plot_curves(runs, report, order, path: Path) -> None:
 
 
 def plot_pseudo_labels(runs, order, path: Path) -> None:
+    """Dice of each round's new pseudo-labels, per strategy that makes them (STAR's Fig. 3b); nothing without any."""
     import matplotlib
 
     matplotlib.use("Agg")

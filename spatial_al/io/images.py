@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from ..files import atomic_path
 from ..volume import Geometry, check_scalar_volume
 
 LABEL_MAP_SUFFIXES = (".nrrd", ".nii.gz", ".nii", ".mha", ".mhd")
@@ -93,8 +94,11 @@ def read_volume(path: str | Path, channel: int | None = None, what: str = "image
 
 
 def write_volume(path: str | Path, array: np.ndarray, geometry: Geometry, compress: bool = True) -> Path:
-    """Write a KJI array on ``geometry`` to any format SimpleITK writes (chosen by the file suffix)."""
+    """Write a KJI array on ``geometry`` to a single-file format SimpleITK writes (chosen by the file suffix),
+    atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sitk.WriteImage(to_sitk_image(array, geometry), str(path), useCompression=compress)
+    if file_suffix(path) in (".mhd", ".hdr", ".img"):
+        raise ValueError(f"{str(path)!r} is a two-file format; write a single file (.nrrd, .nii.gz, .nii, .mha).")
+    with atomic_path(path) as temporary:
+        sitk.WriteImage(to_sitk_image(array, geometry), str(temporary), useCompression=compress)
     return path

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from ..files import atomic_path
 from ..volume import Geometry, GeometryMismatchError, Segment, check_label_dtype
 from .images import file_suffix, geometry_of, read_sitk_image, require_file, to_sitk_image
 
@@ -41,6 +42,18 @@ class Segmentation:
             self.label_layers = self.label_layers[np.newaxis]
         check_label_dtype(self.label_layers)
         self.segments = tuple(self.segments)
+        names = [segment.name for segment in self.segments]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            where = "; ".join(
+                f"{name!r}: "
+                + ", ".join(f"label {s.label_value} (layer {s.layer})" for s in self.segments if s.name == name)
+                for name in repeated
+            )
+            raise ValueError(
+                f"Several segments share a name ({where}); segments are chosen by name, so rename them (Slicer's "
+                "Segment Editor, or the label names of the label map) until every name is unique."
+            )
 
     def label_map(self) -> np.ndarray:
         """The single label map (K, J, I); raises ValueError when segments overlap (several layers)."""
@@ -112,10 +125,13 @@ def read_segmentation(path: str | Path, segment_names: dict[int, str] | None = N
 def _read_seg_nrrd(path: Path) -> Segmentation:
     import slicerio
 
+    if path.stat().st_size == 0:
+        raise ValueError(f"The segmentation {str(path)!r} is an empty file (0 bytes); write it again from Slicer.")
     try:
         data = slicerio.read_segmentation(str(path))
-    except Exception as error:
-        raise ValueError(f"Could not read the segmentation {str(path)!r}: {error}") from None
+    except Exception as error:  # slicerio and pynrrd raise several types
+        cause = str(error).strip() or type(error).__name__
+        raise ValueError(f"Could not read the segmentation {str(path)!r}: {cause}.") from None
     voxels = np.asarray(data["voxels"])  # slicerio: (I, J, K) or (L, I, J, K)
     layers_ijk = voxels if voxels.ndim == 4 else voxels[np.newaxis]
     label_layers = np.ascontiguousarray(layers_ijk.transpose(0, 3, 2, 1))
@@ -135,18 +151,21 @@ def _read_seg_nrrd(path: Path) -> Segmentation:
 
 
 def write_segmentation(path: str | Path, segmentation: Segmentation) -> Path:
-    """Write ``.seg.nrrd`` (all metadata) or a label map file (``.nrrd``, ``.nii.gz``, ``.nii``, ``.mha``).
+    """Write ``.seg.nrrd`` (all metadata) or a label map file (``.nrrd``, ``.nii.gz``, ``.nii``, ``.mha``), atomically
+    (an interrupted write leaves the previous file, never a partial one).
 
     A label map keeps the label values; it cannot hold overlapping segments (ValueError then).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     suffix = file_suffix(path)
-    if suffix == ".seg.nrrd":
-        return _write_seg_nrrd(path, segmentation)
-    if suffix not in (".nrrd", ".nii.gz", ".nii", ".mha", ".mhd"):
+    if suffix not in (".seg.nrrd", ".nrrd", ".nii.gz", ".nii", ".mha"):
         raise ValueError(f"Cannot write a segmentation to {str(path)!r}: use .seg.nrrd, .nrrd, .nii.gz or .mha.")
-    sitk.WriteImage(to_sitk_image(segmentation.label_map(), segmentation.geometry), str(path), useCompression=True)
+    with atomic_path(path) as temporary:
+        if suffix == ".seg.nrrd":
+            _write_seg_nrrd(temporary, segmentation)
+        else:
+            label_map = to_sitk_image(segmentation.label_map(), segmentation.geometry)
+            sitk.WriteImage(label_map, str(temporary), useCompression=True)
     return path
 
 

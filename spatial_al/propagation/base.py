@@ -232,6 +232,9 @@ def propagate(
             another shape; a method that needs an image or a model given none (or a model of the wrong kind,
             axis or classes); an unknown method (with the closest name) or option.
     """
+    if isinstance(labels, (list, tuple)) and len({np.shape(layer) for layer in labels}) > 1:
+        shapes = ", ".join(str(np.shape(layer)) for layer in labels)
+        raise ValueError(f"The label layers must share one shape (the volume's), got {shapes}.")
     labels = np.asarray(labels)
     if labels.ndim not in (3, 4):
         raise ValueError(f"labels must be a 3D label map or 4D label layers, got shape {labels.shape}.")

@@ -352,10 +352,11 @@ class RankingResult:
 
     def write_csv(self, path: str | Path, with_strategy: bool = False) -> Path:
         """CSV with columns ``rank,slice,score`` (``volume`` first for a cohort; ``strategy`` last when asked)."""
+        from ..files import atomic_path
+
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         cohort = len(self.volume_names) > 1
-        with path.open("w", newline="") as file:
+        with atomic_path(path) as temporary, temporary.open("w", newline="") as file:
             writer = csv.writer(file)
             header = ["rank", "slice", "score"] + ["strategy"] * with_strategy
             writer.writerow((["volume"] if cohort else []) + header)

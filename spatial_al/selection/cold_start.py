@@ -34,6 +34,21 @@ def _per_volume_picks(context: RankingContext, pick, shares: list[int] | None = 
     return Picks(chosen, np.ones(chosen.size))
 
 
+def farthest_fill(candidates: np.ndarray, taken: np.ndarray, count: int) -> np.ndarray:
+    """``count`` more of ``candidates``, each the one farthest from every slice taken so far (annotated or picked;
+    ties to the lower slice): how a grid that cannot place its whole budget keeps covering the volume evenly."""
+    taken = list(taken)
+    free = np.setdiff1d(candidates, taken)
+    added = []
+    for _ in range(min(count, free.size)):
+        distance = np.min(np.abs(free[:, None] - np.asarray(taken)[None]), axis=1) if taken else np.full(free.size, 1)
+        chosen = int(free[np.argmax(distance)])
+        added.append(chosen)
+        taken.append(chosen)
+        free = free[free != chosen]
+    return np.asarray(added, dtype=np.int64)
+
+
 @STRATEGIES.register("fixed_interval")
 @spaced_by_construction()
 def fixed_interval(context: RankingContext, *, interval: int | None = None, offset: int | None = None) -> Picks:
@@ -41,8 +56,9 @@ def fixed_interval(context: RankingContext, *, interval: int | None = None, offs
 
     The grid is ``offset, offset + j, offset + 2j, ...``. Without ``interval``, j is the largest step that fits
     the volume's share of the budget; without ``offset``, the grid is centred (equal margins at both ends). Grid
-    slices already annotated are skipped, so fewer than ``budget`` slices may come back; when the grid holds more
-    than the budget, that many are taken evenly spread. Picks are in slice order, volume by volume.
+    slices already annotated are skipped; when that leaves fewer than the budget, the rest are the slices farthest
+    from every annotated and picked slice (:func:`farthest_fill`); when the grid holds more than the budget, that
+    many are taken evenly spread. Picks are in slice order, volume by volume.
 
     Keyword Args:
         interval: j, the step between picked slices (>= 1).
@@ -60,7 +76,8 @@ def fixed_interval(context: RankingContext, *, interval: int | None = None, offs
         picks = np.intersect1d(np.arange(start, n_slices, step), volume.candidates)
         if picks.size > budget:
             picks = picks[np.round(np.linspace(0, picks.size - 1, budget)).astype(int)]
-        return picks
+        filled = farthest_fill(volume.candidates, np.union1d(volume.annotated, picks), budget - picks.size)
+        return np.sort(np.concatenate([picks, filled]))
 
     return _per_volume_picks(context, grid_slices)
 

@@ -8,12 +8,13 @@ training configuration (JSON), trainer state (JSON), optimizer state and the bes
 from __future__ import annotations
 
 import json
-import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ..files import atomic_path
 from ..models import ModelConfig, SegmentationModel
 from .config import TrainingConfig
 from .trainer import Trainer, TrainerState
@@ -50,10 +51,8 @@ def save_checkpoint(path: str | Path, model: SegmentationModel, trainer: Trainer
             contents["optimizer_state"] = trainer.optimizer.state_dict()
         if trainer.best_model_state is not None:
             contents["best_model_state"] = trainer.best_model_state
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    torch.save(contents, partial)
-    os.replace(partial, path)
+    with atomic_path(path) as temporary:
+        torch.save(contents, temporary)
     return path
 
 
@@ -68,7 +67,9 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise FileNotFoundError(f"No model checkpoint at {str(path)!r}; train one with spatial-al train.")
     try:
-        contents = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # a foreign pickle is refused below; torch's note on its protocol is noise
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            contents = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises several types for foreign or pickled files
         raise ValueError(
             f"{str(path)!r} is not a checkpoint this tool can read safely ({type(error).__name__}); "

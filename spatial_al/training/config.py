@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import typing
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -84,14 +85,19 @@ class TrainingConfig:
         return self.learning_rate if round_index == 0 else self.fine_tune_learning_rate
 
     def with_options(self, **options: Any) -> TrainingConfig:
-        """A copy with ``options`` changed; an unknown name fails with the closest valid one."""
+        """A copy with ``options`` changed; an unknown name fails with the closest valid one, a value of the wrong
+        type with the type the option needs."""
+        from ..typed import convert
+
         known = [f.name for f in fields(self)]
+        types = typing.get_type_hints(TrainingConfig)
         for name in options:
             if name not in known:
                 closest = difflib.get_close_matches(name, known, n=1, cutoff=0.0)
                 raise ValueError(
                     f"Unknown training option {name!r}. Did you mean {closest[0]!r}? Options: {', '.join(known)}."
                 )
+            options[name] = convert(options[name], types[name], f"training option {name}")
         for name in ("patch_size", "loss_weights"):
             if options.get(name) is not None:
                 options[name] = tuple(options[name])
