@@ -14,6 +14,7 @@ from dataclasses import replace
 import torch
 
 from ..models import PRESETS, SegmentationModel
+from ..precision import autocast
 from ..progress import ProgressReporter
 from . import each_entry
 
@@ -66,7 +67,7 @@ def measure_preset(
         training = timed(lambda: trainer.train_step(batch, stage, optimizer))
     model.eval()
     on_device = images.to(device)
-    with torch.no_grad(), torch.autocast(device.type, enabled=trainer.use_amp):
+    with torch.no_grad(), autocast(device, trainer.amp_dtype):
         inference = timed(lambda: model(on_device))
     return {
         "preset": preset,

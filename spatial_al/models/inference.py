@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812 (the torch convention)
 from torch import nn
 
+from ..precision import autocast, autocast_dtype
 from ..progress import ProgressReporter, report
 from .network import SegmentationModel
 
@@ -74,14 +75,15 @@ class SlicePredictor:
         model: a trained :class:`SegmentationModel`.
         device: where to run it.
         batch_size: slices per forward pass.
-        mixed_precision: autocast on CUDA.
+        precision: "auto", "bf16", "fp16" or "fp32" (see :mod:`spatial_al.precision`); probabilities, features and
+            attention come back as float32 whatever it is.
     """
 
-    def __init__(self, model: SegmentationModel, device: torch.device, batch_size: int = 8, mixed_precision=True):
+    def __init__(self, model: SegmentationModel, device: torch.device, batch_size: int = 8, precision: str = "auto"):
         self.model = model.to(device).eval()
         self.device = device
         self.batch_size = batch_size
-        self.use_amp = mixed_precision and device.type == "cuda"
+        self.amp_dtype = autocast_dtype(precision, device)
         self.head = model.config.head
 
     def _padded(self, images: torch.Tensor) -> torch.Tensor:
@@ -107,7 +109,7 @@ class SlicePredictor:
     def _collect(self, images, function: Callable, progress, message: str, pad: bool = True) -> torch.Tensor:
         """``function`` on each batch (padded to the size divisor unless ``pad`` is False), cropped back."""
         outputs = []
-        with torch.no_grad(), torch.autocast(self.device.type, enabled=self.use_amp):
+        with torch.no_grad(), autocast(self.device, self.amp_dtype):
             for batch, (height, width) in self._batches(images, progress, message):
                 output = function(self._padded(batch) if pad else batch)[..., :height, :width]
                 outputs.append((output.float() if output.is_floating_point() else output).cpu())
@@ -182,7 +184,7 @@ class SlicePredictor:
     def features(self, images, progress: ProgressReporter | None = None) -> torch.Tensor:
         """Bottleneck features (N, D, h, w) of the padded slices (h = ceil(H / divisor))."""
         outputs = []
-        with torch.no_grad(), torch.autocast(self.device.type, enabled=self.use_amp):
+        with torch.no_grad(), autocast(self.device, self.amp_dtype):
             for batch, _ in self._batches(images, progress, "features"):
                 outputs.append(self.model.bottleneck_features(self._padded(batch)).float().cpu())
         return torch.cat(outputs)
@@ -195,7 +197,7 @@ class SlicePredictor:
         images = torch.as_tensor(np.asarray(images) if not torch.is_tensor(images) else images, dtype=torch.float32)
         labels = torch.as_tensor(np.asarray(labels) if not torch.is_tensor(labels) else labels, dtype=torch.float32)
         outputs = []
-        with torch.no_grad(), torch.autocast(self.device.type, enabled=self.use_amp):
+        with torch.no_grad(), autocast(self.device, self.amp_dtype):
             for batch, _ in self._batches(torch.cat([images, labels], 1), progress, "labeled features"):
                 outputs.append(self.model.star.labeled_encoder(self._padded(batch))[-1].float().cpu())
         return torch.cat(outputs)

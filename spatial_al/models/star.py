@@ -143,18 +143,20 @@ def cross_attention(
         memory_mask: (B, N) bool; masked slices get zero attention.
 
     Returns:
-        readout (B, Dv, h, w) and attention (B, h*w, N, h, w), computed in float32.
+        readout (B, Dv, h, w) and attention (B, h*w, N, h, w), computed in float32 even under autocast (low-precision
+        logits over many positions overflow or flatten the softmax).
     """
     batch, n_memory, key_depth, height, width = memory_key.shape
-    query = query_key.flatten(2).transpose(1, 2).float()  # (B, hw, Dk)
-    keys = memory_key.permute(0, 2, 1, 3, 4).flatten(2).float()  # (B, Dk, N*hw)
-    similarity = query @ keys / math.sqrt(key_depth)  # (B, hw, N*hw)
-    if memory_mask is not None:
-        if not bool(memory_mask.any(dim=1).all()):
-            raise ValueError("Every unlabeled slice needs at least one labeled slice in its group.")
-        hidden = ~memory_mask.bool().repeat_interleave(height * width, dim=1)  # (B, N*hw)
-        similarity = similarity.masked_fill(hidden[:, None, :], float("-inf"))
-    attention = similarity.softmax(dim=-1)
-    values = memory_value.permute(0, 1, 3, 4, 2).reshape(batch, n_memory * height * width, -1).float()
-    readout = (attention @ values).transpose(1, 2).reshape(batch, -1, height, width)
+    with torch.autocast(query_key.device.type, enabled=False):
+        query = query_key.flatten(2).transpose(1, 2).float()  # (B, hw, Dk)
+        keys = memory_key.permute(0, 2, 1, 3, 4).flatten(2).float()  # (B, Dk, N*hw)
+        similarity = query @ keys / math.sqrt(key_depth)  # (B, hw, N*hw)
+        if memory_mask is not None:
+            if not bool(memory_mask.any(dim=1).all()):
+                raise ValueError("Every unlabeled slice needs at least one labeled slice in its group.")
+            hidden = ~memory_mask.bool().repeat_interleave(height * width, dim=1)  # (B, N*hw)
+            similarity = similarity.masked_fill(hidden[:, None, :], float("-inf"))
+        attention = similarity.softmax(dim=-1)
+        values = memory_value.permute(0, 1, 3, 4, 2).reshape(batch, n_memory * height * width, -1).float()
+        readout = (attention @ values).transpose(1, 2).reshape(batch, -1, height, width)
     return readout.to(memory_value.dtype), attention.reshape(batch, height * width, n_memory, height, width)

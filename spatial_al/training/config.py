@@ -8,6 +8,8 @@ import typing
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from ..precision import check_precision
+
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "poly")
 
@@ -39,7 +41,8 @@ class TrainingConfig:
         reinitialize_labeled_encoder: copy f_U into STAR's f_L at the start of every round's stage 2 (STAR's code);
             otherwise only the first time.
         gradient_clip: maximum gradient norm (nnU-Net uses 12).
-        mixed_precision: autocast and gradient scaling on CUDA (ignored elsewhere).
+        precision: "auto" (bfloat16 autocast on CUDA GPUs that support it, float16 with gradient scaling on older
+            ones, float32 elsewhere), "bf16", "fp16" or "fp32" (see :mod:`spatial_al.precision`).
         seed: seeds weights, data order, augmentation and dropout.
     """
 
@@ -64,7 +67,7 @@ class TrainingConfig:
     loss_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
     reinitialize_labeled_encoder: bool = False
     gradient_clip: float = 12.0
-    mixed_precision: bool = True
+    precision: str = "auto"
     seed: int = 0
 
     def __post_init__(self):
@@ -72,6 +75,7 @@ class TrainingConfig:
             raise ValueError(f"Unknown optimizer {self.optimizer!r}; use {' or '.join(OPTIMIZERS)}.")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"Unknown schedule {self.schedule!r}; use {' or '.join(SCHEDULES)}.")
+        check_precision(self.precision)
         for name in ("batch_size", "max_epochs", "patience"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
@@ -108,4 +112,7 @@ class TrainingConfig:
 
     @classmethod
     def from_json(cls, text: str) -> TrainingConfig:
-        return cls().with_options(**json.loads(text))
+        values = json.loads(text)
+        if "mixed_precision" in values:  # checkpoints written before precision replaced it
+            values["precision"] = "auto" if values.pop("mixed_precision") else "fp32"
+        return cls().with_options(**values)

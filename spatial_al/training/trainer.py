@@ -23,11 +23,15 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler
 
 from ..models import STAGES
+from ..precision import autocast, autocast_dtype
 from ..progress import ProgressReporter, check_cancelled, report
 from .config import TrainingConfig
 from .data import SliceExamples, annotated_neighbour_groups
 from .loader import SliceDataset
 from .losses import distance_regression_loss, segmentation_loss, weighted_mean, with_background
+
+# Consecutive steps with a non-finite loss or gradient after which training stops (a transient one is skipped).
+MAX_NON_FINITE_STEPS = 5
 
 
 @dataclass
@@ -93,8 +97,10 @@ class Trainer:
         self.optimizer: torch.optim.Optimizer | None = None
         self.pending_optimizer_state: dict | None = None
         self.best_model_state: dict[str, torch.Tensor] | None = None
-        self.use_amp = config.mixed_precision and device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.amp_dtype = autocast_dtype(config.precision, device)
+        # float16 needs loss scaling (and skips steps whose gradients overflow); bfloat16 has float32's range
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
+        self.non_finite_steps = 0  # consecutive steps skipped for a non-finite loss or gradient
         head = model.config.head
         self.loss = segmentation_loss(config.loss, head, config.focal_gamma)  # checks the loss fits the head now
         self.refinement_loss = segmentation_loss("dice_ce", head, config.focal_gamma)  # SBC-AL's L_ASR
@@ -273,57 +279,76 @@ class Trainer:
         return {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
 
     def _loss(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+        """The weighted loss of ``batch``: the network runs in the autocast dtype, every loss in float32."""
         loss = self.loss
         target, mask, weights = batch["target"], batch["mask"], batch["weight"]
-        with torch.autocast(self.device.type, enabled=self.use_amp):
-            if stage == "star_propagation":
-                labels = batch["labeled_target"]
-                if self.model.config.head == "softmax":
-                    labels = with_background(labels.flatten(0, 1)).unflatten(0, labels.shape[:2])
-                logits = self.model.propagate(
-                    batch["image"], batch["labeled_image"], labels, batch["labeled_mask"]
-                ).logits
-                return weighted_mean(loss(logits, target, mask), weights)
-            if self.model.structure is None:
-                return weighted_mean(loss(self.model(batch["image"]), target, mask), weights)
+        if stage == "star_propagation":
+            labels = batch["labeled_target"]
+            if self.model.config.head == "softmax":
+                labels = with_background(labels.flatten(0, 1)).unflatten(0, labels.shape[:2])
+            with autocast(self.device, self.amp_dtype):
+                logits = self.model.propagate(batch["image"], batch["labeled_image"], labels, batch["labeled_mask"])
+            return weighted_mean(loss(logits.logits.float(), target, mask), weights)
+        if self.model.structure is None:
+            with autocast(self.device, self.amp_dtype):
+                logits = self.model(batch["image"])
+            return weighted_mean(loss(logits.float(), target, mask), weights)
+        with autocast(self.device, self.amp_dtype):
             outputs = self.model.structure_outputs(batch["image"])
-            a, b, c = self.config.loss_weights
-            per_sample = (
-                a * loss(outputs.coarse, target, mask)
-                + b
-                * sum(distance_regression_loss(d, batch["distance"], mask) for d in outputs.distance_maps)
-                / len(outputs.distance_maps)
-                + c * self.refinement_loss(outputs.refined, target, mask)
-            )
-            return weighted_mean(per_sample, weights)
+        a, b, c = self.config.loss_weights
+        distance = sum(distance_regression_loss(d.float(), batch["distance"], mask) for d in outputs.distance_maps)
+        per_sample = (
+            a * loss(outputs.coarse.float(), target, mask)
+            + b * distance / len(outputs.distance_maps)
+            + c * self.refinement_loss(outputs.refined.float(), target, mask)
+        )
+        return weighted_mean(per_sample, weights)
 
     def train_step(self, batch: dict[str, torch.Tensor], stage: str, optimizer: torch.optim.Optimizer) -> float:
-        """One optimisation step on ``batch`` (see :mod:`spatial_al.training.loader` for its keys); the loss."""
+        """One optimisation step on ``batch`` (see :mod:`spatial_al.training.loader` for its keys); the loss (NaN
+        for a skipped step).
+
+        A step whose loss or gradients are not finite is skipped, as a gradient scaler skips an overflowing step;
+        :data:`MAX_NON_FINITE_STEPS` of them in a row stop training with an error that says what to change.
+        """
         loss = self._loss(self._to_device(batch), stage)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"The training loss became {float(loss)}; lower the learning rate (now "
-                f"{optimizer.param_groups[0]['lr']:g}) or check the image for extreme intensities."
-            )
         optimizer.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss):
+            return self._skip_step(optimizer, float(loss.detach()))
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(
+        gradient_norm = torch.nn.utils.clip_grad_norm_(
             [p for group in optimizer.param_groups for p in group["params"]], self.config.gradient_clip
         )
-        self.scaler.step(optimizer)
+        if not torch.isfinite(gradient_norm) and not self.scaler.is_enabled():
+            optimizer.zero_grad(set_to_none=True)
+            return self._skip_step(optimizer, float(loss.detach()))
+        self.scaler.step(optimizer)  # a float16 scaler skips the step itself when gradients overflowed
         self.scaler.update()
+        self.non_finite_steps = 0
         return float(loss.detach())
+
+    def _skip_step(self, optimizer: torch.optim.Optimizer, loss: float) -> float:
+        self.non_finite_steps += 1
+        if self.non_finite_steps >= MAX_NON_FINITE_STEPS:
+            precision = "float32" if self.amp_dtype is None else str(self.amp_dtype).removeprefix("torch.")
+            raise FloatingPointError(
+                f"The training loss or its gradients were not finite for {self.non_finite_steps} steps in a row "
+                f"(last loss {loss}, {precision}, learning rate {optimizer.param_groups[0]['lr']:g}). Lower the "
+                "learning rate, or train in float32 (--option precision=fp32)."
+            )
+        return math.nan
 
     def _end_epoch(self, stage, losses, validation_loss, optimizer, seconds) -> None:
         state = self.state
+        finite = [loss for loss in losses if math.isfinite(loss)]  # skipped steps left out
         state.epoch += 1
         state.history.append(
             {
                 "round": state.round_index,
                 "stage": stage,
                 "epoch": state.epoch,
-                "train_loss": sum(losses) / len(losses),
+                "train_loss": sum(finite) / len(finite) if finite else None,
                 "validation_loss": validation_loss,
                 "learning_rate": optimizer.param_groups[0]["lr"],
                 "seconds": round(seconds, 3),

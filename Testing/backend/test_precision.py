@@ -1,0 +1,91 @@
+"""Mixed precision on the CPU (torch autocasts to bfloat16 there): every preset trains to a finite loss, STAR's
+attention matches float32, non-finite steps are skipped until they persist."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_UNET
+
+from spatial_al.models import PRESETS, SegmentationModel, preset_config
+from spatial_al.precision import autocast, autocast_dtype
+from spatial_al.training import Trainer, TrainingConfig
+from spatial_al.training.data import SliceExamples
+
+SMALL_RESNET = {"decoder_channels": (32, 16, 16, 8, 8)}
+
+
+def small(preset):
+    changes = {"features": TINY_UNET} if PRESETS.get(preset).architecture == "unet" else SMALL_RESNET
+    return SegmentationModel(preset_config(preset, class_names=("organ", "core"), **changes))
+
+
+def examples(count=4, size=32):
+    rng = np.random.default_rng(0)
+    data = SliceExamples()
+    for index in range(count):
+        target = np.zeros((2, size, size), np.uint8)
+        target[0, 8:24, 8:24] = 1
+        target[1, 12:20, 12:20] = 1
+        image = (target[:1] * 2.0 + rng.normal(0, 0.5, (1, size, size))).astype(np.float32)
+        data.append(image, target, 1.0, (0, 3 * index), True)
+    return data
+
+
+@pytest.mark.parametrize("preset", PRESETS.names())
+def test_every_preset_trains_an_epoch_in_bfloat16_to_a_finite_loss(preset):
+    config = TrainingConfig(precision="bf16", max_epochs=1, batch_size=2, augment=False, learning_rate=1e-3)
+    trainer = Trainer(small(preset), config, torch.device("cpu"))
+    assert trainer.amp_dtype == torch.bfloat16 and not trainer.scaler.is_enabled()
+    trainer.train_round(examples())
+    assert all(math.isfinite(epoch["train_loss"]) for epoch in trainer.state.history)
+    assert trainer.non_finite_steps == 0
+
+
+def test_star_attention_in_bfloat16_matches_float32():
+    model = small("star-small").eval()
+    rng = np.random.default_rng(1)
+    unlabeled = torch.as_tensor(rng.normal(size=(2, 1, 32, 32)), dtype=torch.float32)
+    labeled = torch.as_tensor(rng.normal(size=(2, 2, 1, 32, 32)), dtype=torch.float32)
+    labels = torch.zeros(2, 2, 3, 32, 32)
+    labels[:, :, 0] = 1
+    with torch.no_grad():
+        exact = model.propagate(unlabeled, labeled, labels)
+        with autocast(torch.device("cpu"), torch.bfloat16):
+            mixed = model.propagate(unlabeled, labeled, labels)
+    assert mixed.attention.dtype == torch.float32  # logits and softmax are computed in float32
+    torch.testing.assert_close(mixed.attention, exact.attention, atol=0.02, rtol=0.05)
+    torch.testing.assert_close(mixed.logits.float().softmax(1), exact.logits.softmax(1), atol=0.05, rtol=0.1)
+
+
+def test_non_finite_steps_are_skipped_until_they_persist(monkeypatch):
+    config = TrainingConfig(max_epochs=1, batch_size=1, augment=False)
+    trainer = Trainer(small("unet-small"), config, torch.device("cpu"))
+    before = {name: tensor.clone() for name, tensor in trainer.model.state_dict().items()}
+    real_loss = trainer._loss
+    calls = iter(range(100))
+
+    def sometimes_nan(batch, stage):
+        value = real_loss(batch, stage)
+        return value * float("nan") if next(calls) < 2 else value  # two transient non-finite steps
+
+    monkeypatch.setattr(trainer, "_loss", sometimes_nan)
+    trainer.train_round(examples(count=4))
+    assert trainer.non_finite_steps == 0 and math.isfinite(trainer.state.history[0]["train_loss"])
+    assert any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+
+    monkeypatch.setattr(trainer, "_loss", lambda batch, stage: real_loss(batch, stage) * float("inf"))
+    trainer.next_round()
+    with pytest.raises(FloatingPointError, match=r"not finite for 5 steps in a row .*--option precision=fp32"):
+        trainer.train_round(examples(count=6))
+
+
+def test_precision_resolves_per_device_and_old_checkpoints_keep_their_setting():
+    cpu = torch.device("cpu")
+    assert autocast_dtype("auto", cpu) is None and autocast_dtype("bf16", cpu) == torch.bfloat16
+    assert autocast_dtype("fp16", cpu) == torch.float16 and autocast_dtype("fp32", cpu) is None
+    with pytest.raises(ValueError, match="Unknown precision 'half'"):
+        TrainingConfig(precision="half")
+    assert TrainingConfig.from_json('{"mixed_precision": false}').precision == "fp32"
+    assert TrainingConfig.from_json('{"mixed_precision": true}').precision == "auto"
