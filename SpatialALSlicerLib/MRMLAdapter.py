@@ -91,14 +91,26 @@ def _requireLinearTransform(node):
 
 
 def referenceImageGeometry(volumeNode, segmentationNode):
-    """An empty oriented image on the volume's voxel grid, expressed in the segmentation's coordinate frame."""
+    """An empty oriented image on the volume's voxel grid, expressed in the segmentation's coordinate frame.
+
+    Only the geometry is built (extent and IJK-to-world matrix through the transforms between the two nodes); the
+    voxels are not copied, as ``CreateOrientedImageDataFromVolumeNode`` would, nor is anything left referenced.
+    """
     _requireLinearTransform(volumeNode)
     _requireLinearTransform(segmentationNode)
-    reference = slicer.vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(
-        volumeNode, segmentationNode.GetParentTransformNode()
+    if volumeNode.GetImageData() is None:
+        raise MRMLInputError(f"The volume {volumeNode.GetName()!r} has no voxels; load or select another volume.")
+    ijkToRas = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(ijkToRas)
+    volumeToSegmentation = vtk.vtkMatrix4x4()
+    slicer.vtkMRMLTransformNode.GetMatrixTransformBetweenNodes(
+        volumeNode.GetParentTransformNode(), segmentationNode.GetParentTransformNode(), volumeToSegmentation
     )
-    if reference is None:
-        raise MRMLInputError(f"Slicer could not use the geometry of {volumeNode.GetName()!r}.")
+    imageToWorld = vtk.vtkMatrix4x4()
+    vtk.vtkMatrix4x4.Multiply4x4(volumeToSegmentation, ijkToRas, imageToWorld)
+    reference = slicer.vtkOrientedImageData()
+    reference.SetExtent(volumeNode.GetImageData().GetExtent())
+    reference.SetImageToWorldMatrix(imageToWorld)
     return reference
 
 

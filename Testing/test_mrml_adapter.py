@@ -5,6 +5,8 @@ anisotropic spacing and a non-cubic shape, so a swapped axis, a lost flip or a s
 shows up. Expected values come from numpy index arithmetic, SimpleITK or slicerio, not from the function under test.
 """
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -535,3 +537,30 @@ def test_scene_bundle_is_written_to_a_relative_path(headless, tmp_path, monkeypa
     np.testing.assert_array_equal(
         MRMLAdapter.arrayFromVolumeNode(reloaded.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")), array
     )
+
+
+def resident_megabytes():
+    with open("/proc/self/status") as status:
+        return int(next(line for line in status if line.startswith("VmRSS")).split()[1]) / 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the resident set size from /proc")
+def test_segment_reads_copy_no_voxels_and_leave_nothing_referenced(headless):
+    geometry = Geometry((60, 160, 160), SPACING_IJK, ORIGIN_LPS, DIRECTION)  # 3 MB of int16 voxels
+    volumeNode, _, _ = add_volume(headless.scene, geometry=geometry)
+    segmentationNode, (segmentId, _) = add_segmentation(headless.scene, volumeNode)
+    MRMLAdapter.setSegmentMaskInVolumeGrid(segmentationNode, segmentId, volumeNode, random_mask(geometry.shape, 5))
+    reference = MRMLAdapter.referenceImageGeometry(volumeNode, segmentationNode)
+    assert reference.GetReferenceCount() == 1 and reference.GetPointData().GetScalars() is None
+    slicers = slicer.vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(volumeNode, None)
+    slicers.UnRegister(None)  # the object Slicer hands over is the caller's to release
+    ours, theirs = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
+    reference.GetImageToWorldMatrix(ours)
+    slicers.GetImageToWorldMatrix(theirs)
+    assert reference.GetExtent() == slicers.GetExtent()
+    np.testing.assert_allclose(slicer.util.arrayFromVTKMatrix(ours), slicer.util.arrayFromVTKMatrix(theirs))
+    MRMLAdapter.segmentMaskInVolumeGrid(segmentationNode, segmentId, volumeNode)
+    before = resident_megabytes()
+    for _ in range(50):
+        MRMLAdapter.segmentMaskInVolumeGrid(segmentationNode, segmentId, volumeNode)
+    assert resident_megabytes() - before < 30  # a leaked voxel copy per read would add 150 MB
