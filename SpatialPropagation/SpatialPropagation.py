@@ -265,8 +265,10 @@ class SpatialPropagationLogic(ScriptedLoadableModuleLogic):
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        # segmentation node ID -> (segment IDs, LayerPropagation, slice axis, method) of its last preview
-        self._previews = {}
+        # segmentation node -> (segment IDs, LayerPropagation, slice axis, method) of its last preview. Keyed by the
+        # node, not its ID: IDs start again after a scene is closed, and a preview must never reach another scene.
+        self._previews = previews = {}
+        slicer.mrmlScene.AddObserver(slicer.mrmlScene.StartCloseEvent, lambda caller, event: previews.clear())
 
     def getParameterNode(self):
         return SpatialPropagationParameterNode(super().getParameterNode())
@@ -366,12 +368,12 @@ class SpatialPropagationLogic(ScriptedLoadableModuleLogic):
             self.clearPreview(segmentationNode)
             return self._write(volumeNode, segmentationNode, segmentIds, layers, axis, method)
         MRMLAdapter.showPreview(segmentationNode, volumeNode, layers.pseudo_masks, layers.propagated, axis)
-        self._previews[segmentationNode.GetID()] = (segmentIds, layers, axis, method)
+        self._previews[segmentationNode] = (segmentIds, layers, axis, method)
         return PropagationOutcome(layers.annotated, layers.propagated, layers.confidence, {}, method)
 
     def hasPreview(self, segmentationNode):
         """Whether :meth:`applyPreview` has a preview of this segmentation to write."""
-        return segmentationNode.GetID() in self._previews
+        return segmentationNode in self._previews and segmentationNode.GetScene() is not None
 
     def applyPreview(self, volumeNode, segmentationNode):
         """Write the last preview of the segmentation into it (keeping what a person drew since) and remove the
@@ -382,7 +384,7 @@ class SpatialPropagationLogic(ScriptedLoadableModuleLogic):
             raise MRMLAdapter.MRMLInputError(
                 f"Nothing to apply: {segmentationNode.GetName()!r} has no preview; press Preview (or Propagate) first."
             )
-        segmentIds, layers, axis, method = self._previews.pop(segmentationNode.GetID())
+        segmentIds, layers, axis, method = self._previews.pop(segmentationNode)
         MRMLAdapter.removePreview(segmentationNode)
         return self._write(volumeNode, segmentationNode, segmentIds, layers, axis, method)
 
@@ -390,7 +392,7 @@ class SpatialPropagationLogic(ScriptedLoadableModuleLogic):
         """Drop the preview of the segmentation (its node too), if any."""
         from SpatialALSlicerLib import MRMLAdapter
 
-        self._previews.pop(segmentationNode.GetID(), None)
+        self._previews.pop(segmentationNode, None)
         MRMLAdapter.removePreview(segmentationNode)
 
     @staticmethod

@@ -262,6 +262,23 @@ def test_preview_shows_the_propagation_beside_the_segmentation_and_apply_writes_
         logic.applyPreview(volume, segmentation)
 
 
+def test_a_preview_never_reaches_the_next_scene(slicer_modules, headless):
+    from SpatialALSlicerLib import MRMLAdapter
+
+    volume, segmentation, lung = annotated_lung(slicer_modules, headless.scene, [10, 20])
+    logic = slicer_modules["SpatialPropagation"].SpatialPropagationLogic()
+    logic.propagate(volume, segmentation, [lung.segment_id], method="sdf", preview=True)
+    identifier = segmentation.GetID()
+    assert logic.hasPreview(segmentation)
+    headless.scene.Clear(False)  # File > Close Scene
+
+    volume, segmentation, lung = annotated_lung(slicer_modules, headless.scene, [5, 25])
+    assert segmentation.GetID() == identifier  # IDs start again in the new scene
+    assert not logic.hasPreview(segmentation)
+    with pytest.raises(MRMLAdapter.MRMLInputError, match="has no preview"):
+        logic.applyPreview(volume, segmentation)
+
+
 def test_undo_copy_survives_a_scene_save_and_restores_after_reload(slicer_modules, headless, tmp_path):
     from SpatialALSlicerLib import MRMLAdapter
     from SpatialALSlicerLib.HeadlessScene import loadSceneBundle, saveSceneBundle
