@@ -165,8 +165,14 @@ class SpatialPropagationWidget(SessionWidgetMixin, ScriptedLoadableModuleWidget,
 
     def onSegmentEdited(self, caller=None, event=None) -> None:
         node = self._parameterNode
-        if node and node.autoUpdate and not self.isRunning and self.logic.hasPreview(node.segmentation):
+        if not (node and node.autoUpdate and not self.isRunning and self.logic.hasPreview(node.segmentation)):
+            return
+        if self.logic.methodIsInteractive(node.method):
             self._previewTimer.start()
+        else:  # a stroke must never block the editor for a slow method
+            self.ui.resultLabel.text = _(
+                "The preview follows each edit for fast methods (sdf); press Preview to update the {method} preview."
+            ).format(method=node.method)
 
     def propagationArguments(self) -> dict:
         """The Logic's arguments from the panel's state."""
@@ -279,6 +285,13 @@ class SpatialPropagationLogic(ScriptedLoadableModuleLogic):
         from spatial_al.propagation import PROPAGATORS
 
         return [(entry.name, entry.summary) for entry in PROPAGATORS.entries()]
+
+    @staticmethod
+    def methodIsInteractive(method):
+        """Whether ``method`` is fast enough for a preview after each edit (auto-update); see ``MethodInfo``."""
+        from spatial_al.propagation.base import PROPAGATORS, method_info
+
+        return method_info(PROPAGATORS.get(method)).interactive
 
     @staticmethod
     def methodUsesModel(method):

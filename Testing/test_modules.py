@@ -341,3 +341,9 @@ def test_queried_slices_filled_by_propagation_show_as_propagated_until_undone(sl
     assert statuses == {k: "propagated" if 10 < k < 20 else "to annotate" for k in queried}
     propagation.revert(segmentation, volume)
     assert {row["status"] for row in MRMLAdapter.queriedSlicesFromTable(table)} == {"to annotate"}
+
+
+def test_only_fast_methods_update_the_preview_after_each_edit(slicer_modules):
+    logic = slicer_modules["SpatialPropagation"].SpatialPropagationLogic
+    interactive = {name for name, _ in logic.methods() if logic.methodIsInteractive(name)}
+    assert interactive == {"sdf"}  # contour starts an ITK process; sli2vol, star and model run networks

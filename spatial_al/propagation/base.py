@@ -68,12 +68,15 @@ class MethodInfo:
         model: the kind of trained model it needs (a key of :data:`~spatial_al.compatibility.MODEL_KINDS`), or None.
         reads_annotation: it propagates the annotated slices' labels (False: it predicts from the image alone).
         fills_everywhere: it fills every slice, not only those between annotated slices.
+        interactive: it finishes well under a second on a clinical volume, so a preview may follow each edit (Slicer's
+            auto-update); slower methods (a worker process, a network to train or run) are previewed on request.
     """
 
     image: bool = False
     model: str | None = None
     reads_annotation: bool = True
     fills_everywhere: bool = False
+    interactive: bool = False
 
 
 def method_info(method: PropagationMethod) -> MethodInfo:

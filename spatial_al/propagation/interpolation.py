@@ -7,7 +7,7 @@ from scipy import ndimage
 
 from ..metrics import label_values
 from ..progress import ProgressReporter, check_cancelled, report
-from .base import PROPAGATORS, gaps, interpolation_confidence, per_label_map
+from .base import PROPAGATORS, MethodInfo, gaps, interpolation_confidence, needs, per_label_map
 
 
 def signed_distance(mask: np.ndarray, spacing: np.ndarray) -> np.ndarray:
@@ -58,6 +58,7 @@ def tip_distance(distance: np.ndarray, mask: np.ndarray, shrink: float) -> np.nd
 
 
 @PROPAGATORS.register("sdf")
+@needs(MethodInfo(interactive=True))
 @per_label_map
 def sdf_interpolation(
     labels: np.ndarray,
