@@ -18,6 +18,7 @@ if os.path.isdir(os.path.join(_SOURCE_ROOT, "spatial_al")) and _SOURCE_ROOT not 
     sys.path.append(_SOURCE_ROOT)
 
 from SpatialALSlicerLib import batchHelp  # noqa: E402  (after the path is set)
+from SpatialALSlicerLib.Dependencies import requiresDependencies  # noqa: E402
 from SpatialALSlicerLib.ModuleWidget import SessionWidgetMixin  # noqa: E402
 
 SLICE_PLANES = ["axial", "coronal", "sagittal"]
@@ -274,6 +275,7 @@ class ActiveSliceSelectorLogic(ScriptedLoadableModuleLogic):
         nSlices = MRMLAdapter.volumeGeometry(volumeNode).shape[MRMLAdapter.sliceAxisIndex(volumeNode, sliceAxis)]
         return max(1, round(nSlices * budget / 100))
 
+    @requiresDependencies
     def rankSlices(
         self,
         volumeNode,
@@ -378,6 +380,7 @@ class ActiveSliceSelectorLogic(ScriptedLoadableModuleLogic):
 
         return MRMLAdapter.markSlicesAnnotated(volumeNode, segmentationNode, segmentIds, slices, sliceAxis, tableNode)
 
+    @requiresDependencies
     def updateModel(self, volumeNode, segmentationNode, segmentIds, modelPath, sliceAxis="axial", **options):
         """Train a model on the annotated slices, or fine-tune the one at ``modelPath`` (next round); see
         :func:`SpatialALSlicerLib.ModelLogic.updateModel` for the options. Returns the training outcome."""
@@ -387,6 +390,7 @@ class ActiveSliceSelectorLogic(ScriptedLoadableModuleLogic):
             volumeNode, segmentationNode, segmentIds, modelPath, sliceAxis=sliceAxis, **options
         )
 
+    @requiresDependencies
     def predictSegmentation(self, volumeNode, modelPath, device="auto", progress=None):
         """The model's segmentation of the volume, in a new segmentation node (returned)."""
         from SpatialALSlicerLib import ModelLogic

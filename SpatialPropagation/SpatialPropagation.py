@@ -18,6 +18,7 @@ if os.path.isdir(os.path.join(_SOURCE_ROOT, "spatial_al")) and _SOURCE_ROOT not 
     sys.path.append(_SOURCE_ROOT)
 
 from SpatialALSlicerLib import batchHelp  # noqa: E402  (after the path is set)
+from SpatialALSlicerLib.Dependencies import requiresDependencies  # noqa: E402
 from SpatialALSlicerLib.ModuleWidget import SessionWidgetMixin  # noqa: E402
 
 SLICE_PLANES = ["axial", "coronal", "sagittal"]
@@ -300,6 +301,7 @@ class SpatialPropagationLogic(ScriptedLoadableModuleLogic):
 
         return method_info(PROPAGATORS.get(method)).model is not None
 
+    @requiresDependencies
     def propagate(
         self,
         volumeNode,

@@ -347,3 +347,25 @@ def test_only_fast_methods_update_the_preview_after_each_edit(slicer_modules):
     logic = slicer_modules["SpatialPropagation"].SpatialPropagationLogic
     interactive = {name for name, _ in logic.methods() if logic.methodIsInteractive(name)}
     assert interactive == {"sdf"}  # contour starts an ITK process; sli2vol, star and model run networks
+
+
+def test_dependencies_are_checked_by_version_and_asked_for_once_per_session(slicer_modules, headless, monkeypatch):
+    import importlib.metadata
+
+    import slicer
+
+    from SpatialALSlicerLib import Dependencies
+
+    assert Dependencies.unmetRequirements() == []  # this environment has everything
+    real_version = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "1.21.0" if name == "numpy" else real_version(name))
+    assert Dependencies.unmetRequirements() == ["numpy (1.21.0 installed, >=1.24 needed)"]
+    asked = []
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", lambda *args: asked.append(args) or False, raising=False)
+    monkeypatch.setitem(Dependencies._asked, "declined", False)
+    assert Dependencies.ensureDependencies() is False and Dependencies.ensureDependencies() is False
+    assert len(asked) == 1  # declined once: the other panels do not ask again
+    volume, segmentation, _ = chest_ct_nodes(headless.scene)
+    logic = slicer_modules["SpatialPropagation"].SpatialPropagationLogic()
+    with pytest.raises(RuntimeError, match=r"needs numpy \(1.21.0 installed, >=1.24 needed\)\. Open the"):
+        logic.propagate(volume, segmentation, method="sdf")
