@@ -179,21 +179,74 @@ def segmentMaskInVolumeGrid(segmentationNode, segmentId, volumeNode):
     return _arrayFromOrientedImage(resampled).reshape(shape) == labelValue
 
 
+def segmentationGeometry(segmentationNode):
+    """The segmentation's own voxel grid (its reference image geometry, e.g. finer than the volume when oversampled),
+    as an empty oriented image; None when it has none."""
+    name = slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
+    serialized = segmentationNode.GetSegmentation().GetConversionParameter(name)
+    geometry = slicer.vtkOrientedImageData()
+    if not serialized or not slicer.vtkSegmentationConverter.DeserializeImageGeometry(serialized, geometry, False):
+        return None
+    return geometry
+
+
+def _sameGrid(first, second):
+    if first.GetExtent() != second.GetExtent():
+        return False
+    matrices = [vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()]
+    first.GetImageToWorldMatrix(matrices[0])
+    second.GetImageToWorldMatrix(matrices[1])
+    return np.allclose(*(slicer.util.arrayFromVTKMatrix(matrix) for matrix in matrices), atol=1e-6)
+
+
+def _orientedLabelmap(geometry, array):
+    """An unsigned-char oriented image on ``geometry`` holding ``array`` (KJI)."""
+    labelmap = slicer.vtkOrientedImageData()
+    labelmap.ShallowCopy(geometry)
+    labelmap.CopyDirections(geometry)
+    labelmap.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+    _arrayFromOrientedImage(labelmap)[:] = array.astype(np.uint8)
+    labelmap.Modified()
+    return labelmap
+
+
+def _resampledArray(image, geometry):
+    """``image`` resampled (nearest neighbour) onto ``geometry``, as a KJI array."""
+    resampled = slicer.vtkOrientedImageData()
+    slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
+        image, geometry, resampled, False, False
+    )
+    return _arrayFromOrientedImage(resampled).reshape(tuple(reversed(geometry.GetDimensions())))
+
+
 def setSegmentMaskInVolumeGrid(segmentationNode, segmentId, volumeNode, mask):
     """Replace one segment's voxels by ``mask`` (bool, K, J, I, on the volume's grid); other segments keep theirs.
 
-    Overlaps with other segments are kept as overlaps (Slicer moves the segment to its own layer).
+    The segment is written in the segmentation's own grid, as the Segment Editor does: where that grid differs from
+    the volume's (an oversampled segmentation, another source volume), only the voxels whose volume-grid value
+    changes are written, so everything else, annotated slices included, stays bit-identical. Overlaps with other
+    segments are kept as overlaps (Slicer moves the segment to its own layer).
     """
     reference = referenceImageGeometry(volumeNode, segmentationNode)
     expected = tuple(reversed(reference.GetDimensions()))
     if mask.shape != expected:
         raise MRMLInputError(f"The mask has shape {mask.shape}; the volume's grid is {expected} (KJI).")
-    labelmap = slicer.vtkOrientedImageData()
-    labelmap.ShallowCopy(reference)
-    labelmap.CopyDirections(reference)
-    labelmap.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
-    _arrayFromOrientedImage(labelmap)[:] = mask.astype(np.uint8)
-    labelmap.Modified()
+    own = segmentationGeometry(segmentationNode)
+    if own is None or _sameGrid(own, reference):
+        labelmap = _orientedLabelmap(reference, mask)
+    else:
+        changed = mask != segmentMaskInVolumeGrid(segmentationNode, segmentId, volumeNode)
+        changedThere = _resampledArray(_orientedLabelmap(reference, changed), own).astype(bool)
+        newThere = _resampledArray(_orientedLabelmap(reference, mask), own).astype(bool)
+        current = slicer.vtkOrientedImageData()
+        slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(
+            segmentationNode, segmentId, current, False
+        )
+        labelValue = segmentationNode.GetSegmentation().GetSegment(segmentId).GetLabelValue()
+        currentThere = np.zeros(changedThere.shape, bool)
+        if not current.IsEmpty():
+            currentThere = _resampledArray(current, own) == labelValue
+        labelmap = _orientedLabelmap(own, np.where(changedThere, newThere, currentThere))
     if not slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
         labelmap,
         segmentationNode,

@@ -564,3 +564,60 @@ def test_segment_reads_copy_no_voxels_and_leave_nothing_referenced(headless):
     for _ in range(50):
         MRMLAdapter.segmentMaskInVolumeGrid(segmentationNode, segmentId, volumeNode)
     assert resident_megabytes() - before < 30  # a leaked voxel copy per read would add 150 MB
+
+
+def fine_grid(reference, factor=2):
+    """``reference`` with its I and J voxels split ``factor`` times (an oversampled segmentation's grid)."""
+    matrix = vtk.vtkMatrix4x4()
+    reference.GetImageToWorldMatrix(matrix)
+    array = slicer.util.arrayFromVTKMatrix(matrix)
+    array[:3, :2] /= factor
+    fine = slicer.vtkOrientedImageData()
+    fine.SetImageToWorldMatrix(slicer.util.vtkMatrixFromArray(array))
+    low_i, high_i, low_j, high_j, low_k, high_k = reference.GetExtent()
+    fine.SetExtent(low_i, factor * (high_i + 1) - 1, low_j, factor * (high_j + 1) - 1, low_k, high_k)
+    return fine
+
+
+def own_grid_mask(segmentationNode, segmentId, grid):
+    image = slicer.vtkOrientedImageData()
+    slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(
+        segmentationNode, segmentId, image, False
+    )
+    value = segmentationNode.GetSegmentation().GetSegment(segmentId).GetLabelValue()
+    return MRMLAdapter._resampledArray(image, grid) == value
+
+
+def test_pseudo_labels_are_written_in_an_oversampled_segmentations_own_grid(headless):
+    volumeNode, _, _ = add_volume(headless.scene)
+    segmentationNode, (liver, spleen) = add_segmentation(headless.scene, volumeNode)
+    fine = fine_grid(MRMLAdapter.referenceImageGeometry(volumeNode, segmentationNode))
+    name = slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
+    segmentationNode.GetSegmentation().SetConversionParameter(
+        name, slicer.vtkSegmentationConverter.SerializeImageGeometry(fine)
+    )
+    shape = tuple(reversed(fine.GetDimensions()))
+    annotated, propagated = [0, 8], list(range(1, 8))
+    for segmentId, seed in ((liver, 1), (spleen, 2)):  # detail finer than a volume voxel
+        drawn = random_mask(shape, seed, fraction=0.3) & ~random_mask(shape, seed + 10, fraction=0.5)
+        if segmentId == liver:  # the liver is annotated on two slices; the spleen everywhere
+            drawn[propagated] = False
+        labelmap = MRMLAdapter._orientedLabelmap(fine, drawn)
+        mode = slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE
+        assert slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+            labelmap, segmentationNode, segmentId, mode, labelmap.GetExtent()
+        )
+    before = {segmentId: own_grid_mask(segmentationNode, segmentId, fine) for segmentId in (liver, spleen)}
+    MRMLAdapter.recordAnnotatedSlices(segmentationNode, [liver], annotated, 0)
+    pseudo = random_mask(SHAPE_KJI, seed=9, fraction=0.4)
+
+    MRMLAdapter.writePseudoLabels(
+        segmentationNode, volumeNode, {liver: pseudo}, annotated, propagated, np.ones(SHAPE_KJI[0]), 0, "sdf"
+    )
+
+    after = {segmentId: own_grid_mask(segmentationNode, segmentId, fine) for segmentId in (liver, spleen)}
+    np.testing.assert_array_equal(after[liver][annotated], before[liver][annotated])  # bit-identical, fine detail
+    np.testing.assert_array_equal(after[spleen], before[spleen])
+    read = MRMLAdapter.segmentMaskInVolumeGrid(segmentationNode, liver, volumeNode)
+    np.testing.assert_array_equal(read[propagated], pseudo[propagated])
+    assert MRMLAdapter.segmentationGeometry(segmentationNode).GetExtent() == fine.GetExtent()
