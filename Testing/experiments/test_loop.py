@@ -85,3 +85,15 @@ def test_training_slices_stream_from_the_cache_and_validation_takes_every_nth_sl
     validation = session.validation_examples()
     subject = cohort[split.validation[0]]
     assert [index for _, index in validation.sources] == list(range(0, subject.n_slices, config.validation_stride))
+
+
+def test_the_reference_trains_as_many_steps_as_a_whole_run():
+    from spatial_al.experiments.loop import reference_epochs
+
+    lim, _ = resolve_config("less_is_more", "demo", "cpu")  # 8 iterations an epoch, 4 epochs, rounds 0-12
+    training = lim.training_config(0)
+    assert reference_epochs(lim, training, [30] * 11) == 4 * 13
+    smoke, _ = resolve_config("less_is_more", "demo", "smoke")  # whole passes: 1 epoch, batch 4, 6 + 4 a round
+    training = smoke.training_config(0)
+    run_steps = sum(-(-(6 + 4 * r) // 4) for r in range(3))  # ceil(labeled / batch) per round, rounds 0-2
+    assert reference_epochs(smoke, training, [30, 30, 30]) == max(1, -(-run_steps // 23))

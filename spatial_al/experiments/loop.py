@@ -136,6 +136,37 @@ class RoundProgress:
         return self.outer is not None and self.outer.should_cancel()
 
 
+def initial_slices(config: ExperimentConfig, slice_counts: list[int]) -> int:
+    """Slices the cold start annotates: the grid on every training volume (``slice_counts``), or its budget."""
+    if config.initial.budget is None:
+        return sum(math.ceil(count / config.initial.options["interval"]) for count in slice_counts)
+    return config.initial.budget
+
+
+def last_round(config: ExperimentConfig, pool_slices: int, labeled: int, round_index: int = 0) -> int:
+    """The last round a run reaches from ``round_index`` with ``labeled`` slices: the budget, or the round count."""
+    rounds = config.rounds
+    if config.budget_percent is not None:
+        needed = config.budget_percent / 100.0 * pool_slices - labeled
+        rounds = min(rounds, round_index + max(0, math.ceil(needed / config.query_size)))
+    return rounds
+
+
+def reference_epochs(config: ExperimentConfig, training, slice_counts: list[int]) -> int:
+    """Epochs of the fully supervised reference: as many optimizer steps as a whole run's rounds take together
+    (an upper bound where early stopping ends rounds sooner), so the reference is not the less trained model."""
+    pool = sum(slice_counts)
+    labeled = initial_slices(config, slice_counts)
+    rounds = last_round(config, pool, labeled) + 1
+    if training.iterations_per_epoch is not None:
+        return training.max_epochs * rounds
+    steps = sum(
+        training.max_epochs * math.ceil(min(pool, labeled + r * config.query_size) / training.batch_size)
+        for r in range(rounds)
+    )
+    return max(training.max_epochs, math.ceil(steps / math.ceil(pool / training.batch_size)))
+
+
 def round_seed(seed: int, round_index: int) -> int:
     """The seed of a round's random choices, from the run's seed and the round (a resumed round repeats them)."""
     return int(np.random.SeedSequence([seed, round_index]).generate_state(1)[0])
@@ -170,8 +201,9 @@ class Session:
         self.training_subjects = [self.cohort[name] for name in spec.split.training]
         self.pool_slices = sum(subject.n_slices for subject in self.training_subjects)
         self.training = self.config.training_config(spec.seed)
-        if spec.reference:  # every training slice: an epoch is one pass over them, however few batches others take
-            self.training = self.training.with_options(iterations_per_epoch=None)
+        if spec.reference:
+            counts = [subject.n_slices for subject in self.training_subjects]
+            self.training = self.training.with_options(max_epochs=reference_epochs(self.config, self.training, counts))
         self.model = None
         self.trainer = None
         self.encoder_init: dict[str, Any] = {"weights": "random initialisation"}
@@ -469,11 +501,7 @@ class Session:
         """The last round index the run will reach (the budget, or the protocol's round count)."""
         if self.spec.reference:
             return 0
-        rounds = self.config.rounds
-        if self.config.budget_percent is not None:
-            needed = self.config.budget_percent / 100.0 * self.pool_slices - state.labeled_count()
-            rounds = min(rounds, state.round_index + max(0, math.ceil(needed / self.config.query_size)))
-        return rounds
+        return last_round(self.config, self.pool_slices, state.labeled_count(), state.round_index)
 
     def finished(self, state: SessionState) -> bool:
         if self.spec.reference or state.round_index >= self.config.rounds:

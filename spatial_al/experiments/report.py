@@ -255,6 +255,14 @@ def averaged_by_round(records, value) -> tuple[np.ndarray, np.ndarray, np.ndarra
         return np.arange(rounds), x.mean(0), np.nanmean(y, 0), np.nanstd(y, 0, ddof=1 if len(records) > 1 else 0)
 
 
+def arm_colors(count: int) -> list:
+    """``count`` distinct colours: matplotlib's tab10, or tab20 beyond ten strategies."""
+    import matplotlib
+
+    palette = matplotlib.colormaps["tab10" if count <= 10 else "tab20"]
+    return [palette(index % palette.N) for index in range(count)]
+
+
 def plot_curves(runs, report, order, path: Path) -> None:
     """The learning curves: the table's metric per round against percent labeled (or round), mean ± std band per
     strategy, the fully supervised Dice as a dashed line."""
@@ -265,11 +273,12 @@ def plot_curves(runs, report, order, path: Path) -> None:
 
     metric = report["metric"]
     figure, axes = plt.subplots(figsize=(8, 5))
-    for arm in [a for a in order if a in runs]:
+    arms = [a for a in order if a in runs]
+    for arm, color in zip(arms, arm_colors(len(arms)), strict=True):
         rounds, x, mean, std = averaged_by_round(runs[arm], lambda r: r["metrics"][metric])
         axis = x if report["curve_axis"] == "percent" else rounds
-        axes.plot(axis, mean, marker="o", markersize=3, label=arm)
-        axes.fill_between(axis, mean - std, mean + std, alpha=0.15)
+        axes.plot(axis, mean, marker="o", markersize=3, label=arm, color=color)
+        axes.fill_between(axis, mean - std, mean + std, alpha=0.12, color=color)
     if REFERENCE_ARM in runs:
         full = [record["rounds"][-1]["metrics"][metric] for record in runs[REFERENCE_ARM]]
         axes.axhline(float(np.mean(full)), color="black", linestyle="--", linewidth=1, label=f"{REFERENCE_ARM} (100 %)")
@@ -291,14 +300,14 @@ def plot_pseudo_labels(runs, order, path: Path) -> None:
     if not arms:
         return
     figure, axes = plt.subplots(figsize=(7, 4.5))
-    for arm in arms:
 
-        def new_dice(r):
-            return (r.get("pseudo_label_dice") or {}).get("new")
+    def new_dice(r):
+        return (r.get("pseudo_label_dice") or {}).get("new")
 
+    for arm, color in zip(arms, arm_colors(len(arms)), strict=True):
         rounds, _, mean, std = averaged_by_round(runs[arm], new_dice)
-        axes.plot(rounds, mean, marker="o", markersize=3, label=arm)
-        axes.fill_between(rounds, mean - std, mean + std, alpha=0.15)
+        axes.plot(rounds, mean, marker="o", markersize=3, label=arm, color=color)
+        axes.fill_between(rounds, mean - std, mean + std, alpha=0.12, color=color)
     axes.set_xlabel("round")
     axes.set_ylabel("Dice of the round's new pseudo-labels")
     axes.grid(alpha=0.3)

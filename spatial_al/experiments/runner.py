@@ -15,7 +15,6 @@ training, and errors name the fix.
 from __future__ import annotations
 
 import difflib
-import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from ..progress import TqdmProgress
 from ..provenance import environment, write_json
 from .cohort import Cohort, Split, build_cohort, open_source, resolve_classes, split_subjects
 from .config import ConfigError, ExperimentConfig
-from .loop import REFERENCE_ARM, RunSpec, run_folder, run_session
+from .loop import REFERENCE_ARM, RunSpec, initial_slices, run_folder, run_session
 from .protocols import resolve_config
 
 STUDY_FILE = "study.json"
@@ -128,15 +127,11 @@ def check_budget(config: ExperimentConfig, cohort: Cohort, split: Split) -> None
     """The initial selection fits the pool and the budget is above it."""
     counts = cohort.slice_counts()
     pool = sum(counts[name] for name in split.training)
-    initial = config.initial
-    if initial.budget is None:
-        first = sum(math.ceil(counts[name] / initial.options["interval"]) for name in split.training)
-    else:
-        first = initial.budget
-        if first > pool:
-            raise ConfigError(
-                f"initial.budget {first} is larger than the {pool} training slices; lower it to at most {pool}."
-            )
+    first = initial_slices(config, [counts[name] for name in split.training])
+    if first > pool:
+        raise ConfigError(
+            f"initial.budget {first} is larger than the {pool} training slices; lower it to at most {pool}."
+        )
     if config.budget_percent is not None and config.budget_percent < 100.0 * first / pool:
         raise ConfigError(
             f"budget_percent {config.budget_percent} is below the initial selection ({first} of {pool} training "
