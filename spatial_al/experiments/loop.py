@@ -330,12 +330,14 @@ class Session:
     # -- the round's phases --------------------------------------------------------------------------------------
 
     def train(self, state: SessionState) -> dict[str, Any]:
+        """Train (or fine-tune, or finish) the round's model unless a previous process already did; a summary of
+        the round's epochs for the record."""
+        from ..training import save_checkpoint
+
         already_trained = self.restore_trainer(state.round_index)
         started = len(self.trainer.state.history)
         if not already_trained:
             self.trainer.train_round(self.training_examples(state), self.validation_examples())
-            from ..training import save_checkpoint
-
             save_checkpoint(self.spec.folder / CHECKPOINT_FILE, self.model, self.trainer)
         epochs = [epoch for epoch in self.trainer.state.history if epoch["round"] == state.round_index]
         return {
@@ -504,6 +506,7 @@ class Session:
         return last_round(self.config, self.pool_slices, state.labeled_count(), state.round_index)
 
     def finished(self, state: SessionState) -> bool:
+        """Whether the run stops after evaluating this round: rounds done, budget spent or nothing left to query."""
         if self.spec.reference or state.round_index >= self.config.rounds:
             return True
         percent = 100.0 * state.labeled_count() / self.pool_slices
