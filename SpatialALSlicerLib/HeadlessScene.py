@@ -6,6 +6,7 @@ adapter needs, and the three default slice views (Red, Yellow, Green).
 """
 
 import contextlib
+import os
 import tempfile
 import zipfile
 from pathlib import Path
@@ -86,12 +87,18 @@ def saveSceneBundle(scene, path):
             if storage.IsA("vtkMRMLVolumeArchetypeStorageNode"):
                 # Keep a left-handed voxel grid as it is: flipping K on reload would move every recorded slice index.
                 storage.SetForceRightHandedIJKCoordinateSystem(False)
-    path = str(Path(path).resolve())  # WriteToMRB fails on a relative path
-    with silencedVTKOutput():
-        written = scene.WriteToMRB(path)
-    if not written:
-        raise OSError(f"Slicer could not write the scene bundle {path!r}.")
-    return path
+    path = Path(path).resolve()  # WriteToMRB fails on a relative path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Written whole under its own name in a temporary folder beside it, then moved into place: a kill leaves the
+    # previous bundle or none (the bundle's inner folder is named after the file, so the name is kept).
+    with tempfile.TemporaryDirectory(prefix=f".{path.stem}.", dir=path.parent) as folder:
+        staged = Path(folder) / path.name
+        with silencedVTKOutput():
+            written = scene.WriteToMRB(str(staged))
+        if not written:
+            raise OSError(f"Slicer could not write the scene bundle {str(path)!r}.")
+        os.replace(staged, path)
+    return str(path)
 
 
 def loadSceneBundle(path):

@@ -213,3 +213,8 @@ def test_the_paper_sdf_variant_is_less_is_mores_formula_and_skips_labels_that_do
 def test_label_layers_of_different_shapes_are_refused_naming_them():
     with pytest.raises(ValueError, match=r"must share one shape .*\(5, 4, 4\), \(5, 4, 3\)"):
         spatial_al.propagate([np.zeros((5, 4, 4), np.uint8), np.zeros((5, 4, 3), np.uint8)], [0, 4])
+
+
+def test_nan_spacing_is_refused():
+    with pytest.raises(ValueError, match="spacing must be three positive voxel sizes"):
+        spatial_al.propagate(np.ones((5, 4, 4), np.uint8), [0, 4], spacing=(np.nan, 1.0, 1.0))

@@ -214,3 +214,9 @@ def test_a_grid_that_meets_annotated_slices_fills_its_budget_with_the_farthest_s
     assert ranking.slices.tolist() == [4, 8, 16, 24, 32]
     full = spatial_al.rank(IMAGE, "fixed_interval", 10, annotated=[0, 10, 20, 30])
     assert len(full) == 10 and not {0, 10, 20, 30} & set(full.slices.tolist())
+
+
+@pytest.mark.parametrize("min_spacing", [2.5, -1, True])
+def test_a_spacing_that_cannot_be_honoured_is_refused(min_spacing):
+    with pytest.raises(ValueError, match="min_spacing must be a whole number of slices"):
+        spatial_al.rank(IMAGE, "random", 3, min_spacing=min_spacing)

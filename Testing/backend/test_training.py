@@ -374,3 +374,14 @@ def test_labeled_encoder_is_copied_from_the_unlabeled_encoder_at_every_round_onl
         assert not labeled[first_convolution][:, 1:].any()  # label weights start at zero
     else:
         assert same_weights(weights(model.star.labeled_encoder), after_first)
+
+
+def test_intensities_near_the_float32_limit_normalise_as_ordinary_ones(chest_ct):
+    image = chest_ct.image.astype(np.float32)
+    ordinary = normalize_intensities(image)
+    for scale in (1e35, 1e-30):
+        scaled = normalize_intensities(image * np.float32(scale))
+        assert np.isfinite(scaled).all()
+        np.testing.assert_allclose(scaled, ordinary, atol=1e-3)
+    huge = normalize_intensities(image.astype(np.float64) * 1e300)  # beyond float32 altogether
+    np.testing.assert_allclose(huge, ordinary, atol=1e-3)

@@ -151,7 +151,7 @@ class PropagationResult:
 def slice_spacing_first(spacing: Sequence[float] | None, axis: int) -> np.ndarray:
     """Array-order spacing (3,) reordered so the slice axis comes first (1 mm where unknown)."""
     values = np.ones(3) if spacing is None else np.asarray(spacing, dtype=float)
-    if values.shape != (3,) or np.any(values <= 0):
+    if values.shape != (3,) or not np.all(np.isfinite(values)) or np.any(values <= 0):
         raise ValueError(f"spacing must be three positive voxel sizes in array order, got {spacing!r}.")
     return np.concatenate([[values[axis]], np.delete(values, axis)])
 

@@ -461,8 +461,8 @@ def rank_cohort(
             f"budget {budget} cannot be met with at most {per_volume} slice(s) per volume in {len(pool)} volumes; "
             f"raise per_volume to at least {-(-budget // len(pool))} or lower the budget."
         )
-    if min_spacing < 0:
-        raise ValueError(f"min_spacing must be 0 or more slices, got {min_spacing}.")
+    if isinstance(min_spacing, bool) or not isinstance(min_spacing, (int, np.integer)) or min_spacing < 0:
+        raise ValueError(f"min_spacing must be a whole number of slices, 0 or more; got {min_spacing!r}.")
     if not info.spacing_controls and (per_volume is not None or min_spacing > 1):
         raise ValueError(
             f"The strategy {strategy!r} spaces its picks by construction; per_volume and min_spacing do not apply. "

@@ -15,6 +15,10 @@ import numpy as np
 from ..volume import Segment, normalize_slice_indices
 
 PERCENTILES = (0.5, 99.5)
+# Intensity ranges outside these magnitudes are rescaled before the float32 statistics: sums overflow near float32's
+# largest value (3.4e38), and a standard deviation below the 1e-6 floor would flatten the image. Z-scoring removes
+# the scale, so the result is the same as for ordinary intensities.
+SAFE_INTENSITY_RANGE = (1e-20, 1e30)
 
 
 def normalize_intensities(image: np.ndarray) -> np.ndarray:
@@ -30,6 +34,9 @@ def normalize_intensities(image: np.ndarray) -> np.ndarray:
             "before training or predicting."
         )
     low, high = (float(value) for value in np.percentile(image, PERCENTILES))
+    peak = max(abs(low), abs(high))
+    if not SAFE_INTENSITY_RANGE[0] <= peak <= SAFE_INTENSITY_RANGE[1] and peak > 0:
+        image, low, high = np.asarray(image, dtype=np.float64) / peak, low / peak, high / peak
     clipped = np.clip(image.astype(np.float32), low, high)
     return ((clipped - clipped.mean()) / max(float(clipped.std()), 1e-6)).astype(np.float32, copy=False)
 
