@@ -96,12 +96,12 @@ def per_label_map(function: Callable[..., tuple[np.ndarray, np.ndarray]]) -> Pro
 
     @functools.wraps(function)
     def run(task: PropagationTask, **options) -> tuple[np.ndarray, np.ndarray]:
-        filled = np.zeros_like(task.label_layers)
-        confidences = []
-        for index, layer in enumerate(task.label_layers):
-            filled[index], confidence = function(layer, task.annotated, task.spacing, task.progress, **options)
-            confidences.append(confidence)
-        return filled, np.fmin.reduce(np.stack(confidences), axis=0)
+        results = [
+            function(layer, task.annotated, task.spacing, task.progress, **options) for layer in task.label_layers
+        ]
+        # one layer (the usual case): its array as it is, no second volume-sized copy
+        filled = results[0][0][np.newaxis] if len(results) == 1 else np.stack([result[0] for result in results])
+        return filled, np.fmin.reduce(np.stack([result[1] for result in results]), axis=0)
 
     return run
 
