@@ -275,7 +275,14 @@ class SpatialPropagationLogic(ScriptedLoadableModuleLogic):
         # segmentation node -> (segment IDs, LayerPropagation, slice axis, method) of its last preview. Keyed by the
         # node, not its ID: IDs start again after a scene is closed, and a preview must never reach another scene.
         self._previews = previews = {}
-        slicer.mrmlScene.AddObserver(slicer.mrmlScene.StartCloseEvent, lambda caller, event: previews.clear())
+
+        def forgetClosedScene(caller, event):
+            previews.clear()
+            sli2vol = sys.modules.get("spatial_al.propagation.sli2vol")
+            if sli2vol is not None:  # the networks it learned on the closed scene's volumes
+                sli2vol.forget_trained_networks()
+
+        slicer.mrmlScene.AddObserver(slicer.mrmlScene.StartCloseEvent, forgetClosedScene)
 
     def getParameterNode(self):
         return SpatialPropagationParameterNode(super().getParameterNode())

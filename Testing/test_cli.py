@@ -406,20 +406,37 @@ def test_benchmark_propagation_reports_time_and_dice_per_interval(tmp_path, caps
         "sdf",
         "--intervals",
         "5,10",
-        "--speed-slices",
-        "20",
+        "--speed-shape",
+        "20x48x40",
         "--no-frog",
     ]
-    assert main([*arguments, "--size", "48", "--output", str(output), "--quiet"]) == 0
+    assert main([*arguments, "--output", str(output), "--quiet"]) == 0
     rows = json.loads(output.read_text())["results"]["rows"]
     assert [(r["dataset"], r["interval"]) for r in rows] == [
         ("chest CT", 5),
         ("chest CT", 10),
-        ("ellipsoids 20x48x48", 10),
+        ("ellipsoids 20x48x40", 10),
     ]
     assert all(0 < r["dice"] <= 1 and r["seconds"] > 0 and r["speedup"] is None for r in rows)
     assert rows[0]["dice"] > rows[1]["dice"]  # sparser annotation, lower Dice
     assert "chest CT" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_status:
+        main([*arguments[:4], "--speed-shape", "20x48", "--output", str(output)])
+    assert exit_status.value.code == 2
+    assert "write slices x rows x columns" in capsys.readouterr().err
+
+
+def test_the_speed_volume_runs_the_image_methods_but_trains_no_model():
+    from spatial_al.benchmarks.propagation import ellipsoid_stack, measure_stack, speedups
+
+    stack = ellipsoid_stack((41, 48, 40))
+    assert stack.image.shape == stack.label_layers.shape[1:] and stack.image.dtype == np.float32
+    methods = ["sdf", "contour", "sli2vol", "star"]
+    rows = speedups(measure_stack(stack, "ellipsoids", methods, (3,), with_models=False))
+    speed = {r["method"]: r for r in rows}
+    assert set(speed) == {"sdf", "contour", "sli2vol"}
+    assert speed["sdf"]["speedup"] == round(speed["contour"]["seconds"] / speed["sdf"]["seconds"], 2)
+    assert all(0.6 < r["dice"] <= 1 for r in speed.values()), {m: r["dice"] for m, r in speed.items()}
 
 
 def test_speedups_compare_each_row_with_contour_of_the_same_dataset_and_interval():

@@ -270,7 +270,11 @@ def test_a_preview_never_reaches_the_next_scene(slicer_modules, headless):
     logic.propagate(volume, segmentation, [lung.segment_id], method="sdf", preview=True)
     identifier = segmentation.GetID()
     assert logic.hasPreview(segmentation)
+    from spatial_al.propagation import sli2vol
+
+    sli2vol._trained["a network learned on this scene's volume"] = None
     headless.scene.Clear(False)  # File > Close Scene
+    assert not sli2vol._trained
 
     volume, segmentation, lung = annotated_lung(slicer_modules, headless.scene, [5, 25])
     assert segmentation.GetID() == identifier  # IDs start again in the new scene

@@ -72,6 +72,20 @@ def writable_output(path: str | Path, folder: bool = False) -> Path:
     return path
 
 
+def volume_shape(text: str) -> tuple[int, int, int]:
+    """argparse type: slices x rows x columns, as ``300x512x512``."""
+    parts = text.lower().split("x")
+    try:
+        shape = tuple(int(part) for part in parts)
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a volume shape; write slices x rows x columns, as 300x512x512"
+        )
+    return shape
+
+
 def positive_int(text: str) -> int:
     """argparse type: a whole number of at least 1."""
     try:
@@ -376,7 +390,7 @@ def command_benchmark(args: argparse.Namespace) -> None:
             from .benchmarks.propagation import format_table, measure_propagation, speedups
 
             intervals = [int(value) for value in args.intervals.split(",")]
-            speed_shape = None if args.no_speed else (args.speed_slices, args.size)
+            speed_shape = None if args.no_speed else args.speed_shape
             rows = measure_propagation(names, intervals, speed_shape, not args.no_frog, bar, device, args.train_epochs)
             rows = speedups(rows)
             title = "Propagation against contour (Dice on the non-annotated slices between annotated ones):"
@@ -608,18 +622,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--train-epochs", type=int, default=30, help="epochs of the model trained for star and model (default 30)"
     )
     propagation.add_argument("--intervals", default="5,10,15", help="annotation intervals (default 5,10,15)")
-    propagation.add_argument("--speed-slices", type=int, default=300, help="slices of the speed volume (300)")
+    propagation.add_argument(
+        "--speed-shape",
+        type=volume_shape,
+        default=(300, 512, 512),
+        help="slices x rows x columns of the synthetic speed volume, annotated every 10th slice (300x512x512)",
+    )
     propagation.add_argument("--no-speed", action="store_true", help="skip the large synthetic label map")
     propagation.add_argument("--no-frog", action="store_true", help="skip pyvista's frog tissue label map")
+    for measurement in (throughput, ranking):
+        measurement.add_argument("--size", type=positive_int, default=256, help="slice size in pixels (default 256)")
     for measurement in (throughput, ranking, propagation):
-        measurement.add_argument(
-            "--size", type=int, default=256, help="slice size in pixels (default 256; 512 for propagation)"
-        )
         measurement.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
         measurement.add_argument("--output", help="JSON file to write (default benchmark-NAME.json)")
         measurement.add_argument("--quiet", action="store_true", help="no progress bar")
         measurement.set_defaults(handler=command_benchmark)
-    propagation.set_defaults(size=512)
 
     experiment = commands.add_parser("experiment", help="the papers' active-learning studies, headless")
     actions = experiment.add_subparsers(dest="action", required=True, metavar="{run,report,protocols}")

@@ -35,24 +35,45 @@ def test_labels_are_the_argmax_or_the_thresholded_sigmoid():
     assert torch.equal(sigmoid.labels(SLICES), (sigmoid.probabilities(SLICES) > 0.5).to(torch.uint8))
 
 
+def direct_dropout_draws(model, slices, samples, seed, padding):
+    """``samples`` passes of the whole network over the slices repeated along the batch, dropout on: (T, N, C, H, W)."""
+    torch.manual_seed(seed)
+    model.eval()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.train()
+    padded = torch.nn.functional.pad(slices, padding)
+    with torch.no_grad():
+        draws = model(padded.repeat(samples, 1, 1, 1)).softmax(1)[..., :30, :37]
+    model.eval()
+    return draws.unflatten(0, (samples, len(slices)))
+
+
 def test_mc_dropout_statistics_against_a_direct_computation():
     runner = predictor(dropout=0.3)
     statistics = runner.mc_dropout(SLICES[:2], samples=5, seed=4)
-    torch.manual_seed(4)
-    runner.model.eval()
-    for module in runner.model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.train()
-    padded = torch.nn.functional.pad(SLICES[:2], (0, 11, 0, 2))
-    with torch.no_grad():
-        draws = torch.stack([runner.model(padded).softmax(1)[..., :30, :37] for _ in range(5)])
-    runner.model.eval()
+    draws = direct_dropout_draws(runner.model, SLICES[:2], 5, 4, (0, 11, 0, 2))
     assert torch.allclose(statistics.mean, draws.mean(0), atol=1e-5)
     assert torch.allclose(statistics.variance, draws.var(0, unbiased=False), atol=1e-6)
     bald = pixel_entropy(draws.mean(0), "softmax") - torch.stack([pixel_entropy(d, "softmax") for d in draws]).mean(0)
     assert torch.allclose(statistics.mutual_information, bald.clamp(min=0), atol=1e-5)
     assert float(statistics.mutual_information.max()) > 0
     assert not runner.model.training and not any(m.training for m in runner.model.modules())
+
+
+def test_mc_dropout_runs_a_dropout_free_encoder_once_with_the_same_result():
+    torch.manual_seed(0)
+    config = preset_config("resnet50-unet", class_names=("a", "b"), backbone="resnet10", dropout=0.3)
+    runner = SlicePredictor(SegmentationModel(config), CPU, batch_size=3)
+    assert not runner.model.encoder_has_dropout and predictor().model.encoder_has_dropout
+    calls = []
+    runner.model.backbone.encoder.register_forward_hook(lambda module, inputs, output: calls.append(len(inputs[0])))
+    statistics = runner.mc_dropout(SLICES[:3], samples=4, seed=2)
+    assert calls == [3]  # one encoder pass over the batch, not one per sample
+    draws = direct_dropout_draws(runner.model, SLICES[:3], 4, 2, (0, 27, 0, 2))
+    assert torch.allclose(statistics.mean, draws.mean(0), atol=1e-5)
+    assert torch.allclose(statistics.variance, draws.var(0, unbiased=False), atol=1e-6)
+    assert float(statistics.variance.max()) > 0
 
 
 def test_mc_dropout_needs_a_model_with_dropout():

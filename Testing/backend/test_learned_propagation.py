@@ -14,7 +14,8 @@ from spatial_al.metrics import mean_label_dice
 from spatial_al.models import SegmentationModel, preset_config
 from spatial_al.models.inference import SlicePredictor
 from spatial_al.progress import OperationCancelled, RecordingProgress
-from spatial_al.propagation.sli2vol import local_affinity, transfer
+from spatial_al.propagation import sli2vol
+from spatial_al.propagation.sli2vol import forget_trained_networks, local_affinity, transfer
 from spatial_al.selection import select_pseudo_labels
 from spatial_al.training import TrainingConfig
 from spatial_al.training.data import normalize_intensities
@@ -68,13 +69,37 @@ def test_sli2vol_beats_copying_the_nearest_annotated_slice(moving_stack):
     assert np.all((result.confidence > 0) & (result.confidence <= 1))
 
 
+@pytest.fixture(autouse=True)
+def no_reused_sli2vol_networks():
+    forget_trained_networks()
+    yield
+    forget_trained_networks()
+
+
 def test_sli2vol_is_reproducible_and_extrapolates_from_a_single_slice(moving_stack):
     labels = moving_stack.label_layers[0]
     first = spatial_al.propagate(labels, [9], "sli2vol", moving_stack.image, extrapolate=True, **QUICK_SLI2VOL)
+    forget_trained_networks()
     again = spatial_al.propagate(labels, [9], "sli2vol", moving_stack.image, extrapolate=True, **QUICK_SLI2VOL)
     np.testing.assert_array_equal(first.labels, again.labels)
     np.testing.assert_array_equal(first.propagated, np.delete(np.arange(19), 9))
     assert mean_label_dice(first.labels[8], labels[8]) > 0.8  # the neighbours of the annotated slice follow it
+
+
+def test_sli2vol_reuses_the_network_it_learned_on_the_same_volume(moving_stack, monkeypatch):
+    trainings = []
+    train = sli2vol.train_correspondence
+    monkeypatch.setattr(sli2vol, "train_correspondence", lambda *a, **k: trainings.append(1) or train(*a, **k))
+    labels = moving_stack.label_layers[0]
+    fresh = spatial_al.propagate(labels, [3, 15], "sli2vol", moving_stack.image, **QUICK_SLI2VOL)
+    more_annotated = spatial_al.propagate(labels, [3, 9, 15], "sli2vol", moving_stack.image, **QUICK_SLI2VOL)
+    reused = spatial_al.propagate(labels, [3, 15], "sli2vol", moving_stack.image, **QUICK_SLI2VOL)
+    assert len(trainings) == 1  # learned once: the labels changed, the volume did not
+    np.testing.assert_array_equal(reused.labels, fresh.labels)
+    assert not np.array_equal(more_annotated.labels, fresh.labels)
+    spatial_al.propagate(labels, [3, 15], "sli2vol", moving_stack.image[::-1].copy(), **QUICK_SLI2VOL)
+    spatial_al.propagate(labels, [3, 15], "sli2vol", moving_stack.image, **{**QUICK_SLI2VOL, "radius": 2})
+    assert len(trainings) == 3  # another volume, or other training options, learn again
 
 
 def test_transfer_through_a_one_offset_affinity_shifts_the_values():

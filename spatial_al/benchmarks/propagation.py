@@ -4,10 +4,11 @@ slice, at several annotation intervals.
 
 Inputs: the ``slicerio`` chest CT and its segmentation (real anatomy, 34 axial slices of 10 mm), pyvista's frog
 tissue label map (136 slices of 500 x 470, about 25 tissues; labels only) when pyvista is installed, and a
-synthetic label map of ellipsoids, 300 x 512 x 512 by default, for speed at clinical size. Methods that need the
-image (sli2vol, star, model) run where there is one (the chest CT). The model of star and model is trained for the
-benchmark on the annotated slices of each interval (``star-small``, from random initialisation); its training time
-is reported apart.
+synthetic volume of ellipsoids, 300 x 512 x 512 by default, for speed at clinical size. Methods that need the
+image (sli2vol, star, model) run where there is one (the chest CT, the ellipsoids). The model of star and model is
+trained for the benchmark on the annotated slices of each interval (``star-small``, from random initialisation); its
+training time is reported apart. On the ellipsoids only methods without a model run (training one on 512 x 512
+slices would measure the training).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 from collections.abc import Sequence
 
 import numpy as np
+from scipy.ndimage import gaussian_filter
 
 from ..io.segmentation import Segmentation
 from ..metrics import dice
@@ -35,20 +37,24 @@ def annotated_grid(n_slices: int, interval: int) -> np.ndarray:
     return np.arange(centred_offset(n_slices, interval), n_slices, interval)
 
 
-def ellipsoid_stack(n_slices: int = 300, size: int = 512, seed: int = 0) -> SliceStack:
-    """Label map (n_slices, size, size) of five random overlapping-free ellipsoids of labels 1..5 (no image)."""
+def ellipsoid_stack(shape: tuple[int, int, int] = (300, 512, 512), seed: int = 0) -> SliceStack:
+    """Five random non-overlapping ellipsoids of labels 1..5 in a (slices, rows, columns) volume, with an image:
+    smooth noise (float32) with each ellipsoid a little brighter than the last, so image-based methods (sli2vol)
+    run on it too."""
     rng = np.random.default_rng(seed)
-    labels = np.zeros((n_slices, size, size), np.uint8)
-    k, j, i = np.ogrid[:n_slices, :size, :size]
+    labels = np.zeros(shape, np.uint8)
+    k, j, i = np.ogrid[: shape[0], : shape[1], : shape[2]]
     for value in range(1, 6):
-        centre = rng.uniform([0.2, 0.2, 0.2], [0.8, 0.8, 0.8]) * (n_slices, size, size)
-        radii = rng.uniform([0.08, 0.05, 0.05], [0.3, 0.15, 0.15]) * (n_slices, size, size)
+        centre = rng.uniform([0.2, 0.2, 0.2], [0.8, 0.8, 0.8]) * shape
+        radii = rng.uniform([0.08, 0.05, 0.05], [0.3, 0.15, 0.15]) * shape
         inside = ((k - centre[0]) / radii[0]) ** 2 + ((j - centre[1]) / radii[1]) ** 2 + (
             (i - centre[2]) / radii[2]
         ) ** 2 <= 1
         labels[inside & (labels == 0)] = value
+    image = gaussian_filter(rng.normal(size=shape).astype(np.float32), sigma=(1, 3, 3))
+    image += 0.5 * labels
     segments = tuple(Segment(f"ellipsoid {value}", value) for value in range(1, 6))
-    return SliceStack(None, labels, segments, Geometry(labels.shape, spacing=(0.8, 0.8, 1.5)))
+    return SliceStack(image, labels, segments, Geometry(labels.shape, spacing=(0.8, 0.8, 1.5)))
 
 
 def mean_dice(stack: SliceStack, pseudo_masks: dict[str, np.ndarray], evaluated: np.ndarray) -> float:
@@ -81,15 +87,22 @@ def measure_stack(
     progress: ProgressReporter | None = None,
     device="cpu",
     train_epochs: int = 30,
+    with_models: bool = True,
 ) -> list[dict]:
     """One row per (method, interval): seconds :func:`~spatial_al.propagation.propagate` takes to fill every label
     layer (splitting the layers into segment masks and merging them into the segmentation, the same for every
-    method, are left out), and the mean Dice on the evaluated slices. Methods that
-    need an image are skipped on a label-only stack; ``train_seconds`` is the training of the model they use."""
+    method, are left out), and the mean Dice on the evaluated slices. Methods that need an image are skipped on a
+    label-only stack, methods that need a model without ``with_models``; ``train_seconds`` is the training of the
+    model they use."""
     from ..propagation.base import method_info
 
     truth = Segmentation(stack.label_layers, stack.segments, stack.geometry)
-    runnable = [m for m in methods if stack.image is not None or not method_info(PROPAGATORS.get(m)).image]
+    infos = {m: method_info(PROPAGATORS.get(m)) for m in methods}
+    runnable = [
+        m
+        for m in methods
+        if (stack.image is not None or not infos[m].image) and (with_models or infos[m].model is None)
+    ]
     rows = []
     for interval in intervals:
         annotated = annotated_grid(stack.n_slices, interval)
@@ -142,14 +155,14 @@ def contour_process_seconds() -> float:
 def measure_propagation(
     methods: Sequence[str] | None = None,
     intervals: Sequence[int] = (5, 10, 15),
-    speed_shape: tuple[int, int] | None = (300, 512),
+    speed_shape: tuple[int, int, int] | None = (300, 512, 512),
     include_frog: bool = True,
     progress: ProgressReporter | None = None,
     device="cpu",
     train_epochs: int = 30,
 ) -> list[dict]:
     """Rows for the chest CT and the frog (``include_frog``, needs pyvista) at each interval, then the ellipsoid
-    label map of ``speed_shape`` (slices, size) at interval 10 (skipped when None). ``contour`` rows also carry
+    volume of ``speed_shape`` (slices, rows, columns) at interval 10 (skipped when None). ``contour`` rows also carry
     ``process_seconds``, its fixed worker cost. Learned methods run on ``device``; ``train_epochs`` trains the
     model of star and model."""
     from ..data import chest_ct_files
@@ -163,9 +176,8 @@ def measure_propagation(
 
         rows += measure_stack(frog_tissues_stack(), "frog tissues", methods, intervals, progress, **learning)
     if speed_shape is not None:
-        n_slices, size = speed_shape
-        stack = ellipsoid_stack(n_slices, size)
-        rows += measure_stack(stack, f"ellipsoids {n_slices}x{size}x{size}", methods, (10,), progress, **learning)
+        name = "ellipsoids " + "x".join(map(str, speed_shape))
+        rows += measure_stack(ellipsoid_stack(speed_shape), name, methods, (10,), progress, device, with_models=False)
     if "contour" in methods:
         process = round(contour_process_seconds(), 3)
         rows = [{**row, "process_seconds": process} if row["method"] == "contour" else row for row in rows]

@@ -68,6 +68,10 @@ def enable_dropout(model: nn.Module) -> int:
     return len(layers)
 
 
+# Slices in one forward pass of MC-dropout's repeated batch: large enough to fill a GPU, small enough for its memory
+MC_SLICES_PER_FORWARD = 64
+
+
 class SlicePredictor:
     """Runs a model on slices in batches on one device.
 
@@ -135,6 +139,12 @@ class SlicePredictor:
     ) -> McDropoutStatistics:
         """Mean, variance and mutual information of ``samples`` passes with dropout on (seeded).
 
+        The passes of a batch run as one forward pass of the batch repeated ``samples`` times (in groups of at most
+        :data:`MC_SLICES_PER_FORWARD` slices), so a GPU sees large batches. Where the encoder has no dropout
+        (FlexibleUNet's ResNets; dropout sits in the decoder only) it is deterministic, so it runs once per batch
+        and only the decoder is repeated; the random draws, and so the result, are the same as running the whole
+        network on the repeated batch.
+
         Raises:
             ValueError: the model has no dropout (trained with dropout 0).
         """
@@ -148,10 +158,7 @@ class SlicePredictor:
             with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
                 torch.manual_seed(seed)
                 draws = self._collect(
-                    images,
-                    lambda x: torch.stack([activation(self.model(x), self.head) for _ in range(samples)], dim=1),
-                    progress,
-                    f"MC-dropout ({samples} samples)",
+                    images, lambda x: self._dropout_passes(x, samples), progress, f"MC-dropout ({samples} samples)"
                 )  # (N, T, C, H, W)
         finally:
             self.model.eval()
@@ -159,6 +166,21 @@ class SlicePredictor:
         expected_entropy = torch.stack([pixel_entropy(draws[:, t], self.head) for t in range(samples)]).mean(0)
         information = (pixel_entropy(mean, self.head) - expected_entropy).clamp(min=0.0)
         return McDropoutStatistics(mean, draws.var(1, unbiased=False), information)
+
+    def _dropout_passes(self, batch: torch.Tensor, samples: int) -> torch.Tensor:
+        """Probabilities of ``samples`` dropout passes over ``batch`` (B, C, H, W): (B, T, out_channels, H, W)."""
+        size = len(batch)
+        per_forward = max(1, min(samples, MC_SLICES_PER_FORWARD // size))
+        features = None if self.model.encoder_has_dropout else self.model.encode(batch)
+        passes = []
+        for start in range(0, samples, per_forward):
+            count = min(per_forward, samples - start)
+            if features is None:
+                logits = self.model(batch.repeat(count, 1, 1, 1))
+            else:
+                logits = self.model.decode([level.repeat(count, 1, 1, 1) for level in features])
+            passes.append(activation(logits, self.head).unflatten(0, (count, size)))
+        return torch.cat(passes).transpose(0, 1)
 
     def tta_probabilities(
         self, images, transforms: Sequence[str] = tuple(TTA_TRANSFORMS), progress: ProgressReporter | None = None

@@ -44,9 +44,19 @@ class SegmentationModel(nn.Module):
         return self.backbone.size_divisor
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if self.structure is not None:
-            return self.structure_outputs(images).refined
-        return self.backbone(images)
+        return self.decode(self.encode(images))
+
+    def decode(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """Logits (B, out_channels, H, W) from the encoder's feature maps (:meth:`encode`): the decoder and head (and
+        the SBC-AL refinement when attached), i.e. everything ``forward`` runs after the encoder."""
+        decoded = self.backbone.decoder(features)
+        coarse = self.backbone.head(decoded)
+        return coarse if self.structure is None else self.structure(decoded, coarse).refined
+
+    @property
+    def encoder_has_dropout(self) -> bool:
+        """Whether any dropout layer sits in the encoder (MONAI's BasicUNet: yes; FlexibleUNet's ResNets: no)."""
+        return any(isinstance(m, nn.modules.dropout._DropoutNd) for m in self.backbone.encoder.modules())
 
     def encode(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Encoder feature maps of (B, C, H, W) slices, finest first; the last is the bottleneck (B, D, h, w)."""

@@ -13,6 +13,8 @@ K = (2r + 1)^2 offsets of a window of radius r; values (B, C, H, W). Torch is im
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -29,6 +31,9 @@ FEATURE_CHANNELS = 16
 TEMPERATURE = 0.05  # of the affinity softmax over unit-length features: sharp, near one-to-one matches
 LEARNING_RATE = 1e-3
 TRAINING_BATCH = 4
+REUSED_NETWORKS = 2  # trained networks kept per process, most recent first (see :func:`trained_correspondence`)
+
+_trained: OrderedDict[tuple, nn.Module] = OrderedDict()
 
 
 def correspondence_network(feature_channels: int = FEATURE_CHANNELS) -> nn.Module:
@@ -145,6 +150,36 @@ def train_correspondence(
     return network.eval()
 
 
+def trained_correspondence(image: np.ndarray, device: torch.device, seed: int, progress=None, **training) -> nn.Module:
+    """The correspondence network of :func:`train_correspondence`, reused when the same process already trained one
+    on the same image (by content) with the same options, seed and device: propagating again after more slices are
+    annotated, or a preview followed by the real run, does not retrain. The last :data:`REUSED_NETWORKS` are kept.
+
+    The network never sees the labels, so reusing it gives the same result as training it again (same seed).
+    """
+    key = (
+        hashlib.blake2b(np.ascontiguousarray(image).data).hexdigest(),
+        image.shape,
+        str(device),
+        seed,
+        tuple(sorted(training.items())),
+    )
+    if key in _trained:
+        _trained.move_to_end(key)
+        report(progress, 1, 1, "reusing the slice correspondences learned on this volume")
+        return _trained[key]
+    network = train_correspondence(image, device=device, seed=seed, progress=progress, **training)
+    _trained[key] = network
+    while len(_trained) > REUSED_NETWORKS:
+        _trained.popitem(last=False)
+    return network
+
+
+def forget_trained_networks() -> None:
+    """Drop the networks kept by :func:`trained_correspondence` (a closed scene's volumes will not come back)."""
+    _trained.clear()
+
+
 def labeled_box(values: torch.Tensor, backgrounds: np.ndarray, margin: int) -> tuple[slice, slice] | None:
     """Rows and columns (grown by ``margin``) where ``values`` (1, C, H, W) is not pure background; the background
     channel of each layer group is at ``backgrounds``. None when every pixel is background."""
@@ -181,7 +216,8 @@ def sli2vol_propagation(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Self-supervised slice-to-slice propagation (Sli2Vol style), cascaded from the nearest annotated slices.
 
-    Learns slice correspondences on this volume (no annotation, no model file), then carries each annotated slice's
+    Learns slice correspondences on this volume (no annotation, no model file; learned once per volume and process,
+    see :func:`trained_correspondence`), then carries each annotated slice's
     labels slice by slice up to the next annotated slice on either side; where two cascades meet they are averaged
     (weighted by the distance to each, or equally). Every label layer travels at once; a pixel takes its layer's
     likeliest value. Confidence is 1 - normalised mean entropy of the carried probabilities (least confident layer).
@@ -212,8 +248,16 @@ def sli2vol_propagation(
         raise ValueError("sli2vol learns from pairs of adjacent slices; the volume has a single slice.")
     device = resolve_device(task.device)
     image = normalize_intensities(task.image)
-    network = train_correspondence(
-        image, steps, radius, sequence_length, scheduled_sampling, patch_size, device, task.seed, task.progress
+    network = trained_correspondence(
+        image,
+        device,
+        task.seed,
+        task.progress,
+        steps=steps,
+        radius=radius,
+        sequence_length=sequence_length,
+        scheduled_sampling=scheduled_sampling,
+        patch_size=patch_size,
     )
     annotated_probabilities, layer_values = one_hot_layers(task)
     backgrounds = np.cumsum([0] + [values.size for values in layer_values[:-1]])
