@@ -439,6 +439,25 @@ def test_the_speed_volume_runs_the_image_methods_but_trains_no_model():
     assert all(0.6 < r["dice"] <= 1 for r in speed.values()), {m: r["dice"] for m, r in speed.items()}
 
 
+def test_benchmark_training_reports_steps_phases_and_dice_per_segment(tmp_path, capsys):
+    from spatial_al.training.trainer import PHASES
+
+    output = tmp_path / "training.json"
+    arguments = ["benchmark", "training", "--max-epochs", "2", "--option", "iterations_per_epoch=3", "--interval", "3"]
+    assert main([*arguments, "--output", str(output), "--quiet"]) == 0
+    (row,) = json.loads(output.read_text())["results"]["rows"]
+    assert (row["preset"], row["annotated_slices"], row["epochs"], row["steps"]) == ("unet-small", 12, 2, 6)
+    assert set(row["phase_seconds"]) == {*PHASES, "other"} and min(row["phase_seconds"].values()) >= 0
+    assert row["phase_seconds"]["augmentation"] > 0 and row["phase_seconds"]["checkpoint"] > 0
+    assert sum(row["phase_seconds"].values()) == pytest.approx(row["seconds"], abs=0.01)
+    assert row["steps_per_second"] == pytest.approx(6 / row["phase_seconds"]["forward_backward"], rel=0.01)
+    assert set(row["dice"]) == {"ribs", "right lung", "left lung", "tissue"} | {
+        f"{part} vertebral column" for part in ("cervical", "thoracic", "lumbar")
+    }
+    assert all(0 <= value <= 1 for value in row["dice"].values())
+    assert "steps/s" in capsys.readouterr().out
+
+
 def test_speedups_compare_each_row_with_contour_of_the_same_dataset_and_interval():
     from spatial_al.benchmarks.propagation import speedups
 

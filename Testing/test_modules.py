@@ -130,7 +130,7 @@ def test_update_model_trains_then_fine_tunes_and_predicts_into_a_new_node(slicer
     with pytest.raises(MRMLAdapter.MRMLInputError, match="Mark annotated"):
         logic.updateModel(volume, segmentation, lungs, model)
     logic.markAnnotated(volume, segmentation, lungs, [5, 15, 25], "axial")
-    options = {"max_epochs": 2, "augment": False, "device": "cpu"}
+    options = {"max_epochs": 2, "iterations_per_epoch": 2, "augment": False, "device": "cpu"}
     first = logic.updateModel(
         volume, segmentation, lungs, model, preset=preset_config("unet-small", features=TINY_UNET), **options
     )

@@ -386,6 +386,12 @@ def command_benchmark(args: argparse.Namespace) -> None:
 
             rows = measure_throughput(names, device, args.size, args.batch_size, args.batches, progress=bar)
             title = f"Throughput on {device} ({args.size}x{args.size} slices, batch {args.batch_size}):"
+        elif args.name == "training":
+            from .benchmarks.training import format_table, measure_training
+
+            options = parse_options(args.option) | ({"max_epochs": args.max_epochs} if args.max_epochs else {})
+            rows = measure_training(names, device, args.interval, options, progress=bar)
+            title = f"Training on {device}, the chest CT with 1 slice in {args.interval} annotated, defaults:"
         elif args.name == "propagation":
             from .benchmarks.propagation import format_table, measure_propagation, speedups
 
@@ -586,11 +592,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--segments", help="comma-separated segment names to learn (default: all)")
     train.add_argument("--pseudo", metavar="PSEUDO_SEG", help="pseudo-labels (weighted lower) for other slices")
     train.add_argument("--preset", help="model preset (spatial-al presets; default unet-small for a new model)")
-    train.add_argument("--max-epochs", type=int, help="epochs per round (default 50)")
+    train.add_argument(
+        "--max-epochs", type=positive_int, help="epochs per round, each of 25 optimizer steps (default 20)"
+    )
     train.add_argument("--resume", metavar="CKPT", help="checkpoint to continue or fine-tune (next round)")
     train.add_argument("--seed", type=int, help="random seed (default 0)")
     train.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
-    train.add_argument("--output", required=True, help="checkpoint to write (.pt), also after every epoch")
+    train.add_argument("--output", required=True, help="checkpoint to write (.pt); rewritten as training improves")
     add_volume_arguments(train)
     train.set_defaults(handler=command_train)
 
@@ -605,7 +613,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(handler=command_predict)
 
     benchmark = commands.add_parser("benchmark", help="speed figures: prints a table, writes JSON")
-    kinds = benchmark.add_subparsers(dest="name", required=True, metavar="{throughput,ranking,propagation}")
+    kinds = benchmark.add_subparsers(dest="name", required=True, metavar="{throughput,ranking,training,propagation}")
     throughput = kinds.add_parser("throughput", help="training and inference slices per second of each preset")
     throughput.add_argument("--presets", dest="names", help="comma-separated presets (default: all)")
     throughput.add_argument("--batches", type=int, default=3, help="timed batches after one warm-up (default 3)")
@@ -616,6 +624,13 @@ def build_parser() -> argparse.ArgumentParser:
     ranking.add_argument("--budget", type=int, default=10, help="slices to pick (default 10)")
     ranking.add_argument("--preset", default="unet-small", help="model of the model-based strategies (unet-small)")
     ranking.add_argument("--batch-size", type=positive_int, default=8, help="slices per forward pass (default 8)")
+    training = kinds.add_parser("training", help="training with the defaults: steps/s, seconds per phase, Dice")
+    training.add_argument("--presets", dest="names", help="comma-separated presets (default: unet-small)")
+    training.add_argument("--interval", type=positive_int, default=2, help="annotate every N-th slice (default 2)")
+    training.add_argument("--max-epochs", type=positive_int, help="epochs of 25 steps (default: the default, 20)")
+    training.add_argument(
+        "--option", action="append", default=[], metavar="KEY=VALUE", help="a training option (repeatable)"
+    )
     propagation = kinds.add_parser("propagation", help="time and Dice of propagation methods against contour")
     propagation.add_argument("--methods", dest="names", help="comma-separated methods (default: every method)")
     propagation.add_argument(
@@ -632,7 +647,7 @@ def build_parser() -> argparse.ArgumentParser:
     propagation.add_argument("--no-frog", action="store_true", help="skip pyvista's frog tissue label map")
     for measurement in (throughput, ranking):
         measurement.add_argument("--size", type=positive_int, default=256, help="slice size in pixels (default 256)")
-    for measurement in (throughput, ranking, propagation):
+    for measurement in (throughput, ranking, training, propagation):
         measurement.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
         measurement.add_argument("--output", help="JSON file to write (default benchmark-NAME.json)")
         measurement.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -85,7 +85,8 @@ def train_on_stack(
         training: a :class:`~spatial_al.training.TrainingConfig` (default: the checkpoint's, or the defaults).
         device: "auto", "cpu", "cuda", "mps", ...
         progress: per-batch progress; cancelling stops before the next batch.
-        checkpoint_path: written after every epoch (resumable) and at the end.
+        checkpoint_path: written when the validation loss improves, every ``checkpoint_every`` epochs (resumable)
+            and at the end.
 
     Raises:
         ValueError: no annotated slice, label-free stack, NaN intensities, segments that do not match the model,
@@ -107,7 +108,7 @@ def train_on_stack(
     segments = select_segments(stack.segments, segment_names)
     architecture = preset if isinstance(preset, ModelConfig) else preset_config(preset or DEFAULT_PRESET)
     torch_device = resolve_device(device)
-    on_epoch_end = (
+    on_checkpoint = (
         (lambda trainer: save_checkpoint(checkpoint_path, trainer.model, trainer)) if checkpoint_path else None
     )
 
@@ -125,7 +126,7 @@ def train_on_stack(
         model = SegmentationModel(model_config)
         load_weights(model, checkpoint.model_state, resume)
         trainer = resume_trainer(
-            checkpoint, model, torch_device, training, progress=progress, on_epoch_end=on_epoch_end
+            checkpoint, model, torch_device, training, progress=progress, on_checkpoint=on_checkpoint
         )
     else:
         training = training or TrainingConfig()
@@ -139,7 +140,7 @@ def train_on_stack(
             slice_axis=stack.slice_axis,
         )
         model = SegmentationModel(model_config)
-        trainer = Trainer(model, training, torch_device, progress=progress, on_epoch_end=on_epoch_end)
+        trainer = Trainer(model, training, torch_device, progress=progress, on_checkpoint=on_checkpoint)
 
     config = trainer.config
     image = normalize_intensities(stack.image)

@@ -76,6 +76,19 @@ def test_mc_dropout_runs_a_dropout_free_encoder_once_with_the_same_result():
     assert float(statistics.variance.max()) > 0
 
 
+def test_tta_divergence_is_the_jensen_shannon_divergence_of_the_transformed_predictions():
+    runner = predictor(dropout=0.0)
+    transforms = ("identity", "flip_rows", "rotate_90")
+    predictions = runner.tta_probabilities(SLICES, transforms)  # (T, N, C, H, W)
+    mean_entropy = torch.stack([pixel_entropy(p, "softmax") for p in predictions]).mean(0)
+    expected = (pixel_entropy(predictions.mean(0), "softmax") - mean_entropy).clamp(min=0)
+    divergence = runner.tta_divergence(SLICES, transforms)
+    assert divergence.shape == (7, 30, 37) and float(divergence.max()) > 0
+    assert torch.allclose(divergence, expected, atol=1e-6)
+    with pytest.raises(ValueError, match="valid: identity"):
+        runner.tta_divergence(SLICES, ("identity", "flip"))
+
+
 def test_mc_dropout_needs_a_model_with_dropout():
     with pytest.raises(ValueError, match="no dropout"):
         predictor(dropout=0.0).mc_dropout(SLICES, samples=3)

@@ -35,7 +35,9 @@ def examples(count=4, size=32):
 
 @pytest.mark.parametrize("preset", PRESETS.names())
 def test_every_preset_trains_an_epoch_in_bfloat16_to_a_finite_loss(preset):
-    config = TrainingConfig(precision="bf16", max_epochs=1, batch_size=2, augment=False, learning_rate=1e-3)
+    config = TrainingConfig(
+        precision="bf16", max_epochs=1, iterations_per_epoch=None, batch_size=2, augment=False, learning_rate=1e-3
+    )
     trainer = Trainer(small(preset), config, torch.device("cpu"))
     assert trainer.amp_dtype == torch.bfloat16 and not trainer.scaler.is_enabled()
     trainer.train_round(examples())

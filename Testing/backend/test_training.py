@@ -18,7 +18,10 @@ from spatial_al.training.data import annotated_neighbour_groups, distance_target
 from spatial_al.training.losses import focal_loss, segmentation_loss, weighted_mean
 from spatial_al.volume import Segment
 
-QUICK = TrainingConfig(max_epochs=2, batch_size=4, validation_fraction=0.0, augment=False)
+# epochs of one pass over the slices, a checkpoint after each: what these tests count
+QUICK = TrainingConfig(
+    max_epochs=2, iterations_per_epoch=None, batch_size=4, validation_fraction=0.0, augment=False, checkpoint_every=1
+)
 
 
 def tiny(preset="unet-small", **changes):
@@ -59,6 +62,17 @@ def test_a_tiny_model_overfits_a_small_synthetic_set(labeled_stack):
     assert (predicted.label_layers[0][[0, 3, 6, 9]] == truth).mean() > 0.95
 
 
+def test_loader_workers_augment_reproducibly_and_differently_from_the_training_process(labeled_stack):
+    in_process = replace(QUICK, augment=True, loader_workers=0)
+    workers = replace(in_process, loader_workers=2)
+    first = train(labeled_stack, training=workers)
+    second = train(labeled_stack, training=workers)
+    assert first.trainer.loader_workers == 2 and same_weights(weights(first.model), weights(second.model))
+    assert not same_weights(weights(first.model), weights(train(labeled_stack, training=in_process).model))
+    assert first.trainer.phase_seconds["augmentation"] == 0  # augmented in the workers, beside the step
+    assert train(labeled_stack).trainer.loader_workers == 0  # the default on CPU: the training process
+
+
 def test_the_same_seed_gives_the_same_weights_and_another_seed_other_weights(labeled_stack):
     augmented = replace(QUICK, augment=True)
     first = weights(train(labeled_stack, training=augmented).model)
@@ -81,6 +95,43 @@ def test_cancel_stops_within_one_batch(labeled_stack):
         trainer.fit(examples)
     assert len(progress.reports) == 3
     assert steps == [True, True, True]  # exactly three training batches ran
+
+
+def test_the_default_budget_is_steps_however_few_slices_are_annotated(labeled_stack):
+    defaults = TrainingConfig()
+    assert defaults.max_epochs * defaults.iterations_per_epoch == 500
+    progress = RecordingProgress()
+    config = replace(defaults, max_epochs=2, iterations_per_epoch=6, validation_fraction=0.0, augment=False)
+    for annotated in ((0, 9), (0, 2, 4, 6, 8, 9)):  # two slices or six: the same number of optimizer steps
+        progress.reports.clear()
+        train(labeled_stack, annotated=annotated, training=config, progress=progress)
+        steps = [done for done, total, message in progress.reports if "epoch" in message]
+        assert steps == list(range(1, 13)) and progress.reports[-1][1] == 12
+
+
+def checkpointed_epochs(stack, config, validation_losses=None) -> list[int]:
+    """The epochs after which a trainer asks for a checkpoint; ``validation_losses`` replace the real ones."""
+    from spatial_al.training import Trainer
+
+    written = []
+    model = SegmentationModel(tiny(class_names=("disc", "square")))
+    trainer = Trainer(model, config, torch.device("cpu"), on_checkpoint=lambda t: written.append(t.state.epoch))
+    examples = stack_examples(stack, [0, 3, 6, 9])
+    if validation_losses is not None:
+        losses = iter(validation_losses)
+        trainer.evaluate = lambda loader, stage: next(losses)
+    trainer.fit(examples, examples if validation_losses is not None else None)
+    return written
+
+
+def test_checkpoints_follow_improvement_every_n_epochs_and_the_end(labeled_stack):
+    no_validation = replace(QUICK, max_epochs=7, checkpoint_every=3)
+    assert checkpointed_epochs(labeled_stack, no_validation) == [3, 6, 7]  # every 3 epochs and the last
+    validated = replace(QUICK, max_epochs=8, checkpoint_every=4, patience=8)
+    losses = [0.9, 0.8, 0.85, 0.86, 0.87, 0.7, 0.75, 0.76]
+    assert checkpointed_epochs(labeled_stack, validated, losses) == [1, 2, 4, 6, 8]  # and each improvement
+    early_stop = replace(QUICK, max_epochs=8, checkpoint_every=4, patience=2)
+    assert checkpointed_epochs(labeled_stack, early_stop, losses) == [1, 2, 4]  # stopped at epoch 4
 
 
 def test_a_resumed_run_ends_bit_identical_to_an_uninterrupted_one(labeled_stack, tmp_path):

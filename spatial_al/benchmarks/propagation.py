@@ -74,7 +74,7 @@ def train_benchmark_model(stack: SliceStack, annotated: np.ndarray, device, epoc
     from ..training import TrainingConfig
 
     started = time.perf_counter()
-    training = TrainingConfig(max_epochs=epochs, validation_fraction=0.0, seed=0)
+    training = TrainingConfig(max_epochs=epochs, iterations_per_epoch=None, validation_fraction=0.0, seed=0)
     outcome = train_on_stack(stack, annotated, preset=BENCHMARK_PRESET, training=training, device=device)
     return outcome.model, time.perf_counter() - started
 

@@ -254,13 +254,13 @@ class Session:
             if round_index > 0:
                 raise FileNotFoundError(f"{path} is missing: the run folder is incomplete; delete it to rerun the run.")
             self.model = self.new_model()
-            self.trainer = Trainer(self.model, self.training, self.device, self.progress, on_epoch_end=checkpoint)
+            self.trainer = Trainer(self.model, self.training, self.device, self.progress, on_checkpoint=checkpoint)
             return False
         saved = read_checkpoint(path)
         self.model = SegmentationModel(saved.model_config)
         load_weights(self.model, saved.model_state, path)
         state = saved.trainer_state
-        self.trainer = Trainer(self.model, self.training, self.device, self.progress, state, on_epoch_end=checkpoint)
+        self.trainer = Trainer(self.model, self.training, self.device, self.progress, state, on_checkpoint=checkpoint)
         complete = state.finished and (self.model.star is None or state.stage == "star_propagation")
         if state.round_index == round_index and complete:
             return True

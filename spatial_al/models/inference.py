@@ -31,6 +31,13 @@ TTA_TRANSFORMS: dict[str, tuple[Callable, Callable]] = {
 }
 
 
+def check_tta_transforms(transforms: Sequence[str]) -> None:
+    """Raise ValueError naming the valid test-time transforms when one of ``transforms`` is unknown."""
+    unknown = [name for name in transforms if name not in TTA_TRANSFORMS]
+    if unknown:
+        raise ValueError(f"Unknown test-time transforms {unknown}; valid: {', '.join(TTA_TRANSFORMS)}.")
+
+
 def activation(logits: torch.Tensor, head: str) -> torch.Tensor:
     """Class probabilities from logits (B, C, H, W): softmax over C, or an independent sigmoid per channel."""
     return logits.float().softmax(1) if head == "softmax" else torch.sigmoid(logits.float())
@@ -68,8 +75,9 @@ def enable_dropout(model: nn.Module) -> int:
     return len(layers)
 
 
-# Slices in one forward pass of MC-dropout's repeated batch: large enough to fill a GPU, small enough for its memory
-MC_SLICES_PER_FORWARD = 64
+# Pixels in one forward pass of MC-dropout's repeated batch (64 slices of 256 x 256): enough to fill a GPU, little
+# enough for its memory and a CPU's
+MC_PIXELS_PER_FORWARD = 64 * 256 * 256
 
 
 class SlicePredictor:
@@ -140,9 +148,10 @@ class SlicePredictor:
         """Mean, variance and mutual information of ``samples`` passes with dropout on (seeded).
 
         The passes of a batch run as one forward pass of the batch repeated ``samples`` times (in groups of at most
-        :data:`MC_SLICES_PER_FORWARD` slices), so a GPU sees large batches. Where the encoder has no dropout
+        :data:`MC_PIXELS_PER_FORWARD` pixels), so a GPU sees large batches, and their statistics are accumulated on
+        the device: memory holds one group's probabilities, never all passes. Where the encoder has no dropout
         (FlexibleUNet's ResNets; dropout sits in the decoder only) it is deterministic, so it runs once per batch
-        and only the decoder is repeated; the random draws, and so the result, are the same as running the whole
+        and only the decoder is repeated; the random draws, and so the result, are those of running the whole
         network on the repeated batch.
 
         Raises:
@@ -157,51 +166,92 @@ class SlicePredictor:
         try:
             with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
                 torch.manual_seed(seed)
-                draws = self._collect(
-                    images, lambda x: self._dropout_passes(x, samples), progress, f"MC-dropout ({samples} samples)"
-                )  # (N, T, C, H, W)
+                statistics = self._collect(
+                    images,
+                    lambda x: self._dropout_statistics(x, samples),
+                    progress,
+                    f"MC-dropout ({samples} samples)",
+                )  # (N, 2 C + 1, H, W)
         finally:
             self.model.eval()
-        mean = draws.mean(1)
-        expected_entropy = torch.stack([pixel_entropy(draws[:, t], self.head) for t in range(samples)]).mean(0)
-        information = (pixel_entropy(mean, self.head) - expected_entropy).clamp(min=0.0)
-        return McDropoutStatistics(mean, draws.var(1, unbiased=False), information)
+        channels = self.model.config.out_channels
+        mean, variance = statistics[:, :channels], statistics[:, channels : 2 * channels]
+        return McDropoutStatistics(mean, variance, statistics[:, 2 * channels])
 
-    def _dropout_passes(self, batch: torch.Tensor, samples: int) -> torch.Tensor:
-        """Probabilities of ``samples`` dropout passes over ``batch`` (B, C, H, W): (B, T, out_channels, H, W)."""
-        size = len(batch)
-        per_forward = max(1, min(samples, MC_SLICES_PER_FORWARD // size))
+    def _dropout_statistics(self, batch: torch.Tensor, samples: int) -> torch.Tensor:
+        """Mean and variance (C channels each) and mutual information (one channel) of the probabilities of
+        ``samples`` dropout passes over ``batch`` (B, in_channels, H, W): (B, 2 C + 1, H, W).
+
+        The variance is accumulated about the first pass (shifted sums), which keeps float32 accurate where all
+        passes agree; float64 is not available on every device (MPS).
+        """
+        size, pixels = len(batch), batch.shape[-2] * batch.shape[-1]
+        per_forward = max(1, min(samples, MC_PIXELS_PER_FORWARD // (size * pixels)))
         features = None if self.model.encoder_has_dropout else self.model.encode(batch)
-        passes = []
+        shift = total = squares = entropy = None
         for start in range(0, samples, per_forward):
             count = min(per_forward, samples - start)
             if features is None:
                 logits = self.model(batch.repeat(count, 1, 1, 1))
             else:
                 logits = self.model.decode([level.repeat(count, 1, 1, 1) for level in features])
-            passes.append(activation(logits, self.head).unflatten(0, (count, size)))
-        return torch.cat(passes).transpose(0, 1)
+            passes = activation(logits, self.head)  # (count * B, C, H, W), pass-major
+            pass_entropy = pixel_entropy(passes, self.head).unflatten(0, (count, size)).sum(0)
+            passes = passes.unflatten(0, (count, size))
+            shift = passes[0] if shift is None else shift
+            centred = passes - shift
+            if total is None:
+                total, squares, entropy = centred.sum(0), centred.square().sum(0), pass_entropy
+            else:
+                total, squares, entropy = (
+                    total + centred.sum(0),
+                    squares + centred.square().sum(0),
+                    entropy + pass_entropy,
+                )
+        centred_mean = total / samples
+        mean = shift + centred_mean
+        variance = (squares / samples - centred_mean.square()).clamp(min=0.0)
+        information = (pixel_entropy(mean, self.head) - entropy / samples).clamp(min=0.0)
+        return torch.cat([mean, variance, information[:, None]], dim=1)
 
     def tta_probabilities(
         self, images, transforms: Sequence[str] = tuple(TTA_TRANSFORMS), progress: ProgressReporter | None = None
     ) -> torch.Tensor:
         """Probabilities under each test-time transform, mapped back to the original frame: (T, N, C, H, W)."""
-        unknown = [name for name in transforms if name not in TTA_TRANSFORMS]
-        if unknown:
-            raise ValueError(f"Unknown test-time transforms {unknown}; valid: {', '.join(TTA_TRANSFORMS)}.")
+        check_tta_transforms(transforms)
+        return self._collect(
+            images,
+            lambda batch: self._tta_predictions(batch, transforms),
+            progress,
+            "test-time augmentation",
+            pad=False,
+        ).transpose(0, 1)
 
-        def predict_all(batch: torch.Tensor) -> torch.Tensor:
-            outputs = []
-            for name in transforms:
-                forward, inverse = TTA_TRANSFORMS[name]
-                transformed = forward(batch)
-                height, width = transformed.shape[-2:]
-                # transform the unpadded slices so each sees its content where a plain prediction would
-                prediction = activation(self.model(self._padded(transformed)), self.head)[..., :height, :width]
-                outputs.append(inverse(prediction))
-            return torch.stack(outputs, dim=1)  # (B, T, C, H, W)
+    def tta_divergence(
+        self, images, transforms: Sequence[str] = tuple(TTA_TRANSFORMS), progress: ProgressReporter | None = None
+    ) -> torch.Tensor:
+        """Jensen-Shannon divergence per pixel (N, H, W) between the predictions under the test-time transforms:
+        the entropy of their mean minus their mean entropy, >= 0, computed on the device (only it comes back)."""
+        check_tta_transforms(transforms)
 
-        return self._collect(images, predict_all, progress, "test-time augmentation", pad=False).transpose(0, 1)
+        def divergence(batch: torch.Tensor) -> torch.Tensor:
+            predictions = self._tta_predictions(batch, transforms)  # (B, T, C, H, W)
+            each = pixel_entropy(predictions.flatten(0, 1), self.head).unflatten(0, predictions.shape[:2])
+            return (pixel_entropy(predictions.mean(1), self.head) - each.mean(1)).clamp(min=0.0)
+
+        return self._collect(images, divergence, progress, "test-time augmentation", pad=False)
+
+    def _tta_predictions(self, batch: torch.Tensor, transforms: Sequence[str]) -> torch.Tensor:
+        """Probabilities of ``batch`` (B, C, H, W) under each transform, mapped back: (B, T, out_channels, H, W)."""
+        outputs = []
+        for name in transforms:
+            forward, inverse = TTA_TRANSFORMS[name]
+            transformed = forward(batch)
+            height, width = transformed.shape[-2:]
+            # transform the unpadded slices so each sees its content where a plain prediction would
+            prediction = activation(self.model(self._padded(transformed)), self.head)[..., :height, :width]
+            outputs.append(inverse(prediction))
+        return torch.stack(outputs, dim=1)
 
     def features(self, images, progress: ProgressReporter | None = None) -> torch.Tensor:
         """Bottleneck features (N, D, h, w) of the padded slices (h = ceil(H / divisor))."""

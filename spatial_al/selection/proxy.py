@@ -48,7 +48,7 @@ def train_proxy_model(
         stack,
         slices.astype(int).tolist(),
         preset=preset,
-        training=TrainingConfig(seed=seed, max_epochs=max_epochs),
+        training=TrainingConfig(seed=seed, max_epochs=max_epochs, iterations_per_epoch=None),
         device=context.torch_device(),
         progress=context.progress,
     )
@@ -78,7 +78,7 @@ def proxy_rank(
             units (CT).
         preset: the proxy model's preset (needs dropout).
         training_slices: slices the proxy model is trained on, evenly spaced over the volume.
-        max_epochs: proxy training epochs.
+        max_epochs: proxy training epochs, each a pass over the training slices.
         samples: MC-dropout passes.
         measure: "bald" or "variance".
     """

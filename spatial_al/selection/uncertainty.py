@@ -180,14 +180,7 @@ def mc_dropout_scorer(context: RankingContext, samples: int, measure: str) -> Sl
 def tta_disagreement(predictor: SlicePredictor, inputs: np.ndarray, transforms: tuple[str, ...]) -> np.ndarray:
     """Mean Jensen-Shannon divergence between the predictions under test-time transforms (entropy of the mean
     prediction minus the mean entropy), per slice (N,)."""
-    import torch
-
-    from ..models.inference import pixel_entropy
-
-    predictions = predictor.tta_probabilities(inputs, transforms)  # (T, N, C, H, W)
-    mean_entropy = torch.stack([pixel_entropy(p, predictor.head) for p in predictions]).mean(0)
-    divergence = (pixel_entropy(predictions.mean(0), predictor.head) - mean_entropy).clamp(min=0.0)
-    return divergence.mean((1, 2)).numpy()
+    return predictor.tta_divergence(inputs, transforms).mean((1, 2)).numpy()
 
 
 @STRATEGIES.register("taal")

@@ -30,11 +30,20 @@ class TrainingConfig:
         schedule: "constant" or "poly" (learning rate times (1 - epoch / max_epochs) ** 0.9, per epoch).
         batch_size: slices per batch.
         max_epochs: epochs per round (per stage for STAR).
-        iterations_per_epoch: batches per epoch drawn with replacement; None: one pass over the slices.
+        iterations_per_epoch: batches per epoch, drawn with replacement: fixed-length epochs as nnU-Net's, so the
+            budget of a round is max_epochs x iterations_per_epoch optimizer steps (500 by default) however few
+            slices are annotated. None: an epoch is one pass over the slices (the papers' epochs; with a dozen
+            annotated slices that is one or two steps).
         patience: stop after this many epochs without a lower validation loss (restoring the best weights).
+        checkpoint_every: the checkpoint is written when the validation loss improves, when the round ends, and
+            at least every this many epochs (a resume replays the epochs since, exactly).
         validation_fraction: annotated slices held out for early stopping (none when too few).
         patch_size: random crop (H, W) per slice; None: whole slices padded to a common size.
         augment: random rotation, scaling, intensity and noise augmentation.
+        loader_workers: processes preparing training batches (reading, augmenting) beside the training step; None:
+            up to 4 (half the CPU cores at most) when training on CUDA, where the step is fast enough for
+            augmentation to dominate it otherwise, and 0 (the training process itself) on CPU and MPS. Results are
+            reproducible for a given number of workers.
         pseudo_label_weight: loss weight of pseudo-labeled slices in round 0 ...
         pseudo_label_decay: ... multiplied by this every round (pseudo-labels count less as true labels grow).
         loss_weights: SBC-AL's (a, b, c) of a*L_SEG + b*L_SFP + c*L_ASR.
@@ -56,12 +65,14 @@ class TrainingConfig:
     weight_decay: float = 3e-5
     schedule: str = "constant"
     batch_size: int = 8
-    max_epochs: int = 50
-    iterations_per_epoch: int | None = None
+    max_epochs: int = 20
+    iterations_per_epoch: int | None = 25
     patience: int = 10
+    checkpoint_every: int = 5
     validation_fraction: float = 0.2
     patch_size: tuple[int, int] | None = None
     augment: bool = True
+    loader_workers: int | None = None
     pseudo_label_weight: float = 0.5
     pseudo_label_decay: float = 0.5
     loss_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
@@ -76,9 +87,11 @@ class TrainingConfig:
         if self.schedule not in SCHEDULES:
             raise ValueError(f"Unknown schedule {self.schedule!r}; use {' or '.join(SCHEDULES)}.")
         check_precision(self.precision)
-        for name in ("batch_size", "max_epochs", "patience"):
-            if getattr(self, name) < 1:
+        for name in ("batch_size", "max_epochs", "patience", "checkpoint_every", "iterations_per_epoch"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        if self.loader_workers is not None and self.loader_workers < 0:
+            raise ValueError(f"loader_workers must be 0 or more, got {self.loader_workers}.")
         if not 0.0 <= self.validation_fraction < 1.0:
             raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}.")
 

@@ -9,6 +9,7 @@ one labeled slice). Padded pixels have mask 0, so they never count in the loss.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -95,6 +96,7 @@ class SliceDataset(Dataset):
             size = tuple(max(a, b) for a, b in zip(size, patch_size, strict=True))  # type: ignore[assignment]
         keys = SPATIAL_KEYS + (GROUP_KEYS if groups is not None else ())
         self.transform = build_transform(keys, size, patch_size, augment)
+        self.transform_seconds = 0.0  # spent in padding, augmentation and cropping (the trainer's phase times)
 
     def reseed(self, seed: int) -> None:
         """Seed the augmentation (the trainer does this every epoch, so a resumed run repeats it exactly)."""
@@ -114,7 +116,9 @@ class SliceDataset(Dataset):
         for slot, example in enumerate(slots):
             sample[f"labeled_image_{slot}"] = np.array(self.examples.images[example], dtype=np.float32)
             sample[f"labeled_target_{slot}"] = self.examples.targets[example].astype(np.float32)
+        started = time.perf_counter()
         sample = self.transform(sample)
+        self.transform_seconds += time.perf_counter() - started
         if self.with_distance:
             sample["distance"] = torch.from_numpy(distance_targets(sample["target"].numpy() > 0.5))
         if slots:

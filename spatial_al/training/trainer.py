@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import re
 import time
 import warnings
@@ -32,6 +33,17 @@ from .losses import distance_regression_loss, segmentation_loss, weighted_mean, 
 
 # Consecutive steps with a non-finite loss or gradient after which training stops (a transient one is skipped).
 MAX_NON_FINITE_STEPS = 5
+# Where training time goes: waiting for batches (reading slices), padding/augmenting/cropping them in the training
+# process (with loader workers this happens beside the step, and only the wait counts, as "data"), the optimizer
+# step (forward, backward, update), the validation passes and writing checkpoints.
+PHASES = ("data", "augmentation", "forward_backward", "validation", "checkpoint")
+
+
+def reseed_worker(worker_id: int) -> None:
+    """Seed a loader worker's augmentation from its own seed, which torch draws for each worker from the main
+    process's generator (seeded every epoch): the workers augment differently, and the same way every run."""
+    worker = torch.utils.data.get_worker_info()
+    worker.dataset.reseed(worker.seed)
 
 
 @dataclass
@@ -76,7 +88,8 @@ class Trainer:
         device: where to train (see :func:`spatial_al.device.resolve_device`).
         progress: receives one report per batch and may cancel; cancel stops before the next batch.
         state: a resumed :class:`TrainerState` (new: round 0).
-        on_epoch_end: called with the trainer after each finished epoch (e.g. to write a checkpoint).
+        on_checkpoint: called with the trainer when a checkpoint is due, after an epoch whose validation loss
+            improved, the last epoch of a stage, and every ``checkpoint_every`` epochs (e.g. to write it).
     """
 
     def __init__(
@@ -86,14 +99,14 @@ class Trainer:
         device: torch.device,
         progress: ProgressReporter | None = None,
         state: TrainerState | None = None,
-        on_epoch_end: Callable[[Trainer], None] | None = None,
+        on_checkpoint: Callable[[Trainer], None] | None = None,
     ):
         self.model = model.to(device)
         self.config = config
         self.device = device
         self.progress = progress
         self.state = state or TrainerState()
-        self.on_epoch_end = on_epoch_end
+        self.on_checkpoint = on_checkpoint
         self.optimizer: torch.optim.Optimizer | None = None
         self.pending_optimizer_state: dict | None = None
         self.best_model_state: dict[str, torch.Tensor] | None = None
@@ -101,6 +114,9 @@ class Trainer:
         # float16 needs loss scaling (and skips steps whose gradients overflow); bfloat16 has float32's range
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
         self.non_finite_steps = 0  # consecutive steps skipped for a non-finite loss or gradient
+        # seconds spent in each phase since this trainer was made: see :data:`PHASES`
+        self.phase_seconds = dict.fromkeys(PHASES, 0.0)
+        self.steps_taken = 0  # optimizer steps run by this trainer (skipped non-finite ones included)
         head = model.config.head
         self.loss = segmentation_loss(config.loss, head, config.focal_gamma)  # checks the loss fits the head now
         self.refinement_loss = segmentation_loss("dice_ce", head, config.focal_gamma)  # SBC-AL's L_ASR
@@ -147,7 +163,7 @@ class Trainer:
         Raises:
             ValueError: no training slice (or no annotated pair for STAR's stage 2).
             OperationCancelled: the progress reporter asked to stop; the weights are those of the last batch and
-                the last ``on_epoch_end`` checkpoint is the one to resume from.
+                the last ``on_checkpoint`` checkpoint is the one to resume from.
         """
         self.state.stage = stage
         loader = self.data_loader(training, stage, shuffle=True)
@@ -162,12 +178,17 @@ class Trainer:
                 if stage == "star_propagation":
                     self.model.backbone.encoder.eval()  # f_U is frozen: keep its normalisation statistics too
                 losses = []
-                for batch_index, batch in enumerate(loader):
-                    check_cancelled(self.progress)
-                    losses.append(self.train_step(batch, stage, optimizer))
-                    done = self.state.epoch * len(loader) + batch_index + 1
-                    report(self.progress, done, total, f"{stage} epoch {self.state.epoch + 1}, loss {losses[-1]:.4f}")
-                validation_loss = self.evaluate(validation_loader, stage) if validation_loader else None
+                with self._phase_timing(loader):
+                    for batch_index, batch in enumerate(self._timed_batches(loader)):
+                        check_cancelled(self.progress)
+                        with self._timed("forward_backward"):
+                            losses.append(self.train_step(batch, stage, optimizer))
+                        self.steps_taken += 1
+                        done = self.state.epoch * len(loader) + batch_index + 1
+                        message = f"{stage} epoch {self.state.epoch + 1}, loss {losses[-1]:.4f}"
+                        report(self.progress, done, total, message)
+                with self._timed("validation"):
+                    validation_loss = self.evaluate(validation_loader, stage) if validation_loader else None
                 self._end_epoch(stage, losses, validation_loss, optimizer, time.perf_counter() - started)
                 scheduler.step()
         if self.best_model_state is not None:
@@ -187,6 +208,35 @@ class Trainer:
         return total / max(count, 1)
 
     # -- internals -----------------------------------------------------------------------------------------------
+
+    @contextmanager
+    def _timed(self, phase: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phase_seconds[phase] += time.perf_counter() - started
+
+    def _timed_batches(self, loader: DataLoader) -> Iterator[dict[str, torch.Tensor]]:
+        """``loader``'s batches, the time spent producing each counted as "data" (augmentation moved apart)."""
+        batches = iter(loader)
+        while True:
+            with self._timed("data"):
+                batch = next(batches, None)
+            if batch is None:
+                return
+            yield batch
+
+    @contextmanager
+    def _phase_timing(self, loader: DataLoader) -> Iterator[None]:
+        """Moves the time ``loader``'s dataset spent transforming samples from "data" to "augmentation"."""
+        before = loader.dataset.transform_seconds
+        try:
+            yield
+        finally:
+            transformed = loader.dataset.transform_seconds - before
+            self.phase_seconds["data"] -= transformed
+            self.phase_seconds["augmentation"] += transformed
 
     def data_loader(self, examples: SliceExamples, stage: str, shuffle: bool) -> DataLoader | None:
         """Batches of ``examples`` for ``stage``: shuffled, cropped and augmented when ``shuffle`` (training).
@@ -210,8 +260,9 @@ class Trainer:
             with_distance=self.model.structure is not None and stage == "segmentation",
             groups=groups,
         )
-        sampler = None
+        sampler, workers = None, 0
         if shuffle:
+            workers = self.loader_workers
             samples = (self.config.iterations_per_epoch or 0) * self.config.batch_size or None
             sampler = RandomSampler(
                 dataset, replacement=samples is not None, num_samples=samples, generator=torch.Generator()
@@ -221,8 +272,17 @@ class Trainer:
             batch_size=self.config.batch_size,
             sampler=sampler,
             shuffle=False,
+            num_workers=workers,
+            worker_init_fn=reseed_worker if workers else None,
             pin_memory=self.device.type == "cuda",
         )
+
+    @property
+    def loader_workers(self) -> int:
+        """Processes preparing training batches (see ``TrainingConfig.loader_workers``)."""
+        if self.config.loader_workers is not None:
+            return self.config.loader_workers
+        return min(4, (os.cpu_count() or 1) // 2) if self.device.type == "cuda" else 0
 
     def _seed_epoch(self, loader: DataLoader) -> None:
         stage_index = STAGES.index(self.state.stage)
@@ -354,13 +414,16 @@ class Trainer:
                 "seconds": round(seconds, 3),
             }
         )
-        if validation_loss is not None:
-            if validation_loss < state.best_validation_loss:
-                state.best_validation_loss = validation_loss
-                state.epochs_without_improvement = 0
-                self.best_model_state = copy.deepcopy(self.model.state_dict())
-            else:
-                state.epochs_without_improvement += 1
-                state.finished = state.epochs_without_improvement >= self.config.patience
-        if self.on_epoch_end is not None:
-            self.on_epoch_end(self)
+        improved = validation_loss is not None and validation_loss < state.best_validation_loss
+        if improved:
+            state.best_validation_loss = validation_loss
+            state.epochs_without_improvement = 0
+            self.best_model_state = copy.deepcopy(self.model.state_dict())
+        elif validation_loss is not None:
+            state.epochs_without_improvement += 1
+            state.finished = state.epochs_without_improvement >= self.config.patience
+        last = state.finished or state.epoch >= self.config.max_epochs
+        due = improved or last or state.epoch % self.config.checkpoint_every == 0
+        if due and self.on_checkpoint is not None:
+            with self._timed("checkpoint"):
+                self.on_checkpoint(self)
