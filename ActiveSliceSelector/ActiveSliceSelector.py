@@ -126,23 +126,32 @@ class ActiveSliceSelectorWidget(SessionWidgetMixin, ScriptedLoadableModuleWidget
     def updateGUIFromParameterNode(self, caller=None, event=None) -> None:
         node = self._parameterNode
         ready = bool(node and node.inputVolume and node.segmentation)
+        hasModelPath = bool(node and node.modelPath)
         if not self.isRunning:
             self.ui.rankButton.text = _("Rank slices")
-            self.ui.rankButton.enabled = ready
             self.ui.rankButton.toolTip = (
                 _("Rank the slices to annotate next") if ready else _("Select a volume and a segmentation")
             )
+            self.ui.updateModelButton.text = _("Update model")
+            self.ui.predictButton.text = _("Predict")
+        self.ui.rankButton.enabled = self.actionEnabled(self.ui.rankButton, ready)
+        self.ui.updateModelButton.enabled = self.actionEnabled(self.ui.updateModelButton, ready and hasModelPath)
+        self.ui.predictButton.enabled = self.actionEnabled(
+            self.ui.predictButton, bool(node and node.inputVolume and hasModelPath)
+        )
         hasRanking = bool(node and node.queriedSlices)
-        self.ui.queriedSlicesTableView.setMRMLTableNode(node.queriedSlices if hasRanking else None)
+        shown = node.queriedSlices if hasRanking else None
+        if self.ui.queriedSlicesTableView.mrmlTableNode() is not shown:  # resetting it would lose the selection
+            self.ui.queriedSlicesTableView.setMRMLTableNode(shown)
         for button in (self.ui.nextButton, self.ui.previousButton, self.ui.markAnnotatedButton):
-            button.enabled = hasRanking and not self.isRunning
+            button.enabled = self.actionEnabled(button, hasRanking)
         if node and self.ui.modelPathLineEdit.currentPath != node.modelPath:
             self.ui.modelPathLineEdit.currentPath = node.modelPath
-        hasModelPath = bool(node and node.modelPath)
-        if not self.isRunning:
-            self.ui.updateModelButton.text = _("Update model")
-            self.ui.updateModelButton.enabled = ready and hasModelPath
-        self.ui.predictButton.enabled = bool(node and node.inputVolume and hasModelPath) and not self.isRunning
+        if node and node.strategy and self.ui.strategyComboBox.currentText != node.strategy:
+            self.ui.strategyComboBox.setCurrentText(node.strategy)  # a reloaded scene's choice
+
+    def showStatus(self, text) -> None:
+        self.ui.statusLabel.text = text
 
     def onModelPathChanged(self, path) -> None:
         if self._parameterNode:
@@ -151,8 +160,8 @@ class ActiveSliceSelectorWidget(SessionWidgetMixin, ScriptedLoadableModuleWidget
     def onRankButton(self) -> None:
         node = self._parameterNode
 
-        def rank(progress):
-            ranking, tableNode = self.logic.rankSlices(
+        def rankingJob():
+            return self.logic.rankingJob(
                 node.inputVolume,
                 node.segmentation,
                 self.selectedSegmentIds(),
@@ -162,40 +171,46 @@ class ActiveSliceSelectorWidget(SessionWidgetMixin, ScriptedLoadableModuleWidget
                 seed=node.seed,
                 tableNode=node.queriedSlices,
                 modelPath=node.modelPath,
-                progress=progress,
                 **self.logic.spacingOptions(node.strategy, node.minSpacing),
             )
+
+        def showRanking(result):
+            ranking, tableNode = result
             node.queriedSlices = tableNode
             self._currentSlice = None
-            self.ui.statusLabel.text = _("{count} slices to annotate, best first.").format(count=len(ranking))
+            self.showStatus(_("{count} slices to annotate, best first.").format(count=len(ranking)))
             self.onStepQueriedSlice(+1)
 
-        self.runCancellable(self.ui.rankButton, _("Ranking failed."), rank)
+        inBackground = self.logic.rankingTakesLong(node.strategy, node.modelPath)
+        self.runJob(self.ui.rankButton, _("Ranking failed."), rankingJob, showRanking, inBackground)
 
     def onUpdateModel(self) -> None:
         node = self._parameterNode
 
-        def update(progress):
-            outcome = self.logic.updateModel(
-                node.inputVolume,
-                node.segmentation,
-                self.selectedSegmentIds(),
-                node.modelPath,
-                sliceAxis=node.sliceAxis,
-                progress=progress,
-            )
-            last = outcome.history[-1]
-            self.ui.statusLabel.text = _("Model updated (round {round}, loss {loss:.3f}).").format(
-                round=outcome.trainer.state.round_index, loss=last["train_loss"]
+        def trainingJob():
+            return self.logic.updateModelJob(
+                node.inputVolume, node.segmentation, self.selectedSegmentIds(), node.modelPath, sliceAxis=node.sliceAxis
             )
 
-        self.runCancellable(self.ui.updateModelButton, _("Updating the model failed."), update)
+        def showSummary(summary):
+            self.showStatus(
+                _("Model updated (round {round}, {steps} steps, loss {loss:.3f}).").format(
+                    round=summary.round_index, steps=summary.steps, loss=summary.history[-1]["train_loss"]
+                )
+            )
+
+        self.runJob(self.ui.updateModelButton, _("Updating the model failed."), trainingJob, showSummary, True)
 
     def onPredict(self) -> None:
         node = self._parameterNode
-        with slicer.util.tryWithErrorDisplay(_("Prediction failed."), waitCursor=True):
-            predicted = self.logic.predictSegmentation(node.inputVolume, node.modelPath)
-            self.ui.statusLabel.text = _("Prediction written to {name}.").format(name=predicted.GetName())
+
+        def predictionJob():
+            return self.logic.predictionJob(node.inputVolume, node.modelPath)
+
+        def showPrediction(predicted):
+            self.showStatus(_("Prediction written to {name}.").format(name=predicted.GetName()))
+
+        self.runJob(self.ui.predictButton, _("Prediction failed."), predictionJob, showPrediction, True)
 
     def onStepQueriedSlice(self, direction) -> None:
         node = self._parameterNode
@@ -276,7 +291,17 @@ class ActiveSliceSelectorLogic(ScriptedLoadableModuleLogic):
         return max(1, round(nSlices * budget / 100))
 
     @requiresDependencies
-    def rankSlices(
+    def rankSlices(self, *arguments, progress=None, **keywords):
+        """Rank the slices to annotate next, write them into a table node and show them as planes, in this process;
+        the arguments are those of :meth:`rankingJob`. ``progress`` receives progress and may cancel.
+
+        Returns:
+            (``spatial_al.selection.RankingResult``, the table node).
+        """
+        return self.rankingJob(*arguments, **keywords).runHere(progress)
+
+    @requiresDependencies
+    def rankingJob(
         self,
         volumeNode,
         segmentationNode,
@@ -290,10 +315,10 @@ class ActiveSliceSelectorLogic(ScriptedLoadableModuleLogic):
         showPlanes=True,
         modelPath="",
         device="auto",
-        progress=None,
         **options,
     ):
-        """Rank the slices to annotate next, write them into a table node and show them as planes.
+        """The ranking of :meth:`rankSlices` as a :class:`~SpatialALSlicerLib.BackgroundWork.BackgroundJob`: the
+        scene is read now, the table and planes are written when the job's result is applied.
 
         Args:
             volumeNode: the scan (scalar volume).
@@ -309,53 +334,63 @@ class ActiveSliceSelectorLogic(ScriptedLoadableModuleLogic):
             modelPath: checkpoint of a trained model ("" for none), read only by strategies that use a model;
                 its classes must be the names of the chosen segments.
             device: where the model runs ("auto", "cpu", "cuda", ...).
-            progress: progress reporter (``progress(done, total, message)``, ``should_cancel()``).
             **options: ``min_spacing``, ``batch_size`` and the options of the strategy.
-
-        Returns:
-            (``spatial_al.selection.RankingResult``, the table node).
         """
         import spatial_al
-        from SpatialALSlicerLib import ModelLogic, MRMLAdapter
+        from SpatialALSlicerLib import MRMLAdapter
+        from SpatialALSlicerLib.BackgroundWork import BackgroundJob
 
         axis = MRMLAdapter.sliceAxisIndex(volumeNode, sliceAxis)
         segmentIds = MRMLAdapter.segmentIdsOrAll(segmentationNode, segmentIds)
         if annotatedSlices is None:
             annotatedSlices = MRMLAdapter.recordedAnnotatedSlices(segmentationNode, segmentIds, axis)
-        image = MRMLAdapter.arrayFromVolumeNode(volumeNode)
-        model = labels = None
-        segments = ()
-        if modelPath and spatial_al.selection.strategy_info(spatial_al.STRATEGIES.get(strategy)).reads_model:
-            model, device = ModelLogic.loadModel(modelPath, device)
-            segmentation = MRMLAdapter.segmentationFromNode(segmentationNode, volumeNode, segmentIds)
-            labels, segments = segmentation.label_layers, segmentation.segments
-        ranking = spatial_al.rank(
-            image,
-            strategy,
-            budget,
-            labels=labels,
-            segments=segments,
-            annotated=annotatedSlices,
-            pseudo_labeled=MRMLAdapter.recordedPropagatedSlices(segmentationNode, segmentIds, axis),
-            axis=axis,
-            model=model,
-            device=device,
-            seed=seed,
-            progress=progress,
+        arguments = {
+            "image": MRMLAdapter.arrayFromVolumeNode(volumeNode),
+            "strategy": strategy,
+            "budget": budget,
+            "annotated": annotatedSlices,
+            "pseudo_labeled": MRMLAdapter.recordedPropagatedSlices(segmentationNode, segmentIds, axis),
+            "axis": axis,
+            "device": str(device),
+            "seed": seed,
             **options,
-        )
-        if tableNode is None:
-            tableNode = volumeNode.GetScene().AddNewNodeByClass(
+        }
+        if self.rankingUsesModel(strategy, modelPath):
+            segmentation = MRMLAdapter.segmentationFromNode(segmentationNode, volumeNode, segmentIds)
+            arguments.update(model_path=modelPath, labels=segmentation.label_layers, segments=segmentation.segments)
+
+        def writeRanking(ranking):
+            table = tableNode or volumeNode.GetScene().AddNewNodeByClass(
                 "vtkMRMLTableNode", f"Queried slices ({volumeNode.GetName()})"
             )
-        MRMLAdapter.writeQueriedSlicesTable(
-            tableNode, ranking, [MRMLAdapter.STATUS_TO_ANNOTATE] * len(ranking), volumeNode
+            MRMLAdapter.writeQueriedSlicesTable(
+                table, ranking, [MRMLAdapter.STATUS_TO_ANNOTATE] * len(ranking), volumeNode
+            )
+            checksums = MRMLAdapter.sliceLabelChecksums(segmentationNode, segmentIds, volumeNode, axis, ranking.slices)
+            table.SetAttribute(MRMLAdapter.TABLE_ATTRIBUTE_CHECKSUMS, json.dumps(checksums))
+            self._replacePlanes(table, volumeNode, axis, ranking.slices if showPlanes else [])
+            logging.info(f"Ranked {len(ranking)} slices with {strategy}: {ranking.slices.tolist()}")
+            return ranking, table
+
+        spatial_al.STRATEGIES.get(strategy)  # an unknown name fails now, with the closest valid one
+        return BackgroundJob("rank", arguments, writeRanking, "Ranking")
+
+    @staticmethod
+    def rankingUsesModel(strategy, modelPath):
+        """Whether ranking with ``strategy`` loads the model at ``modelPath`` (it reads one and one is given)."""
+        from spatial_al.selection import STRATEGIES, strategy_info
+
+        return bool(modelPath) and strategy_info(STRATEGIES.get(strategy)).reads_model
+
+    @staticmethod
+    def rankingTakesLong(strategy, modelPath):
+        """Whether a ranking runs a network (a model, or one the strategy trains itself): the panel then runs it in
+        a background process; model-free ranking takes well under a second and runs at once."""
+        from spatial_al.selection import STRATEGIES, strategy_info
+
+        return strategy_info(STRATEGIES.get(strategy)).trains or ActiveSliceSelectorLogic.rankingUsesModel(
+            strategy, modelPath
         )
-        checksums = MRMLAdapter.sliceLabelChecksums(segmentationNode, segmentIds, volumeNode, axis, ranking.slices)
-        tableNode.SetAttribute(MRMLAdapter.TABLE_ATTRIBUTE_CHECKSUMS, json.dumps(checksums))
-        self._replacePlanes(tableNode, volumeNode, axis, ranking.slices if showPlanes else [])
-        logging.info(f"Ranked {len(ranking)} slices with {strategy}: {ranking.slices.tolist()}")
-        return ranking, tableNode
 
     @staticmethod
     def _replacePlanes(tableNode, volumeNode, axis, slices):
@@ -381,21 +416,32 @@ class ActiveSliceSelectorLogic(ScriptedLoadableModuleLogic):
         return MRMLAdapter.markSlicesAnnotated(volumeNode, segmentationNode, segmentIds, slices, sliceAxis, tableNode)
 
     @requiresDependencies
-    def updateModel(self, volumeNode, segmentationNode, segmentIds, modelPath, sliceAxis="axial", **options):
-        """Train a model on the annotated slices, or fine-tune the one at ``modelPath`` (next round); see
-        :func:`SpatialALSlicerLib.ModelLogic.updateModel` for the options. Returns the training outcome."""
+    def updateModel(self, *arguments, progress=None, **keywords):
+        """Train a model on the annotated slices, or fine-tune the one at ``modelPath`` (next round), in this process;
+        the arguments are those of :meth:`updateModelJob`. Returns the :class:`spatial_al.learning.TrainingSummary`."""
+        return self.updateModelJob(*arguments, **keywords).runHere(progress)
+
+    @requiresDependencies
+    def updateModelJob(self, volumeNode, segmentationNode, segmentIds, modelPath, sliceAxis="axial", **options):
+        """:meth:`updateModel` as a background job (see :func:`SpatialALSlicerLib.ModelLogic.updateModelJob`)."""
         from SpatialALSlicerLib import ModelLogic
 
-        return ModelLogic.updateModel(
+        return ModelLogic.updateModelJob(
             volumeNode, segmentationNode, segmentIds, modelPath, sliceAxis=sliceAxis, **options
         )
 
     @requiresDependencies
-    def predictSegmentation(self, volumeNode, modelPath, device="auto", progress=None):
-        """The model's segmentation of the volume, in a new segmentation node (returned)."""
+    def predictSegmentation(self, *arguments, progress=None, **keywords):
+        """The model's segmentation of the volume, in a new segmentation node (returned), computed in this process;
+        the arguments are those of :meth:`predictionJob`."""
+        return self.predictionJob(*arguments, **keywords).runHere(progress)
+
+    @requiresDependencies
+    def predictionJob(self, volumeNode, modelPath, device="auto"):
+        """:meth:`predictSegmentation` as a background job (see :func:`SpatialALSlicerLib.ModelLogic.predictionJob`)."""
         from SpatialALSlicerLib import ModelLogic
 
-        return ModelLogic.predictSegmentation(volumeNode, modelPath, device, progress)
+        return ModelLogic.predictionJob(volumeNode, modelPath, device)
 
     def editedQueriedSlices(self, volumeNode, segmentationNode, segmentIds, tableNode, sliceAxis="axial"):
         """Queried slices still "to annotate" whose labels changed since they were queried (the radiologist drew

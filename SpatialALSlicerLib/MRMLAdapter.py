@@ -397,9 +397,8 @@ def saveUndoSnapshot(segmentationNode, segmentIds):
     return snapshot
 
 
-def restoreUndoSnapshot(segmentationNode):
-    """Put back the segments saved by :func:`saveUndoSnapshot` exactly (masks, tags, colours, order), then drop the
-    snapshot; returns the restored segment IDs.
+def undoSnapshot(segmentationNode):
+    """The segmentation node holding the copy :func:`saveUndoSnapshot` saved.
 
     Raises:
         MRMLInputError: there is nothing to undo.
@@ -407,6 +406,17 @@ def restoreUndoSnapshot(segmentationNode):
     snapshot = segmentationNode.GetNodeReference(UNDO_REFERENCE_ROLE)
     if snapshot is None:
         raise MRMLInputError(f"Nothing to undo: {segmentationNode.GetName()!r} was not propagated since it was loaded.")
+    return snapshot
+
+
+def restoreUndoSnapshot(segmentationNode):
+    """Put back the segments saved by :func:`saveUndoSnapshot` exactly (masks, tags, colours, order), then drop the
+    snapshot; returns the restored segment IDs.
+
+    Raises:
+        MRMLInputError: there is nothing to undo.
+    """
+    snapshot = undoSnapshot(segmentationNode)
     segmentation, saved = segmentationNode.GetSegmentation(), snapshot.GetSegmentation()
     segmentIds = [i for i in (snapshot.GetAttribute(UNDO_SEGMENTS_ATTRIBUTE) or "").split(",") if i]
     for segmentId in segmentIds:

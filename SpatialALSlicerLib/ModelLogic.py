@@ -15,7 +15,7 @@ def stackFromNodes(volumeNode, segmentationNode, segmentIds, axis):
     return SliceStack(image, segmentation.label_layers, segmentation.segments, segmentation.geometry, axis)
 
 
-def updateModel(
+def updateModelJob(
     volumeNode,
     segmentationNode,
     segmentIds,
@@ -24,28 +24,27 @@ def updateModel(
     sliceAxis="axial",
     preset=None,
     device="auto",
-    progress=None,
     **trainingOptions,
 ):
-    """Train a model on the annotated slices, or fine-tune the one at ``modelPath`` (the next round).
+    """Training on the annotated slices, or fine-tuning of the model at ``modelPath`` (the next round), as a
+    :class:`~SpatialALSlicerLib.BackgroundWork.BackgroundJob` (``runHere()`` or ``start()``) whose result is a
+    :class:`spatial_al.learning.TrainingSummary`; the model is written to ``modelPath``.
 
     Args:
         volumeNode: the scan.
         segmentationNode: the segmentation; only its annotated slices are read as labels.
         segmentIds: segments to learn (None: all); a model at ``modelPath`` must know exactly these.
-        modelPath: checkpoint (.pt) to fine-tune when it exists; written after every epoch and at the end.
+        modelPath: checkpoint (.pt) to fine-tune when it exists; written as training improves and at the end.
         annotatedSlices: annotated slices (None: those recorded in the segments).
         sliceAxis: 0, 1, 2 (KJI array axis) or a plane name.
         preset: model preset for a new model (None: the CPU default).
         device: "auto", "cpu", "cuda", ...
-        progress: progress reporter; cancel stops before the next batch (the last epoch's checkpoint stays).
-        **trainingOptions: fields of :class:`spatial_al.training.TrainingConfig` (e.g. max_epochs=20).
+        **trainingOptions: fields of :class:`spatial_al.training.TrainingConfig` (e.g. max_epochs=10).
 
-    Returns:
-        :class:`spatial_al.learning.TrainingOutcome`.
+    A cancel stops before the next batch; the last checkpoint stays and resumes the round.
     """
-    from spatial_al.learning import train_on_stack
     from spatial_al.training import TrainingConfig, read_checkpoint
+    from SpatialALSlicerLib.BackgroundWork import BackgroundJob
 
     axis = MRMLAdapter.sliceAxisIndex(volumeNode, sliceAxis)
     segmentIds = MRMLAdapter.segmentIdsOrAll(segmentationNode, segmentIds)
@@ -57,16 +56,37 @@ def updateModel(
         )
     resume = modelPath if os.path.isfile(modelPath) else None
     base = (read_checkpoint(resume).training_config if resume else None) or TrainingConfig()
-    return train_on_stack(
-        stackFromNodes(volumeNode, segmentationNode, segmentIds, axis),
-        annotatedSlices,
-        preset=preset,
-        resume=resume,
-        training=base.with_options(**trainingOptions),
-        device=device,
-        progress=progress,
-        checkpoint_path=modelPath,
-    )
+    arguments = {
+        "stack": stackFromNodes(volumeNode, segmentationNode, segmentIds, axis),
+        "annotated": list(annotatedSlices),
+        "preset": preset,
+        "resume": resume,
+        "training": base.with_options(**trainingOptions),
+        "device": str(device),
+        "checkpoint_path": modelPath,
+    }
+    return BackgroundJob("train", arguments, lambda summary: summary, "Training")
+
+
+def predictionJob(volumeNode, modelPath, device="auto"):
+    """The segmentation of the volume by the model at ``modelPath`` as a background job whose result is a new
+    segmentation node named "<volume> (model prediction)" (no existing segment is touched)."""
+    import numpy as np
+
+    from spatial_al.volume import SliceStack
+    from SpatialALSlicerLib.BackgroundWork import BackgroundJob
+
+    if not os.path.isfile(modelPath):
+        raise MRMLAdapter.MRMLInputError(f"No model file at {modelPath!r}: train one with 'Update model' first.")
+    image = MRMLAdapter.arrayFromVolumeNode(volumeNode)
+    stack = SliceStack(image, np.zeros(image.shape, np.uint8), (), MRMLAdapter.volumeGeometry(volumeNode), 0)
+
+    def addNode(segmentation):
+        name = f"{volumeNode.GetName()} (model prediction)"
+        return MRMLAdapter.addSegmentationNode(volumeNode.GetScene(), segmentation, volumeNode, name)
+
+    arguments = {"model_path": modelPath, "stack": stack, "device": str(device)}
+    return BackgroundJob("predict", arguments, addNode, "Prediction")
 
 
 def loadModel(modelPath, device="auto"):
@@ -78,20 +98,3 @@ def loadModel(modelPath, device="auto"):
     torchDevice = resolve_device(device)
     model, _ = load_model(modelPath, torchDevice)
     return model, torchDevice
-
-
-def predictSegmentation(volumeNode, modelPath, device="auto", progress=None):
-    """Segment the volume with the model at ``modelPath`` into a new segmentation node named
-    "<volume> (model prediction)" (no existing segment is touched); returns the node."""
-    import numpy as np
-
-    from spatial_al.learning import predict_segmentation
-    from spatial_al.volume import SliceStack
-
-    model, torchDevice = loadModel(modelPath, device)
-    image = MRMLAdapter.arrayFromVolumeNode(volumeNode)
-    geometry = MRMLAdapter.volumeGeometry(volumeNode)
-    stack = SliceStack(image, np.zeros(image.shape, np.uint8), (), geometry, model.config.slice_axis)
-    segmentation = predict_segmentation(model, stack, torchDevice, progress=progress)
-    name = f"{volumeNode.GetName()} (model prediction)"
-    return MRMLAdapter.addSegmentationNode(volumeNode.GetScene(), segmentation, volumeNode, name)

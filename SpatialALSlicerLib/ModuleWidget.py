@@ -1,5 +1,6 @@
 """What the panels of both modules share: the parameter-node plumbing of Slicer's scripted-module template, choice
-lists filled from a backend registry, and an action button that turns into Cancel while its work runs.
+lists filled from a backend registry, and actions whose button turns into Cancel while their work runs, in a worker
+process (:mod:`SpatialALSlicerLib.BackgroundWork`) or, for work of well under a second, at once.
 
 No computation here: panels only wire the GUI to their Logic.
 """
@@ -16,13 +17,14 @@ class SessionWidgetMixin:
 
     The panel has ``self.ui`` (with ``segmentationSelector``, ``segmentsTableView``, ``progressBar``) and
     ``self.logic`` (whose parameter node has ``inputVolume`` and ``segmentation``), and implements
-    ``updateGUIFromParameterNode()`` and ``populateChoices()``; it calls :meth:`startSession` at the end of setup.
+    ``updateGUIFromParameterNode()`` (enabling its action buttons with :meth:`actionEnabled`), ``populateChoices()``
+    and ``showStatus(text)``; it calls :meth:`startSession` at the end of setup.
     """
 
     def startSession(self):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._progress = None
+        self.initializeWork()
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.segmentationSelector.connect(
@@ -30,7 +32,15 @@ class SessionWidgetMixin:
         )
         self.initializeParameterNode()
 
+    def initializeWork(self):
+        """Nothing runs yet: no in-process progress, no background job, no poll timer."""
+        self._progress = None
+        self._job = None
+        self._jobTimer = None
+        self._runningButton = None
+
     def cleanup(self):
+        self.stopWork()
         self.removeObservers()
 
     def enter(self):
@@ -38,9 +48,15 @@ class SessionWidgetMixin:
         self.populateChoices()
 
     def exit(self):
+        """Leaving the panel stops work running in this process (it pumps the GUI's events); a job in a worker
+        process goes on, and its result is written when it arrives, so a model can train while the radiologist
+        annotates in the Segment Editor. Closing the module (``cleanup``) cancels it."""
+        if self._progress is not None:
+            self._progress.requestCancel()
         self.setParameterNode(None)
 
     def onSceneStartClose(self, caller, event):
+        self.stopWork()  # its result would land in nodes that are going away
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event):
@@ -88,20 +104,94 @@ class SessionWidgetMixin:
 
     @property
     def isRunning(self):
-        return self._progress is not None
+        return self._progress is not None or self._job is not None
+
+    def actionEnabled(self, button, ready):
+        """Whether an action ``button`` is enabled: ``ready`` while nothing runs; while work runs, only the button
+        of that work (it reads Cancel)."""
+        return button is self._runningButton if self.isRunning else ready
+
+    def runJob(self, button, failureMessage, makeJob, onFinished, inBackground):
+        """Run the Logic job that ``makeJob()`` prepares from the scene, then ``onFinished(result)``.
+
+        In the background (``inBackground``; training, prediction, model-based ranking, slow propagation) the job
+        runs in a worker process: the progress bar follows it, ``button`` reads Cancel, the other actions are
+        disabled, and the result is written into the scene when it arrives. A cancel is reported as "Cancelled",
+        not as an error. Otherwise (work of well under a second) it runs here at once, cancellable between steps.
+        Pressing ``button`` again while its work runs cancels it.
+        """
+        if self._job is not None:
+            self._job.cancel()
+            button.text = _("Cancelling...")
+            return
+        if not inBackground:
+            self.runCancellable(button, failureMessage, lambda progress: onFinished(makeJob().runHere(progress)))
+            return
+        with slicer.util.tryWithErrorDisplay(failureMessage, waitCursor=True):
+            self._job = makeJob().start()
+        if self._job is None:
+            return
+        import qt
+
+        self._jobFailureMessage, self._jobFinished = failureMessage, onFinished
+        self._runningButton = button
+        button.text = _("Cancel")
+        self.updateGUIFromParameterNode()
+        self._jobTimer = qt.QTimer()
+        self._jobTimer.setInterval(100)
+        self._jobTimer.connect("timeout()", self._pollJob)
+        self._jobTimer.start()
+
+    def _pollJob(self):
+        from SpatialALSlicerLib.BackgroundWork import CANCELLED, FINISHED, RUNNING
+        from SpatialALSlicerLib.GuiProgress import showProgress
+
+        job = self._job
+        state = job.poll()
+        showProgress(self.ui.progressBar, *job.progress)
+        if state == RUNNING:
+            return
+        self._jobTimer.stop()
+        self._job = self._runningButton = None
+        if state == FINISHED:
+            with slicer.util.tryWithErrorDisplay(self._jobFailureMessage, waitCursor=True):
+                self._jobFinished(job.finish())
+        else:
+            job.cleanup()
+            if state == CANCELLED:
+                self.showStatus(_("Cancelled."))
+            else:
+                slicer.util.errorDisplay(f"{self._jobFailureMessage}\n\n{job.error}")
+        self.updateGUIFromParameterNode()
+
+    def stopWork(self):
+        """Cancel the background job, if any (the module or the scene is being closed); its result is dropped."""
+        if self._job is not None:
+            self._job.cancel()
+            self._job.cleanup()
+            self._jobTimer.stop()
+            self._job = self._runningButton = None
 
     def runCancellable(self, button, failureMessage, work):
-        """Run ``work(progress)``; meanwhile ``button`` reads Cancel and stops the work at its next step."""
-        if self._progress is not None:
-            self._progress.requestCancel()
-            return
+        """Run ``work(progress)`` here; meanwhile ``button`` reads Cancel and stops the work at its next step."""
+        from spatial_al.progress import OperationCancelled
         from SpatialALSlicerLib.GuiProgress import GuiProgress
 
+        if self._progress is not None:  # pressed again while its work runs (events are pumped): Cancel
+            self._progress.requestCancel()
+            button.text = _("Cancelling...")
+            return
+
         self._progress = GuiProgress(self.ui.progressBar)
+        self._runningButton = button
         button.text = _("Cancel")
+        self.updateGUIFromParameterNode()
         try:
             with slicer.util.tryWithErrorDisplay(failureMessage, waitCursor=True):
-                work(self._progress)
+                try:
+                    work(self._progress)
+                except OperationCancelled:
+                    self.showStatus(_("Cancelled."))
         finally:
-            self._progress = None
+            self._progress = self._runningButton = None
             self.updateGUIFromParameterNode()

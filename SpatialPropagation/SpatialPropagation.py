@@ -39,7 +39,8 @@ class SpatialPropagation(ScriptedLoadableModule):
         self.parent.contributors = ["SpatialActiveLearning developers"]
         self.parent.helpText = _(
             "Propagates the annotated slices of a segmentation to the slices that are not annotated, by interpolation "
-            "(sdf, contour), learned slice-to-slice correspondence (sli2vol) or a trained model (star, model). "
+            "(sdf, contour), learned slice-to-slice correspondence (sli2vol), the better of the two per gap as "
+            "judged on your own annotated slices (auto) or a trained model (star, model). "
             "Preview shows the result beside the segmentation first. Annotated slices and anything you drew elsewhere "
             "are never changed; which slices are annotated and which are propagated (with a confidence) is recorded "
             "in the segments and saved with the segmentation, and Undo restores the segments as they were."
@@ -144,14 +145,19 @@ class SpatialPropagationWidget(SessionWidgetMixin, ScriptedLoadableModuleWidget,
                 (self.ui.propagateButton, _("Fill the slices that are not annotated")),
                 (self.ui.previewButton, _("Show the propagation without changing the segmentation")),
             ):
-                button.enabled = ready
                 button.toolTip = tip if ready else reason
+        for button in (self.ui.propagateButton, self.ui.previewButton):
+            button.enabled = self.actionEnabled(button, ready)
         previewed = bool(node and node.segmentation and self.logic.hasPreview(node.segmentation))
-        self.ui.applyButton.enabled = previewed and not self.isRunning
-        self.ui.undoButton.enabled = (
-            bool(node and node.segmentation and self.logic.canUndo(node.segmentation)) and not self.isRunning
-        )
+        self.ui.applyButton.enabled = self.actionEnabled(self.ui.applyButton, previewed)
+        canUndo = bool(node and node.segmentation and self.logic.canUndo(node.segmentation))
+        self.ui.undoButton.enabled = self.actionEnabled(self.ui.undoButton, canUndo)
+        if node and node.method and self.ui.methodComboBox.currentText != node.method:
+            self.ui.methodComboBox.setCurrentText(node.method)  # a reloaded scene's choice
         self.observeEdits(node.segmentation if node and node.autoUpdate else None)
+
+    def showStatus(self, text) -> None:
+        self.ui.resultLabel.text = text
 
     def observeEdits(self, segmentationNode) -> None:
         """Watch ``segmentationNode``'s segments for edits (None: watch nothing) to refresh the preview."""
@@ -171,9 +177,10 @@ class SpatialPropagationWidget(SessionWidgetMixin, ScriptedLoadableModuleWidget,
         if self.logic.methodIsInteractive(node.method):
             self._previewTimer.start()
         else:  # a stroke must never block the editor for a slow method
-            self.ui.resultLabel.text = _(
-                "The preview follows each edit for fast methods (sdf); press Preview to update the {method} preview."
-            ).format(method=node.method)
+            message = _(
+                "The preview follows each edit for fast methods (sdf); press Preview to update the {method} one."
+            )
+            self.showStatus(message.format(method=node.method))
 
     def propagationArguments(self) -> dict:
         """The Logic's arguments from the panel's state."""
@@ -189,38 +196,41 @@ class SpatialPropagationWidget(SessionWidgetMixin, ScriptedLoadableModuleWidget,
             "mostConfident": node.mostConfident or None,
         }
 
-    def onPreviewButton(self) -> None:
+    def runPropagation(self, button, failureMessage, prefix, preview) -> None:
+        """Propagate (or preview) with the panel's choices: slow methods in a worker process, fast ones at once."""
         node = self._parameterNode
 
-        def preview(progress):
-            outcome = self.logic.propagate(
-                node.inputVolume, node.segmentation, progress=progress, preview=True, **self.propagationArguments()
+        def propagationJob():
+            return self.logic.propagationJob(
+                node.inputVolume, node.segmentation, preview=preview, **self.propagationArguments()
             )
-            self.ui.resultLabel.text = _("Preview: ") + outcome.summary()
 
-        self.runCancellable(self.ui.previewButton, _("Preview failed."), preview)
+        def showOutcome(outcome):
+            self.showStatus(prefix + outcome.summary())
+
+        inBackground = not self.logic.methodIsInteractive(node.method)
+        self.runJob(button, failureMessage, propagationJob, showOutcome, inBackground)
+
+    def onPreviewButton(self) -> None:
+        self.runPropagation(self.ui.previewButton, _("Preview failed."), _("Preview: "), preview=True)
 
     def onApplyButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Apply failed."), waitCursor=True):
             node = self._parameterNode
-            self.ui.resultLabel.text = self.logic.applyPreview(node.inputVolume, node.segmentation).summary()
+            self.showStatus(self.logic.applyPreview(node.inputVolume, node.segmentation).summary())
         self.updateGUIFromParameterNode()
 
     def onPropagateButton(self) -> None:
-        node = self._parameterNode
+        self.runPropagation(self.ui.propagateButton, _("Propagation failed."), "", preview=False)
 
-        def propagate(progress):
-            outcome = self.logic.propagate(
-                node.inputVolume, node.segmentation, progress=progress, **self.propagationArguments()
-            )
-            self.ui.resultLabel.text = outcome.summary()
-
-        self.runCancellable(self.ui.propagateButton, _("Propagation failed."), propagate)
+    def exit(self) -> None:
+        self._previewTimer.stop()  # no preview update while the panel is not shown
+        super().exit()
 
     def onUndoButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Undo failed."), waitCursor=True):
             self.logic.undo(self._parameterNode.segmentation, self._parameterNode.inputVolume)
-            self.ui.resultLabel.text = _("The segments are back as they were before the last propagation.")
+            self.showStatus(_("The segments are back as they were before the last propagation."))
         self.updateGUIFromParameterNode()
 
 
@@ -309,7 +319,22 @@ class SpatialPropagationLogic(ScriptedLoadableModuleLogic):
         return method_info(PROPAGATORS.get(method)).model is not None
 
     @requiresDependencies
-    def propagate(
+    def propagate(self, *arguments, progress=None, **keywords):
+        """Fill the slices that are not annotated of the segments, in place, keeping every voxel a person drew, in
+        this process; the arguments are those of :meth:`propagationJob`. ``progress`` receives progress and may
+        cancel.
+
+        Returns:
+            A :class:`PropagationOutcome` (with a preview, no slice is kept edited: nothing was written).
+
+        Raises:
+            ValueError: no annotated slice, unknown method or segment, a method needing a model given none,
+                unusable volume.
+        """
+        return self.propagationJob(*arguments, **keywords).runHere(progress)
+
+    @requiresDependencies
+    def propagationJob(
         self,
         volumeNode,
         segmentationNode,
@@ -317,7 +342,6 @@ class SpatialPropagationLogic(ScriptedLoadableModuleLogic):
         annotatedSlices=None,
         method="sdf",
         sliceAxis="axial",
-        progress=None,
         modelPath="",
         device="auto",
         mostConfident=None,
@@ -325,7 +349,8 @@ class SpatialPropagationLogic(ScriptedLoadableModuleLogic):
         preview=False,
         **options,
     ):
-        """Fill the slices that are not annotated of the segments, in place, keeping every voxel a person drew.
+        """The propagation of :meth:`propagate` as a :class:`~SpatialALSlicerLib.BackgroundWork.BackgroundJob`: the
+        segments are read now and written (or previewed) when the job's result is applied.
 
         With ``preview`` the segmentation is left untouched and the result is shown in a separate "<name> (preview)"
         segmentation instead (segments "<name> (propagated)", half opacity), as the Segment Editor's Fill between
@@ -338,23 +363,16 @@ class SpatialPropagationLogic(ScriptedLoadableModuleLogic):
             annotatedSlices: slices used as sources (None: those recorded in the segments).
             method: propagation method (see :meth:`methods`).
             sliceAxis: 0, 1, 2 (KJI array axis) or "axial" / "coronal" / "sagittal".
-            progress: progress reporter (``progress(done, total, message)``, ``should_cancel()``).
             modelPath: checkpoint of a trained model, read only by methods that use one (star, model).
             device: where torch work runs ("auto", "cpu", "cuda", ...).
             mostConfident: keep pseudo-labels on this many most confident slices only (None: all).
             minConfidence: keep pseudo-labels only on slices at least this confident (None: all).
             preview: show the result beside the segmentation instead of writing it.
             **options: options of the method.
-
-        Returns:
-            A :class:`PropagationOutcome` (with a preview, no slice is kept edited: nothing was written).
-
-        Raises:
-            ValueError: no annotated slice, unknown method or segment, a method needing a model given none,
-                unusable volume.
         """
-        from spatial_al.session import propagate_layers
-        from SpatialALSlicerLib import ModelLogic, MRMLAdapter
+        from spatial_al.propagation import PROPAGATORS
+        from SpatialALSlicerLib import MRMLAdapter
+        from SpatialALSlicerLib.BackgroundWork import BackgroundJob
 
         segmentIds = MRMLAdapter.segmentIdsOrAll(segmentationNode, segmentIds)
         axis = MRMLAdapter.sliceAxisIndex(volumeNode, sliceAxis)
@@ -365,33 +383,35 @@ class SpatialPropagationLogic(ScriptedLoadableModuleLogic):
                 "No annotated slice: annotate slices and mark them annotated (Active Slice Selector), or list them "
                 "in 'Annotated slices'."
             )
-        model = None
+        PROPAGATORS.check_options(method, options)  # an unknown method or option fails now, not in the worker
+        arguments = {
+            "segmentation": MRMLAdapter.segmentationFromNode(segmentationNode, volumeNode, segmentIds),
+            "annotated": list(annotatedSlices),
+            "method": method,
+            "image": MRMLAdapter.arrayFromVolumeNode(volumeNode),
+            "axis": axis,
+            "device": str(device),
+            "most_confident": mostConfident,
+            "min_confidence": minConfidence,
+            **options,
+        }
         if self.methodUsesModel(method):
             if not modelPath:
                 raise MRMLAdapter.MRMLInputError(
                     f"The method {method!r} propagates with a trained model: choose the model file (trained with "
                     "'Update model' in Active Slice Selector), or pick a model-free method such as sdf or sli2vol."
                 )
-            model, device = ModelLogic.loadModel(modelPath, device)
-        layers = propagate_layers(
-            MRMLAdapter.segmentationFromNode(segmentationNode, volumeNode, segmentIds),
-            annotatedSlices,
-            method,
-            MRMLAdapter.arrayFromVolumeNode(volumeNode),
-            axis,
-            progress,
-            model=model,
-            device=device,
-            most_confident=mostConfident,
-            min_confidence=minConfidence,
-            **options,
-        )
-        if not preview:
-            self.clearPreview(segmentationNode)
-            return self._write(volumeNode, segmentationNode, segmentIds, layers, axis, method)
-        MRMLAdapter.showPreview(segmentationNode, volumeNode, layers.pseudo_masks, layers.propagated, axis)
-        self._previews[segmentationNode] = (segmentIds, layers, axis, method)
-        return PropagationOutcome(layers.annotated, layers.propagated, layers.confidence, {}, method)
+            arguments["model_path"] = modelPath
+
+        def writeOrPreview(layers):
+            if not preview:
+                self.clearPreview(segmentationNode)
+                return self._write(volumeNode, segmentationNode, segmentIds, layers, axis, method)
+            MRMLAdapter.showPreview(segmentationNode, volumeNode, layers.pseudo_masks, layers.propagated, axis)
+            self._previews[segmentationNode] = (segmentIds, layers, axis, method)
+            return PropagationOutcome(layers.annotated, layers.propagated, layers.confidence, {}, method)
+
+        return BackgroundJob("propagate", arguments, writeOrPreview, "Propagation")
 
     def hasPreview(self, segmentationNode):
         """Whether :meth:`applyPreview` has a preview of this segmentation to write."""
@@ -418,10 +438,28 @@ class SpatialPropagationLogic(ScriptedLoadableModuleLogic):
         MRMLAdapter.removePreview(segmentationNode)
 
     @staticmethod
-    def _write(volumeNode, segmentationNode, segmentIds, layers, axis, method):
-        """Save the undo copy, then merge a propagation into the segments; returns a :class:`PropagationOutcome`."""
+    def segmentEditorFor(segmentationNode):
+        """The Segment Editor widget when it edits ``segmentationNode`` (its history is the one Ctrl+Z undoes), else
+        None (no GUI, or the editor works on another segmentation)."""
+        try:
+            editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
+        except AttributeError:
+            return None
+        return editor if editor.segmentationNode() is segmentationNode else None
+
+    def saveEditorState(self, segmentationNode):
+        """Record the segmentation as it is now in the Segment Editor's undo history (when it edits it), so that
+        Ctrl+Z there takes back exactly the change the module makes next: one history for both."""
+        editor = self.segmentEditorFor(segmentationNode)
+        if editor is not None:
+            editor.saveStateForUndo()
+
+    def _write(self, volumeNode, segmentationNode, segmentIds, layers, axis, method):
+        """Save the undo states (the Segment Editor's and the module's own copy, which survives a scene save), then
+        merge a propagation into the segments; returns a :class:`PropagationOutcome`."""
         from SpatialALSlicerLib import MRMLAdapter
 
+        self.saveEditorState(segmentationNode)
         MRMLAdapter.saveUndoSnapshot(segmentationNode, segmentIds)
         keptEdited = MRMLAdapter.writePseudoLabels(
             segmentationNode,
@@ -448,9 +486,12 @@ class SpatialPropagationLogic(ScriptedLoadableModuleLogic):
     def undo(self, segmentationNode, volumeNode=None):
         """Restore the segments exactly as they were before the last propagation (edits made since are dropped);
         returns the restored segment IDs. With ``volumeNode``, its queried-slices tables show the statuses again
-        as they were. Raises MRMLInputError when there is nothing to undo."""
+        as they were. The state undone is recorded in the Segment Editor's history first, so Ctrl+Z there brings
+        it back. Raises MRMLInputError when there is nothing to undo."""
         from SpatialALSlicerLib import MRMLAdapter
 
+        MRMLAdapter.undoSnapshot(segmentationNode)  # nothing to undo: an error that says so, before any change
+        self.saveEditorState(segmentationNode)
         segmentIds = MRMLAdapter.restoreUndoSnapshot(segmentationNode)
         if volumeNode is not None:
             MRMLAdapter.syncQueriedSliceStatuses(volumeNode, segmentationNode, segmentIds)

@@ -4,7 +4,8 @@ slicer-core has Slicer's MRML and module-logic classes but not the application: 
 ``slicer.app`` or ``slicer.modules``, and none of the application's pure-Python modules the scripted-module template
 imports (``slicer.ScriptedLoadableModule``, ``slicer.parameterNodeWrapper``, ``slicer.i18n``). :func:`install` sets
 minimal versions of those on the ``slicer`` package around a :class:`HeadlessScene`; :func:`uninstall` removes them.
-Only what the modules' Logic and Test classes use is provided; the Qt widgets are not.
+Only what the modules' Logic and Test classes use is provided, and of Qt only a timer (:func:`qt_module`) for the
+panels' background-work plumbing; the Qt widgets are not.
 """
 
 import sys
@@ -71,6 +72,49 @@ class _Application:
 
     def layoutManager(self):
         return None
+
+    def setOverrideCursor(self, cursor):
+        pass
+
+    def restoreOverrideCursor(self):
+        pass
+
+    def testingEnabled(self):
+        return False
+
+
+class QTimer:
+    """The part of Qt's timer the panels use; a test fires it by calling :meth:`fire` (there is no event loop)."""
+
+    def __init__(self):
+        self.active, self.interval, self.slots = False, 0, []
+
+    def setInterval(self, milliseconds):
+        self.interval = milliseconds
+
+    def setSingleShot(self, single):
+        pass
+
+    def connect(self, signal, slot):
+        self.slots.append(slot)
+
+    def start(self):
+        self.active = True
+
+    def stop(self):
+        self.active = False
+
+    def fire(self):
+        for slot in self.slots:
+            slot()
+
+
+def qt_module():
+    """A ``qt`` module with :class:`QTimer` and the wait cursor, for the panels' work plumbing (no widgets)."""
+    module = types.ModuleType("qt")
+    module.QTimer = QTimer
+    module.Qt = types.SimpleNamespace(WaitCursor=3)
+    return module
 
 
 def install(headless):

@@ -1,5 +1,7 @@
 """The scripted modules' Logic and their own Test classes, on slicer-core's MRML classes."""
 
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -134,7 +136,7 @@ def test_update_model_trains_then_fine_tunes_and_predicts_into_a_new_node(slicer
     first = logic.updateModel(
         volume, segmentation, lungs, model, preset=preset_config("unet-small", features=TINY_UNET), **options
     )
-    assert first.annotated_slices == [5, 15, 25] and first.trainer.state.round_index == 0
+    assert first.annotated_slices == [5, 15, 25] and first.round_index == 0 and first.steps == 4
     logic.markAnnotated(volume, segmentation, lungs, [30], "axial")
     second = logic.updateModel(volume, segmentation, lungs, model, **options)
     assert second.annotated_slices == [5, 15, 25, 30]
@@ -373,3 +375,179 @@ def test_dependencies_are_checked_by_version_and_asked_for_once_per_session(slic
     logic = slicer_modules["SpatialPropagation"].SpatialPropagationLogic()
     with pytest.raises(RuntimeError, match=r"needs numpy \(1.21.0 installed, >=1.24 needed\)\. Open the"):
         logic.propagate(volume, segmentation, method="sdf")
+
+
+def test_long_work_runs_in_a_worker_process_with_progress_then_writes_the_scene(slicer_modules, headless, tmp_path):
+    from conftest import TINY_UNET
+
+    from spatial_al.progress import RecordingProgress
+    from spatial_al.training import read_checkpoint
+    from SpatialALSlicerLib import MRMLAdapter
+    from SpatialALSlicerLib.BackgroundWork import FINISHED
+
+    volume, segmentation, stack = chest_ct_nodes(headless.scene)
+    lungs = [s.segment_id for s in stack.segments if s.name.endswith("lung")]
+    selector = slicer_modules["ActiveSliceSelector"].ActiveSliceSelectorLogic()
+    selector.markAnnotated(volume, segmentation, lungs, [5, 15, 25], "axial")
+    model = str(tmp_path / "lungs.pt")
+    options = {"max_epochs": 2, "iterations_per_epoch": 2, "augment": False, "device": "cpu"}
+    job = selector.updateModelJob(volume, segmentation, lungs, model, preset=tiny_preset(TINY_UNET), **options)
+    progress = RecordingProgress()
+    assert job.start().wait(progress) == FINISHED, job.error
+    summary = job.finish()
+    assert (summary.round_index, summary.steps, summary.annotated_slices) == (0, 4, [5, 15, 25])
+    assert read_checkpoint(model).trainer_state.finished and not job._folder  # the job's files are gone
+    assert any("epoch 2" in message for _, _, message in progress.reports)  # the worker's progress came through
+
+    propagation = slicer_modules["SpatialPropagation"].SpatialPropagationLogic()
+    before = {i: MRMLAdapter.segmentMaskInVolumeGrid(segmentation, i, volume) for i in lungs}
+    job = propagation.propagationJob(volume, segmentation, lungs, method="sdf", sliceAxis="axial").start()
+    assert all((MRMLAdapter.segmentMaskInVolumeGrid(segmentation, i, volume) == before[i]).all() for i in lungs)
+    assert job.wait() == FINISHED, job.error
+    outcome = job.finish()  # written now, in this (the main) thread
+    assert outcome.propagated.tolist() == [k for k in range(6, 25) if k not in (15,)]
+    here = propagation.propagate(volume, segmentation, lungs, method="sdf", sliceAxis="axial")
+    np.testing.assert_array_equal(here.confidence, outcome.confidence)  # the same job, run in this process
+
+
+def test_a_cancelled_job_stops_writes_nothing_and_a_failed_one_says_why(slicer_modules, headless, tmp_path):
+    from conftest import TINY_UNET
+
+    from SpatialALSlicerLib import MRMLAdapter
+    from SpatialALSlicerLib.BackgroundWork import CANCELLED, FAILED, RUNNING
+
+    volume, segmentation, stack = chest_ct_nodes(headless.scene)
+    lungs = [s.segment_id for s in stack.segments if s.name.endswith("lung")]
+    selector = slicer_modules["ActiveSliceSelector"].ActiveSliceSelectorLogic()
+    selector.markAnnotated(volume, segmentation, lungs, [5, 15, 25], "axial")
+    model = tmp_path / "lungs.pt"
+    job = selector.updateModelJob(
+        volume, segmentation, lungs, str(model), preset=tiny_preset(TINY_UNET), max_epochs=1000, device="cpu"
+    ).start()
+    while job.poll() == RUNNING and "epoch" not in job.progress[2]:
+        time.sleep(0.05)
+    job.cancel()
+    assert job.poll() == RUNNING  # until the worker has stopped
+    assert job.wait() == CANCELLED
+    with pytest.raises(RuntimeError, match="Training did not finish"):
+        job.finish()
+
+    job = selector.rankingJob(volume, segmentation, None, "entropy", 3, modelPath=str(tmp_path / "none.pt")).start()
+    assert job.wait() == FAILED and "none.pt" in job.error
+    assert headless.scene.GetFirstNodeByClass("vtkMRMLTableNode") is None  # nothing was written
+    assert MRMLAdapter.recordedPropagatedSlices(segmentation, lungs, 0) == []
+
+
+def tiny_preset(features):
+    from spatial_al.models import preset_config
+
+    return preset_config("unet-small", features=features)
+
+
+def test_propagation_and_its_undo_are_steps_of_the_segment_editors_history(slicer_modules, headless, monkeypatch):
+    from SpatialALSlicerLib import MRMLAdapter
+
+    volume, segmentation, lung = annotated_lung(slicer_modules, headless.scene, [10, 20])
+    logic = slicer_modules["SpatialPropagation"].SpatialPropagationLogic()
+
+    class SegmentEditor:  # records the states saveStateForUndo() would keep, as Slicer's editor widget does
+        def __init__(self):
+            self.states = []
+
+        def saveStateForUndo(self):
+            self.states.append(MRMLAdapter.segmentMaskInVolumeGrid(segmentation, lung.segment_id, volume))
+
+    editor = SegmentEditor()
+    monkeypatch.setattr(
+        type(logic), "segmentEditorFor", staticmethod(lambda node: editor if node is segmentation else None)
+    )
+    drawn = MRMLAdapter.segmentMaskInVolumeGrid(segmentation, lung.segment_id, volume)
+    logic.propagate(volume, segmentation, [lung.segment_id], method="sdf", preview=True)
+    assert editor.states == []  # a preview changes nothing
+    logic.propagate(volume, segmentation, [lung.segment_id], method="sdf")
+    propagated = MRMLAdapter.segmentMaskInVolumeGrid(segmentation, lung.segment_id, volume)
+    assert len(editor.states) == 1 and (editor.states[0] == drawn).all()  # Ctrl+Z restores exactly the drawing
+    logic.undo(segmentation, volume)
+    assert len(editor.states) == 2 and (editor.states[1] == propagated).all()  # Ctrl+Z brings the propagation back
+    assert (MRMLAdapter.segmentMaskInVolumeGrid(segmentation, lung.segment_id, volume) == drawn).all()
+    with pytest.raises(MRMLAdapter.MRMLInputError, match="Nothing to undo"):
+        logic.undo(segmentation, volume)
+    assert len(editor.states) == 2  # nothing recorded for an undo that did nothing
+
+
+class Button:
+    def __init__(self):
+        self.text, self.enabled, self.toolTip = "", True, ""
+
+
+def propagation_panel(module, volume, segmentation, monkeypatch):
+    """The Spatial Propagation panel on fake widgets (no Qt here), its parameters in a namespace."""
+    import types
+
+    import slicer_standin
+
+    monkeypatch.setitem(sys.modules, "qt", slicer_standin.qt_module())
+    panel = module.SpatialPropagationWidget()
+    panel.logic = module.SpatialPropagationLogic()
+    names = ("propagateButton", "previewButton", "applyButton", "undoButton")
+    panel.ui = types.SimpleNamespace(
+        **{name: Button() for name in names},
+        progressBar=types.SimpleNamespace(setMaximum=lambda n: None, setValue=lambda n: None, setFormat=lambda f: None),
+        resultLabel=types.SimpleNamespace(text=""),
+        modelPathLineEdit=types.SimpleNamespace(currentPath="", enabled=False),
+        methodComboBox=types.SimpleNamespace(currentText="sdf", setCurrentText=lambda text: None),
+        segmentsTableView=types.SimpleNamespace(selectedSegmentIDs=lambda: []),
+    )
+    panel.initializeWork()
+    panel._parameterNode = types.SimpleNamespace(
+        inputVolume=volume,
+        segmentation=segmentation,
+        method="sdf",
+        modelPath="",
+        annotatedSlices="",
+        sliceAxis="axial",
+        mostConfident=0,
+        autoUpdate=False,
+    )
+    return panel
+
+
+def run_panel_job(panel):
+    """Fire the panel's poll timer until its background job has ended."""
+    while panel._job is not None:
+        panel._jobTimer.fire()
+        time.sleep(0.05)
+
+
+def test_the_panel_runs_slow_work_in_the_background_with_cancel_and_errors_shown(slicer_modules, headless, monkeypatch):
+    import slicer
+
+    from SpatialALSlicerLib import MRMLAdapter
+
+    volume, segmentation, lung = annotated_lung(slicer_modules, headless.scene, [10, 20])
+    panel = propagation_panel(slicer_modules["SpatialPropagation"], volume, segmentation, monkeypatch)
+    errors = []
+    monkeypatch.setattr(slicer.util, "errorDisplay", lambda text, **kwargs: errors.append(text))
+    monkeypatch.setattr(panel.logic, "methodIsInteractive", lambda method: False)  # sdf as a slow method would run
+    ui = panel.ui
+
+    panel.onPropagateButton()
+    assert panel.isRunning and ui.propagateButton.text == "Cancel" and ui.propagateButton.enabled
+    assert not any(button.enabled for button in (ui.previewButton, ui.applyButton, ui.undoButton))
+    assert MRMLAdapter.recordedPropagatedSlices(segmentation, [lung.segment_id], 0) == []  # not written yet
+    run_panel_job(panel)
+    assert ui.propagateButton.text == "Propagate" and ui.previewButton.enabled and ui.undoButton.enabled
+    assert ui.resultLabel.text.startswith("9 slices propagated")
+    assert MRMLAdapter.recordedPropagatedSlices(segmentation, [lung.segment_id], 0) == list(range(11, 20))
+
+    panel.onPreviewButton()
+    panel.onPreviewButton()  # pressed again: Cancel
+    assert ui.previewButton.text == "Cancelling..."
+    run_panel_job(panel)
+    assert ui.resultLabel.text == "Cancelled." and errors == [] and not panel.logic.hasPreview(segmentation)
+
+    panel._parameterNode.method, panel._parameterNode.modelPath = "model", "/nowhere/lungs.pt"
+    panel.onPropagateButton()
+    run_panel_job(panel)
+    assert len(errors) == 1 and errors[0].startswith("Propagation failed.") and "/nowhere/lungs.pt" in errors[0]
+    assert not panel.isRunning and ui.propagateButton.enabled

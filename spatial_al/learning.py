@@ -31,6 +31,32 @@ class TrainingOutcome:
     def history(self) -> list[dict]:
         return self.trainer.state.history
 
+    def summary(self) -> TrainingSummary:
+        """What was trained, without the model and trainer (which the checkpoint holds)."""
+        return TrainingSummary(
+            round_index=self.trainer.state.round_index,
+            history=list(self.history),
+            annotated_slices=list(self.annotated_slices),
+            pseudo_labeled_slices=list(self.pseudo_labeled_slices),
+            validation_slices=list(self.validation_slices),
+            steps=self.trainer.steps_taken,
+            phase_seconds=dict(self.trainer.phase_seconds),
+        )
+
+
+@dataclass
+class TrainingSummary:
+    """What a training run did: its round, one history record per epoch, the slices it used, optimizer steps and
+    seconds per phase (what a training process reports back; the model is in its checkpoint)."""
+
+    round_index: int
+    history: list[dict]
+    annotated_slices: list[int]
+    pseudo_labeled_slices: list[int]
+    validation_slices: list[int]
+    steps: int
+    phase_seconds: dict[str, float]
+
 
 def select_segments(segments: Sequence[Segment], names: Sequence[str] | None) -> tuple[Segment, ...]:
     """The segments called ``names`` (all when None), in that order.

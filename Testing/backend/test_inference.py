@@ -6,7 +6,7 @@ import torch
 from conftest import TINY_UNET
 
 from spatial_al.models import SegmentationModel, preset_config
-from spatial_al.models.inference import SlicePredictor, pixel_entropy
+from spatial_al.models.inference import SlicePredictor, enable_dropout, pixel_entropy
 
 CPU = torch.device("cpu")
 
@@ -36,7 +36,8 @@ def test_labels_are_the_argmax_or_the_thresholded_sigmoid():
 
 
 def direct_dropout_draws(model, slices, samples, seed, padding):
-    """``samples`` passes of the whole network over the slices repeated along the batch, dropout on: (T, N, C, H, W)."""
+    """``samples`` passes of the whole network over the slices, one after the other (as on a CPU), dropout on:
+    (T, N, C, H, W)."""
     torch.manual_seed(seed)
     model.eval()
     for module in model.modules():
@@ -44,9 +45,9 @@ def direct_dropout_draws(model, slices, samples, seed, padding):
             module.train()
     padded = torch.nn.functional.pad(slices, padding)
     with torch.no_grad():
-        draws = model(padded.repeat(samples, 1, 1, 1)).softmax(1)[..., :30, :37]
+        draws = torch.stack([model(padded).softmax(1)[..., :30, :37] for _ in range(samples)])
     model.eval()
-    return draws.unflatten(0, (samples, len(slices)))
+    return draws
 
 
 def test_mc_dropout_statistics_against_a_direct_computation():
@@ -59,6 +60,20 @@ def test_mc_dropout_statistics_against_a_direct_computation():
     assert torch.allclose(statistics.mutual_information, bald.clamp(min=0), atol=1e-5)
     assert float(statistics.mutual_information.max()) > 0
     assert not runner.model.training and not any(m.training for m in runner.model.modules())
+
+
+def test_mc_dropout_passes_grouped_into_one_forward_pass_as_on_a_gpu_give_the_same_statistics():
+    runner = predictor(dropout=0.3)
+    runner.mc_pixels_per_forward = 2 * 5 * 32 * 48  # two slices, padded to 32 x 48, five passes: one forward pass
+    statistics = runner.mc_dropout(SLICES[:2], samples=5, seed=4)
+    torch.manual_seed(4)
+    enable_dropout(runner.model)
+    with torch.no_grad():
+        repeated = torch.nn.functional.pad(SLICES[:2], (0, 11, 0, 2)).repeat(5, 1, 1, 1)
+        draws = runner.model(repeated).softmax(1)[..., :30, :37].unflatten(0, (5, 2))
+    runner.model.eval()
+    assert torch.allclose(statistics.mean, draws.mean(0), atol=1e-5)
+    assert torch.allclose(statistics.variance, draws.var(0, unbiased=False), atol=1e-6)
 
 
 def test_mc_dropout_runs_a_dropout_free_encoder_once_with_the_same_result():

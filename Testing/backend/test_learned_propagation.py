@@ -240,3 +240,57 @@ def test_cohort_pseudo_labels_are_the_most_confident_slices_of_the_whole_pool(mo
     for volume, index, mask in zip(chosen.volumes, chosen.slices, chosen.labels, strict=True):
         if volume == 0:  # the pseudo-label is the star method's propagation of that slice
             np.testing.assert_array_equal(mask, [result.labels[index] == value for value in (1, 2)])
+
+
+# -- auto: per gap, the better of sdf and sli2vol on the scan's own hidden annotated slices --------------------------
+
+
+def test_auto_scores_each_method_on_hidden_annotated_slices_as_a_direct_propagation_does(moving_stack):
+    from spatial_al.propagation.auto import held_out_scores
+    from spatial_al.propagation.base import PropagationTask
+
+    labels = moving_stack.label_layers
+    task = PropagationTask(
+        labels, moving_stack.segments, np.array([0, 4, 8, 12, 16]), np.array([2.0, 1.0, 1.0]), moving_stack.image
+    )
+    scores = held_out_scores(task, {"sdf": {}, "sli2vol": {"steps": 20}})
+    assert set(scores["sdf"]) == set(scores["sli2vol"]) == {4, 8, 12}  # 0 and 16 are outside what is kept when hidden
+    for kept, hidden in (([0, 8, 16], [4, 12]), ([4, 12], [8])):
+        for method, options in (("sdf", {}), ("sli2vol", QUICK_SLI2VOL)):
+            filled = spatial_al.propagate(labels[0], kept, method, moving_stack.image, spacing=(2, 1, 1), **options)
+            for k in hidden:
+                assert scores[method][k] == pytest.approx(mean_label_dice(filled.labels[k], labels[0, k]))
+
+
+def test_auto_picks_per_gap_from_the_scores_at_its_ends_then_anywhere_then_by_width():
+    from spatial_al.propagation.auto import choose_per_gap
+    from spatial_al.propagation.base import PropagationTask
+
+    layers = np.zeros((1, 40, 4, 4), np.uint8)
+    task = PropagationTask(layers, (), np.array([0, 10, 20, 30, 39]), np.array([1.0, 1.0, 1.0]))
+    scores = {"sdf": {10: 0.9, 20: 0.5, 30: 0.8}, "sli2vol": {10: 0.7, 20: 0.9, 30: 0.8}}
+    choices = choose_per_gap(task, scores)
+    # 0-10: only 10 scored (sdf); 10-20: 0.7 vs 0.8 (sli2vol); 20-30: 0.65 vs 0.85; 30-39: a tie at 30 goes to sdf
+    assert choices == {(0, 10): "sdf", (10, 20): "sli2vol", (20, 30): "sli2vol", (30, 39): "sdf"}
+    unscored = PropagationTask(layers, (), np.array([0, 5, 20]), np.array([1.0, 1.0, 1.0]))
+    assert choose_per_gap(unscored, {"sdf": {}, "sli2vol": {}}) == {(0, 5): "sdf", (5, 20): "sli2vol"}  # 7.5 mm
+
+
+def test_auto_fills_each_gap_with_the_chosen_methods_result(moving_stack, monkeypatch):
+    from spatial_al.propagation import auto
+
+    labels, annotated = moving_stack.label_layers[0], [0, 6, 12, 18]
+    monkeypatch.setattr(
+        auto, "choose_per_gap", lambda task, scores: {(0, 6): "sli2vol", (6, 12): "sdf", (12, 18): "sdf"}
+    )
+    result = spatial_al.propagate(labels, annotated, "auto", moving_stack.image, sli2vol_options={"steps": 20})
+    sdf = spatial_al.propagate(labels, annotated, "sdf", moving_stack.image)
+    learned_result = spatial_al.propagate(labels, annotated, "sli2vol", moving_stack.image, **QUICK_SLI2VOL)
+    np.testing.assert_array_equal(result.labels[1:6], learned_result.labels[1:6])
+    np.testing.assert_array_equal(result.labels[7:18], sdf.labels[7:18])
+    np.testing.assert_allclose(result.confidence[1:6], learned_result.confidence[1:6])
+    np.testing.assert_array_equal(result.labels[annotated], labels[annotated])
+    without_image = spatial_al.propagate(labels, annotated, "auto")
+    np.testing.assert_array_equal(without_image.labels, sdf.labels)  # sli2vol needs the image: sdf alone
+    with pytest.raises(ValueError, match="'sli2vol' has no option 'step'; its options are: steps"):
+        spatial_al.propagate(labels, annotated, "auto", moving_stack.image, sli2vol_options={"step": 20})

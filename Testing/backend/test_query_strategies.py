@@ -438,3 +438,18 @@ def test_model_based_ranking_reports_progress_and_can_be_cancelled(labeled_stack
     assert progress.reports and all(done <= total for done, total, _ in progress.reports)
     with pytest.raises(OperationCancelled):
         ranked(labeled_stack, strategy, 2, model, progress=RecordingProgress(cancel_after=1))
+
+
+def test_scoring_steps_hold_the_same_number_of_pixels_whatever_the_slice_size():
+    from spatial_al.selection.base import PoolVolume
+    from spatial_al.selection.uncertainty import slice_chunks
+
+    def volume(size):
+        image = np.zeros((3, size, size), np.float32)
+        return PoolVolume(image, None, (), np.zeros(0, int), np.zeros(0, int), np.arange(3), "v", normalized=True)
+
+    slices = np.arange(70)
+    assert [len(c) for c in slice_chunks(volume(256), slices)] == [32, 32, 6]
+    assert [len(c) for c in slice_chunks(volume(512), slices[:20])] == [8, 8, 4]
+    assert [len(c) for c in slice_chunks(volume(4096), slices[:2])] == [1, 1]  # at least one slice a step
+    np.testing.assert_array_equal(np.concatenate(slice_chunks(volume(512), slices)), slices)

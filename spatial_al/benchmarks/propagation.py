@@ -23,12 +23,13 @@ from ..io.segmentation import Segmentation
 from ..metrics import dice
 from ..progress import ProgressReporter, report
 from ..propagation import PROPAGATORS, propagate
+from ..propagation.sli2vol import forget_trained_networks
 from ..selection.cold_start import centred_offset
 from ..session import annotation_only
 from ..volume import Geometry, Segment, SliceStack
 from . import checked_names
 
-DEFAULT_METHODS = ("sdf", "contour", "sli2vol", "star", "model")
+DEFAULT_METHODS = ("sdf", "contour", "sli2vol", "auto", "star", "model")
 BENCHMARK_PRESET = "star-small"  # a STAR model is also a segmentation model: one training serves star and model
 
 
@@ -90,10 +91,10 @@ def measure_stack(
     with_models: bool = True,
 ) -> list[dict]:
     """One row per (method, interval): seconds :func:`~spatial_al.propagation.propagate` takes to fill every label
-    layer (splitting the layers into segment masks and merging them into the segmentation, the same for every
-    method, are left out), and the mean Dice on the evaluated slices. Methods that need an image are skipped on a
-    label-only stack, methods that need a model without ``with_models``; ``train_seconds`` is the training of the
-    model they use."""
+    layer from a cold start (sli2vol learns its network again for each row), splitting the layers into segment masks
+    and merging them into the segmentation left out (the same for every method), and the mean Dice on the evaluated
+    slices. Methods that need an image are skipped on a label-only stack, methods that need a model without
+    ``with_models``; ``train_seconds`` is the training of the model they use."""
     from ..propagation.base import method_info
 
     truth = Segmentation(stack.label_layers, stack.segments, stack.geometry)
@@ -113,6 +114,7 @@ def measure_stack(
             info = method_info(PROPAGATORS.get(method))
             if info.model is not None and model is None:
                 model, train_seconds = train_benchmark_model(stack, annotated, device, train_epochs)
+            forget_trained_networks()  # each method starts cold, as a user's first propagation of a scan does
             started = time.perf_counter()
             result = propagate(
                 annotation.label_layers,

@@ -97,6 +97,9 @@ class SlicePredictor:
         self.batch_size = batch_size
         self.amp_dtype = autocast_dtype(precision, device)
         self.head = model.config.head
+        # MC-dropout passes per forward pass: grouped on accelerators; one at a time on a CPU, which runs a batch no
+        # faster for being larger (slower: the activations leave the caches)
+        self.mc_pixels_per_forward = 0 if device.type == "cpu" else MC_PIXELS_PER_FORWARD
 
     def _padded(self, images: torch.Tensor) -> torch.Tensor:
         divisor = self.model.size_divisor
@@ -147,12 +150,12 @@ class SlicePredictor:
     ) -> McDropoutStatistics:
         """Mean, variance and mutual information of ``samples`` passes with dropout on (seeded).
 
-        The passes of a batch run as one forward pass of the batch repeated ``samples`` times (in groups of at most
-        :data:`MC_PIXELS_PER_FORWARD` pixels), so a GPU sees large batches, and their statistics are accumulated on
-        the device: memory holds one group's probabilities, never all passes. Where the encoder has no dropout
-        (FlexibleUNet's ResNets; dropout sits in the decoder only) it is deterministic, so it runs once per batch
-        and only the decoder is repeated; the random draws, and so the result, are those of running the whole
-        network on the repeated batch.
+        On a GPU the passes of a batch run as forward passes of the batch repeated (groups of at most
+        :data:`MC_PIXELS_PER_FORWARD` pixels), so it sees large batches; on a CPU one pass at a time. Their
+        statistics are accumulated on the device: memory holds one group's probabilities, never all passes. Where
+        the encoder has no dropout (FlexibleUNet's ResNets; dropout sits in the decoder only) it is deterministic,
+        so it runs once per batch and only the decoder is repeated; the random draws, and so the result, are those
+        of running the whole network for each pass.
 
         Raises:
             ValueError: the model has no dropout (trained with dropout 0).
@@ -186,7 +189,7 @@ class SlicePredictor:
         passes agree; float64 is not available on every device (MPS).
         """
         size, pixels = len(batch), batch.shape[-2] * batch.shape[-1]
-        per_forward = max(1, min(samples, MC_PIXELS_PER_FORWARD // (size * pixels)))
+        per_forward = max(1, min(samples, self.mc_pixels_per_forward // (size * pixels)))
         features = None if self.model.encoder_has_dropout else self.model.encode(batch)
         shift = total = squares = entropy = None
         for start in range(0, samples, per_forward):

@@ -3,7 +3,7 @@
 Methods live in :data:`PROPAGATORS` (``spatial-al methods`` lists them); :func:`propagate` runs one.
 """
 
-from . import interpolation, learned, sli2vol  # noqa: F401  (register sdf, contour, star, model, sli2vol)
+from . import auto, interpolation, learned, sli2vol  # noqa: F401  (register sdf, contour, star, model, sli2vol, auto)
 from .base import PROPAGATORS, PropagationResult, PropagationTask, propagate
 
 __all__ = ["PROPAGATORS", "PropagationResult", "PropagationTask", "propagate"]

@@ -267,12 +267,14 @@ class StrategyInfo:
         spacing_controls: whether ``per_volume`` and ``min_spacing`` apply (grids and blocks space their picks by
             construction and refuse them).
         model_optional: it works without a model and uses one when given (e.g. blocks ranked by uncertainty).
+        trains: it trains a network of its own on the volume (seconds on a GPU, minutes on a CPU).
     """
 
     model: str | None = None
     default_per_volume: int | None = None
     spacing_controls: bool = True
     model_optional: bool = False
+    trains: bool = False
 
     @property
     def reads_model(self) -> bool:

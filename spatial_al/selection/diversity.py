@@ -14,7 +14,7 @@ from scipy.spatial.distance import cdist
 
 from ..progress import report
 from .base import STRATEGIES, Picks, RankingContext, uses_model
-from .uncertainty import CHUNK_SLICES, probability_measure, score_pool
+from .uncertainty import probability_measure, score_pool, slice_chunks
 
 
 @dataclass
@@ -36,8 +36,7 @@ def slice_features(context: RankingContext, positions: np.ndarray | None = None)
                 slices = volume.annotated
             else:
                 slices = context.pool_slice[positions[context.pool_volume[positions] == index]]
-            starts = range(0, slices.size, CHUNK_SLICES)
-            jobs += [(kind, volume, slices[start : start + CHUNK_SLICES]) for start in starts]
+            jobs += [(kind, volume, chunk) for chunk in slice_chunks(volume, slices)]
     predictor = context.predictor()
     features: dict[str, list[np.ndarray]] = {"candidates": [], "annotated": []}
     for done, (kind, volume, slices) in enumerate(jobs, start=1):

@@ -56,7 +56,7 @@ def train_proxy_model(
 
 
 @STRATEGIES.register("proxy_rank")
-@described(StrategyInfo(default_per_volume=1))
+@described(StrategyInfo(default_per_volume=1, trains=True))
 def proxy_rank(
     context: RankingContext,
     *,

@@ -15,7 +15,7 @@ from ..registry import Registry
 from ..volume import Segment
 from .base import PoolVolume, RankingContext, RankingVolume, to_pool_volume
 from .spatial import star_aggregation
-from .uncertainty import CHUNK_SLICES, shannon_entropy
+from .uncertainty import shannon_entropy, slice_chunks
 
 if TYPE_CHECKING:
     import torch
@@ -139,8 +139,8 @@ def select_cohort_pseudo_labels(
     confidence = []
     for done, volume in enumerate(pool, start=1):
         values = [
-            1.0 - shannon_entropy(selector(context, volume, volume.candidates[start : start + CHUNK_SLICES]), head)
-            for start in range(0, volume.candidates.size, CHUNK_SLICES)
+            1.0 - shannon_entropy(selector(context, volume, chunk), head)
+            for chunk in slice_chunks(volume, volume.candidates)
         ]
         confidence.append(np.concatenate(values) if values else np.zeros(0))
         report(progress, done, len(pool), f"pseudo-label confidence ({method})")

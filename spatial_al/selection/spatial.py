@@ -10,7 +10,7 @@ import numpy as np
 
 from ..progress import report
 from .base import STRATEGIES, Picks, RankingContext, select_top, uses_model
-from .uncertainty import CHUNK_SLICES, score_pool
+from .uncertainty import score_pool, slice_chunks
 
 if TYPE_CHECKING:
     import torch
@@ -92,19 +92,14 @@ def star_similarity(context: RankingContext, *, per_group: bool = False) -> Pick
         labeled = torch.nn.functional.normalize(labeled, dim=1)  # (m, D*h*w)
         volume_groups = annotated_groups(volume.annotated, volume.candidates)
         similarity = np.empty(volume.candidates.size)
-        for start in range(0, volume.candidates.size, CHUNK_SLICES):
-            chunk = slice(start, start + CHUNK_SLICES)
-            unlabeled = predictor.features(volume.model_inputs(volume.candidates[chunk])).flatten(1)
+        for positions in slice_chunks(volume, np.arange(volume.candidates.size)):
+            unlabeled = predictor.features(volume.model_inputs(volume.candidates[positions])).flatten(1)
             cosine = (torch.nn.functional.normalize(unlabeled, dim=1) @ labeled.T).numpy()  # (n, m)
-            for row, group in enumerate(volume_groups[chunk], start=start):
+            for row, (position, group) in enumerate(zip(positions, volume_groups[positions], strict=True)):
                 members = np.searchsorted(volume.annotated, group_annotated_slices(volume.annotated, group))
-                similarity[row] = cosine[row - start, members].mean()
-            report(
-                context.progress,
-                min(start + CHUNK_SLICES, volume.candidates.size),
-                volume.candidates.size,
-                f"STAR similarity ({volume.name})",
-            )
+                similarity[position] = cosine[row, members].mean()
+            done = int(positions[-1]) + 1
+            report(context.progress, done, volume.candidates.size, f"STAR similarity ({volume.name})")
         scores.append(1.0 - similarity)
         groups.append(index * (volume.n_slices + 1) + volume_groups)
     return select_top(context, np.concatenate(scores), np.concatenate(groups) if per_group else None)

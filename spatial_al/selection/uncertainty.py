@@ -14,17 +14,25 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..progress import report
-from .base import STRATEGIES, RankingContext, uses_model
+from .base import STRATEGIES, PoolVolume, RankingContext, uses_model
 
 if TYPE_CHECKING:  # torch is imported on first use, so importing the backend stays light
     import torch
 
     from ..models.inference import SlicePredictor
 
-CHUNK_SLICES = 32  # slices scored per step: bounds memory (MC-dropout keeps T passes) and paces progress/cancel
+# Pixels scored per step (32 slices of 256 x 256): bounds the memory of the per-class maps a step holds (MC dropout's
+# mean and variance) whatever the slice size, and paces progress and cancel.
+CHUNK_PIXELS = 32 * 256 * 256
 
 # (predictor, inputs (N, 1, H, W)) -> one score per slice, shape (N,)
 SliceScorer = Callable[["SlicePredictor", np.ndarray], np.ndarray]
+
+
+def slice_chunks(volume: PoolVolume, slices: np.ndarray) -> list[np.ndarray]:
+    """``slices`` of ``volume`` in steps of :data:`CHUNK_PIXELS` pixels (at least one slice a step)."""
+    size = max(1, CHUNK_PIXELS // int(np.prod(volume.normalized_image.shape[1:])))
+    return [slices[start : start + size] for start in range(0, slices.size, size)]
 
 
 def score_pool(
@@ -44,11 +52,7 @@ def score_pool(
     """
     predictor = context.predictor(model)
     volumes = context.volumes if volume_index is None else context.volumes[volume_index : volume_index + 1]
-    chunks = [
-        (volume, volume.candidates[start : start + CHUNK_SLICES])
-        for volume in volumes
-        for start in range(0, volume.candidates.size, CHUNK_SLICES)
-    ]
+    chunks = [(volume, slices) for volume in volumes for slices in slice_chunks(volume, volume.candidates)]
     scores = []
     for done, (volume, slices) in enumerate(chunks, start=1):
         scores.append(np.asarray(scorer(predictor, volume.model_inputs(slices)), dtype=float))

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..progress import report
-from .base import STRATEGIES, Picks, RankingContext
+from .base import STRATEGIES, Picks, RankingContext, StrategyInfo, described
 
 if TYPE_CHECKING:
     import torch
@@ -95,6 +95,7 @@ def masked_autoencoder_features(context: RankingContext, config: MaskedAutoencod
 
 
 @STRATEGIES.register("ual")
+@described(StrategyInfo(trains=True))
 def ual(context: RankingContext, *, epochs: int = 20, mask_ratio: float = 0.75, patch_size: int = 8) -> Picks:
     """Unsupervised representative annotation: the most typical slice of each k-means cluster of self-supervised
     (masked-autoencoder) features, biggest clusters first; needs no model and no annotation.

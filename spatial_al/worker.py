@@ -1,0 +1,158 @@
+"""One backend call in a separate Python process that reports its progress on stdout: how Slicer's modules train,
+predict, rank and propagate while the GUI stays responsive (as SlicerMONAIAuto3DSeg and SlicerTotalSegmentator run
+their models).
+
+``python -m spatial_al.worker FOLDER`` reads ``FOLDER/job.pkl``, a (job name, keyword arguments) pair, runs the job
+of :data:`JOBS` with a :class:`LineProgress`, and writes its result to ``FOLDER/result.pkl`` atomically. Its
+stdout carries one JSON object per line: ``{"progress": [done, total, message]}`` while it works, then
+``{"finished": true}``, ``{"cancelled": true}`` or ``{"failed": message}``. SIGTERM (or SIGINT) asks it to stop at
+the next step of the backend's cancel protocol: nothing is written then, and checkpoints written before stay whole.
+The same jobs run in the calling process with :func:`run_job` (the Python console, tests).
+
+Pickle carries arrays and the backend's dataclasses between two processes of the same installation; it is never
+used for files a user gives.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import signal
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+from .files import atomic_path
+from .progress import OperationCancelled, ProgressReporter
+
+JOB_FILE = "job.pkl"
+RESULT_FILE = "result.pkl"
+
+
+class LineProgress:
+    """Progress as JSON lines on a stream; cancels once :meth:`request_cancel` was called (the SIGTERM handler)."""
+
+    def __init__(self, stream: TextIO | None = None):
+        self.stream = stream or sys.stdout
+        self.cancel_requested = False
+
+    def progress(self, done: int, total: int, message: str = "") -> None:
+        print(json.dumps({"progress": [int(done), int(total), str(message)]}), file=self.stream, flush=True)
+
+    def should_cancel(self) -> bool:
+        return self.cancel_requested
+
+    def request_cancel(self, *signal_arguments) -> None:
+        self.cancel_requested = True
+
+
+def train_job(*, progress: ProgressReporter | None = None, **arguments):
+    """:func:`~spatial_al.learning.train_on_stack`; returns its :class:`~spatial_al.learning.TrainingSummary` (the
+    model is in the checkpoint)."""
+    from .learning import train_on_stack
+
+    return train_on_stack(progress=progress, **arguments).summary()
+
+
+def predict_job(*, model_path: str, stack, device: str = "auto", progress: ProgressReporter | None = None):
+    """The segmentation (:class:`~spatial_al.io.segmentation.Segmentation`) the checkpoint at ``model_path``
+    predicts for ``stack.image``, cut along the model's slice axis."""
+    from dataclasses import replace
+
+    from .device import resolve_device
+    from .learning import predict_segmentation
+    from .training import load_model
+
+    torch_device = resolve_device(device)
+    model, _ = load_model(model_path, torch_device)
+    return predict_segmentation(
+        model, replace(stack, slice_axis=model.config.slice_axis), torch_device, progress=progress
+    )
+
+
+def with_model(arguments: dict[str, Any]) -> dict[str, Any]:
+    """``arguments`` with ``model_path`` (when given) replaced by the ``model`` it holds, loaded on ``device``."""
+    model_path = arguments.pop("model_path", None)
+    if model_path:
+        from .device import resolve_device
+        from .training import load_model
+
+        arguments["device"] = resolve_device(arguments.get("device", "auto"))
+        arguments["model"], _ = load_model(model_path, arguments["device"])
+    return arguments
+
+
+def rank_job(*, progress: ProgressReporter | None = None, **arguments):
+    """:func:`spatial_al.rank` (``model_path`` loads the model); returns the
+    :class:`~spatial_al.selection.RankingResult`."""
+    from .selection import rank
+
+    return rank(progress=progress, **with_model(arguments))
+
+
+def propagate_job(*, progress: ProgressReporter | None = None, **arguments):
+    """:func:`~spatial_al.session.propagate_layers` (``model_path`` loads the model); returns the
+    :class:`~spatial_al.session.LayerPropagation`."""
+    from .session import propagate_layers
+
+    return propagate_layers(progress=progress, **with_model(arguments))
+
+
+JOBS: dict[str, Callable[..., Any]] = {
+    "train": train_job,
+    "predict": predict_job,
+    "rank": rank_job,
+    "propagate": propagate_job,
+}
+
+
+def run_job(name: str, arguments: dict[str, Any], progress: ProgressReporter | None = None) -> Any:
+    """The job ``name`` of :data:`JOBS` with ``arguments``, in this process."""
+    if name not in JOBS:
+        raise ValueError(f"Unknown job {name!r}; the jobs are {', '.join(JOBS)}.")
+    return JOBS[name](progress=progress, **arguments)
+
+
+def write_job(folder: str | Path, name: str, arguments: dict[str, Any]) -> Path:
+    """Write the job file a worker process reads from ``folder``; returns its path."""
+    path = Path(folder) / JOB_FILE
+    with atomic_path(path) as temporary:
+        temporary.write_bytes(pickle.dumps((name, arguments), protocol=pickle.HIGHEST_PROTOCOL))
+    return path
+
+
+def read_result(folder: str | Path) -> Any:
+    """The result a worker process wrote to ``folder``."""
+    return pickle.loads((Path(folder) / RESULT_FILE).read_bytes())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the job in the folder given as the only argument; exit status 0 finished, 130 cancelled, 1 failed."""
+    (folder,) = argv if argv is not None else sys.argv[1:]
+    progress = LineProgress()
+    signal.signal(signal.SIGTERM, progress.request_cancel)
+    signal.signal(signal.SIGINT, progress.request_cancel)
+
+    def say(**event) -> None:
+        print(json.dumps(event), flush=True)
+
+    try:
+        name, arguments = pickle.loads((Path(folder) / JOB_FILE).read_bytes())
+        result = run_job(name, arguments, progress)
+        with atomic_path(Path(folder) / RESULT_FILE) as temporary:
+            temporary.write_bytes(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
+    except OperationCancelled:
+        say(cancelled=True)
+        return 130
+    except Exception as error:  # reported to the parent as the message it shows; the trace goes to stderr
+        traceback.print_exc()
+        say(failed=str(error) or type(error).__name__)
+        return 1
+    say(finished=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
