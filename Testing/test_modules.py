@@ -551,3 +551,51 @@ def test_the_panel_runs_slow_work_in_the_background_with_cancel_and_errors_shown
     run_panel_job(panel)
     assert len(errors) == 1 and errors[0].startswith("Propagation failed.") and "/nowhere/lungs.pt" in errors[0]
     assert not panel.isRunning and ui.propagateButton.enabled
+
+
+def test_the_selector_panel_follows_a_reloaded_scene_and_keeps_its_table_view(slicer_modules, headless, monkeypatch):
+    import types
+
+    import slicer_standin
+
+    monkeypatch.setitem(sys.modules, "qt", slicer_standin.qt_module())
+    volume, segmentation, _ = chest_ct_nodes(headless.scene)
+    module = slicer_modules["ActiveSliceSelector"]
+    panel = module.ActiveSliceSelectorWidget()
+    panel.logic = module.ActiveSliceSelectorLogic()
+
+    class TableView:
+        def __init__(self):
+            self.node, self.resets = None, 0
+
+        def mrmlTableNode(self):
+            return self.node
+
+        def setMRMLTableNode(self, node):
+            self.node, self.resets = node, self.resets + 1
+
+    class ComboBox:  # Qt's property names
+        def __init__(self):
+            self.currentText = "random"
+
+        def setCurrentText(self, text):
+            self.currentText = text
+
+    names = ("rankButton", "nextButton", "previousButton", "markAnnotatedButton", "updateModelButton", "predictButton")
+    panel.ui = types.SimpleNamespace(
+        **{name: Button() for name in names},
+        queriedSlicesTableView=TableView(),
+        strategyComboBox=ComboBox(),
+        modelPathLineEdit=types.SimpleNamespace(currentPath=""),
+    )
+    panel.initializeWork()
+    table = headless.scene.AddNewNodeByClass("vtkMRMLTableNode")
+    panel._parameterNode = types.SimpleNamespace(
+        inputVolume=volume, segmentation=segmentation, queriedSlices=table, modelPath="", strategy="entropy"
+    )
+    panel.updateGUIFromParameterNode()
+    assert panel.ui.strategyComboBox.currentText == "entropy"  # the parameter node's choice, e.g. after a reload
+    for _ in range(3):  # every parameter change calls this; the table view keeps its node (and its selection)
+        panel.updateGUIFromParameterNode()
+    assert panel.ui.queriedSlicesTableView.resets == 1 and panel.ui.queriedSlicesTableView.node is table
+    assert panel.ui.rankButton.enabled and not panel.ui.updateModelButton.enabled  # no model file chosen
