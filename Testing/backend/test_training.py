@@ -1,5 +1,6 @@
 """Trainer, losses, checkpoints and the train/predict session on small synthetic stacks (CPU)."""
 
+import os
 import pickle
 from dataclasses import replace
 
@@ -63,6 +64,8 @@ def test_a_tiny_model_overfits_a_small_synthetic_set(labeled_stack):
 
 
 def test_loader_workers_augment_reproducibly_and_differently_from_the_training_process(labeled_stack):
+    from spatial_al.training import Trainer
+
     in_process = replace(QUICK, augment=True, loader_workers=0)
     workers = replace(in_process, loader_workers=2)
     first = train(labeled_stack, training=workers)
@@ -71,6 +74,11 @@ def test_loader_workers_augment_reproducibly_and_differently_from_the_training_p
     assert not same_weights(weights(first.model), weights(train(labeled_stack, training=in_process).model))
     assert first.trainer.phase_seconds["augmentation"] == 0  # augmented in the workers, beside the step
     assert train(labeled_stack).trainer.loader_workers == 0  # the default on CPU: the training process
+    trainer = Trainer(SegmentationModel(tiny(class_names=("a",))), QUICK, torch.device("cpu"))
+    trainer.device = torch.device("cuda")  # what the default depends on (no GPU needed to read it)
+    assert trainer.workers_for(25) == trainer.loader_workers == min(4, (os.cpu_count() or 1) // 2)
+    assert trainer.workers_for(4) == 0  # a short epoch is not worth starting processes for
+    assert Trainer(trainer.model, replace(QUICK, loader_workers=3), torch.device("cpu")).workers_for(4) == 3
 
 
 def test_the_same_seed_gives_the_same_weights_and_another_seed_other_weights(labeled_stack):

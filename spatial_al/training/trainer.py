@@ -33,6 +33,7 @@ from .losses import distance_regression_loss, segmentation_loss, weighted_mean, 
 
 # Consecutive steps with a non-finite loss or gradient after which training stops (a transient one is skipped).
 MAX_NON_FINITE_STEPS = 5
+MIN_BATCHES_FOR_WORKERS = 10  # shorter epochs are prepared in the training process (see Trainer.workers_for)
 # Where training time goes: waiting for batches (reading slices), padding/augmenting/cropping them in the training
 # process (with loader workers this happens beside the step, and only the wait counts, as "data"), the optimizer
 # step (forward, backward, update), the validation passes and writing checkpoints.
@@ -262,11 +263,11 @@ class Trainer:
         )
         sampler, workers = None, 0
         if shuffle:
-            workers = self.loader_workers
             samples = (self.config.iterations_per_epoch or 0) * self.config.batch_size or None
             sampler = RandomSampler(
                 dataset, replacement=samples is not None, num_samples=samples, generator=torch.Generator()
             )
+            workers = self.workers_for(math.ceil(len(sampler) / self.config.batch_size))
         return DataLoader(
             dataset,
             batch_size=self.config.batch_size,
@@ -283,6 +284,13 @@ class Trainer:
         if self.config.loader_workers is not None:
             return self.config.loader_workers
         return min(4, (os.cpu_count() or 1) // 2) if self.device.type == "cuda" else 0
+
+    def workers_for(self, batches: int) -> int:
+        """Loader workers for an epoch of ``batches``: by default none for short epochs, whose few batches do not
+        repay starting the worker processes each epoch (a proxy model's epochs of four batches, say)."""
+        if self.config.loader_workers is None and batches < MIN_BATCHES_FOR_WORKERS:
+            return 0
+        return self.loader_workers
 
     def _seed_epoch(self, loader: DataLoader) -> None:
         stage_index = STAGES.index(self.state.stage)
