@@ -42,8 +42,8 @@ class TrainingConfig:
         augment: random rotation, scaling, intensity and noise augmentation.
         loader_workers: processes preparing training batches (reading, augmenting) beside the training step; None:
             up to 4 (half the CPU cores at most) when training on CUDA, where the step is fast enough for
-            augmentation to dominate it otherwise, and 0 (the training process itself) on CPU and MPS. Results are
-            reproducible for a given number of workers.
+            augmentation to dominate it otherwise, for epochs of at least 10 batches, and 0 (the training process
+            itself) on CPU and MPS. Results are reproducible for a given number of workers.
         pseudo_label_weight: loss weight of pseudo-labeled slices in round 0 ...
         pseudo_label_decay: ... multiplied by this every round (pseudo-labels count less as true labels grow).
         loss_weights: SBC-AL's (a, b, c) of a*L_SEG + b*L_SFP + c*L_ASR.
