@@ -657,7 +657,11 @@ def build_parser() -> argparse.ArgumentParser:
     actions = experiment.add_subparsers(dest="action", required=True, metavar="{run,report,protocols}")
     study = actions.add_parser("run", help="run a study (protocol x strategies x seeds); writes tables and curves")
     study.add_argument("protocol", help="protocol name (spatial-al experiment protocols)")
-    study.add_argument("--data", required=True, help="'demo' (the offline chest CT cohort) or an MSD task folder")
+    study.add_argument(
+        "--data",
+        required=True,
+        help="'demo' (the offline chest CT cohort) or a dataset folder (MSD task, ACDC, KiTS19)",
+    )
     study.add_argument("--output", required=True, help="study folder (runs, report, study.json)")
     study.add_argument("--config", help="JSON (or YAML) file overriding any protocol value")
     study.add_argument("--strategies", help="comma-separated strategies of the protocol (default: its default set)")

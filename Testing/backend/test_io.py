@@ -20,7 +20,7 @@ from spatial_al.io import (
     write_segmentation,
     write_volume,
 )
-from spatial_al.volume import Geometry, GeometryMismatchError, Segment
+from spatial_al.volume import Geometry, GeometryMismatchError, Segment, resolve_slice_axis
 
 GEOMETRY = Geometry(
     (6, 8, 10),
@@ -214,3 +214,79 @@ def test_an_empty_segmentation_file_is_named_as_such(tmp_path):
     empty.write_bytes(b"")
     with pytest.raises(ValueError, match=r"is an empty file \(0 bytes\)"):
         read_segmentation(empty)
+
+
+def kidney_map():
+    """label_map() with KiTS19's values: 1 kidney, 2 tumour."""
+    labels = label_map()
+    return np.select([labels == 3, labels == 7], [1, 2], 0).astype(np.uint8)
+
+
+def write_case(image_path, label_path, labels):
+    """An image brighter where ``labels`` is set, and (unless ``label_path`` is None) the label map, on GEOMETRY."""
+    image_path.parent.mkdir(parents=True, exist_ok=True)
+    write_volume(image_path, (labels * 100).astype(np.int16), GEOMETRY)
+    if label_path is not None:
+        write_segmentation(label_path, Segmentation(labels, (), GEOMETRY))
+
+
+def test_acdc_and_kits19_folders_are_read_and_told_apart_from_msd(tmp_path):
+    from spatial_al.io import ACDCDataset, KiTS19Dataset, MSDDataset, open_dataset
+
+    heart = np.zeros(GEOMETRY.shape, np.uint8)
+    heart[1:5, 2:6, 2:5], heart[1:5, 3:5, 3:4] = 2, 3  # myocardium around the left ventricle
+    acdc = tmp_path / "ACDC" / "database" / "training"
+    for patient, frame in (("patient001", "01"), ("patient001", "12"), ("patient002", "01")):
+        name = f"{patient}_frame{frame}"
+        write_case(acdc / patient / f"{name}.nii.gz", acdc / patient / f"{name}_gt.nii.gz", heart)
+    write_case(acdc / "patient001" / "patient001_4d.nii.gz", None, heart)  # the cine file is not a case
+    kits = tmp_path / "kits19"
+    kidney = kidney_map()
+    write_case(
+        kits / "data" / "case_00000" / "imaging.nii.gz", kits / "data" / "case_00000" / "segmentation.nii.gz", kidney
+    )
+    write_case(kits / "data" / "case_00210" / "imaging.nii.gz", None, kidney)  # a test case: no segmentation
+    make_msd_folder(tmp_path / "Task09_Spleen")
+
+    acdc_dataset = open_dataset(tmp_path / "ACDC")
+    assert isinstance(acdc_dataset, ACDCDataset) and acdc_dataset.name == "ACDC"
+    assert [c.case_id for c in acdc_dataset.training_cases] == [
+        "patient001_frame01",
+        "patient001_frame12",
+        "patient002_frame01",
+    ]
+    stack = acdc_dataset.load("patient001_frame12", slice_axis=0)
+    assert [(s.name, s.label_value) for s in stack.segments] == [("myocardium", 2), ("left ventricle", 3)]
+    np.testing.assert_array_equal(stack.label_layers[0], heart)
+    kits_dataset = open_dataset(kits)
+    assert isinstance(kits_dataset, KiTS19Dataset) and [c.case_id for c in kits_dataset.training_cases] == [
+        "case_00000"
+    ]
+    assert [(s.name, s.label_value) for s in kits_dataset.load(0).segments] == [("kidney", 1), ("tumor", 2)]
+    assert isinstance(open_dataset(tmp_path / "Task09_Spleen"), MSDDataset)
+
+    (acdc / "patient002" / "patient002_frame01.nii.gz").unlink()
+    with pytest.raises(FileNotFoundError, match=re.escape("patient002_frame01_gt.nii.gz' has no image beside it")):
+        ACDCDataset(tmp_path / "ACDC")
+    with pytest.raises(FileNotFoundError, match=r"expected an MSD task .* ACDC .* KiTS19"):
+        open_dataset(tmp_path / "Task09_Spleen" / "imagesTr")
+
+
+def test_a_study_reads_a_kits19_folder_and_its_protocol_entry_by_the_layout_name(tmp_path):
+    from spatial_al.experiments.cohort import FolderSource
+    from spatial_al.experiments.config import DataConfig
+    from spatial_al.experiments.protocols import Protocol, dataset_key
+
+    root = tmp_path / "downloads"
+    for case in ("case_00000", "case_00001"):
+        write_case(root / case / "imaging.nii.gz", root / case / "segmentation.nii.gz", kidney_map())
+    protocol = Protocol(
+        "sbc_al", "", "", {"datasets": {"ACDC": {}, "KiTS19": {"data": {"labels": {"kidney": [1, 2]}}}}}
+    )
+    assert dataset_key(protocol, root) == "KiTS19"  # the folder's name says nothing; its layout does
+    source = FolderSource(root, DataConfig(slice_axis="axial"))
+    assert source.names == ["case_00000", "case_00001"] and source.label_names == {1: "kidney", 2: "tumor"}
+    volume = next(source.volumes())
+    axial = resolve_slice_axis("axial", GEOMETRY)
+    assert volume.image.shape[0] == GEOMETRY.shape[axial]  # slices first, cut along the axial axis
+    np.testing.assert_array_equal(volume.labels, np.moveaxis(kidney_map(), axial, 0))

@@ -1,5 +1,5 @@
-"""Cohorts for studies: sources (MSD folders, the offline demo), preprocessing into a slice cache on disk, and the
-subject-wise split.
+"""Cohorts for studies: sources (dataset folders: MSD, ACDC, KiTS19; the offline demo), preprocessing into a slice
+cache on disk, and the subject-wise split.
 
 A cohort is preprocessed once into a cache folder and then memory-mapped: each subject is ``image.npy`` (S, H, W)
 float32, intensities normalised, and ``targets.npy`` (S, C, H, W) uint8, one multi-hot mask per class; slices are
@@ -70,16 +70,16 @@ class DemoSource(CohortSource):
         yield from getattr(cohort, self.generator)(self.subjects, DEMO_SEED)
 
 
-class MSDSource(CohortSource):
-    """A Medical Segmentation Decathlon task folder (``dataset.json``, ``imagesTr/``, ``labelsTr/``); every listed file
-    is checked to exist when the source is opened, before any work."""
+class FolderSource(CohortSource):
+    """A dataset folder: an MSD task, ACDC or KiTS19 (:func:`~spatial_al.io.open_dataset`); every case is found, and
+    every listed file checked to exist, when the source is opened, before any work."""
 
     def __init__(self, root: str | Path, data: DataConfig):
-        from ..io import MSDDataset
+        from ..io import open_dataset
 
-        self.dataset = MSDDataset(root)
+        self.dataset = open_dataset(root)
         self.data = data
-        self.description = f"MSD {self.dataset.name} at {Path(root).resolve()}"
+        self.description = f"{self.dataset.name} at {Path(root).resolve()}"
         cases = self.dataset.training_cases
         if data.max_subjects is not None:
             cases = cases[: data.max_subjects]
@@ -97,7 +97,7 @@ class MSDSource(CohortSource):
             stack = self.dataset.load(name, channel=self.data.channel)
             axis = resolve_slice_axis(self.data.slice_axis, stack.geometry)
             if stack.label_layers.shape[0] != 1:
-                raise ValueError(f"{name}: the label map has overlapping layers; MSD labels are one label map.")
+                raise ValueError(f"{name}: the label map has overlapping layers; a dataset's labels are one label map.")
             image = np.moveaxis(stack.image, axis, 0)
             labels = np.moveaxis(stack.label_layers[0], axis, 0)
             spacing = np.asarray(stack.geometry.array_spacing)
@@ -106,20 +106,21 @@ class MSDSource(CohortSource):
 
 
 def open_source(data: str | Path, config: DataConfig) -> CohortSource:
-    """The source ``data`` names: "demo" or "demo-frog" (:data:`DEMO_SOURCES`), or an MSD task folder.
+    """The source ``data`` names: "demo" or "demo-frog" (:data:`DEMO_SOURCES`), or a dataset folder (MSD, ACDC,
+    KiTS19).
 
     Raises:
-        FileNotFoundError: no such folder, no dataset.json, or a listed image or label file is missing.
+        FileNotFoundError: no such folder, a folder of no known layout, or a listed image or label file missing.
         ValueError: a malformed dataset.json.
     """
     if str(data) in DEMO_SOURCES:
         return DemoSource(str(data), config.demo_subjects)
     if not Path(data).is_dir():
         raise FileNotFoundError(
-            f"--data {str(data)!r} is neither {' nor '.join(map(repr, DEMO_SOURCES))} nor a folder; give an MSD task "
-            "folder."
+            f"--data {str(data)!r} is neither {' nor '.join(map(repr, DEMO_SOURCES))} nor a folder; give a dataset "
+            "folder (an MSD task, ACDC or KiTS19)."
         )
-    return MSDSource(data, config)
+    return FolderSource(data, config)
 
 
 def resolve_classes(source: CohortSource, data: DataConfig) -> dict[str, list[int]]:

@@ -48,12 +48,16 @@ def load_protocol(name: str) -> Protocol:
 
 def dataset_key(protocol: Protocol, data: str | Path) -> str | None:
     """The protocol's dataset entry for ``data``: "demo" for the offline cohorts, or the entry whose name appears in
-    the folder's name or in its dataset.json ``name`` (case-insensitive); None when the protocol has none for it."""
+    the folder's name, its dataset.json ``name`` or the name of its layout (ACDC, KiTS19) (case-insensitive); None
+    when the protocol has none for it."""
     from .cohort import DEMO_SOURCES
 
     if str(data) in DEMO_SOURCES:
         return "demo" if "demo" in protocol.content.get("datasets", {}) else None
+    from ..io import CASE_LAYOUTS
+
     names = [Path(data).name.lower()]
+    names += [layout.name.lower() for layout in CASE_LAYOUTS if Path(data).is_dir() and layout.recognizes(Path(data))]
     description = Path(data) / "dataset.json"
     if description.is_file():
         with contextlib.suppress(json.JSONDecodeError):  # the MSD reader reports a malformed file with its message

@@ -1,19 +1,25 @@
-"""Readers and writers: volumes (NRRD, NIfTI, ...), segmentations (.seg.nrrd, label maps), MSD folders."""
+"""Readers and writers: volumes (NRRD, NIfTI, ...), segmentations (.seg.nrrd, label maps), dataset folders (MSD,
+ACDC, KiTS19)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from ..volume import SliceStack, resolve_slice_axis
+from .datasets import ACDCDataset, CaseFolder, KiTS19Dataset
 from .images import file_suffix, read_volume, write_volume
 from .msd import MSDDataset
 from .segmentation import Segmentation, place_on_grid, read_segmentation, write_segmentation
 
 __all__ = [
+    "ACDCDataset",
+    "CaseFolder",
+    "KiTS19Dataset",
     "MSDDataset",
     "Segmentation",
     "file_suffix",
     "load_stack",
+    "open_dataset",
     "place_on_grid",
     "read_segmentation",
     "read_volume",
@@ -53,3 +59,28 @@ def _empty_labels(shape):
     import numpy as np
 
     return np.zeros(shape, dtype=np.uint8)
+
+
+CASE_LAYOUTS = (ACDCDataset, KiTS19Dataset)  # the layouts found by their files (MSD by its dataset.json)
+
+
+def open_dataset(root: str | Path) -> CaseFolder:
+    """The dataset in folder ``root``, by its layout: MSD (``dataset.json``), ACDC (``patientNNN/..._gt.nii.gz``) or
+    KiTS19 (``case_NNNNN/segmentation.nii.gz``).
+
+    Raises:
+        FileNotFoundError: ``root`` is not a folder, or none of these layouts.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{str(root)!r} is not a folder.")
+    if (root / "dataset.json").is_file():
+        return MSDDataset(root)
+    for layout in CASE_LAYOUTS:
+        if layout.recognizes(root):
+            return layout(root)
+    raise FileNotFoundError(
+        f"{str(root)!r} is not a dataset folder this reads: expected an MSD task (dataset.json, imagesTr/, labelsTr/), "
+        "ACDC (patientNNN/patientNNN_frameNN.nii.gz with _gt) or KiTS19 (case_NNNNN/imaging.nii.gz and "
+        "segmentation.nii.gz)."
+    )

@@ -9,22 +9,12 @@ is read too. Multi-channel cases (MSD BraTS, prostate) are 4D: choose a channel.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
-from ..volume import SliceStack, resolve_slice_axis
-from .images import read_volume
-from .segmentation import place_on_grid, read_segmentation
+from .datasets import Case, CaseFolder
 
 
-@dataclass(frozen=True)
-class Case:
-    case_id: str
-    image: Path
-    label: Path | None
-
-
-class MSDDataset:
+class MSDDataset(CaseFolder):
     """An MSD-style dataset folder.
 
     Args:
@@ -87,38 +77,6 @@ class MSDDataset:
             case_id = label.name[: -len(ending)]
             cases.append(Case(case_id, self._resolve(f"imagesTr/{case_id}_0000{ending}"), label))
         return cases
-
-    def __len__(self) -> int:
-        return len(self.training_cases)
-
-    def case(self, key: int | str) -> Case:
-        if isinstance(key, int):
-            if not 0 <= key < len(self.training_cases):
-                raise IndexError(f"Case {key} is out of range: the dataset has {len(self.training_cases)} cases.")
-            return self.training_cases[key]
-        for case in self.training_cases:
-            if case.case_id == key:
-                return case
-        raise KeyError(f"No case {key!r} in {self.name}; e.g. {[c.case_id for c in self.training_cases[:3]]}.")
-
-    def load(self, key: int | str, channel: int | None = None, slice_axis: int | str = "axial") -> SliceStack:
-        """One training case as a :class:`SliceStack` (labels placed on the image grid, geometry checked).
-
-        Args:
-            key: case index or case ID.
-            channel: which channel of a 4D (multi-modal) image; ``self.modalities`` names them.
-            slice_axis: array axis (0, 1, 2) or "axial" / "coronal" / "sagittal".
-        """
-        case = self.case(key)
-        try:
-            image, geometry = read_volume(case.image, channel=channel)
-        except ValueError as error:
-            if channel is None and self.modalities and "4D" in str(error):
-                raise ValueError(f"{error} Channels: {self.modalities}.") from None
-            raise
-        segmentation = place_on_grid(read_segmentation(case.label, self.label_names), geometry)
-        axis = resolve_slice_axis(slice_axis, geometry)
-        return SliceStack(image, segmentation.label_layers, segmentation.segments, geometry, slice_axis=axis)
 
 
 def _case_id(image: Path) -> str:
