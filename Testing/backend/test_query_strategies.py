@@ -81,6 +81,20 @@ def test_least_confidence_follows_less_is_more_on_the_model_output(labeled_stack
     np.testing.assert_allclose(ranking.scores, np.sort(reference)[::-1][:3], rtol=1e-5)
 
 
+@pytest.mark.parametrize("head", ["softmax", "sigmoid"])
+def test_classic_least_confidence_is_one_minus_the_predicted_class_probability(labeled_stack, head):
+    model = tiny_model(head=head)
+    slices = candidates()
+    p = probabilities(model, labeled_stack, slices)
+    confidence = p.max(axis=1) if head == "softmax" else np.maximum(p, 1 - p).mean(axis=1)
+    reference = (1 - confidence).mean(axis=(1, 2))
+    ranking = ranked(labeled_stack, "least_confidence", 4, model, form="classic")
+    np.testing.assert_array_equal(ranking.slices, expected_top(reference, slices, 4))
+    np.testing.assert_allclose(ranking.scores, np.sort(reference)[::-1][:4], rtol=1e-5)
+    with pytest.raises(ValueError, match="choose one of less_is_more, classic"):
+        ranked(labeled_stack, "least_confidence", 4, model, form="lewis")
+
+
 def test_entropy_forms_match_their_definitions(labeled_stack):
     model = tiny_model(head="sigmoid")
     slices = candidates()
@@ -105,13 +119,17 @@ def test_margin_is_one_minus_the_gap_between_the_two_likeliest_classes(labeled_s
     np.testing.assert_array_equal(ranking.slices, expected_top(reference, slices, 4))
 
 
-@pytest.mark.parametrize("measure", ["bald", "variance"])
+@pytest.mark.parametrize("measure", ["bald", "variance", "std"])
 def test_mc_dropout_scores_are_the_predictor_statistics_with_the_derived_seed(labeled_stack, measure):
     model = tiny_model(dropout=0.3)
     slices = candidates()
     seed = int(np.random.default_rng(5).integers(0, 2**31 - 1, size=slices.size + 1)[0])
     statistics = SlicePredictor(model, CPU).mc_dropout(model_inputs(labeled_stack, slices), samples=4, seed=seed)
-    values = statistics.mutual_information if measure == "bald" else statistics.variance.mean(1)
+    values = {
+        "bald": statistics.mutual_information,
+        "variance": statistics.variance.mean(1),
+        "std": statistics.variance.sqrt().mean(1),  # SBC-AL's "Mean STD"
+    }[measure]
     reference = values.mean((1, 2)).numpy()
     ranking = ranked(labeled_stack, "mc_dropout", 8, model, seed=5, samples=4, measure=measure)
     np.testing.assert_allclose(ranking.scores, np.sort(reference)[::-1], rtol=1e-5)

@@ -19,7 +19,7 @@ from .base import STRATEGIES, PoolVolume, RankingContext, uses_model
 if TYPE_CHECKING:  # torch is imported on first use, so importing the backend stays light
     import torch
 
-    from ..models.inference import SlicePredictor
+    from ..models.inference import McDropoutStatistics, SlicePredictor
 
 # Pixels scored per step (32 slices of 256 x 256): bounds the memory of the per-class maps a step holds (MC dropout's
 # mean and variance) whatever the slice size, and paces progress and cancel.
@@ -74,6 +74,15 @@ def least_confidence_scores(probabilities: torch.Tensor, head: str) -> np.ndarra
     return (1.0 - distance / (1.0 - alpha)).numpy()
 
 
+def classic_least_confidence(probabilities: torch.Tensor, head: str) -> np.ndarray:
+    """Mean of 1 - (the probability of the predicted class) per slice, for probabilities (N, C, H, W): the classic
+    least confidence (Lewis and Gale; SBC-AL's "LC" baseline). Softmax: 1 - max over C; sigmoid: 1 - max(p, 1 - p)
+    per class, averaged over the classes."""
+    if head == "softmax":
+        return (1.0 - probabilities.max(1).values).mean((1, 2)).numpy()
+    return (0.5 - (probabilities - 0.5).abs()).mean((1, 2, 3)).numpy()  # 1 - max(p, 1 - p)
+
+
 def less_is_more_entropy(probabilities: torch.Tensor, head: str) -> np.ndarray:
     """Minus the mean of -x log x with x = |alpha - p| ("Less Is More" appendix A, ranked ascending there): a
     prediction at alpha everywhere scores 0, the highest; any confident pixel lowers the score."""
@@ -104,6 +113,7 @@ def margin_scores(probabilities: torch.Tensor, head: str) -> np.ndarray:
 
 UNCERTAINTY_MEASURES: dict[str, Callable[[torch.Tensor, str], np.ndarray]] = {
     "least_confidence": least_confidence_scores,
+    "classic_least_confidence": classic_least_confidence,
     "entropy": less_is_more_entropy,
     "shannon": shannon_entropy,
     "margin": margin_scores,
@@ -120,13 +130,18 @@ def probability_measure(measure: str) -> SliceScorer:
 
 @STRATEGIES.register("least_confidence")
 @uses_model(default_per_volume=1)
-def least_confidence(context: RankingContext) -> np.ndarray:
-    """Slices whose probabilities sit closest to the maximally uncertain value ("Less Is More" appendix A).
+def least_confidence(context: RankingContext, *, form: str = "less_is_more") -> np.ndarray:
+    """Slices the model is least confident of, in "Less Is More"'s form or the classic one.
 
-    Score = 1 - mean |alpha - p| / (1 - alpha) over pixels and output channels, alpha = 0.5 for a multi-label
-    (sigmoid) model and 1/C for a single-label (softmax) one with C channels.
+    Keyword Args:
+        form: "less_is_more" (appendix A): score = 1 - mean |alpha - p| / (1 - alpha) over pixels and output
+            channels, alpha = 0.5 for a multi-label (sigmoid) model and 1/C for a single-label (softmax) one with C
+            channels; "classic": score = mean of 1 - the predicted class's probability (SBC-AL's LC baseline).
     """
-    return score_pool(context, probability_measure("least_confidence"), "least confidence")
+    forms = {"less_is_more": "least_confidence", "classic": "classic_least_confidence"}
+    if form not in forms:
+        raise ValueError(f"Unknown least-confidence form {form!r}; choose one of {', '.join(forms)}.")
+    return score_pool(context, probability_measure(forms[form]), f"least confidence ({form})")
 
 
 @STRATEGIES.register("entropy")
@@ -154,29 +169,37 @@ def margin(context: RankingContext) -> np.ndarray:
 @STRATEGIES.register("mc_dropout")
 @uses_model(default_per_volume=1)
 def mc_dropout(context: RankingContext, *, samples: int = 10, measure: str = "bald") -> np.ndarray:
-    """Slices where passes with dropout on disagree most (Gal et al.): mean BALD mutual information or variance.
+    """Slices where passes with dropout on disagree most (Gal et al.): mean BALD mutual information, variance or
+    standard deviation.
 
     Keyword Args:
         samples: stochastic forward passes per slice (>= 2).
-        measure: "bald" (mutual information between prediction and weights, in nats) or "variance" (mean variance
-            of the probabilities over the passes).
+        measure: "bald" (mutual information between prediction and weights, in nats), "variance" (mean variance of
+            the probabilities over the passes) or "std" (their mean standard deviation: SBC-AL's "Mean STD").
     """
     return score_pool(
         context, mc_dropout_scorer(context, samples, measure), f"MC-dropout ({measure}, {samples} samples)"
     )
 
 
+# MC-dropout statistics -> a map per slice (N, H, W)
+MC_DROPOUT_MEASURES: dict[str, Callable[[McDropoutStatistics], torch.Tensor]] = {
+    "bald": lambda statistics: statistics.mutual_information,
+    "variance": lambda statistics: statistics.variance.mean(1),
+    "std": lambda statistics: statistics.variance.sqrt().mean(1),
+}
+
+
 def mc_dropout_scorer(context: RankingContext, samples: int, measure: str) -> SliceScorer:
     """A slice scorer of mean BALD or variance over ``samples`` dropout passes, each chunk seeded from the call's
     random generator."""
-    if measure not in ("bald", "variance"):
-        raise ValueError(f"Unknown MC-dropout measure {measure!r}; choose 'bald' or 'variance'.")
+    if measure not in MC_DROPOUT_MEASURES:
+        raise ValueError(f"Unknown MC-dropout measure {measure!r}; choose one of {', '.join(MC_DROPOUT_MEASURES)}.")
     seeds = iter(context.rng.integers(0, 2**31 - 1, size=len(context.pool_slice) + 1).tolist())
 
     def scorer(predictor: SlicePredictor, inputs: np.ndarray) -> np.ndarray:
         statistics = predictor.mc_dropout(inputs, samples=samples, seed=next(seeds))
-        values = statistics.mutual_information if measure == "bald" else statistics.variance.mean(1)
-        return values.mean((1, 2)).numpy()
+        return MC_DROPOUT_MEASURES[measure](statistics).mean((1, 2)).numpy()
 
     return scorer
 
