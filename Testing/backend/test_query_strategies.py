@@ -471,3 +471,24 @@ def test_scoring_steps_hold_the_same_number_of_pixels_whatever_the_slice_size():
     assert [len(c) for c in slice_chunks(volume(512), slices[:20])] == [8, 8, 4]
     assert [len(c) for c in slice_chunks(volume(4096), slices[:2])] == [1, 1]  # at least one slice a step
     np.testing.assert_array_equal(np.concatenate(slice_chunks(volume(512), slices)), slices)
+
+
+def test_vaal_queries_the_slices_least_like_the_annotated_ones_first():
+    import spatial_al
+
+    rng = np.random.default_rng(0)
+    rows, columns = np.mgrid[:32, :32]
+    disc = ((rows - 16) ** 2 + (columns - 16) ** 2 < 80).astype(np.float32)
+    stripes = (np.sin(columns / 1.5) > 0).astype(np.float32)
+    kinds = np.array([0] * 24 + [1] * 6)  # 24 disc slices (8 annotated), 6 striped ones, none annotated
+    rng.shuffle(kinds)
+    image = np.stack([(stripes if kind else disc) + rng.normal(0, 0.1, (32, 32)) for kind in kinds]).astype(np.float32)
+    annotated = np.flatnonzero(kinds == 0)[:8]
+    options = {"epochs": 15, "batch_size": 8}
+    ranking = spatial_al.rank(image, "vaal", 6, annotated=annotated, seed=3, device="cpu", **options)
+    assert (kinds[ranking.slices] == 1).sum() >= 5  # the striped slices, unlike every annotated one, come first
+    assert np.all((ranking.scores >= 0) & (ranking.scores <= 1))
+    again = spatial_al.rank(image, "vaal", 6, annotated=annotated, seed=3, device="cpu", **options)
+    np.testing.assert_array_equal(ranking.slices, again.slices)
+    with pytest.raises(ValueError, match="vaal learns what tells annotated slices from the others, and none is"):
+        spatial_al.rank(image, "vaal", 6, device="cpu", epochs=1)

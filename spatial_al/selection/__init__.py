@@ -4,7 +4,7 @@ Strategies live in :data:`STRATEGIES` (``spatial-al strategies`` lists them); :f
 :func:`rank_cohort` on several. :func:`select_pseudo_labels` picks confident slices to pseudo-label.
 """
 
-from . import cold_start, diversity, proxy, spatial, strided, uncertainty, unsupervised  # noqa: F401  (register the strategies)
+from . import cold_start, diversity, proxy, spatial, strided, uncertainty, unsupervised, vaal  # noqa: F401  (register the strategies)
 from .base import STRATEGIES, RankingContext, RankingResult, RankingVolume, rank, rank_cohort, strategy_info
 from .pseudo_labels import PSEUDO_LABEL_SELECTORS, PseudoLabelSelection, select_pseudo_labels
 
