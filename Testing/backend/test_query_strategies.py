@@ -268,7 +268,8 @@ def hausdorff(a, b):
     return max(directed_hausdorff(points_a, points_b)[0], directed_hausdorff(points_b, points_a)[0])
 
 
-def test_sbc_consistency_against_an_independent_computation(labeled_stack):
+@pytest.mark.parametrize("form", ["paper", "normalized"])
+def test_sbc_consistency_against_an_independent_computation(labeled_stack, form):
     model = tiny_model("sbc-small")
     slices = candidates()
     with torch.no_grad():
@@ -281,20 +282,52 @@ def test_sbc_consistency_against_an_independent_computation(labeled_stack):
         structure, boundary = [], []
         for c in range(2):
             a, b = coarse[n] == c + 1, refined[n] == c + 1
-            expected_map = distance_targets(a[None])[0]
+            expected_map = distance_targets((b if form == "paper" else a)[None])[0]
             dot = (expected_map * distance[n, c]).sum()
             norms = np.linalg.norm(expected_map) * np.linalg.norm(distance[n, c])
             q_cos = dot / norms if norms else float(not expected_map.any() and not distance[n, c].any())
-            total = expected_map.sum() + distance[n, c].sum()
+            total = (expected_map**2).sum() + (distance[n, c] ** 2).sum()
             q_dice = 2 * dot / total if total else 1.0
-            structure.append(0.6 * q_cos + 0.4 * q_dice)
-            if a.any() and b.any():
-                boundary.append(max(0.0, 1 - hausdorff(a, b) / diagonal))
+            one_empty_distance = 0.0 if a.any() == b.any() else diagonal  # both empty: 0; one empty: the diagonal
+            pixels = hausdorff(a, b) if a.any() and b.any() else one_empty_distance
+            if form == "paper":  # inconsistencies, Hausdorff in pixels
+                structure.append(0.6 * (1 - q_cos) + 0.4 * (1 - q_dice))
+                boundary.append(pixels)
             else:
-                boundary.append(float(a.any() == b.any()))
-        reference.append(1 - (0.8 * np.mean(structure) + 0.2 * np.mean(boundary)))
-    ranking = ranked(labeled_stack, "sbc_consistency", 8, model)
+                structure.append(0.6 * q_cos + 0.4 * q_dice)
+                boundary.append(1 - pixels / diagonal)
+        cs = 0.8 * np.mean(structure) + 0.2 * np.mean(boundary)
+        reference.append(cs if form == "paper" else 1 - cs)
+    ranking = ranked(labeled_stack, "sbc_consistency", 8, model, form=form)
     np.testing.assert_allclose(ranking.scores, np.sort(reference)[::-1], rtol=1e-4, atol=1e-6)
+
+
+def test_the_papers_sbc_score_and_the_normalized_one_rank_a_constructed_pair_oppositely():
+    from spatial_al.selection.spatial import structure_boundary_scores
+
+    rows, columns = np.mgrid[:32, :32]
+    disc = (rows - 12) ** 2 + (columns - 12) ** 2 < 36
+    far_blob = (rows - 28) ** 2 + (columns - 28) ** 2 < 4  # 20 pixels from the disc
+    refined = np.stack([disc, disc])
+    coarse = np.stack([disc, disc | far_blob])  # slice 1: the coarse output adds a blob far away
+    matching = distance_targets(disc[None])[0]
+    distance = np.stack([matching[::-1, ::-1].copy(), matching])[:, None]  # slice 0: the SFP map is elsewhere
+
+    def probabilities(masks):
+        return torch.as_tensor(np.stack([~masks, masks], axis=1).astype(np.float32))
+
+    outputs = {
+        "coarse": probabilities(coarse),
+        "refined": probabilities(refined),
+        "distance": torch.as_tensor(distance),
+    }
+    paper = structure_boundary_scores(outputs, "softmax", (0.8, 0.2, 0.6, 0.4), "paper")
+    normalized = structure_boundary_scores(outputs, "softmax", (0.8, 0.2, 0.6, 0.4), "normalized")
+    # the paper's Hausdorff distance in pixels outweighs a wrong structure map; normalised, the structure term wins
+    assert paper[1] > paper[0] and normalized[0] > normalized[1]
+    assert paper[1] == pytest.approx(0.2 * hausdorff(disc | far_blob, disc))  # structure consistent: BCS alone
+    with pytest.raises(ValueError, match="choose one of paper, normalized"):
+        structure_boundary_scores(outputs, "softmax", (0.8, 0.2, 0.6, 0.4), "normalised")
 
 
 # --- models that do not fit ---------------------------------------------------------------------------------

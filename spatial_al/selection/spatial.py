@@ -3,7 +3,6 @@ boundary consistency."""
 
 from __future__ import annotations
 
-import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -105,26 +104,24 @@ def star_similarity(context: RankingContext, *, per_group: bool = False) -> Pick
     return select_top(context, np.concatenate(scores), np.concatenate(groups) if per_group else None)
 
 
-def hausdorff_consistency(coarse: np.ndarray, refined: np.ndarray) -> float:
-    """1 - Hausdorff distance / slice diagonal between two (H, W) masks, in [0, 1]; 1 when both are empty, 0 when
-    only one is."""
-    import torch
-    from monai.metrics import compute_hausdorff_distance
+def hausdorff_pixels(first: np.ndarray, second: np.ndarray) -> float:
+    """Symmetric Hausdorff distance in pixels between two (H, W) masks, over every pixel of each: the largest
+    distance from a pixel of one mask to the other, read off the Euclidean distance transform of the other's
+    complement (scipy; exact, and one transform per mask instead of point-to-point distances). 0 when both masks are
+    empty, the slice diagonal when only one is (the largest distance a slice allows)."""
+    from scipy.ndimage import distance_transform_edt
 
-    if not coarse.any() and not refined.any():
-        return 1.0
-    if not coarse.any() or not refined.any():
+    if not first.any() and not second.any():
         return 0.0
-    pair = [torch.as_tensor(mask[np.newaxis, np.newaxis]) for mask in (coarse, refined)]
-    with warnings.catch_warnings():  # MONAI passes its own deprecated always_return_as_numpy internally
-        warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*")
-        distance = float(compute_hausdorff_distance(pair[0], pair[1], include_background=True)[0, 0])
-    return max(0.0, 1.0 - distance / float(np.hypot(*coarse.shape)))
+    if not first.any() or not second.any():
+        return float(np.hypot(*first.shape))
+    return float(max(distance_transform_edt(~second)[first].max(), distance_transform_edt(~first)[second].max()))
 
 
 def soft_dice(a: np.ndarray, b: np.ndarray) -> float:
-    """2 sum(ab) / (sum(a) + sum(b)) of two non-negative maps; 1 when both are zero."""
-    total = float(a.sum() + b.sum())
+    """Soft Dice of two non-negative maps, 2 sum(ab) / (sum(a^2) + sum(b^2)) (V-Net's form: 1 for identical maps,
+    binary or not, 0 for disjoint ones); 1 when both are zero."""
+    total = float((a * a).sum() + (b * b).sum())
     return 1.0 if total == 0 else 2.0 * float((a * b).sum()) / total
 
 
@@ -136,17 +133,28 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum()) / norms
 
 
-def structure_boundary_consistency(
-    outputs: dict[str, torch.Tensor], head: str, weights: tuple[float, float, float, float]
-) -> np.ndarray:
-    """SBC-AL's consistency CS = w_s*SCS + w_b*BCS per slice (N,) from :meth:`SlicePredictor.structure` outputs.
+SBC_FORMS = ("paper", "normalized")
 
-    SCS = w_c*Q_cos + w_d*Q_dice between the distance transform of the coarse segmentation and the SFP distance
-    maps; BCS = 1 - Hausdorff distance / slice diagonal between the coarse and refined segmentations (a
-    consistency in [0, 1], so CS is one too). Both are averaged over the classes.
+
+def structure_boundary_scores(
+    outputs: dict[str, torch.Tensor], head: str, weights: tuple[float, float, float, float], form: str = "paper"
+) -> np.ndarray:
+    """SBC-AL's inconsistency per slice (N,) from :meth:`SlicePredictor.structure` outputs; higher = query sooner.
+
+    ``form="paper"`` (Section 2 of the paper): CS = w_s SCS + w_b BCS with SCS = w_c Q_cos + w_d Q_dice, Q_cos = 1 -
+    cosine similarity and Q_dice = 1 - soft Dice between the distance transform of the **refined** segmentation d_s
+    and the SFP output d_o, and BCS = the symmetric Hausdorff distance in pixels between the coarse and the refined
+    segmentation; the score is CS. BCS is unbounded, so where the two segmentations disagree the boundary term
+    dominates.
+
+    ``form="normalized"`` (this project's earlier variant): both terms are consistencies in [0, 1] (SCS between the
+    distance transform of the **coarse** segmentation and d_o, BCS = 1 - Hausdorff / slice diagonal) and the score
+    is 1 - CS. Every term is averaged over the classes.
     """
     from ..training.data import distance_targets
 
+    if form not in SBC_FORMS:
+        raise ValueError(f"Unknown SBC-AL form {form!r}; choose one of {', '.join(SBC_FORMS)}.")
     w_s, w_b, w_c, w_d = weights
     classes = outputs["distance"].shape[1]
 
@@ -158,14 +166,18 @@ def structure_boundary_consistency(
 
     coarse, refined = masks(outputs["coarse"]), masks(outputs["refined"])
     predicted_distance = outputs["distance"].numpy()
-    consistency = np.empty(len(coarse))
+    diagonal = float(np.hypot(*coarse.shape[-2:]))
+    scores = np.empty(len(coarse))
     for n in range(len(coarse)):
-        expected = distance_targets(coarse[n])
+        expected = distance_targets(refined[n] if form == "paper" else coarse[n])
         pairs = [(expected[c], predicted_distance[n, c]) for c in range(classes)]
-        structure = np.mean([w_c * cosine(a, b) + w_d * soft_dice(a, b) for a, b in pairs])
-        boundary = np.mean([hausdorff_consistency(coarse[n, c], refined[n, c]) for c in range(classes)])
-        consistency[n] = w_s * structure + w_b * boundary
-    return consistency
+        structure = np.mean([w_c * cosine(a, b) + w_d * soft_dice(a, b) for a, b in pairs])  # a consistency
+        distance = np.mean([hausdorff_pixels(coarse[n, c], refined[n, c]) for c in range(classes)])
+        if form == "paper":
+            scores[n] = w_s * ((w_c + w_d) - structure) + w_b * distance
+        else:
+            scores[n] = 1.0 - (w_s * structure + w_b * (1.0 - distance / diagonal))
+    return scores
 
 
 @STRATEGIES.register("sbc_consistency")
@@ -177,21 +189,25 @@ def sbc_consistency(
     boundary_weight: float = 0.2,
     cosine_weight: float = 0.6,
     dice_weight: float = 0.4,
+    form: str = "paper",
 ) -> np.ndarray:
-    """Slices where SBC-AL's structure and boundary outputs disagree most: score = 1 - CS.
+    """Slices where SBC-AL's structure and boundary outputs disagree most (see :func:`structure_boundary_scores`).
 
-    CS = w_s*SCS + w_b*BCS; SCS = w_c*Q_cos + w_d*Q_dice between the distance-transformed coarse segmentation and
-    the SFP distance maps; BCS = 1 - (Hausdorff distance between coarse and refined segmentations) / (slice
-    diagonal), so that both terms are consistencies in [0, 1] and the least consistent slice scores highest.
+    Paper form: CS = w_s SCS + w_b BCS, SCS = w_c (1 - cos) + w_d (1 - soft Dice) between the distance transform of
+    the refined segmentation and the SFP maps, BCS = Hausdorff distance in pixels between the coarse and refined
+    segmentations; the K highest CS are queried. ``form="normalized"``: both terms as consistencies in [0, 1].
 
     Keyword Args:
         structure_weight: w_s (0.8). boundary_weight: w_b (0.2). cosine_weight: w_c (0.6). dice_weight: w_d (0.4).
+        form: "paper" or "normalized".
     """
     weights = (structure_weight, boundary_weight, cosine_weight, dice_weight)
     if min(weights) < 0:
         raise ValueError(f"SBC-AL weights must be non-negative, got {weights}.")
+    if form not in SBC_FORMS:
+        raise ValueError(f"Unknown SBC-AL form {form!r}; choose one of {', '.join(SBC_FORMS)}.")
 
     def scorer(predictor, inputs):
-        return 1.0 - structure_boundary_consistency(predictor.structure(inputs), predictor.head, weights)
+        return structure_boundary_scores(predictor.structure(inputs), predictor.head, weights, form)
 
     return score_pool(context, scorer, "structure and boundary consistency")
