@@ -142,8 +142,43 @@ def test_checkpoints_follow_improvement_every_n_epochs_and_the_end(labeled_stack
     assert checkpointed_epochs(labeled_stack, early_stop, losses) == [1, 2, 4]  # stopped at epoch 4
 
 
+def rates_per_step(stack, config) -> tuple[list[float], list[float]]:
+    """The learning rate of every optimizer step of one stage, and the one its history records for each epoch."""
+    from spatial_al.training import Trainer
+
+    trainer = Trainer(SegmentationModel(tiny(class_names=("disc", "square"))), config, torch.device("cpu"))
+    seen, step = [], trainer.train_step
+
+    def recorded_step(batch, stage, optimizer):
+        seen.append(optimizer.param_groups[0]["lr"])
+        return step(batch, stage, optimizer)
+
+    trainer.train_step = recorded_step
+    trainer.fit(stack_examples(stack, [0, 3, 6, 9]))
+    return seen, [epoch["learning_rate"] for epoch in trainer.state.history]
+
+
+def test_learning_rate_schedules_per_epoch_and_per_step(labeled_stack):
+    rates = {
+        schedule: rates_per_step(
+            labeled_stack,
+            replace(QUICK, max_epochs=4, iterations_per_epoch=3, schedule=schedule, step_every=2, step_gamma=0.5),
+        )
+        for schedule in ("poly", "step")
+    }
+    poly_steps, poly_epochs = rates["poly"]
+    expected = [1e-3 * (1 - epoch / 4) ** 0.9 for epoch in range(4)]
+    np.testing.assert_allclose(poly_epochs, expected, rtol=1e-6)  # one rate an epoch, recorded as it was used
+    np.testing.assert_allclose(poly_steps, np.repeat(expected, 3), rtol=1e-6)
+    step_steps, step_epochs = rates["step"]
+    np.testing.assert_allclose(step_steps, [1e-3 * 0.5 ** (i // 2) for i in range(12)], rtol=1e-6)  # SBC-AL's form
+    np.testing.assert_allclose(step_epochs, step_steps[::3], rtol=1e-6)
+    with pytest.raises(ValueError, match="use one of constant, poly, step"):
+        TrainingConfig(schedule="cosine")
+
+
 def test_a_resumed_run_ends_bit_identical_to_an_uninterrupted_one(labeled_stack, tmp_path):
-    config = replace(QUICK, max_epochs=4, augment=True)
+    config = replace(QUICK, max_epochs=4, augment=True, schedule="step", step_every=3, step_gamma=0.5)
     uninterrupted = weights(train(labeled_stack, training=config).model)
 
     checkpoint = tmp_path / "model.pt"

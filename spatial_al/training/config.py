@@ -11,7 +11,7 @@ from typing import Any
 from ..precision import check_precision
 
 OPTIMIZERS = ("adam", "sgd")
-SCHEDULES = ("constant", "poly")
+SCHEDULES = ("constant", "poly", "step")
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,10 @@ class TrainingConfig:
         structure_learning_rate_factor: SBC-AL's modules learn at this multiple of the backbone's rate.
         momentum: SGD momentum.
         weight_decay: L2 penalty.
-        schedule: "constant" or "poly" (learning rate times (1 - epoch / max_epochs) ** 0.9, per epoch).
+        schedule: "constant", "poly" (learning rate times (1 - epoch / max_epochs) ** 0.9, per epoch) or "step"
+            (times ``step_gamma`` every ``step_every`` optimizer steps: SBC-AL's 0.9 every 500).
+        step_every: optimizer steps between two decays of the "step" schedule.
+        step_gamma: the "step" schedule's factor.
         batch_size: slices per batch.
         max_epochs: epochs per round (per stage for STAR).
         iterations_per_epoch: batches per epoch, drawn with replacement: fixed-length epochs as nnU-Net's, so the
@@ -64,6 +67,8 @@ class TrainingConfig:
     momentum: float = 0.99
     weight_decay: float = 3e-5
     schedule: str = "constant"
+    step_every: int = 500
+    step_gamma: float = 0.9
     batch_size: int = 8
     max_epochs: int = 20
     iterations_per_epoch: int | None = 25
@@ -85,9 +90,9 @@ class TrainingConfig:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"Unknown optimizer {self.optimizer!r}; use {' or '.join(OPTIMIZERS)}.")
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"Unknown schedule {self.schedule!r}; use {' or '.join(SCHEDULES)}.")
+            raise ValueError(f"Unknown schedule {self.schedule!r}; use one of {', '.join(SCHEDULES)}.")
         check_precision(self.precision)
-        for name in ("batch_size", "max_epochs", "patience", "checkpoint_every", "iterations_per_epoch"):
+        for name in ("batch_size", "max_epochs", "patience", "checkpoint_every", "iterations_per_epoch", "step_every"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
         if self.loader_workers is not None and self.loader_workers < 0:

@@ -171,9 +171,10 @@ class Trainer:
         validation_loader = self.data_loader(validation, stage, shuffle=False) if validation else None
         total = self.config.max_epochs * len(loader)
         with self.stage_training(stage) as optimizer:
-            scheduler = self._scheduler(optimizer)
+            scheduler = self._scheduler(optimizer, len(loader))
             while self.state.epoch < self.config.max_epochs and not self.state.finished:
                 started = time.perf_counter()
+                learning_rate = optimizer.param_groups[0]["lr"]  # at the epoch's first step
                 self._seed_epoch(loader)
                 self.model.train()
                 if stage == "star_propagation":
@@ -184,14 +185,14 @@ class Trainer:
                         check_cancelled(self.progress)
                         with self._timed("forward_backward"):
                             losses.append(self.train_step(batch, stage, optimizer))
+                        scheduler.step()
                         self.steps_taken += 1
                         done = self.state.epoch * len(loader) + batch_index + 1
                         message = f"{stage} epoch {self.state.epoch + 1}, loss {losses[-1]:.4f}"
                         report(self.progress, done, total, message)
                 with self._timed("validation"):
                     validation_loss = self.evaluate(validation_loader, stage) if validation_loader else None
-                self._end_epoch(stage, losses, validation_loss, optimizer, time.perf_counter() - started)
-                scheduler.step()
+                self._end_epoch(stage, losses, validation_loss, learning_rate, time.perf_counter() - started)
         if self.best_model_state is not None:
             self.model.load_state_dict(self.best_model_state)
         self.state.finished = True
@@ -320,12 +321,23 @@ class Trainer:
         self.optimizer = optimizer
         return optimizer
 
-    def _scheduler(self, optimizer: torch.optim.Optimizer):
-        power = 0.9 if self.config.schedule == "poly" else 0.0
-        scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=self.config.max_epochs, power=power)
+    def _scheduler(self, optimizer: torch.optim.Optimizer, batches_per_epoch: int):
+        """The learning-rate schedule, stepped after every batch and fast-forwarded to where a resumed stage stands:
+        "constant"; "poly", times (1 - epoch / max_epochs) ** 0.9 by epoch; "step", times ``step_gamma`` every
+        ``step_every`` optimizer steps of the stage (SBC-AL's 0.9 every 500)."""
+        config = self.config
+
+        def factor(step: int) -> float:
+            if config.schedule == "poly":
+                return (1.0 - min(step // batches_per_epoch, config.max_epochs) / config.max_epochs) ** 0.9
+            if config.schedule == "step":
+                return config.step_gamma ** (step // config.step_every)
+            return 1.0
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         with warnings.catch_warnings():  # fast-forwarding a resumed stage's schedule is not a misordered step
             warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
-            for _ in range(self.state.epoch):
+            for _ in range(self.state.epoch * batches_per_epoch):
                 scheduler.step()
         return scheduler
 
@@ -407,7 +419,7 @@ class Trainer:
             )
         return math.nan
 
-    def _end_epoch(self, stage, losses, validation_loss, optimizer, seconds) -> None:
+    def _end_epoch(self, stage, losses, validation_loss, learning_rate, seconds) -> None:
         state = self.state
         finite = [loss for loss in losses if math.isfinite(loss)]  # skipped steps left out
         state.epoch += 1
@@ -418,7 +430,7 @@ class Trainer:
                 "epoch": state.epoch,
                 "train_loss": sum(finite) / len(finite) if finite else None,
                 "validation_loss": validation_loss,
-                "learning_rate": optimizer.param_groups[0]["lr"],
+                "learning_rate": learning_rate,
                 "seconds": round(seconds, 3),
             }
         )
