@@ -660,7 +660,7 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument(
         "--data",
         required=True,
-        help="'demo' (the offline chest CT cohort) or a dataset folder (MSD task, ACDC, KiTS19)",
+        help="'demo' (the offline chest CT cohort) or a dataset folder (MSD task, ACDC, KiTS19, LiTS, ATLAS)",
     )
     study.add_argument("--output", required=True, help="study folder (runs, report, study.json)")
     study.add_argument("--config", help="JSON (or YAML) file overriding any protocol value")

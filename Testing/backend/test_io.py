@@ -290,3 +290,27 @@ def test_a_study_reads_a_kits19_folder_and_its_protocol_entry_by_the_layout_name
     axial = resolve_slice_axis("axial", GEOMETRY)
     assert volume.image.shape[0] == GEOMETRY.shape[axial]  # slices first, cut along the axial axis
     np.testing.assert_array_equal(volume.labels, np.moveaxis(kidney_map(), axial, 0))
+
+
+def test_lits_and_atlas_folders_are_read_by_their_layouts(tmp_path):
+    from spatial_al.io import ATLASDataset, LiTSDataset, open_dataset
+
+    lits = tmp_path / "LITS17"
+    for batch, number in (("Training Batch 1", 2), ("Training Batch 1", 10), ("Training Batch 2", 100)):
+        folder = lits / batch
+        write_case(folder / f"volume-{number}.nii", folder / f"segmentation-{number}.nii", kidney_map())
+    write_case(lits / "Training Batch 2" / "volume-101.nii", None, kidney_map())  # no segmentation: no case
+    dataset = open_dataset(lits)
+    assert isinstance(dataset, LiTSDataset)
+    assert [c.case_id for c in dataset.training_cases] == ["volume-2", "volume-10", "volume-100"]  # numeric order
+    assert [(s.name, s.label_value) for s in dataset.load("volume-10").segments] == [("liver", 1), ("tumor", 2)]
+
+    anat = tmp_path / "ATLAS_2" / "Training" / "R001" / "sub-r001s001" / "ses-1" / "anat"
+    stem = "sub-r001s001_ses-1_space-MNI152NLin2009aSym"
+    lesion = (kidney_map() > 0).astype(np.uint8)
+    write_case(anat / f"{stem}_T1w.nii.gz", anat / f"{stem}_label-L_desc-T1lesion_mask.nii.gz", lesion)
+    atlas = open_dataset(tmp_path / "ATLAS_2")
+    assert isinstance(atlas, ATLASDataset) and [c.case_id for c in atlas.training_cases] == [stem]
+    np.testing.assert_array_equal(atlas.load(0).label_layers[0], lesion)
+    with pytest.raises(FileNotFoundError, match="holds no ATLAS case"):
+        ATLASDataset(tmp_path / "LITS17")

@@ -1,5 +1,5 @@
-"""Cohorts for studies: sources (dataset folders: MSD, ACDC, KiTS19; the offline demo), preprocessing into a slice
-cache on disk, and the subject-wise split.
+"""Cohorts for studies: sources (dataset folders: MSD, ACDC, KiTS19, LiTS, ATLAS; the offline demo), preprocessing
+into a slice cache on disk, and the subject-wise split.
 
 A cohort is preprocessed once into a cache folder and then memory-mapped: each subject is ``image.npy`` (S, H, W)
 float32, intensities normalised, and ``targets.npy`` (S, C, H, W) uint8, one multi-hot mask per class; slices are
@@ -71,8 +71,8 @@ class DemoSource(CohortSource):
 
 
 class FolderSource(CohortSource):
-    """A dataset folder: an MSD task, ACDC or KiTS19 (:func:`~spatial_al.io.open_dataset`); every case is found, and
-    every listed file checked to exist, when the source is opened, before any work."""
+    """A dataset folder: an MSD task, ACDC, KiTS19, LiTS or ATLAS (:func:`~spatial_al.io.open_dataset`); every case is
+    found, and every listed file checked to exist, when the source is opened, before any work."""
 
     def __init__(self, root: str | Path, data: DataConfig):
         from ..io import open_dataset
@@ -107,7 +107,7 @@ class FolderSource(CohortSource):
 
 def open_source(data: str | Path, config: DataConfig) -> CohortSource:
     """The source ``data`` names: "demo" or "demo-frog" (:data:`DEMO_SOURCES`), or a dataset folder (MSD, ACDC,
-    KiTS19).
+    KiTS19, LiTS, ATLAS).
 
     Raises:
         FileNotFoundError: no such folder, a folder of no known layout, or a listed image or label file missing.
@@ -118,7 +118,7 @@ def open_source(data: str | Path, config: DataConfig) -> CohortSource:
     if not Path(data).is_dir():
         raise FileNotFoundError(
             f"--data {str(data)!r} is neither {' nor '.join(map(repr, DEMO_SOURCES))} nor a folder; give a dataset "
-            "folder (an MSD task, ACDC or KiTS19)."
+            "folder (an MSD task, ACDC, KiTS19, LiTS or ATLAS)."
         )
     return FolderSource(data, config)
 

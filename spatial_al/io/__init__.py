@@ -6,15 +6,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..volume import SliceStack, resolve_slice_axis
-from .datasets import ACDCDataset, CaseFolder, KiTS19Dataset
+from .datasets import ACDCDataset, ATLASDataset, CaseFolder, KiTS19Dataset, LiTSDataset
 from .images import file_suffix, read_volume, write_volume
 from .msd import MSDDataset
 from .segmentation import Segmentation, place_on_grid, read_segmentation, write_segmentation
 
 __all__ = [
     "ACDCDataset",
+    "ATLASDataset",
     "CaseFolder",
     "KiTS19Dataset",
+    "LiTSDataset",
     "MSDDataset",
     "Segmentation",
     "file_suffix",
@@ -61,12 +63,13 @@ def _empty_labels(shape):
     return np.zeros(shape, dtype=np.uint8)
 
 
-CASE_LAYOUTS = (ACDCDataset, KiTS19Dataset)  # the layouts found by their files (MSD by its dataset.json)
+# the layouts found by their files (MSD by its dataset.json)
+CASE_LAYOUTS = (ACDCDataset, KiTS19Dataset, LiTSDataset, ATLASDataset)
 
 
 def open_dataset(root: str | Path) -> CaseFolder:
-    """The dataset in folder ``root``, by its layout: MSD (``dataset.json``), ACDC (``patientNNN/..._gt.nii.gz``) or
-    KiTS19 (``case_NNNNN/segmentation.nii.gz``).
+    """The dataset in folder ``root``, by its layout: MSD (``dataset.json``), ACDC (``patientNNN/..._gt.nii.gz``),
+    KiTS19 (``case_NNNNN/segmentation.nii.gz``), LiTS (``segmentation-N.nii``) or ATLAS v2.0 (``..._T1lesion_mask``).
 
     Raises:
         FileNotFoundError: ``root`` is not a folder, or none of these layouts.
@@ -81,6 +84,7 @@ def open_dataset(root: str | Path) -> CaseFolder:
             return layout(root)
     raise FileNotFoundError(
         f"{str(root)!r} is not a dataset folder this reads: expected an MSD task (dataset.json, imagesTr/, labelsTr/), "
-        "ACDC (patientNNN/patientNNN_frameNN.nii.gz with _gt) or KiTS19 (case_NNNNN/imaging.nii.gz and "
-        "segmentation.nii.gz)."
+        "ACDC (patientNNN/patientNNN_frameNN.nii.gz with _gt), KiTS19 (case_NNNNN/imaging.nii.gz and "
+        "segmentation.nii.gz), LiTS (volume-N.nii and segmentation-N.nii) or ATLAS v2.0 (<name>_T1w.nii.gz and "
+        "<name>_label-L_desc-T1lesion_mask.nii.gz)."
     )

@@ -2,7 +2,8 @@
 
 :class:`CaseFolder` holds what every layout shares (the case list, label names, loading a case on the image grid);
 each layout only finds its cases: the Medical Segmentation Decathlon (:class:`~spatial_al.io.msd.MSDDataset`), ACDC
-(:class:`ACDCDataset`) and KiTS19 (:class:`KiTS19Dataset`).
+(:class:`ACDCDataset`), KiTS19 (:class:`KiTS19Dataset`), LiTS (:class:`LiTSDataset`) and ATLAS v2.0
+(:class:`ATLASDataset`).
 """
 
 from __future__ import annotations
@@ -137,3 +138,73 @@ class KiTS19Dataset(CaseFolder):
     def recognizes(cls, root: Path) -> bool:
         """Whether ``root`` has the KiTS19 layout (one case with a segmentation is enough)."""
         return any((folder / "segmentation.nii.gz").is_file() for folder in cls._case_folders(root))
+
+
+class LiTSDataset(CaseFolder):
+    """The LiTS challenge (Bilic et al. 2023): ``volume-N.nii`` with ``segmentation-N.nii`` (1 liver, 2 tumour; also
+    ``.nii.gz``), in one folder or its subfolders (the two training batches). A case is ``volume-N``.
+
+    Raises:
+        FileNotFoundError: no volume with its segmentation under ``root``.
+    """
+
+    name = "LiTS"
+    LABELS: ClassVar[dict[int, str]] = {1: "liver", 2: "tumor"}
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.label_names = dict(self.LABELS)
+        self.modalities = {}
+        self.training_cases = []
+        for label in sorted(self._labels(self.root), key=lambda path: int(path.name.split("-")[1].split(".")[0])):
+            image = label.with_name(label.name.replace("segmentation-", "volume-"))
+            if image.is_file():
+                self.training_cases.append(Case(image.name.split(".")[0], image, label))
+        if not self.training_cases:
+            raise FileNotFoundError(
+                f"{str(self.root)!r} holds no LiTS case: expected volume-N.nii with segmentation-N.nii beside it."
+            )
+
+    @staticmethod
+    def _labels(root: Path) -> list[Path]:
+        return [path for path in root.glob("**/segmentation-[0-9]*.nii*") if path.name.split("-")[1][0].isdigit()]
+
+    @classmethod
+    def recognizes(cls, root: Path) -> bool:
+        """Whether ``root`` has the LiTS layout (one segmentation-N.nii is enough)."""
+        return bool(cls._labels(root))
+
+
+class ATLASDataset(CaseFolder):
+    """ATLAS v2.0 (Liew et al. 2022; stroke lesions on T1-weighted MRI), in its BIDS layout:
+    ``.../sub-XXX/ses-N/anat/<name>_T1w.nii.gz`` with the lesion mask ``<name>_label-L_desc-T1lesion_mask.nii.gz``
+    beside it (1 lesion). A case is the T1w file's subject and session.
+
+    Raises:
+        FileNotFoundError: no T1w image with its lesion mask under ``root``.
+    """
+
+    name = "ATLAS"
+    LABELS: ClassVar[dict[int, str]] = {1: "lesion"}
+    MASK_SUFFIX = "_label-L_desc-T1lesion_mask.nii.gz"
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.label_names = dict(self.LABELS)
+        self.modalities = {}
+        self.training_cases = []
+        for mask in sorted(self.root.glob(f"**/*{self.MASK_SUFFIX}")):
+            stem = mask.name[: -len(self.MASK_SUFFIX)]
+            image = mask.with_name(f"{stem}_T1w.nii.gz")
+            if image.is_file():
+                self.training_cases.append(Case(stem, image, mask))
+        if not self.training_cases:
+            raise FileNotFoundError(
+                f"{str(self.root)!r} holds no ATLAS case: expected <name>_T1w.nii.gz with "
+                f"<name>{self.MASK_SUFFIX} beside it."
+            )
+
+    @classmethod
+    def recognizes(cls, root: Path) -> bool:
+        """Whether ``root`` has the ATLAS layout (one lesion mask is enough)."""
+        return next(root.glob(f"**/*{cls.MASK_SUFFIX}"), None) is not None
