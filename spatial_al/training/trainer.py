@@ -40,6 +40,15 @@ MIN_BATCHES_FOR_WORKERS = 10  # shorter epochs are prepared in the training proc
 PHASES = ("data", "augmentation", "forward_backward", "validation", "checkpoint")
 
 
+def advance(scheduler) -> None:
+    """Move the learning-rate schedule on by one batch. Every batch counts, also one skipped for a non-finite loss
+    and those a resumed stage fast-forwards over, so torch's warning about a step before ``optimizer.step()`` does
+    not apply."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
+        scheduler.step()
+
+
 def reseed_worker(worker_id: int) -> None:
     """Seed a loader worker's augmentation from its own seed, which torch draws for each worker from the main
     process's generator (seeded every epoch): the workers augment differently, and the same way every run."""
@@ -185,7 +194,7 @@ class Trainer:
                         check_cancelled(self.progress)
                         with self._timed("forward_backward"):
                             losses.append(self.train_step(batch, stage, optimizer))
-                        scheduler.step()
+                        advance(scheduler)
                         self.steps_taken += 1
                         done = self.state.epoch * len(loader) + batch_index + 1
                         message = f"{stage} epoch {self.state.epoch + 1}, loss {losses[-1]:.4f}"
@@ -335,10 +344,8 @@ class Trainer:
             return 1.0
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        with warnings.catch_warnings():  # fast-forwarding a resumed stage's schedule is not a misordered step
-            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
-            for _ in range(self.state.epoch * batches_per_epoch):
-                scheduler.step()
+        for _ in range(self.state.epoch * batches_per_epoch):
+            advance(scheduler)
         return scheduler
 
     @contextmanager
