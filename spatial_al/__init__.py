@@ -9,10 +9,12 @@ Console API::
     ranking = spatial_al.rank(image, "fixed_interval", budget=10)            # slices to annotate, best first
     result = spatial_al.propagate(labels, annotated=[0, 10, 20], method="sdf", spacing=(10.0, 0.8, 0.8))
     result.labels, result.confidence                                           # filled labels, per-slice confidence
+    spatial_al.rank_volumes([ct1, ct2, ct3], "proxy_variance", k=1).top(1)   # which scan to annotate first
 """
 
 from .propagation import PROPAGATORS, PropagationResult, propagate
 from .selection import STRATEGIES, RankingResult, rank
+from .selection.volumes import VolumeRanking, rank_volumes
 from .volume import Geometry, Segment, SliceStack, SliceStatus
 
 __version__ = "0.1.0"
@@ -26,7 +28,9 @@ __all__ = [
     "Segment",
     "SliceStack",
     "SliceStatus",
+    "VolumeRanking",
     "__version__",
     "propagate",
     "rank",
+    "rank_volumes",
 ]

@@ -133,6 +133,63 @@ def load_model_argument(args: argparse.Namespace):
     return model, device
 
 
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+
+
+def command_rank_volumes(args: argparse.Namespace) -> None:
+    from .io import read_volume
+    from .selection.volumes import rank_volumes
+    from .volume import resolve_slice_axis
+
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        raise ValueError(f"{str(folder)!r} is not a folder; give the folder holding the scans to rank.")
+    files = sorted(
+        path
+        for path in folder.iterdir()
+        if path.name.lower().endswith(VOLUME_SUFFIXES) and not path.name.lower().endswith(".seg.nrrd")
+    )
+    if not files:
+        raise ValueError(f"{str(folder)!r} holds no volume ({', '.join(VOLUME_SUFFIXES)}).")
+    output = writable_output(args.output)
+    refuse_overwriting_inputs(output, [*files, args.model])
+    timer = Timer()
+    with timer("load"):
+        volumes, axes = [], set()
+        for path in files:
+            image, geometry = read_volume(path, channel=args.channel)
+            volumes.append(image)
+            axes.add(resolve_slice_axis(args.axis, geometry))
+        model, device = load_model_argument(args)
+    if len(axes) > 1:
+        raise ValueError(
+            f"The volumes' {args.axis} planes lie along different array axes {sorted(axes)}; pass --axis 0, 1 or 2."
+        )
+    options = parse_options(args.option)
+    with timer("rank"), TqdmProgress("ranking volumes", disable=args.quiet) as bar:
+        ranking = rank_volumes(
+            volumes,
+            args.strategy,
+            args.k,
+            model,
+            names=[path.name for path in files],
+            axis=axes.pop(),
+            seed=args.seed,
+            device=device or args.device,
+            batch_size=args.batch_size,
+            progress=bar,
+            **options,
+        )
+    ranking.write_csv(output)
+    configuration = {**vars(args), "files": [str(path) for path in files], "options": options}
+    configuration.pop("handler")
+    results = {"top": ranking.top(args.k), "scores": dict(zip(ranking.names, ranking.scores.tolist(), strict=True))}
+    write_json(run_record_path(output), run_record("spatial-al rank-volumes", configuration, results, timer))
+    if not args.quiet:
+        print(f"Annotate first ({args.strategy}): {', '.join(ranking.top(args.k))}")
+    print(f"Wrote {output}")
+
+
 def command_rank(args: argparse.Namespace) -> None:
     from .learning import select_segments
     from .selection import rank
@@ -555,6 +612,24 @@ def build_parser() -> argparse.ArgumentParser:
     rank.add_argument("--batch-size", type=positive_int, default=8, help="slices per forward pass (default 8)")
     add_volume_arguments(rank)
     rank.set_defaults(handler=command_rank)
+
+    volumes = commands.add_parser(
+        "rank-volumes", help="rank the scans of a folder to annotate first; writes rank,volume,score CSV"
+    )
+    volumes.add_argument("folder", help="folder of scalar volumes (.nii.gz, .nrrd, .mha)")
+    volumes.add_argument(
+        "--strategy",
+        required=True,
+        help="random, variance, entropy (with --model), proxy_variance or proxy_entropy (no model needed)",
+    )
+    volumes.add_argument("-k", type=positive_int, required=True, help="how many scans to annotate first")
+    volumes.add_argument("--model", metavar="CKPT", help="trained model (spatial-al train) for variance and entropy")
+    volumes.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    volumes.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    volumes.add_argument("--batch-size", type=positive_int, default=8, help="slices per forward pass (default 8)")
+    volumes.add_argument("--output", required=True, help="CSV file to write (columns rank,volume,score)")
+    add_volume_arguments(volumes)
+    volumes.set_defaults(handler=command_rank_volumes)
 
     propagate = commands.add_parser(
         "propagate", help="fill the slices not annotated from the annotated ones; only annotated slices of SEG are read"

@@ -1,0 +1,184 @@
+"""Which scans to annotate first: volume-level ranking (Nath et al. 2022's question, answered with the 2D engine).
+
+A radiologist's team with a folder of unlabeled scans ranks the volumes, not the slices: each volume gets one score,
+the mean over its voxels of a model's MC-dropout variance or of the entropy of its mean prediction (m passes), or a
+random priority. The proxy strategies need no model: a proxy label (an intensity window, the largest 3D connected
+component; :func:`~spatial_al.selection.proxy.proxy_label`) of every volume trains one proxy model on all of them,
+whose MC-dropout uncertainty then ranks them (Nath et al.'s proxy ranking; their proxy network is 3D, this one is
+the 2D engine's, trained on evenly spaced slices of every volume).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..progress import ProgressReporter, report
+
+VOLUME_STRATEGIES = ("random", "variance", "entropy", "proxy_variance", "proxy_entropy")
+
+
+@dataclass
+class VolumeRanking:
+    """Volumes ranked to annotate first.
+
+    Attributes:
+        names: the volumes' names, in input order.
+        scores: one score per volume, in input order (higher = annotate sooner).
+        order: volume indices, best first.
+        strategy: the strategy's name.
+    """
+
+    names: list[str]
+    scores: np.ndarray
+    order: np.ndarray
+    strategy: str
+
+    def top(self, k: int) -> list[str]:
+        """The names of the ``k`` volumes to annotate first."""
+        return [self.names[index] for index in self.order[:k]]
+
+    def write_csv(self, path: str | Path) -> Path:
+        """CSV ``rank,volume,score`` of every volume, best first (written atomically)."""
+        from ..files import atomic_path
+
+        with atomic_path(path) as temporary, temporary.open("w", newline="") as file:
+            writer = csv.writer(file)
+            writer.writerow(["rank", "volume", "score"])
+            for rank, index in enumerate(self.order, start=1):
+                writer.writerow([rank, self.names[index], f"{self.scores[index]:.6g}"])
+        return Path(path)
+
+
+def volume_uncertainty(
+    image: np.ndarray,
+    model,
+    axis: int = 0,
+    samples: int = 10,
+    seed: int = 0,
+    device: Any = "auto",
+    batch_size: int = 8,
+    progress: ProgressReporter | None = None,
+) -> dict[str, float]:
+    """Mean over the voxels of ``image`` (3D, slices along ``axis``) of the MC-dropout variance (over the passes and
+    the output channels) and of the entropy of the mean prediction, ``samples`` passes with dropout on."""
+    from ..device import resolve_device
+    from ..models.inference import SlicePredictor, pixel_entropy
+    from ..training.data import normalize_intensities
+
+    slices = np.moveaxis(normalize_intensities(image), axis, 0)
+    predictor = SlicePredictor(model, resolve_device(device), batch_size)
+    chunk = max(1, 32 * 256 * 256 // int(np.prod(slices.shape[1:])))  # 32 slices of 256 x 256 a step
+    variance = entropy = 0.0
+    for start in range(0, len(slices), chunk):
+        statistics = predictor.mc_dropout(slices[start : start + chunk, np.newaxis], samples, seed + start)
+        variance += float(statistics.variance.mean(1).sum())
+        entropy += float(pixel_entropy(statistics.mean, predictor.head).sum())
+        report(progress, min(start + chunk, len(slices)), len(slices), "MC-dropout over the volume")
+    voxels = slices.size
+    return {"variance": variance / voxels, "entropy": entropy / voxels}
+
+
+def train_proxy_model(
+    images: Sequence[np.ndarray],
+    window: tuple[float, float],
+    axis: int,
+    training_slices: int,
+    max_epochs: int,
+    seed: int,
+    device: Any,
+    progress: ProgressReporter | None,
+):
+    """One proxy model (``unet-small``, one class "proxy") trained on the proxy labels of every volume, on
+    ``training_slices`` evenly spaced slices of each."""
+    import torch
+
+    from ..device import resolve_device
+    from ..models import SegmentationModel, preset_config
+    from ..training import Trainer, TrainingConfig
+    from ..training.data import normalize_intensities, slice_examples
+    from ..volume import Segment
+    from .proxy import proxy_label
+
+    segment = Segment("proxy", 1)
+    examples = None
+    for index, image in enumerate(images):
+        label = proxy_label(image, window).astype(np.uint8)[np.newaxis]
+        count = image.shape[axis]
+        slices = np.unique(np.round(np.linspace(0, count - 1, min(training_slices, count)))).astype(int)
+        volume_examples = slice_examples(
+            normalize_intensities(image), label, (segment,), ("proxy",), slices, axis, volume_index=index
+        )
+        if examples is None:
+            examples = volume_examples
+        else:
+            examples.extend(volume_examples)
+    torch.manual_seed(seed)
+    model = SegmentationModel(preset_config("unet-small", class_names=("proxy",), slice_axis=axis))
+    config = TrainingConfig(seed=seed, max_epochs=max_epochs, iterations_per_epoch=None, validation_fraction=0.0)
+    trainer = Trainer(model, config, resolve_device(device), progress=progress)
+    trainer.train_round(examples)
+    return trainer.model
+
+
+def rank_volumes(
+    volumes: Sequence[np.ndarray],
+    strategy: str,
+    k: int,
+    model=None,
+    *,
+    names: Sequence[str] | None = None,
+    axis: int = 0,
+    samples: int = 10,
+    seed: int = 0,
+    device: Any = "auto",
+    batch_size: int = 8,
+    window: tuple[float, float] = (-160.0, 240.0),
+    training_slices: int = 32,
+    max_epochs: int = 10,
+    progress: ProgressReporter | None = None,
+) -> VolumeRanking:
+    """Rank whole volumes to annotate first.
+
+    Args:
+        volumes: 3D intensity arrays (any sizes), slices along ``axis``.
+        strategy: "random" (a seeded random priority), "variance" / "entropy" (the mean over voxels of ``model``'s
+            MC-dropout variance / of the entropy of its mean prediction, ``samples`` passes), "proxy_variance" /
+            "proxy_entropy" (the same with a proxy model trained on the volumes' proxy labels; no model needed).
+        k: how many volumes the ranking is for (at least 1, at most the number of volumes); every volume is scored.
+        model: a trained segmentation model with dropout, for "variance" and "entropy".
+        names: the volumes' names (default "volume 1", ...).
+        window: the proxy label's intensity window (low, high); the default is CT soft tissue in HU.
+        training_slices: the proxy model's slices per volume, evenly spaced. max_epochs: its epochs.
+
+    Raises:
+        ValueError: an unknown strategy (with the valid ones), ``k`` out of range, no model for "variance" or
+            "entropy", no voxel in the proxy window.
+    """
+    names = list(names) if names is not None else [f"volume {index + 1}" for index in range(len(volumes))]
+    if strategy not in VOLUME_STRATEGIES:
+        raise ValueError(f"Unknown volume strategy {strategy!r}; choose one of {', '.join(VOLUME_STRATEGIES)}.")
+    if not 1 <= k <= len(volumes):
+        raise ValueError(f"k must be between 1 and the number of volumes ({len(volumes)}), got {k}.")
+    if len(names) != len(volumes):
+        raise ValueError(f"{len(volumes)} volumes but {len(names)} names.")
+    rng = np.random.default_rng(seed)
+    if strategy == "random":
+        scores = rng.random(len(volumes))
+    else:
+        measure = strategy.removeprefix("proxy_")
+        if strategy.startswith("proxy_"):
+            model = train_proxy_model(volumes, window, axis, training_slices, max_epochs, seed, device, progress)
+        elif model is None:
+            raise ValueError(f"{strategy!r} ranks by a model's uncertainty: pass model=, or use proxy_{strategy}.")
+        scores = np.empty(len(volumes))
+        for index, volume in enumerate(volumes):
+            scores[index] = volume_uncertainty(volume, model, axis, samples, seed, device, batch_size)[measure]
+            report(progress, index + 1, len(volumes), f"{measure} of {names[index]}")
+    order = np.lexsort((np.arange(len(volumes)), -scores))  # highest first, ties to the earlier volume
+    return VolumeRanking(names, scores, order, strategy)
