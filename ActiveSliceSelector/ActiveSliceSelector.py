@@ -375,6 +375,70 @@ class ActiveSliceSelectorLogic(ScriptedLoadableModuleLogic):
         spatial_al.STRATEGIES.get(strategy)  # an unknown name fails now, with the closest valid one
         return BackgroundJob("rank", arguments, writeRanking, "Ranking")
 
+    @requiresDependencies
+    def rankVolumes(self, *arguments, progress=None, **keywords):
+        """Which of the volumes to annotate (open) first, in this process; the arguments are those of
+        :meth:`volumeRankingJob`. Returns (``spatial_al.VolumeRanking``, the table node)."""
+        return self.volumeRankingJob(*arguments, **keywords).runHere(progress)
+
+    @requiresDependencies
+    def volumeRankingJob(
+        self,
+        volumeNodes,
+        strategy,
+        k,
+        sliceAxis="axial",
+        modelPath="",
+        device="auto",
+        seed=0,
+        tableNode=None,
+        **options,
+    ):
+        """The ranking of whole volumes (the scene's scans, or those loaded from a folder) as a background job: which
+        scan to annotate first (:func:`spatial_al.rank_volumes`). Its result fills a table node (rank, volume,
+        score, strategy; the rows reference their volume nodes).
+
+        Args:
+            volumeNodes: the scalar volumes to rank (at least one).
+            strategy: "random", "variance" or "entropy" (with ``modelPath``), "proxy_variance" or "proxy_entropy".
+            k: how many to annotate first.
+            sliceAxis: slice axis or plane; it must be the same array axis in every volume.
+            modelPath: checkpoint read by "variance" and "entropy".
+            device, seed: where the networks run; the seed of every random choice.
+            tableNode: table to fill (None: a new "Volumes to annotate first" table).
+            **options: ``samples``, ``window``, ``training_slices``, ``max_epochs`` of :func:`spatial_al.rank_volumes`.
+        """
+        from SpatialALSlicerLib import MRMLAdapter
+        from SpatialALSlicerLib.BackgroundWork import BackgroundJob
+
+        if not volumeNodes:
+            raise MRMLAdapter.MRMLInputError("No volume to rank: load the scans (or a folder of them) first.")
+        axes = {MRMLAdapter.sliceAxisIndex(node, sliceAxis) for node in volumeNodes}
+        if len(axes) > 1:
+            raise MRMLAdapter.MRMLInputError(
+                f"The volumes' {sliceAxis} planes lie along different array axes {sorted(axes)}; choose an array axis."
+            )
+        arguments = {
+            "volumes": [MRMLAdapter.arrayFromVolumeNode(node) for node in volumeNodes],
+            "strategy": strategy,
+            "k": k,
+            "names": [node.GetName() for node in volumeNodes],
+            "axis": axes.pop(),
+            "seed": seed,
+            "device": str(device),
+            **options,
+        }
+        if modelPath and strategy in ("variance", "entropy"):
+            arguments["model_path"] = modelPath
+
+        def writeTable(ranking):
+            scene = volumeNodes[0].GetScene()
+            table = tableNode or scene.AddNewNodeByClass("vtkMRMLTableNode", "Volumes to annotate first")
+            MRMLAdapter.writeVolumeRankingTable(table, ranking, volumeNodes)
+            return ranking, table
+
+        return BackgroundJob("rank_volumes", arguments, writeTable, "Volume ranking")
+
     @staticmethod
     def rankingUsesModel(strategy, modelPath):
         """Whether ranking with ``strategy`` loads the model at ``modelPath`` (it reads one and one is given)."""

@@ -565,6 +565,30 @@ def writeQueriedSlicesTable(tableNode, ranking, statuses, volumeNode=None):
     return tableNode
 
 
+def writeVolumeRankingTable(tableNode, ranking, volumeNodes):
+    """Fill a table node with a volume ranking (``spatial_al.VolumeRanking``): columns rank, volume, score,
+    strategy, best first; each row's volume node is referenced in the same order (role ``VOLUME_REFERENCE_ROLE``)."""
+    table = vtk.vtkTable()
+    columns = {"rank": vtk.vtkIntArray(), "volume": vtk.vtkStringArray(), "score": vtk.vtkDoubleArray()}
+    columns["strategy"] = vtk.vtkStringArray()
+    for name, column in columns.items():
+        column.SetName(name)
+        table.AddColumn(column)
+    wasModifying = tableNode.StartModify()
+    tableNode.RemoveNodeReferenceIDs(VOLUME_REFERENCE_ROLE)
+    for rank, index in enumerate(ranking.order, start=1):
+        columns["rank"].InsertNextValue(rank)
+        columns["volume"].InsertNextValue(ranking.names[index])
+        columns["score"].InsertNextValue(float(ranking.scores[index]))
+        columns["strategy"].InsertNextValue(ranking.strategy)
+        tableNode.AddNodeReferenceID(VOLUME_REFERENCE_ROLE, volumeNodes[index].GetID())
+    tableNode.SetAndObserveTable(table)
+    tableNode.SetLocked(True)
+    tableNode.SetUseColumnTitleAsColumnHeader(True)
+    tableNode.EndModify(wasModifying)
+    return tableNode
+
+
 def queriedSlicesFromTable(tableNode):
     """Rows of a queried-slices table as a list of dicts (rank, slice, score, strategy, status)."""
     table = tableNode.GetTable()

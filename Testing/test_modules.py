@@ -599,3 +599,29 @@ def test_the_selector_panel_follows_a_reloaded_scene_and_keeps_its_table_view(sl
         panel.updateGUIFromParameterNode()
     assert panel.ui.queriedSlicesTableView.resets == 1 and panel.ui.queriedSlicesTableView.node is table
     assert panel.ui.rankButton.enabled and not panel.ui.updateModelButton.enabled  # no model file chosen
+
+
+def test_the_scenes_volumes_are_ranked_to_say_which_scan_to_annotate_first(slicer_modules, headless):
+    from spatial_al.volume import Geometry
+    from SpatialALSlicerLib import MRMLAdapter
+    from SpatialALSlicerLib.BackgroundWork import FINISHED
+
+    rng = np.random.default_rng(0)
+    nodes = []
+    for index in range(3):
+        image = np.full((6, 20, 20), -1000.0, np.float32)
+        image[1:5, 4 : 10 + 3 * index, 4:16] = 40.0 + rng.normal(0, 5, (4, 6 + 3 * index, 12))
+        nodes.append(MRMLAdapter.addVolumeNode(headless.scene, image, Geometry(image.shape), f"scan {index + 1}"))
+    logic = slicer_modules["ActiveSliceSelector"].ActiveSliceSelectorLogic()
+    ranking, table = logic.rankVolumes(nodes, "random", 2, sliceAxis=0, seed=1)
+    rows = [table.GetTable().GetValueByName(row, "volume").ToString() for row in range(3)]
+    assert rows == [nodes[i].GetName() for i in ranking.order] and ranking.top(2) == rows[:2]
+    referenced = [table.GetNthNodeReference(MRMLAdapter.VOLUME_REFERENCE_ROLE, i) for i in range(3)]
+    assert [node.GetName() for node in referenced] == rows  # each row leads to its scan
+    options = {"samples": 2, "training_slices": 2, "max_epochs": 1, "window": (0, 100), "device": "cpu"}
+    job = logic.volumeRankingJob(nodes, "proxy_entropy", 1, sliceAxis=0, tableNode=table, **options).start()
+    assert job.wait() == FINISHED, job.error
+    ranking, same_table = job.finish()
+    assert same_table is table and table.GetTable().GetNumberOfRows() == 3 and np.all(ranking.scores > 0)
+    with pytest.raises(MRMLAdapter.MRMLInputError, match="No volume to rank"):
+        logic.volumeRankingJob([], "random", 1)

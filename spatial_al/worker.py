@@ -100,10 +100,19 @@ def propagate_job(*, progress: ProgressReporter | None = None, **arguments):
     return propagate_layers(progress=progress, **with_model(arguments))
 
 
+def rank_volumes_job(*, progress: ProgressReporter | None = None, **arguments):
+    """:func:`spatial_al.rank_volumes` (``model_path`` loads the model); returns the
+    :class:`~spatial_al.selection.volumes.VolumeRanking`."""
+    from .selection.volumes import rank_volumes
+
+    return rank_volumes(progress=progress, **with_model(arguments))
+
+
 JOBS: dict[str, Callable[..., Any]] = {
     "train": train_job,
     "predict": predict_job,
     "rank": rank_job,
+    "rank_volumes": rank_volumes_job,
     "propagate": propagate_job,
 }
 
