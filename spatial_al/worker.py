@@ -73,7 +73,9 @@ def predict_job(*, model_path: str, stack, device: str = "auto", progress: Progr
 
 
 def with_model(arguments: dict[str, Any]) -> dict[str, Any]:
-    """``arguments`` with ``model_path`` (when given) replaced by the ``model`` it holds, loaded on ``device``."""
+    """A copy of ``arguments`` with ``model_path`` (when given) replaced by the ``model`` it holds, loaded on
+    ``device``."""
+    arguments = dict(arguments)
     model_path = arguments.pop("model_path", None)
     if model_path:
         from .device import resolve_device

@@ -25,7 +25,9 @@ print(json.dumps(results), flush=True)
 def record(name, value):
     results[name] = value
     print(json.dumps({name: value}), flush=True)
-    (OUT / "gpu_checks.json").write_text(json.dumps(results, indent=1))
+    from spatial_al.files import write_text_atomic
+
+    write_text_atomic(OUT / "gpu_checks.json", json.dumps(results, indent=1))
 
 
 def star_training():
