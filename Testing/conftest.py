@@ -95,6 +95,42 @@ def labeled_stack():
     return SliceStack(image, labels, segments, Geometry(labels.shape, spacing=(0.8, 0.8, 2.0)))
 
 
+def synthetic_case(rng, shape=(12, 24, 20)):
+    """(image float32, labels uint8), KJI: an ellipsoid of label 1 with a core of label 2, brighter than a noisy
+    background, its centre shifted at random."""
+    k, j, i = np.mgrid[: shape[0], : shape[1], : shape[2]]
+    centre = np.array(shape) / 2 + rng.uniform(-2, 2, 3)
+    distance = ((k - centre[0]) / 4) ** 2 + ((j - centre[1]) / 6) ** 2 + ((i - centre[2]) / 5) ** 2
+    labels = np.where(distance <= 1, 1, 0).astype(np.uint8)
+    labels[distance <= 0.3] = 2
+    return (labels * 40.0 + rng.normal(0, 5, shape)).astype(np.float32), labels
+
+
+def write_challenge_folder(root, layout, cases=4, shape=(12, 24, 20)):
+    """A folder in the layout of the ACDC (``patientNNN/patientNNN_frame01.nii.gz`` and ``_gt``) or KiTS19
+    (``case_NNNNN/imaging.nii.gz``, ``segmentation.nii.gz``) challenge, of :func:`synthetic_case` volumes."""
+    import SimpleITK as sitk
+
+    rng = np.random.default_rng(1)
+    for case in range(cases):
+        image, labels = synthetic_case(rng, shape)
+        if layout == "ACDC":
+            folder = root / f"patient{case + 1:03d}"
+            paths = (
+                folder / f"patient{case + 1:03d}_frame01.nii.gz",
+                folder / f"patient{case + 1:03d}_frame01_gt.nii.gz",
+            )
+        else:
+            folder = root / f"case_{case:05d}"
+            paths = folder / "imaging.nii.gz", folder / "segmentation.nii.gz"
+        folder.mkdir(parents=True, exist_ok=True)
+        for array, path in zip((image, labels), paths, strict=True):
+            volume = sitk.GetImageFromArray(array)
+            volume.SetSpacing((1.5, 1.5, 5.0))
+            sitk.WriteImage(volume, str(path))
+    return root
+
+
 def write_msd_folder(root, cases=5, shape=(12, 24, 20), channels=None, missing_label=None):
     """An MSD task folder (dataset.json, imagesTr/, labelsTr/ as NIfTI) of ``cases`` subjects: an ellipsoid of label 1
     with a core of label 2, brighter than a noisy background, shifted per case; 4D images when ``channels`` is set.
@@ -107,14 +143,9 @@ def write_msd_folder(root, cases=5, shape=(12, 24, 20), channels=None, missing_l
     (root / "imagesTr").mkdir(exist_ok=True)
     (root / "labelsTr").mkdir(exist_ok=True)
     rng = np.random.default_rng(0)
-    k, j, i = np.mgrid[: shape[0], : shape[1], : shape[2]]
     training = []
     for case in range(cases):
-        centre = np.array(shape) / 2 + rng.uniform(-2, 2, 3)
-        distance = ((k - centre[0]) / 4) ** 2 + ((j - centre[1]) / 6) ** 2 + ((i - centre[2]) / 5) ** 2
-        labels = np.where(distance <= 1, 1, 0).astype(np.uint8)
-        labels[distance <= 0.3] = 2
-        image = (labels * 40.0 + rng.normal(0, 5, shape)).astype(np.float32)
+        image, labels = synthetic_case(rng, shape)
         name = f"case_{case:03d}"
         if channels:
             volume = sitk.JoinSeries([sitk.GetImageFromArray(image * (c + 1)) for c in range(channels)])

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from conftest import TINY_UNET
@@ -101,14 +102,114 @@ def test_labeled_encoder_starts_as_the_unlabeled_encoder_with_label_weights_zero
 
 
 def test_structure_heads_give_coarse_refined_and_bounded_distance_maps():
-    model = tiny_model("sbc-small", distance_blocks=2).eval()
+    model = tiny_model("sbc-small").eval()
     with torch.no_grad():
         outputs = model.structure_outputs(torch.randn(2, 1, 32, 32))
+        assert torch.equal(model(torch.zeros(1, 1, 32, 32)), model.structure_outputs(torch.zeros(1, 1, 32, 32)).refined)
     assert outputs.coarse.shape == outputs.refined.shape == (2, 3, 32, 32)
-    assert len(outputs.distance_maps) == 2
     assert outputs.distance.shape == (2, 2, 32, 32)
     assert float(outputs.distance.min()) >= 0 and float(outputs.distance.max()) <= 1
-    assert torch.equal(model(torch.zeros(1, 1, 32, 32)), model.structure_outputs(torch.zeros(1, 1, 32, 32)).refined)
+
+
+@pytest.mark.parametrize("architecture", ["unet_plus_plus", "attention_unet"])
+def test_unet_plus_plus_and_attention_unet_regroup_monais_networks_without_changing_them(architecture):
+    from monai.networks.nets import AttentionUnet, BasicUNetPlusPlus
+
+    from spatial_al.models.backbones import build_backbone
+
+    config = preset_config("unet-small", class_names=CLASSES, features=TINY_UNET, architecture=architecture)
+    torch.manual_seed(0)
+    regrouped = build_backbone(config).eval()
+    torch.manual_seed(0)  # the same construction, so the same initial weights
+    if architecture == "unet_plus_plus":
+        original = BasicUNetPlusPlus(2, 1, 3, features=TINY_UNET, dropout=config.dropout).eval()
+    else:
+        original = AttentionUnet(2, 1, 3, channels=TINY_UNET[:5], strides=(2, 2, 2, 2), dropout=config.dropout).eval()
+    images = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        expected = original(images)
+        features = regrouped.encoder(images)
+        logits = regrouped(images)
+    expected = expected[0] if architecture == "unet_plus_plus" else expected
+    assert torch.allclose(logits, expected, atol=1e-6)
+    assert [f.shape[-1] for f in features] == [32, 16, 8, 4, 2]
+    assert [f.shape[1] for f in features] == list(regrouped.encoder_widths)
+    with torch.no_grad():  # SBC-AL's modules sit on either backbone
+        outputs = tiny_model("sbc-small", architecture=architecture).eval().structure_outputs(images)
+    assert outputs.refined.shape == (2, 3, 32, 32) and outputs.distance.shape == (2, 2, 32, 32)
+
+
+def test_architecture_and_encoder_names_monai_lacks_are_refused_with_the_closest_one():
+    with pytest.raises(ValueError, match="did you mean 'attention_unet'"):
+        preset_config("unet-small", architecture="attention-unet")
+    with pytest.raises(ValueError, match="FlexibleUNet has no encoder 'resnet51'; did you mean 'resnet50'"):
+        preset_config("resnet50-unet", backbone="resnet51")
+
+
+def test_sfp_cascades_four_disblocks_from_the_bottleneck_to_the_finest_encoder_level():
+    model = tiny_model("sbc-small").eval()
+    assert len(model.structure.blocks) == 4
+    images = torch.randn(2, 1, 32, 32)
+    sizes = []
+    hooks = [
+        block.register_forward_hook(lambda _m, _i, out: sizes.append(out.shape)) for block in model.structure.blocks
+    ]
+    with torch.no_grad():
+        features = model.encode(images)
+        model.structure_outputs(images)
+    for hook in hooks:
+        hook.remove()
+    # block k fuses encoder level 3 - k: 4 x 4 (after the 2 x 2 bottleneck) up to the full 32 x 32
+    assert [tuple(size) for size in sizes] == [tuple(level.shape) for level in features[-2::-1]]
+
+    # one DisBlock against a direct computation: with its convolutions taken out, it is the coarser map up-sampled x2
+    # (bilinear, half-pixel centres) beside the skip
+    block = model.structure.blocks[0]
+    coarser, skip = features[-1], features[-2]
+    fuse = block.fuse
+    block.fuse = torch.nn.Identity()
+    try:
+        fused = block(coarser, skip)
+    finally:
+        block.fuse = fuse
+    upsampled = torch.nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)(coarser)
+    assert torch.allclose(fused, torch.cat([upsampled, skip], 1))
+
+
+def test_asr_attention_equals_a_direct_softmax_weighted_sum_over_positions():
+    torch.manual_seed(1)
+    model = tiny_model("sbc-small", attention_grid=4).eval()
+    attention = model.structure.attention
+    guide, values = torch.randn(1, 8, 8, 8), torch.randn(1, 5, 8, 8)
+    with torch.no_grad():
+        result = attention(guide, values)
+        pooled_guide = torch.nn.functional.avg_pool2d(guide, 2)  # 8 x 8 -> the 4 x 4 grid
+        query = attention.query(pooled_guide)[0].flatten(1).T.numpy()  # (16 positions, K)
+        key = attention.key(pooled_guide)[0].flatten(1).T.numpy()
+    pooled_values = torch.nn.functional.avg_pool2d(values, 2)[0].flatten(1).T.numpy()  # (16, 5)
+    expected = np.zeros_like(pooled_values)
+    for n in range(16):
+        logits = np.array([query[n] @ key[m] for m in range(16)], dtype=np.float64)
+        weights = np.exp(logits - logits.max())
+        expected[n] = (weights / weights.sum()) @ pooled_values
+    expected_map = torch.from_numpy(expected.T.reshape(1, 5, 4, 4)).float()
+    upsampled = torch.nn.functional.interpolate(expected_map, size=(8, 8), mode="bilinear", align_corners=False)
+    assert torch.allclose(result, upsampled, atol=1e-5)
+
+
+def test_the_papers_ablations_drop_sfp_or_asr():
+    images = torch.randn(1, 1, 32, 32)
+    without_sfp = tiny_model("sbc-small", structure_prediction=False).eval()
+    without_asr = tiny_model("sbc-small", attentional_refinement=False).eval()
+    with torch.no_grad():
+        no_sfp, no_asr = without_sfp.structure_outputs(images), without_asr.structure_outputs(images)
+    assert no_sfp.distance is None and without_sfp.structure.blocks is None
+    assert no_sfp.refined.shape == no_sfp.coarse.shape and not torch.equal(no_sfp.refined, no_sfp.coarse)
+    assert no_asr.refined is no_asr.coarse and no_asr.distance.shape == (1, 2, 32, 32)
+    with pytest.raises(ValueError, match="plain preset"):
+        tiny_model("sbc-small", structure_prediction=False, attentional_refinement=False)
+    with pytest.raises(ValueError, match="between 1 and 4"):
+        tiny_model("sbc-small", distance_blocks=5)
 
 
 def test_models_without_the_modules_say_which_preset_has_them():

@@ -275,6 +275,37 @@ def test_sbc_model_learns_the_distance_maps(labeled_stack):
     assert outputs["distance"].shape == (1, 2, 32, 32) and outputs["refined"].shape == (1, 3, 32, 32)
 
 
+def test_sbc_optimizer_has_the_papers_learning_rate_groups_and_step_decay():
+    from spatial_al.training.trainer import Trainer, advance
+
+    torch.manual_seed(0)
+    model = SegmentationModel(preset_config("sbc-small", class_names=("a", "b"), features=TINY_UNET))
+    config = TrainingConfig(
+        optimizer="sgd", momentum=0.9, nesterov=False, weight_decay=1e-4, learning_rate=0.01,
+        schedule="step", step_every=500, step_gamma=0.9,
+    )  # fmt: skip
+    trainer = Trainer(model, config, torch.device("cpu"))
+    optimizer = trainer._optimizer("segmentation")
+    assert isinstance(optimizer, torch.optim.SGD)
+    groups = {group["name"]: group for group in optimizer.param_groups}
+    assert set(groups) == {"backbone", "structure", "refinement"}
+    grouped = [id(p) for group in optimizer.param_groups for p in group["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in model.parameters())  # each parameter once
+    sfp = [model.structure.blocks, model.structure.regressor]
+    assert {id(p) for p in groups["structure"]["params"]} == {id(p) for m in sfp for p in m.parameters()}
+    assert groups["backbone"]["lr"] == pytest.approx(0.01) and groups["structure"]["lr"] == pytest.approx(1e-4)
+    assert groups["refinement"]["lr"] == pytest.approx(0.01)  # ASR's classifier gives the segmentation
+    for group in groups.values():
+        assert (group["momentum"], group["nesterov"], group["weight_decay"]) == (0.9, False, 1e-4)
+    scheduler = trainer._scheduler(optimizer, batches_per_epoch=25)
+    rates = []
+    for _ in range(1001):
+        rates.append((groups["backbone"]["lr"], groups["structure"]["lr"]))
+        advance(scheduler)
+    assert rates[499] == pytest.approx((0.01, 1e-4)) and rates[500] == pytest.approx((0.009, 9e-5))
+    assert rates[1000] == pytest.approx((0.01 * 0.81, 1e-4 * 0.81))
+
+
 def test_distance_targets_peak_at_the_centre_of_each_structure():
     rows, columns = np.mgrid[:21, :21]
     disc = ((rows - 10) ** 2 + (columns - 10) ** 2 <= 36).astype(np.uint8)

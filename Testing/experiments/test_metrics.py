@@ -79,3 +79,6 @@ def test_s_percent_and_table_values_interpolate_on_the_curve():
     assert percent_to_reach(percents, values, 0.95) is None
     assert value_at(percents, values, 12.5) == pytest.approx(0.6)
     assert value_at(percents, values, 25.0) is None
+    # a nominal 9.9 % budget that whole slices put at 10 % reads the first round, not a gap
+    assert value_at(percents, values, 9.9) is None and value_at(percents, values, 9.9, reach=0.2) == 0.5
+    assert value_at(percents, values, 20.3, reach=0.2) is None

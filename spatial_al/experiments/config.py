@@ -77,12 +77,29 @@ class InitialConfig:
     Attributes:
         strategy: a query strategy that needs no model (``spatial-al strategies``).
         options: its options; ``fixed_interval`` with an ``interval`` puts that grid on every training volume.
-        budget: slices over the whole training pool (None with a per-volume grid).
+        budget: slices over the whole training pool (None with a per-volume grid or a ``percent``).
+        percent: the budget as a percent of the training pool's slices (SBC-AL: 6.67), when ``budget`` is None.
     """
 
     strategy: str = "fixed_interval"
     options: dict[str, Any] = field(default_factory=dict)
     budget: int | None = None
+    percent: float | None = None
+
+    def __post_init__(self):
+        if self.percent is not None and not 0 < self.percent <= 100:
+            raise ConfigError(f"initial.percent must be in (0, 100], got {self.percent}.")
+
+    @property
+    def per_volume_grid(self) -> bool:
+        """Whether round 0 is a grid on every volume (no pool-wide budget)."""
+        return self.budget is None and self.percent is None
+
+    def pool_budget(self, pool_slices: int) -> int:
+        """Slices of a pool-wide cold start for a pool of ``pool_slices`` (at least one)."""
+        if self.budget is not None:
+            return self.budget
+        return max(1, round(self.percent / 100.0 * pool_slices))
 
 
 @dataclass(frozen=True)
@@ -101,6 +118,8 @@ class ArmConfig:
         pseudo_label_count: q of the top-q rules; None: the protocol's query size.
         propagation: the propagation method of "interpolation" (``spatial-al methods``).
         propagation_options: its options.
+        model: changes to the model configuration for this arm only, after the protocol's ``model`` (the papers'
+            ablations: ``{"structure_prediction": false}`` is SBC-AL without SFP).
         description: the paper's name of the arm, for tables.
     """
 
@@ -111,6 +130,7 @@ class ArmConfig:
     pseudo_label_count: int | None = None
     propagation: str = "sdf"
     propagation_options: dict[str, Any] = field(default_factory=dict)
+    model: dict[str, Any] = field(default_factory=dict)
     description: str = ""
 
     def __post_init__(self):
@@ -156,6 +176,7 @@ class ExperimentConfig:
         data: cohort reading and preprocessing.
         preset: the model preset (``spatial-al presets``) of arms that use a plain segmentation model.
         star_preset: the preset of arms that query or pseudo-label through STAR's aggregation (a STAR model).
+        structure_preset: the preset of arms that query with SBC-AL's structure and boundary outputs.
         model: changes to the preset's :class:`~spatial_al.models.ModelConfig` (e.g. features).
         encoder_weights: ImageNet weights of a ResNet-50 encoder: a file path, "auto" (the torch hub or Hugging Face
             cache, random initialisation when absent) or None (random initialisation).
@@ -163,6 +184,7 @@ class ExperimentConfig:
         validation_stride: every n-th slice of each validation subject is a validation slice (early stopping).
         initial: the cold-start selection.
         query_size: q, slices queried per round.
+        query_percent: q as a percent of the training pool's slices (SBC-AL: 6.67), instead of ``query_size``.
         rounds: at most this many query rounds.
         budget_percent: stop once this percent of the training slices is annotated (None: after ``rounds``).
         arms: the strategies of the study, by name.
@@ -178,12 +200,14 @@ class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     preset: str = "unet-small"
     star_preset: str = "star-small"
+    structure_preset: str = "sbc-small"
     model: dict[str, Any] = field(default_factory=dict)
     encoder_weights: str | None = None
     training: dict[str, Any] = field(default_factory=dict)
     validation_stride: int = 1
     initial: InitialConfig = field(default_factory=InitialConfig)
     query_size: int = 16
+    query_percent: float | None = None
     rounds: int = 10
     budget_percent: float | None = None
     arms: dict[str, ArmConfig] = field(default_factory=dict)
@@ -198,11 +222,19 @@ class ExperimentConfig:
         for name in ("query_size", "rounds", "seeds", "validation_stride", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        if self.query_percent is not None and not 0 < self.query_percent <= 100:
+            raise ConfigError(f"query_percent must be in (0, 100], got {self.query_percent}.")
         if self.budget_percent is not None and not 0 < self.budget_percent <= 100:
             raise ConfigError(f"budget_percent must be in (0, 100], got {self.budget_percent}.")
         unknown = [name for name in self.default_arms if name not in self.arms]
         if unknown:
             raise ConfigError(f"default_arms names {unknown}, which are not arms; arms: {', '.join(self.arms)}.")
+
+    def query_count(self, pool_slices: int) -> int:
+        """q for a training pool of ``pool_slices`` slices: ``query_percent`` of it (at least one) or ``query_size``."""
+        if self.query_percent is None:
+            return self.query_size
+        return max(1, round(self.query_percent / 100.0 * pool_slices))
 
     def training_config(self, seed: int):
         """The :class:`~spatial_al.training.TrainingConfig` of a run with ``seed`` (unknown fields fail with the

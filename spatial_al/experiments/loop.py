@@ -27,7 +27,7 @@ from ..progress import ProgressReporter, report
 from ..provenance import Timer, environment, write_json
 from ..volume import Segment
 from .cohort import Cohort, Split, Subject
-from .config import ArmConfig, ExperimentConfig
+from .config import ArmConfig, ConfigError, ExperimentConfig
 from .metrics import pooled_dice, summarize, volume_metrics
 
 REFERENCE_ARM = "Full"  # the fully supervised reference: every training slice annotated, one round
@@ -138,9 +138,9 @@ class RoundProgress:
 
 def initial_slices(config: ExperimentConfig, slice_counts: list[int]) -> int:
     """Slices the cold start annotates: the grid on every training volume (``slice_counts``), or its budget."""
-    if config.initial.budget is None:
+    if config.initial.per_volume_grid:
         return sum(math.ceil(count / config.initial.options["interval"]) for count in slice_counts)
-    return config.initial.budget
+    return config.initial.pool_budget(sum(slice_counts))
 
 
 def last_round(config: ExperimentConfig, pool_slices: int, labeled: int, round_index: int = 0) -> int:
@@ -148,7 +148,7 @@ def last_round(config: ExperimentConfig, pool_slices: int, labeled: int, round_i
     rounds = config.rounds
     if config.budget_percent is not None:
         needed = config.budget_percent / 100.0 * pool_slices - labeled
-        rounds = min(rounds, round_index + max(0, math.ceil(needed / config.query_size)))
+        rounds = min(rounds, round_index + max(0, math.ceil(needed / config.query_count(pool_slices))))
     return rounds
 
 
@@ -161,7 +161,7 @@ def reference_epochs(config: ExperimentConfig, training, slice_counts: list[int]
     if training.iterations_per_epoch is not None:
         return training.max_epochs * rounds
     steps = sum(
-        training.max_epochs * math.ceil(min(pool, labeled + r * config.query_size) / training.batch_size)
+        training.max_epochs * math.ceil(min(pool, labeled + r * config.query_count(pool)) / training.batch_size)
         for r in range(rounds)
     )
     return max(training.max_epochs, math.ceil(steps / math.ceil(pool / training.batch_size)))
@@ -178,10 +178,33 @@ def arm_config(spec: RunSpec) -> ArmConfig:
     return spec.config.arms[spec.arm]
 
 
-def needs_star_model(arm: ArmConfig) -> bool:
+def arm_preset(config: ExperimentConfig, arm: ArmConfig) -> str:
+    """The model preset of ``arm``: a STAR model for STAR queries or pseudo-labels, an SBC-AL model for SBC-AL's
+    queries, the protocol's plain preset otherwise."""
     from ..selection import STRATEGIES, strategy_info
 
-    return strategy_info(STRATEGIES.get(arm.strategy)).model == "star" or arm.pseudo_labels == "star"
+    kind = strategy_info(STRATEGIES.get(arm.strategy)).model
+    if kind == "star" or arm.pseudo_labels == "star":
+        return config.star_preset
+    return config.structure_preset if kind == "structure" else config.preset
+
+
+def arm_model_config(config: ExperimentConfig, arm: ArmConfig, classes: tuple[str, ...]):
+    """The :class:`~spatial_al.models.ModelConfig` of ``arm``'s runs: its preset, then the protocol's and the arm's
+    model changes (softmax head, slices along array axis 0).
+
+    Raises:
+        ConfigError: an unknown model field or a value the model rejects.
+    """
+    from ..models import ModelConfig, preset_config
+
+    base = asdict(preset_config(arm_preset(config, arm)))
+    values = {**base, **config.model, **arm.model}
+    values.update(class_names=list(classes), class_colors=[], head="softmax", slice_axis=0)
+    try:
+        return ModelConfig.from_json(json.dumps(values))
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"model configuration: {error}") from None
 
 
 class Session:
@@ -211,12 +234,7 @@ class Session:
     # -- model and trainer -------------------------------------------------------------------------------------------
 
     def model_config(self):
-        from ..models import ModelConfig, preset_config
-
-        preset = self.config.star_preset if needs_star_model(self.arm) else self.config.preset
-        base = asdict(preset_config(preset))
-        values = {**base, **self.config.model, "class_names": self.classes, "class_colors": [], "head": "softmax"}
-        return ModelConfig.from_json(json.dumps({**values, "slice_axis": 0}))
+        return arm_model_config(self.config, self.arm, self.classes)
 
     def new_model(self):
         from monai.utils import set_determinism
@@ -413,7 +431,7 @@ class Session:
             volumes,
             "star_entropy" if rule == "star" else "ceal",
             self.model,
-            count=self.arm.pseudo_label_count or self.config.query_size,
+            count=self.arm.pseudo_label_count or self.config.query_count(self.pool_slices),
             device=self.device,
             batch_size=self.config.batch_size,
             progress=self.progress,
@@ -484,7 +502,7 @@ class Session:
         names = [subject.name for subject in self.training_subjects]
         if self.spec.reference:
             return SessionState(0, {s.name: list(range(s.n_slices)) for s in self.training_subjects})
-        if initial.budget is None:
+        if initial.per_volume_grid:
             interval = initial.options.get("interval")
             annotated = {}
             for subject in self.training_subjects:
@@ -493,7 +511,8 @@ class Session:
                 annotated[subject.name] = sorted(picks.slices.tolist())
             return SessionState(0, annotated)
         volumes = [RankingVolume(s.image, name=s.name, normalized=True) for s in self.training_subjects]
-        ranking = rank_cohort(volumes, initial.strategy, initial.budget, seed=self.spec.seed, **initial.options)
+        budget = initial.pool_budget(self.pool_slices)
+        ranking = rank_cohort(volumes, initial.strategy, budget, seed=self.spec.seed, **initial.options)
         annotated = {name: [] for name in names}
         for volume, index in zip(ranking.volumes.tolist(), ranking.slices.tolist(), strict=True):
             annotated[names[volume]].append(index)
@@ -558,7 +577,7 @@ def run_session(spec: RunSpec, progress: ProgressReporter | None = None) -> dict
         }
         done = session.finished(state)
         if not done:
-            count = min(session.config.query_size, session.pool_slices - state.labeled_count())
+            count = min(session.config.query_count(session.pool_slices), session.pool_slices - state.labeled_count())
             phases.start(round_index, "querying")
             with timer("query"):
                 ranking = session.query(state, count)

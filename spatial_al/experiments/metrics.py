@@ -112,10 +112,11 @@ def pooled_dice(predictions: Sequence[np.ndarray], truths: Sequence[np.ndarray])
     return float(np.mean(2.0 * intersection[present] / total[present])) if present.any() else 1.0
 
 
-def value_at(x: Sequence[float], y: Sequence[float], at: float) -> float | None:
-    """``y`` linearly interpolated at ``at`` on the increasing curve ``x``; None outside its range."""
+def value_at(x: Sequence[float], y: Sequence[float], at: float, reach: float = 0.0) -> float | None:
+    """``y`` linearly interpolated at ``at`` on the increasing curve ``x``; the end value up to ``reach`` beyond
+    either end (a budget rounded to whole slices lands a little off its nominal percent); None further out."""
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    if x.size == 0 or at < x[0] - 1e-9 or at > x[-1] + 1e-9:
+    if x.size == 0 or at < x[0] - reach - 1e-9 or at > x[-1] + reach + 1e-9:
         return None
     return float(np.interp(at, x, y))
 

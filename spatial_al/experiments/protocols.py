@@ -37,6 +37,9 @@ PROTOCOLS.register("star", "STAR: spatial aggregation pseudo-labels and similari
 PROTOCOLS.register(
     "less_is_more", "Less Is More: uncertainty, representativeness and strided blocks (Burmeister et al., 2022)"
 )("less_is_more.json")
+PROTOCOLS.register("sbc_al", "SBC-AL: structure and boundary consistency queries with SFP and ASR (MICCAI 2024)")(
+    "sbc_al.json"
+)
 
 
 def load_protocol(name: str) -> Protocol:

@@ -72,8 +72,10 @@ def run_columns(record: dict[str, Any], report: dict[str, Any], reference: float
     percents, values = curve(record, metric)
     columns: dict[str, float | None] = {}
     if report["curve_axis"] == "percent":
+        first = record["rounds"][0]
+        half_slice = 50.0 * first["labeled_percent"] / first["labeled_slices"] if first["labeled_slices"] else 0.0
         for percent in report["percents"]:
-            columns[f"{percent:g} %"] = value_at(percents, values, percent)
+            columns[f"{percent:g} %"] = value_at(percents, values, percent, reach=half_slice)
     else:
         by_round = {r["round"]: r["metrics"][metric] for r in record["rounds"]}
         for round_index in report["rounds"]:

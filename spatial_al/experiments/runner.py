@@ -25,7 +25,7 @@ from ..progress import TqdmProgress
 from ..provenance import environment, write_json
 from .cohort import Cohort, Split, build_cohort, open_source, resolve_classes, split_subjects
 from .config import ConfigError, ExperimentConfig
-from .loop import REFERENCE_ARM, RunSpec, initial_slices, run_folder, run_session
+from .loop import REFERENCE_ARM, RunSpec, arm_model_config, initial_slices, run_folder, run_session
 from .protocols import resolve_config
 
 STUDY_FILE = "study.json"
@@ -100,7 +100,7 @@ def check_components(config: ExperimentConfig, arms: list[str]) -> None:
     from ..propagation import PROPAGATORS
     from ..selection import STRATEGIES, strategy_info
 
-    for preset in (config.preset, config.star_preset):
+    for preset in (config.preset, config.star_preset, config.structure_preset):
         PRESETS.get(preset)
     initial = config.initial
     if strategy_info(STRATEGIES.get(initial.strategy)).model is not None:
@@ -109,9 +109,10 @@ def check_components(config: ExperimentConfig, arms: list[str]) -> None:
             "strategy such as fixed_interval, random or stratified."
         )
     STRATEGIES.check_options(initial.strategy, initial.options)
-    if initial.budget is None and (initial.strategy != "fixed_interval" or "interval" not in initial.options):
+    if initial.per_volume_grid and (initial.strategy != "fixed_interval" or "interval" not in initial.options):
         raise ConfigError(
-            "initial.budget is required unless initial.strategy is fixed_interval with an interval option."
+            "initial.budget or initial.percent is required unless initial.strategy is fixed_interval with an "
+            "interval option."
         )
     for name in arms:
         arm = config.arms[name]
@@ -119,6 +120,7 @@ def check_components(config: ExperimentConfig, arms: list[str]) -> None:
             STRATEGIES.check_options(arm.strategy, arm.options)
             if arm.pseudo_labels == "interpolation":
                 PROPAGATORS.check_options(arm.propagation, arm.propagation_options)
+            arm_model_config(config, arm, ("class",))
         except (KeyError, ValueError) as error:
             raise ConfigError(f"arms.{name}: {error}") from None
 

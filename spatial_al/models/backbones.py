@@ -21,7 +21,8 @@ from .config import ModelConfig
 
 
 class BasicUNetEncoder(nn.Module):
-    """``conv_0`` and ``down_1..4`` of a MONAI ``BasicUNet``; returns [x0, x1, x2, x3, x4]."""
+    """Encoder blocks run in order (``conv_0`` and ``down_1..4`` of a MONAI ``BasicUNet``); returns every block's
+    output, [x0, x1, x2, x3, x4]."""
 
     def __init__(self, blocks: list[nn.Module]):
         super().__init__()
@@ -46,6 +47,57 @@ class BasicUNetDecoder(nn.Module):
         x = features[-1]
         for block, skip in zip(self.blocks, reversed(features[:-1]), strict=True):
             x = block(x, skip)
+        return x
+
+
+class UNetPlusPlusDecoder(nn.Module):
+    """The nested dense skip pathways of a MONAI ``BasicUNetPlusPlus`` (``upcat_i_j``), computed as its ``forward``
+    does from the encoder levels [x_0_0 .. x_4_0]; returns x_0_4, the input of its last output head."""
+
+    def __init__(self, unet: nn.Module):
+        super().__init__()
+        self.blocks = nn.ModuleDict({name: getattr(unet, f"upcat_{name}") for name in NESTED_NODES})
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        nodes = {(level, 0): x for level, x in enumerate(features)}  # (level, column) -> x_level_column
+        for name in NESTED_NODES:
+            level, column = map(int, name.split("_"))
+            skips = torch.cat([nodes[level, c] for c in range(column)], dim=1)
+            nodes[level, column] = self.blocks[name](nodes[level + 1, column - 1], skips)
+        return nodes[0, 4]
+
+
+# BasicUNetPlusPlus's nodes x_i_j (j >= 1) in the order its forward computes them: each needs x_(i+1)_(j-1)
+NESTED_NODES = ("0_1", "1_1", "0_2", "2_1", "1_2", "0_3", "3_1", "2_2", "1_3", "0_4")
+
+
+def attention_unet_levels(unet: nn.Module) -> tuple[list[nn.Module], list[nn.Module]]:
+    """The encoder blocks (finest first, the bottleneck last) and the ``AttentionLayer``s (finest first) of a MONAI
+    ``AttentionUnet``, which is built recursively: its head, then nested layers whose ``submodule`` starts with the next
+    level's strided ``ConvBlock`` (the bottom layer's ``submodule`` is the bottleneck block itself)."""
+    head, layer, _ = unet.model
+    blocks, layers = [head], [layer]
+    while isinstance(layer.submodule, nn.Sequential):
+        blocks.append(layer.submodule[0])
+        layer = layer.submodule[1]
+        layers.append(layer)
+    blocks.append(layer.submodule)
+    return blocks, layers
+
+
+class AttentionUNetDecoder(nn.Module):
+    """The ``AttentionLayer``s of a MONAI ``AttentionUnet`` from the bottom up: each up-samples the level below, gates
+    its skip with the attention block and merges the two, as ``AttentionLayer.forward`` does."""
+
+    def __init__(self, layers: list[nn.Module]):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        x = features[-1]
+        for layer, skip in zip(reversed(self.layers), reversed(features[:-1]), strict=True):
+            from_lower = layer.upconv(x)
+            x = layer.merge(torch.cat([layer.attention(g=from_lower, x=skip), from_lower], dim=1))
         return x
 
 
@@ -91,8 +143,31 @@ class EncoderDecoder(nn.Module):
 
 def build_backbone(config: ModelConfig) -> EncoderDecoder:
     """The encoder-decoder of ``config`` (random initialisation; no weights are downloaded)."""
-    from monai.networks.nets import BasicUNet, FlexibleUNet
+    from monai.networks.nets import AttentionUnet, BasicUNet, BasicUNetPlusPlus, FlexibleUNet
 
+    widths = tuple(config.features[:5])
+    if config.architecture == "unet_plus_plus":
+        unet = BasicUNetPlusPlus(
+            spatial_dims=2,
+            in_channels=config.in_channels,
+            out_channels=config.out_channels,
+            features=config.features,
+            dropout=config.dropout,
+        )
+        encoder = BasicUNetEncoder([unet.conv_0_0, unet.conv_1_0, unet.conv_2_0, unet.conv_3_0, unet.conv_4_0])
+        return EncoderDecoder(encoder, UNetPlusPlusDecoder(unet), unet.final_conv_0_4, widths, config.features[5], 16)
+    if config.architecture == "attention_unet":
+        unet = AttentionUnet(
+            spatial_dims=2,
+            in_channels=config.in_channels,
+            out_channels=config.out_channels,
+            channels=widths,
+            strides=(2, 2, 2, 2),
+            dropout=config.dropout,
+        )
+        blocks, layers = attention_unet_levels(unet)
+        encoder, decoder = BasicUNetEncoder(blocks), AttentionUNetDecoder(layers)
+        return EncoderDecoder(encoder, decoder, unet.model[2], widths, widths[0], 16)
     if config.architecture == "unet":
         unet = BasicUNet(
             spatial_dims=2,

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from ..registry import Registry
 
-ARCHITECTURES = ("unet", "resnet_unet")
+ARCHITECTURES = ("unet", "unet_plus_plus", "attention_unet", "resnet_unet")
 HEADS = ("softmax", "sigmoid")
+# FlexibleUNet's ResNet encoders (monai.networks.nets.resnet), listed here so a configuration is checked without MONAI
+RESNET_BACKBONES = ("resnet10", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet200")
 
 
 @dataclass(frozen=True)
@@ -17,8 +20,10 @@ class ModelConfig:
     """Everything needed to rebuild a network (its weights live in the checkpoint's ``state_dict``).
 
     Attributes:
-        architecture: "unet" (MONAI ``BasicUNet`` split into encoder and decoder) or "resnet_unet" (MONAI
-            ``FlexibleUNet`` with a ResNet encoder, random initialisation).
+        architecture: "unet" (MONAI ``BasicUNet`` split into encoder and decoder), "unet_plus_plus" (MONAI
+            ``BasicUNetPlusPlus``, nested skips, no deep supervision), "attention_unet" (MONAI ``AttentionUnet``,
+            attention-gated skips; ``features[:5]`` are its channels) or "resnet_unet" (MONAI ``FlexibleUNet`` with a
+            ResNet encoder, random initialisation).
         class_names: one name per foreground class (the segments the model was trained on), in output order.
         class_colors: RGB in [0, 1] per class, for writing predictions as a segmentation.
         head: "softmax" (mutually exclusive classes; output channel 0 is background) or "sigmoid" (one
@@ -29,8 +34,11 @@ class ModelConfig:
         decoder_channels: ``FlexibleUNet`` decoder widths (5 values).
         dropout: dropout probability in every convolution block (> 0 enables MC-dropout sampling).
         star: attach STAR's labeled-slice encoder and key/value head (spatial aggregation).
-        structure_heads: attach SBC-AL's structure-aware feature prediction and attentional refinement modules.
-        distance_blocks: number of cascaded distance blocks of the structure-aware feature prediction.
+        structure_heads: attach SBC-AL's modules (:mod:`spatial_al.models.structure`).
+        distance_blocks: cascaded DisBlocks of SFP, one per encoder level from the bottleneck up (4 in the paper).
+        structure_prediction: SBC-AL's structure-aware feature prediction (False: the paper's "without SFP").
+        attentional_refinement: SBC-AL's attentional segmentation refinement (False: "without ASR").
+        attention_grid: ASR attends over at most this many x this many pooled positions.
         slice_axis: array axis (KJI) the model was trained on; prediction cuts new volumes the same way.
     """
 
@@ -45,20 +53,40 @@ class ModelConfig:
     dropout: float = 0.0
     star: bool = False
     structure_heads: bool = False
-    distance_blocks: int = 3
+    distance_blocks: int = 4
+    structure_prediction: bool = True
+    attentional_refinement: bool = True
+    attention_grid: int = 32
     slice_axis: int = 0
 
     def __post_init__(self):
         if self.architecture not in ARCHITECTURES:
-            raise ValueError(f"Unknown architecture {self.architecture!r}; use one of {', '.join(ARCHITECTURES)}.")
+            closest = difflib.get_close_matches(self.architecture, ARCHITECTURES, n=1, cutoff=0.0)[0]
+            raise ValueError(
+                f"Unknown architecture {self.architecture!r}; did you mean {closest!r}? Use one of "
+                f"{', '.join(ARCHITECTURES)}."
+            )
+        if self.architecture == "resnet_unet" and self.backbone not in RESNET_BACKBONES:
+            closest = difflib.get_close_matches(self.backbone, RESNET_BACKBONES, n=1, cutoff=0.0)[0]
+            raise ValueError(
+                f"MONAI's FlexibleUNet has no encoder {self.backbone!r}; did you mean {closest!r}? Use one of "
+                f"{', '.join(RESNET_BACKBONES)}."
+            )
         if self.head not in HEADS:
             raise ValueError(f"Unknown head {self.head!r}; use softmax (exclusive classes) or sigmoid (overlapping).")
-        if self.architecture == "unet" and len(self.features) != 6:
-            raise ValueError(f"A unet needs 6 feature widths (BasicUNet), got {self.features}.")
+        if self.architecture in ("unet", "unet_plus_plus", "attention_unet") and len(self.features) != 6:
+            raise ValueError(f"A {self.architecture} needs 6 feature widths (BasicUNet's), got {self.features}.")
         if self.class_colors and len(self.class_colors) != len(self.class_names):
             raise ValueError("class_colors needs one colour per class name.")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}.")
+        if self.structure_heads and not (self.structure_prediction or self.attentional_refinement):
+            raise ValueError(
+                "structure_heads needs structure_prediction (SFP), attentional_refinement (ASR) or both; with "
+                "neither, use a plain preset (unet-small, unet)."
+            )
+        if self.attention_grid < 1:
+            raise ValueError(f"attention_grid must be at least 1, got {self.attention_grid}.")
 
     @property
     def num_classes(self) -> int:
@@ -72,7 +100,11 @@ class ModelConfig:
 
     def describe(self) -> str:
         """One line naming the architecture, for error messages."""
-        body = f"unet{list(self.features)}" if self.architecture == "unet" else f"{self.backbone}-unet"
+        body = (
+            f"{self.backbone}-unet"
+            if self.architecture == "resnet_unet"
+            else f"{self.architecture}{list(self.features)}"
+        )
         extras = [name for name, on in (("star", self.star), ("structure heads", self.structure_heads)) if on]
         return body + (f" with {' and '.join(extras)}" if extras else "")
 

@@ -278,20 +278,20 @@ class SlicePredictor:
         return torch.cat(outputs)
 
     def structure(self, images, progress: ProgressReporter | None = None) -> dict[str, torch.Tensor]:
-        """SBC-AL's outputs: "coarse" and "refined" probabilities (N, out, H, W), "distance" maps (N, S, H, W)."""
+        """SBC-AL's outputs: "coarse" and "refined" probabilities (N, out, H, W), "distance" maps (N, S, H, W) (None
+        for a model without SFP)."""
 
         def outputs(batch: torch.Tensor) -> torch.Tensor:
             result = self.model.structure_outputs(batch)
-            return torch.cat(
-                [activation(result.coarse, self.head), result.distance, activation(result.refined, self.head)], 1
-            )
+            maps = [activation(result.coarse, self.head), activation(result.refined, self.head)]
+            return torch.cat(maps if result.distance is None else [*maps, result.distance], 1)
 
         stacked = self._collect(images, outputs, progress, "structure and boundary outputs")
-        out, classes = self.model.config.out_channels, self.model.config.num_classes
+        out = self.model.config.out_channels
         return {
             "coarse": stacked[:, :out],
-            "distance": stacked[:, out : out + classes],
-            "refined": stacked[:, out + classes :],
+            "refined": stacked[:, out : 2 * out],
+            "distance": stacked[:, 2 * out :] if self.model.config.structure_prediction else None,
         }
 
     def propagate(

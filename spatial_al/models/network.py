@@ -34,7 +34,16 @@ class SegmentationModel(nn.Module):
             else None
         )
         self.structure = (
-            StructureHeads(self.backbone.decoder_width, config.num_classes, config.out_channels, config.distance_blocks)
+            StructureHeads(
+                self.backbone.encoder_widths,
+                self.backbone.decoder_width,
+                config.num_classes,
+                config.out_channels,
+                config.distance_blocks,
+                config.structure_prediction,
+                config.attentional_refinement,
+                config.attention_grid,
+            )
             if config.structure_heads
             else None
         )
@@ -51,7 +60,7 @@ class SegmentationModel(nn.Module):
         the SBC-AL refinement when attached), i.e. everything ``forward`` runs after the encoder."""
         decoded = self.backbone.decoder(features)
         coarse = self.backbone.head(decoded)
-        return coarse if self.structure is None else self.structure(decoded, coarse).refined
+        return coarse if self.structure is None else self.structure(features, decoded, coarse).refined
 
     @property
     def encoder_has_dropout(self) -> bool:
@@ -67,14 +76,16 @@ class SegmentationModel(nn.Module):
         return self.encode(images)[-1]
 
     def structure_outputs(self, images: torch.Tensor) -> StructureOutputs:
-        """Coarse logits, SFP distance maps and ASR-refined logits (needs ``structure_heads``)."""
+        """Coarse logits, SFP distance maps and ASR-refined logits (needs ``structure_heads``; shapes in
+        :mod:`spatial_al.models.structure`)."""
         if self.structure is None:
             raise ValueError(
                 f"This model ({self.config.describe()}) has no SBC-AL modules; train one with --preset sbc-small "
                 "or sbc."
             )
-        decoded = self.backbone.decoder(self.encode(images))
-        return self.structure(decoded, self.backbone.head(decoded))
+        features = self.encode(images)
+        decoded = self.backbone.decoder(features)
+        return self.structure(features, decoded, self.backbone.head(decoded))
 
     def propagate(
         self,
@@ -104,14 +115,14 @@ class SegmentationModel(nn.Module):
     def stage_modules(self, stage: str) -> dict[str, nn.Module]:
         """The modules a training stage updates, by parameter group.
 
-        "segmentation" (STAR stage 1, and all plain training): the backbone, plus SBC-AL's modules as a group of
-        their own ("structure", with its own learning rate). "star_propagation" (STAR stage 2): f_L, the
-        key/value head, and the shared decoder and head; f_U stays as stage 1 left it.
+        "segmentation" (STAR stage 1, and all plain training): the backbone, plus SBC-AL's SFP ("structure", with its
+        own learning rate) and ASR ("refinement"). "star_propagation" (STAR stage 2): f_L, the key/value head, and the
+        shared decoder and head; f_U stays as stage 1 left it.
         """
         if stage == "segmentation":
             groups: dict[str, nn.Module] = {"backbone": self.backbone}
             if self.structure is not None:
-                groups["structure"] = self.structure
+                groups.update(self.structure.parameter_groups())
             return groups
         if stage == "star_propagation":
             if self.star is None:

@@ -1,13 +1,23 @@
-"""SBC-AL's structure and boundary modules on a U-Net's decoder features.
+"""SBC-AL's structure and boundary modules (Section 2 of the paper) on a 2D encoder-decoder.
 
-- Structure-aware Feature Prediction (SFP): cascaded distance blocks, each regressing the distance-transform map
-  of every class (normalised to [0, 1] inside each structure) from the decoder features and the previous block's
-  maps; trained with MSE.
-- Attentional Segmentation Refinement (ASR): a spatial attention map computed from the last SFP features
-  re-weights the decoder features, which are refined together with the coarse logits into the final logits.
+- Structure-aware Feature Prediction (SFP): ``distance_blocks`` cascaded DisBlocks fed by the encoder path. The
+  first takes the bottleneck (high-level features); each block up-samples its input to the next finer encoder level
+  and fuses that level (low-level features) with two convolutions. A 1x1 convolution and a sigmoid end the cascade in
+  one structure-aware distance map per class (distance to the structure's boundary inside it, divided by its maximum;
+  0 outside), regressed with MSE.
+- Attentional Segmentation Refinement (ASR): two parallel convolution + batch-norm layers turn the SFP features into a
+  query and a key; the softmax over positions of their product is a spatial attention map that re-weights the
+  backbone's decoder features (every position becomes an attention-weighted sum of all positions, DANet's position
+  attention). The re-weighted features are added to the decoder features with a learned scale (0 at start, so the
+  refinement starts as a plain classifier) and a 1x1 convolution gives the refined segmentation. The paper does not
+  give the attention's resolution: here it runs on at most ``attention_grid`` x ``attention_grid`` average-pooled
+  positions and the re-weighted features are up-sampled back, so memory does not grow with the slice size.
 
-Shapes: decoder features (B, F, H, W); coarse / refined logits (B, out_channels, H, W); distance maps
-(B, num_classes, H, W).
+The ablations of the paper's Table 3 are configurations: without SFP, ASR's query and key come from the decoder
+features themselves and there is no distance map; without ASR, the refined segmentation is the coarse one.
+
+Shapes: encoder features finest first, the bottleneck last; decoder features (B, F, H, W); coarse / refined logits
+(B, out_channels, H, W); distance maps (B, num_classes, H, W).
 """
 
 from __future__ import annotations
@@ -16,19 +26,17 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn import functional
 
 
 @dataclass
 class StructureOutputs:
-    """Coarse logits (the U-Net head), the distance maps of every SFP block (last = final), refined logits."""
+    """Coarse logits (the U-Net head), SFP distance maps in [0, 1] (None without SFP), refined logits (the coarse
+    ones without ASR)."""
 
     coarse: torch.Tensor
-    distance_maps: list[torch.Tensor]
+    distance: torch.Tensor | None
     refined: torch.Tensor
-
-    @property
-    def distance(self) -> torch.Tensor:
-        return self.distance_maps[-1]
 
 
 def convolution_block(in_channels: int, out_channels: int) -> nn.Module:
@@ -37,30 +45,118 @@ def convolution_block(in_channels: int, out_channels: int) -> nn.Module:
     return Convolution(2, in_channels, out_channels, kernel_size=3, act="LEAKYRELU", norm="INSTANCE")
 
 
-class StructureHeads(nn.Module):
-    """SFP (``distance_blocks`` cascaded blocks) and ASR, on ``decoder_width``-channel decoder features."""
+class DisBlock(nn.Module):
+    """One SFP step: ``coarser`` (B, C_in, h, w) up-sampled (bilinear) to ``skip``'s size, concatenated with the
+    encoder level ``skip`` (B, C_skip, H, W) and fused by two 3x3 convolutions into (B, C_out, H, W)."""
 
-    def __init__(self, decoder_width: int, num_classes: int, out_channels: int, distance_blocks: int = 3):
+    def __init__(self, in_channels: int, skip_channels: int, out_channels: int):
         super().__init__()
-        if distance_blocks < 1:
-            raise ValueError(f"distance_blocks must be at least 1, got {distance_blocks}.")
-        self.blocks = nn.ModuleList(
-            convolution_block(decoder_width + (num_classes if index else 0), decoder_width)
-            for index in range(distance_blocks)
-        )
-        self.regressors = nn.ModuleList(nn.Conv2d(decoder_width, num_classes, 1) for _ in range(distance_blocks))
-        self.attention = nn.Conv2d(decoder_width, 1, kernel_size=1)
-        self.refine = nn.Sequential(
-            convolution_block(decoder_width + out_channels, decoder_width), nn.Conv2d(decoder_width, out_channels, 1)
+        self.fuse = nn.Sequential(
+            convolution_block(in_channels + skip_channels, out_channels), convolution_block(out_channels, out_channels)
         )
 
-    def forward(self, decoded: torch.Tensor, coarse: torch.Tensor) -> StructureOutputs:
-        distance_maps = []
-        features = decoded
-        for index, (block, regressor) in enumerate(zip(self.blocks, self.regressors, strict=True)):
-            block_input = decoded if index == 0 else torch.cat([decoded, distance_maps[-1]], dim=1)
-            features = block(block_input)
-            distance_maps.append(torch.sigmoid(regressor(features)))
-        attention = torch.sigmoid(self.attention(features))  # (B, 1, H, W)
-        refined = self.refine(torch.cat([decoded * (1 + attention), coarse], dim=1))
-        return StructureOutputs(coarse, distance_maps, refined)
+    def forward(self, coarser: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        upsampled = functional.interpolate(coarser, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        return self.fuse(torch.cat([upsampled, skip], dim=1))
+
+
+class PositionAttention(nn.Module):
+    """ASR's attention: query and key from ``guide`` (B, G, H, W) by two parallel 1x1 convolution + batch-norm layers,
+    attention = softmax over key positions of query . key on a pooled grid of at most ``grid`` x ``grid`` positions,
+    applied to ``values`` (B, V, H, W); returns the re-weighted values up-sampled to (B, V, H, W). ``scale`` is the
+    learned weight with which the caller adds them to the values."""
+
+    def __init__(self, guide_channels: int, grid: int):
+        super().__init__()
+        key_channels = max(guide_channels // 8, 4)
+        self.query = nn.Sequential(nn.Conv2d(guide_channels, key_channels, 1), nn.BatchNorm2d(key_channels))
+        self.key = nn.Sequential(nn.Conv2d(guide_channels, key_channels, 1), nn.BatchNorm2d(key_channels))
+        self.scale = nn.Parameter(torch.zeros(1))  # of the re-weighted features added to the values (0 at start)
+        self.grid = grid
+
+    def attention(self, guide: torch.Tensor) -> torch.Tensor:
+        """(B, N, N) with N the pooled positions: row n holds the weights of every position for position n."""
+        pooled = functional.adaptive_avg_pool2d(guide, self.pooled_size(guide))
+        query = self.query(pooled).flatten(2)  # (B, K, N)
+        key = self.key(pooled).flatten(2)
+        return torch.softmax(query.transpose(1, 2) @ key, dim=-1)
+
+    def pooled_size(self, tensor: torch.Tensor) -> tuple[int, int]:
+        height, width = tensor.shape[-2:]
+        return min(height, self.grid), min(width, self.grid)
+
+    def forward(self, guide: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        attention = self.attention(guide)
+        size = self.pooled_size(guide)
+        pooled = functional.adaptive_avg_pool2d(values, size).flatten(2)  # (B, V, N)
+        reweighted = (pooled @ attention.transpose(1, 2)).unflatten(2, size)
+        return functional.interpolate(reweighted, size=values.shape[-2:], mode="bilinear", align_corners=False)
+
+
+class StructureHeads(nn.Module):
+    """SFP and ASR on an encoder with levels of ``encoder_widths`` (finest first) and ``decoder_width``-channel
+    decoder features (see the module docstring)."""
+
+    def __init__(
+        self,
+        encoder_widths: tuple[int, ...],
+        decoder_width: int,
+        num_classes: int,
+        out_channels: int,
+        distance_blocks: int = 4,
+        prediction: bool = True,
+        refinement: bool = True,
+        attention_grid: int = 32,
+    ):
+        super().__init__()
+        if not prediction and not refinement:
+            raise ValueError("SBC-AL's modules need SFP, ASR or both; a model with neither is a plain U-Net.")
+        skip_levels = len(encoder_widths) - 1
+        if not 1 <= distance_blocks <= skip_levels:
+            raise ValueError(
+                f"distance_blocks must be between 1 and {skip_levels} (one per encoder level above the bottleneck), "
+                f"got {distance_blocks}."
+            )
+        self.blocks = None
+        guide_width = decoder_width
+        if prediction:
+            skips = encoder_widths[-2::-1][:distance_blocks]  # coarse to fine
+            inputs = (encoder_widths[-1], *skips[:-1])
+            self.blocks = nn.ModuleList(DisBlock(i, s, s) for i, s in zip(inputs, skips, strict=True))
+            self.regressor = nn.Conv2d(skips[-1], num_classes, kernel_size=1)
+            guide_width = skips[-1]
+        self.attention = PositionAttention(guide_width, attention_grid) if refinement else None
+        if refinement:
+            self.classifier = nn.Conv2d(decoder_width, out_channels, kernel_size=1)
+
+    def parameter_groups(self) -> dict[str, nn.Module]:
+        """SFP ("structure", which the paper trains at 1e-4 against the backbone's 1e-2) and ASR ("refinement",
+        trained with the backbone: its classifier gives the segmentation), those present."""
+        groups = {}
+        if self.blocks is not None:
+            groups["structure"] = nn.ModuleList([self.blocks, self.regressor])
+        if self.attention is not None:
+            groups["refinement"] = nn.ModuleList([self.attention, self.classifier])
+        return groups
+
+    def structure_features(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """The last DisBlock's output (B, C, h, w) from the encoder features (finest first, bottleneck last)."""
+        x = features[-1]
+        for block, skip in zip(self.blocks, features[-2::-1], strict=False):
+            x = block(x, skip)
+        return x
+
+    def forward(self, features: list[torch.Tensor], decoded: torch.Tensor, coarse: torch.Tensor) -> StructureOutputs:
+        distance, guide = None, decoded
+        if self.blocks is not None:
+            guide = self.structure_features(features)
+            distance = torch.sigmoid(self.regressor(guide))
+            if distance.shape[-2:] != coarse.shape[-2:]:  # encoders whose finest level is below input resolution
+                distance = functional.interpolate(
+                    distance, size=coarse.shape[-2:], mode="bilinear", align_corners=False
+                )
+                guide = functional.interpolate(guide, size=coarse.shape[-2:], mode="bilinear", align_corners=False)
+        if self.attention is None:
+            return StructureOutputs(coarse, distance, coarse)
+        refined_features = decoded + self.attention.scale * self.attention(guide, decoded)
+        return StructureOutputs(coarse, distance, self.classifier(refined_features))

@@ -150,13 +150,16 @@ def structure_boundary_scores(
     ``form="normalized"`` (this project's earlier variant): both terms are consistencies in [0, 1] (SCS between the
     distance transform of the **coarse** segmentation and d_o, BCS = 1 - Hausdorff / slice diagonal) and the score
     is 1 - CS. Every term is averaged over the classes.
+
+    A model without SFP (``distance`` None, the paper's ablation) scores by BCS alone; without ASR the refined
+    segmentation is the coarse one, so BCS is 0 and SCS ranks.
     """
     from ..training.data import distance_targets
 
     if form not in SBC_FORMS:
         raise ValueError(f"Unknown SBC-AL form {form!r}; choose one of {', '.join(SBC_FORMS)}.")
     w_s, w_b, w_c, w_d = weights
-    classes = outputs["distance"].shape[1]
+    classes = outputs["coarse"].shape[1] - (1 if head == "softmax" else 0)
 
     def masks(probabilities: torch.Tensor) -> np.ndarray:  # (N, C_out, H, W) -> (N, classes, H, W) bool
         if head == "softmax":
@@ -165,13 +168,15 @@ def structure_boundary_scores(
         return (probabilities > 0.5).numpy()
 
     coarse, refined = masks(outputs["coarse"]), masks(outputs["refined"])
-    predicted_distance = outputs["distance"].numpy()
+    predicted_distance = None if outputs["distance"] is None else outputs["distance"].numpy()
     diagonal = float(np.hypot(*coarse.shape[-2:]))
     scores = np.empty(len(coarse))
     for n in range(len(coarse)):
-        expected = distance_targets(refined[n] if form == "paper" else coarse[n])
-        pairs = [(expected[c], predicted_distance[n, c]) for c in range(classes)]
-        structure = np.mean([w_c * cosine(a, b) + w_d * soft_dice(a, b) for a, b in pairs])  # a consistency
+        structure = w_c + w_d  # full consistency: no SFP, no structure term
+        if predicted_distance is not None:
+            expected = distance_targets(refined[n] if form == "paper" else coarse[n])
+            pairs = [(expected[c], predicted_distance[n, c]) for c in range(classes)]
+            structure = np.mean([w_c * cosine(a, b) + w_d * soft_dice(a, b) for a, b in pairs])
         distance = np.mean([hausdorff_pixels(coarse[n, c], refined[n, c]) for c in range(classes)])
         if form == "paper":
             scores[n] = w_s * ((w_c + w_d) - structure) + w_b * distance

@@ -41,7 +41,7 @@ def resampled_slices(context: RankingContext):
 
     images, sources = [], []
     for index, volume in enumerate(context.volumes):
-        slices = torch.as_tensor(volume.normalized_image[:, np.newaxis])
+        slices = torch.tensor(volume.normalized_image[:, np.newaxis])  # a copy: the image may be a read-only map
         images.append(F.interpolate(slices, size=(FEATURE_SIZE, FEATURE_SIZE), mode="area"))
         sources += [(index, s) for s in range(volume.n_slices)]
     return torch.cat(images), sources

@@ -21,11 +21,13 @@ class TrainingConfig:
     Attributes:
         loss: "focal", "dice_ce", "ce" (softmax head) or "bce" (sigmoid head).
         focal_gamma: focal loss exponent (2 in STAR, 5 in Less Is More).
-        optimizer: "adam" or "sgd" (Nesterov momentum, nnU-Net's).
+        optimizer: "adam" or "sgd" (momentum; Nesterov's as nnU-Net unless ``nesterov`` is False).
         learning_rate: first round (STAR: 1e-4).
         fine_tune_learning_rate: every later round, weights kept (STAR: 1e-5).
-        structure_learning_rate_factor: SBC-AL's modules learn at this multiple of the backbone's rate.
+        structure_learning_rate_factor: SBC-AL's SFP learns at this multiple of the rate of the backbone and ASR
+            (the paper: 1e-4 for SFP against 1e-2 for the backbone, 0.01).
         momentum: SGD momentum.
+        nesterov: Nesterov momentum for SGD (nnU-Net); False for plain momentum (SBC-AL).
         weight_decay: L2 penalty.
         schedule: "constant", "poly" (learning rate times (1 - epoch / max_epochs) ** 0.9, per epoch) or "step"
             (times ``step_gamma`` every ``step_every`` optimizer steps: SBC-AL's 0.9 every 500).
@@ -63,8 +65,9 @@ class TrainingConfig:
     optimizer: str = "adam"
     learning_rate: float = 1e-3
     fine_tune_learning_rate: float = 1e-4
-    structure_learning_rate_factor: float = 10.0
+    structure_learning_rate_factor: float = 0.01
     momentum: float = 0.99
+    nesterov: bool = True
     weight_decay: float = 3e-5
     schedule: str = "constant"
     step_every: int = 500

@@ -268,7 +268,9 @@ class Trainer:
             self.model.size_divisor,
             self.config.patch_size if shuffle else None,
             augment=self.config.augment and shuffle,
-            with_distance=self.model.structure is not None and stage == "segmentation",
+            with_distance=self.model.config.structure_heads
+            and self.model.config.structure_prediction
+            and stage == "segmentation",
             groups=groups,
         )
         sampler, workers = None, 0
@@ -322,7 +324,10 @@ class Trainer:
             optimizer = torch.optim.Adam(groups, weight_decay=self.config.weight_decay)
         else:
             optimizer = torch.optim.SGD(
-                groups, momentum=self.config.momentum, nesterov=True, weight_decay=self.config.weight_decay
+                groups,
+                momentum=self.config.momentum,
+                nesterov=self.config.nesterov,
+                weight_decay=self.config.weight_decay,
             )
         if self.pending_optimizer_state is not None:
             optimizer.load_state_dict(self.pending_optimizer_state)
@@ -383,12 +388,11 @@ class Trainer:
         with autocast(self.device, self.amp_dtype):
             outputs = self.model.structure_outputs(batch["image"])
         a, b, c = self.config.loss_weights
-        distance = sum(distance_regression_loss(d.float(), batch["distance"], mask) for d in outputs.distance_maps)
-        per_sample = (
-            a * loss(outputs.coarse.float(), target, mask)
-            + b * distance / len(outputs.distance_maps)
-            + c * self.refinement_loss(outputs.refined.float(), target, mask)
-        )
+        per_sample = a * loss(outputs.coarse.float(), target, mask)
+        if outputs.distance is not None:
+            per_sample = per_sample + b * distance_regression_loss(outputs.distance.float(), batch["distance"], mask)
+        if outputs.refined is not outputs.coarse:
+            per_sample = per_sample + c * self.refinement_loss(outputs.refined.float(), target, mask)
         return weighted_mean(per_sample, weights)
 
     def train_step(self, batch: dict[str, torch.Tensor], stage: str, optimizer: torch.optim.Optimizer) -> float:
