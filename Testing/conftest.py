@@ -106,24 +106,32 @@ def synthetic_case(rng, shape=(12, 24, 20)):
     return (labels * 40.0 + rng.normal(0, 5, shape)).astype(np.float32), labels
 
 
+def challenge_paths(root, layout, case):
+    """(image, label) paths of case number ``case`` in the layout of the ACDC, KiTS19, LiTS or ATLAS challenge."""
+    if layout == "ACDC":
+        folder = root / f"patient{case + 1:03d}"
+        return folder / f"patient{case + 1:03d}_frame01.nii.gz", folder / f"patient{case + 1:03d}_frame01_gt.nii.gz"
+    if layout == "KiTS19":
+        return root / f"case_{case:05d}" / "imaging.nii.gz", root / f"case_{case:05d}" / "segmentation.nii.gz"
+    if layout == "LiTS":
+        return root / "Training Batch 1" / f"volume-{case}.nii", root / "Training Batch 1" / f"segmentation-{case}.nii"
+    anat = root / "Training" / "R001" / f"sub-r001s{case:03d}" / "ses-1" / "anat"
+    stem = f"sub-r001s{case:03d}_ses-1_space-MNI152NLin2009aSym"
+    return anat / f"{stem}_T1w.nii.gz", anat / f"{stem}_label-L_desc-T1lesion_mask.nii.gz"
+
+
 def write_challenge_folder(root, layout, cases=4, shape=(12, 24, 20)):
-    """A folder in the layout of the ACDC (``patientNNN/patientNNN_frame01.nii.gz`` and ``_gt``) or KiTS19
-    (``case_NNNNN/imaging.nii.gz``, ``segmentation.nii.gz``) challenge, of :func:`synthetic_case` volumes."""
+    """A folder in the layout of the ACDC, KiTS19, LiTS or ATLAS challenge (:func:`challenge_paths`) of
+    :func:`synthetic_case` volumes (ATLAS: one lesion label)."""
     import SimpleITK as sitk
 
     rng = np.random.default_rng(1)
     for case in range(cases):
         image, labels = synthetic_case(rng, shape)
-        if layout == "ACDC":
-            folder = root / f"patient{case + 1:03d}"
-            paths = (
-                folder / f"patient{case + 1:03d}_frame01.nii.gz",
-                folder / f"patient{case + 1:03d}_frame01_gt.nii.gz",
-            )
-        else:
-            folder = root / f"case_{case:05d}"
-            paths = folder / "imaging.nii.gz", folder / "segmentation.nii.gz"
-        folder.mkdir(parents=True, exist_ok=True)
+        if layout == "ATLAS":
+            labels = (labels > 0).astype(np.uint8)
+        paths = challenge_paths(root, layout, case)
+        paths[0].parent.mkdir(parents=True, exist_ok=True)
         for array, path in zip((image, labels), paths, strict=True):
             volume = sitk.GetImageFromArray(array)
             volume.SetSpacing((1.5, 1.5, 5.0))

@@ -457,11 +457,33 @@ def test_ual_queries_one_typical_slice_of_each_kind_of_slice():
     ]
     noise = np.random.default_rng(0).normal(0, 5, (12, 32, 32))
     image = np.stack([kinds[k // 4] for k in range(12)]) + noise
-    ranking = spatial_al.rank(image, "ual", 3, device="cpu", seed=0, epochs=30)
-    assert sorted(ranking.slices // 4) == [0, 1, 2]
+    for selection in ("representative", "kmeans"):
+        ranking = spatial_al.rank(image, "ual", 3, device="cpu", seed=0, epochs=30, selection=selection)
+        assert sorted(ranking.slices // 4) == [0, 1, 2], selection
     assert ranking.details == {"clusters": 3} and ranking.scores.sum() == pytest.approx(1.0)
-    again = spatial_al.rank(image, "ual", 3, device="cpu", seed=0, epochs=30)
+    again = spatial_al.rank(image, "ual", 3, device="cpu", seed=0, epochs=30, selection="kmeans")
     np.testing.assert_array_equal(ranking.slices, again.slices)
+
+
+def test_greedy_representatives_maximise_coverage_as_a_brute_force_search_does():
+    from itertools import combinations
+
+    from spatial_al.selection.unsupervised import greedy_representatives
+
+    features = np.random.default_rng(3).normal(size=(9, 4))
+    unit = features / np.linalg.norm(features, axis=1, keepdims=True)
+    similarity = np.clip(unit @ unit.T, 0, 1)
+
+    def coverage(rows):
+        return similarity[list(rows)].max(axis=0).sum()
+
+    chosen, gains = greedy_representatives(features, 3, lambda row: True)
+    assert len(chosen) == 3 and np.sum(gains) == pytest.approx(coverage(chosen))
+    assert chosen[0] == int(np.argmax(similarity.sum(axis=1)))  # first: the row most similar to all
+    best = max(coverage(rows) for rows in combinations(range(9), 3))
+    assert coverage(chosen) >= (1 - 1 / np.e) * best  # the greedy guarantee of a facility-location objective
+    refused = greedy_representatives(features, 3, lambda row: row != chosen[0])[0]
+    assert chosen[0] not in refused and len(refused) == 3
 
 
 def test_kcenter_greedy_without_annotation_starts_at_random_then_goes_farthest(labeled_stack):

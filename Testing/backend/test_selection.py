@@ -220,3 +220,9 @@ def test_a_grid_that_meets_annotated_slices_fills_its_budget_with_the_farthest_s
 def test_a_spacing_that_cannot_be_honoured_is_refused(min_spacing):
     with pytest.raises(ValueError, match="min_spacing must be a whole number of slices"):
         spatial_al.rank(IMAGE, "random", 3, min_spacing=min_spacing)
+
+
+def test_fixed_interval_from_a_budget_no_whole_step_fits_spreads_gaps_within_one_slice():
+    ranking = spatial_al.rank(IMAGE, "fixed_interval", 11)  # 34 slices: 3.3 slices apart
+    gaps = np.diff(ranking.slices)
+    assert len(ranking.slices) == 11 and ranking.slices[[0, -1]].tolist() == [0, 33] and set(gaps) == {3, 4}

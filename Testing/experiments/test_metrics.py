@@ -82,3 +82,25 @@ def test_s_percent_and_table_values_interpolate_on_the_curve():
     # a nominal 9.9 % budget that whole slices put at 10 % reads the first round, not a gap
     assert value_at(percents, values, 9.9) is None and value_at(percents, values, 9.9, reach=0.2) == 0.5
     assert value_at(percents, values, 20.3, reach=0.2) is None
+
+
+def test_batched_iou_pools_every_test_volume_as_monai_does_on_the_concatenated_volumes(prediction_and_truth):
+    labels, truth = prediction_and_truth
+    second_labels, second_truth = np.roll(labels, 3, axis=2), truth.copy()
+    second_truth[:, 1] = 0  # class 2 absent from the second volume's truth
+    per_volume = [
+        volume_metrics(labels, truth, (1, 1, 1), False),
+        volume_metrics(second_labels, second_truth, (1, 1, 1), False),
+    ]
+    summary = summarize(per_volume, ["a", "b"])
+    # the reference: one volume made of both, scored once by MONAI (IoU and Dice per class, then their mean)
+    joined_labels, joined_truth = np.concatenate([labels, second_labels]), np.concatenate([truth, second_truth])
+    prediction = torch.stack([torch.as_tensor(joined_labels == c) for c in (1, 2)])[None].float()
+    reference = torch.as_tensor(joined_truth).permute(1, 0, 2, 3)[None].float()
+    iou = compute_iou(prediction, reference, include_background=True)[0].numpy()
+    dice = compute_dice(prediction, reference, include_background=True)[0].numpy()
+    assert summary["iou_batched"] == pytest.approx(float(iou.mean()))
+    assert summary["dice_batched"] == pytest.approx(float(dice.mean()))
+    assert summary["per_class"]["iou_batched"]["b"] == pytest.approx(float(iou[1]))
+    # pooled, not averaged per volume: the two differ here
+    assert summary["iou_batched"] != pytest.approx(summary["iou_3d"])

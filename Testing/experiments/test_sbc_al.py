@@ -88,7 +88,7 @@ def test_the_study_reads_acdc_and_kits19_folders_with_their_protocol_entries(tmp
         ({"arms": {"SBC-AL": {"model": {"architecture": "unet_plusplus"}}}}, "did you mean 'unet_plus_plus'"),
         ({"arms": {"SBC-AL": {"model": {"backbone_name": "x"}}}}, "unknown fields ['backbone_name']"),
         ({"query_percent": 0}, "query_percent must be in (0, 100]"),
-        ({"initial": {"percent": 150}}, "initial.percent must be in (0, 100]"),
+        ({"initial": {"percent": 150}}, "initial.percent must be a percent in (0, 100]"),
         (
             {"arms": {"SBC-AL": {"model": {"structure_prediction": False, "attentional_refinement": False}}}},
             "use a plain preset",

@@ -17,9 +17,11 @@ from typing import Any
 from ..typed import ConfigError
 
 SCALES = ("smoke", "cpu", "paper")
-PSEUDO_LABEL_RULES = ("none", "star", "ceal", "interpolation")
+PSEUDO_LABEL_RULES = ("none", "star", "ceal", "interpolation", "volume_interpolation")
+INITIAL_SCOPES = ("volume", "dataset")
+ARM_STRATEGY = "arm"  # initial.strategy: each arm's own strategy picks its round-0 slices
 INTENSITY_MODES = ("zscore", "window")
-CURVE_AXES = ("percent", "round")
+CURVE_AXES = ("percent", "round", "grid")
 
 
 @dataclass(frozen=True)
@@ -75,25 +77,53 @@ class InitialConfig:
     """The cold-start selection of round 0.
 
     Attributes:
-        strategy: a query strategy that needs no model (``spatial-al strategies``).
+        strategy: a query strategy that needs no model (``spatial-al strategies``), or "arm": each arm's strategy.
         options: its options; ``fixed_interval`` with an ``interval`` puts that grid on every training volume.
-        budget: slices over the whole training pool (None with a per-volume grid or a ``percent``).
+        budget: slices over the whole training pool (None with a per-volume grid, a ``percent`` or a ``density``).
         percent: the budget as a percent of the training pool's slices (SBC-AL: 6.67), when ``budget`` is None.
+        density: rho of the MIDL 2025 study: this percent of the slices of each annotated volume (at least one).
+        volume_fraction: s of that study: the fraction of the training volumes that are annotated (the first of a
+            permutation drawn from the run's seed, so every arm of a seed annotates the same volumes); with
+            ``density`` only.
+        scope: with ``density``, "volume" (the strategy picks each volume's slices in that volume alone) or
+            "dataset" (it picks the same total over the pool of annotated volumes at once).
     """
 
     strategy: str = "fixed_interval"
     options: dict[str, Any] = field(default_factory=dict)
     budget: int | None = None
     percent: float | None = None
+    density: float | None = None
+    volume_fraction: float = 1.0
+    scope: str = "volume"
 
     def __post_init__(self):
-        if self.percent is not None and not 0 < self.percent <= 100:
-            raise ConfigError(f"initial.percent must be in (0, 100], got {self.percent}.")
+        for name in ("percent", "density"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value <= 100:
+                raise ConfigError(f"initial.{name} must be a percent in (0, 100], got {value}.")
+        if not 0 < self.volume_fraction <= 1:
+            raise ConfigError(
+                f"initial.volume_fraction (s) must be in (0, 1], a fraction of the training volumes, got "
+                f"{self.volume_fraction}."
+            )
+        if self.scope not in INITIAL_SCOPES:
+            raise ConfigError(f"initial.scope must be one of {', '.join(INITIAL_SCOPES)}, got {self.scope!r}.")
+        if self.volume_fraction < 1 and self.density is None:
+            raise ConfigError("initial.volume_fraction applies with initial.density (rho); set both.")
 
     @property
     def per_volume_grid(self) -> bool:
-        """Whether round 0 is a grid on every volume (no pool-wide budget)."""
-        return self.budget is None and self.percent is None
+        """Whether round 0 is a fixed-interval grid on every volume (no pool-wide budget)."""
+        return self.budget is None and self.percent is None and self.density is None
+
+    def annotated_volumes(self, volumes: int) -> int:
+        """How many of ``volumes`` training volumes a ``density`` selection annotates (at least one)."""
+        return max(1, round(self.volume_fraction * volumes))
+
+    def volume_budget(self, slices: int) -> int:
+        """Slices a ``density`` selection annotates in a volume of ``slices`` slices (at least one)."""
+        return max(1, round(self.density / 100.0 * slices))
 
     def pool_budget(self, pool_slices: int) -> int:
         """Slices of a pool-wide cold start for a pool of ``pool_slices`` (at least one)."""
@@ -114,12 +144,16 @@ class ArmConfig:
             that limit themselves to one slice per volume in a cohort by default).
         pseudo_labels: "none"; "star" (STAR's aggregation, the q lowest-entropy slices of the pool); "ceal" (the
             model's q most confident slices); "interpolation" (the inside of the queried blocks of ``strided_blocks``,
-            propagated from their two end slices, kept for the rest of the run).
+            propagated from their two end slices, kept for the rest of the run); "volume_interpolation" (before
+            round 0's training, every slice between two annotated slices of an annotated volume, filled from the
+            annotated ones: the MIDL 2025 study's mask interpolation).
         pseudo_label_count: q of the top-q rules; None: the protocol's query size.
-        propagation: the propagation method of "interpolation" (``spatial-al methods``).
+        propagation: the propagation method of the interpolation rules (``spatial-al methods``).
         propagation_options: its options.
         model: changes to the model configuration for this arm only, after the protocol's ``model`` (the papers'
             ablations: ``{"structure_prediction": false}`` is SBC-AL without SFP).
+        initial: changes to the protocol's cold start for this arm only (a grid point of the MIDL 2025 study).
+        group: the arm of the protocol that a ``grid`` expanded into this one ("" for an arm written out).
         description: the paper's name of the arm, for tables.
     """
 
@@ -131,6 +165,8 @@ class ArmConfig:
     propagation: str = "sdf"
     propagation_options: dict[str, Any] = field(default_factory=dict)
     model: dict[str, Any] = field(default_factory=dict)
+    initial: dict[str, Any] = field(default_factory=dict)
+    group: str = ""
     description: str = ""
 
     def __post_init__(self):
@@ -154,6 +190,10 @@ class ReportConfig:
         percents: table columns at these labeled percents (interpolated on each run's curve).
         rounds: table columns at these rounds (``curve_axis="round"``).
         ablation: row title -> arm, for the protocol's ablation table.
+        budget_arm: with ``curve_axis="grid"`` (a design grid, :mod:`spatial_al.experiments.grid_report`): the arm
+            whose grid points draw the budget figures (metric against labeled percent, by density and by volumes).
+        selection_arms: the arms compared by slice selection (metric against density).
+        interpolation_pairs: arm -> the same arm with mask interpolation, compared against density.
     """
 
     metric: str = "dice_3d"
@@ -161,6 +201,9 @@ class ReportConfig:
     percents: list[float] = field(default_factory=list)
     rounds: list[int] = field(default_factory=list)
     ablation: dict[str, str] = field(default_factory=dict)
+    budget_arm: str = ""
+    selection_arms: list[str] = field(default_factory=list)
+    interpolation_pairs: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.curve_axis not in CURVE_AXES:
@@ -185,7 +228,9 @@ class ExperimentConfig:
         initial: the cold-start selection.
         query_size: q, slices queried per round.
         query_percent: q as a percent of the training pool's slices (SBC-AL: 6.67), instead of ``query_size``.
-        rounds: at most this many query rounds.
+        rounds: at most this many query rounds (0: train once on the cold start's slices, as a design study).
+        grid: a design grid: ``{"density": [...], "volume_fraction": [...]}`` turns every arm into one arm per
+            point, named ``"<arm> d<density> s<fraction>"`` (the MIDL 2025 study's rho x s).
         budget_percent: stop once this percent of the training slices is annotated (None: after ``rounds``).
         arms: the strategies of the study, by name.
         default_arms: the arms run when none are named.
@@ -209,6 +254,7 @@ class ExperimentConfig:
     query_size: int = 16
     query_percent: float | None = None
     rounds: int = 10
+    grid: dict[str, list[float]] = field(default_factory=dict)
     budget_percent: float | None = None
     arms: dict[str, ArmConfig] = field(default_factory=dict)
     default_arms: list[str] = field(default_factory=list)
@@ -219,9 +265,11 @@ class ExperimentConfig:
     hd95: bool = True
 
     def __post_init__(self):
-        for name in ("query_size", "rounds", "seeds", "validation_stride", "batch_size"):
+        for name in ("query_size", "seeds", "validation_stride", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        if self.rounds < 0:
+            raise ConfigError(f"rounds must be at least 0 (0: train once), got {self.rounds}.")
         if self.query_percent is not None and not 0 < self.query_percent <= 100:
             raise ConfigError(f"query_percent must be in (0, 100], got {self.query_percent}.")
         if self.budget_percent is not None and not 0 < self.budget_percent <= 100:
@@ -229,6 +277,16 @@ class ExperimentConfig:
         unknown = [name for name in self.default_arms if name not in self.arms]
         if unknown:
             raise ConfigError(f"default_arms names {unknown}, which are not arms; arms: {', '.join(self.arms)}.")
+
+    def initial_for(self, arm: ArmConfig) -> InitialConfig:
+        """The cold start of ``arm``: the protocol's with the arm's own changes; the strategy "arm" stands for the
+        arm's strategy and options (a design study, whose arms differ in how round 0 picks its slices)."""
+        from ..typed import build
+
+        values = {**asdict(self.initial), **arm.initial}
+        if values["strategy"] == ARM_STRATEGY:
+            values.update(strategy=arm.strategy, options={**arm.options, **values["options"]})
+        return build(InitialConfig, values, "initial") if values != asdict(self.initial) else self.initial
 
     def query_count(self, pool_slices: int) -> int:
         """q for a training pool of ``pool_slices`` slices: ``query_percent`` of it (at least one) or ``query_size``."""
@@ -252,7 +310,43 @@ class ExperimentConfig:
 
 # Mappings whose keys are data (class names, table rows, a component's options), replaced as a whole rather than
 # merged key by key: a new strategy comes with its own options.
-REPLACED_MAPPINGS = ("labels", "ablation", "options", "propagation_options")
+REPLACED_MAPPINGS = ("labels", "ablation", "options", "propagation_options", "interpolation_pairs")
+
+
+GRID_KEYS = ("density", "volume_fraction")
+GRID_PREFIXES = {"density": "d", "volume_fraction": "s"}  # of the expanded arm names: "Fixed d10 s0.5"
+
+
+def expand_grid(values: dict[str, Any]) -> dict[str, Any]:
+    """A protocol's values with its ``grid`` applied: each arm becomes one arm per grid point, whose ``initial`` holds
+    the point and whose ``group`` names the arm it came from; ``default_arms`` are expanded alike.
+
+    Raises:
+        ConfigError: a grid key other than density and volume_fraction, or an empty list.
+    """
+    import itertools
+
+    grid = values.get("grid") or {}
+    if not grid:
+        return values
+    unknown = sorted(set(grid) - set(GRID_KEYS))
+    if unknown or not all(isinstance(points, list) and points for points in grid.values()):
+        raise ConfigError(
+            f"grid must map {' and '.join(GRID_KEYS)} to non-empty lists of values, got {json.dumps(grid)}."
+        )
+    keys = [key for key in GRID_KEYS if key in grid]
+
+    points = [dict(zip(keys, point, strict=True)) for point in itertools.product(*(grid[key] for key in keys))]
+
+    def expanded(name: str) -> list[str]:
+        return [name + "".join(f" {GRID_PREFIXES[key]}{value:g}" for key, value in point.items()) for point in points]
+
+    arms = {}
+    for name, arm in values.get("arms", {}).items():
+        for point, arm_name in zip(points, expanded(name), strict=True):
+            arms[arm_name] = {**arm, "initial": {**arm.get("initial", {}), **point}, "group": name}
+    defaults = [arm_name for name in values.get("default_arms", []) for arm_name in expanded(name)]
+    return {**values, "arms": arms, "default_arms": defaults}
 
 
 def deep_merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:

@@ -27,8 +27,8 @@ from ..progress import ProgressReporter, report
 from ..provenance import Timer, environment, write_json
 from ..volume import Segment
 from .cohort import Cohort, Split, Subject
-from .config import ArmConfig, ConfigError, ExperimentConfig
-from .metrics import pooled_dice, summarize, volume_metrics
+from .config import ArmConfig, ConfigError, ExperimentConfig, InitialConfig
+from .metrics import one_hot_prediction, pooled_overlap, summarize, volume_metrics
 
 REFERENCE_ARM = "Full"  # the fully supervised reference: every training slice annotated, one round
 STATE_FILE = "state.npz"
@@ -136,11 +136,15 @@ class RoundProgress:
         return self.outer is not None and self.outer.should_cancel()
 
 
-def initial_slices(config: ExperimentConfig, slice_counts: list[int]) -> int:
-    """Slices the cold start annotates: the grid on every training volume (``slice_counts``), or its budget."""
-    if config.initial.per_volume_grid:
-        return sum(math.ceil(count / config.initial.options["interval"]) for count in slice_counts)
-    return config.initial.pool_budget(sum(slice_counts))
+def initial_slices(initial: InitialConfig, slice_counts: list[int]) -> int:
+    """Slices the cold start annotates: the grid on every training volume (``slice_counts``), its budget, or (with
+    a density) at most that many: the density on the largest volumes it may choose."""
+    if initial.density is not None:
+        largest = sorted(slice_counts, reverse=True)[: initial.annotated_volumes(len(slice_counts))]
+        return sum(initial.volume_budget(count) for count in largest)
+    if initial.per_volume_grid:
+        return sum(math.ceil(count / initial.options["interval"]) for count in slice_counts)
+    return initial.pool_budget(sum(slice_counts))
 
 
 def last_round(config: ExperimentConfig, pool_slices: int, labeled: int, round_index: int = 0) -> int:
@@ -156,7 +160,7 @@ def reference_epochs(config: ExperimentConfig, training, slice_counts: list[int]
     """Epochs of the fully supervised reference: as many optimizer steps as a whole run's rounds take together
     (an upper bound where early stopping ends rounds sooner), so the reference is not the less trained model."""
     pool = sum(slice_counts)
-    labeled = initial_slices(config, slice_counts)
+    labeled = initial_slices(config.initial, slice_counts)
     rounds = last_round(config, pool, labeled) + 1
     if training.iterations_per_epoch is not None:
         return training.max_epochs * rounds
@@ -165,6 +169,18 @@ def reference_epochs(config: ExperimentConfig, training, slice_counts: list[int]
         for r in range(rounds)
     )
     return max(training.max_epochs, math.ceil(steps / math.ceil(pool / training.batch_size)))
+
+
+def class_indices(targets: np.ndarray) -> np.ndarray:
+    """Multi-hot targets (S, C, H, W) as a label map (S, H, W) uint8: class c + 1 where channel c is set (the last
+    class wins where channels overlap; a study's classes do not)."""
+    label_map = np.zeros((targets.shape[0], *targets.shape[2:]), np.uint8)
+    for c in range(targets.shape[1]):
+        label_map[targets[:, c].astype(bool)] = c + 1
+    return label_map
+
+
+VOLUME_DRAW = 0x5C  # a stream of the run's seed for the annotated volumes of a density selection
 
 
 def round_seed(seed: int, round_index: int) -> int:
@@ -420,7 +436,7 @@ class Session:
     def make_pseudo_labels(self, state: SessionState, ranking) -> list[tuple[str, int]]:
         """The arm's pseudo-labels after the query; returns the (subject, slice) pairs made this round."""
         rule = self.arm.pseudo_labels
-        if rule == "none":
+        if rule in ("none", "volume_interpolation"):  # the latter fills round 0 only
             return []
         if rule == "interpolation":
             return self.interpolate_blocks(state, ranking.details.get("blocks", []))
@@ -453,10 +469,7 @@ class Session:
         blocks = [(self.training_subjects[v], first, last) for v, first, last in blocks if last - first >= 2]
         if not blocks:
             return []
-        stacked = np.concatenate([np.asarray(s.targets[first : last + 1]) for s, first, last in blocks])  # (n, C, H, W)
-        label_map = np.zeros((stacked.shape[0], *stacked.shape[2:]), np.uint8)
-        for c in range(stacked.shape[1]):
-            label_map[stacked[:, c].astype(bool)] = c + 1
+        label_map = class_indices(np.concatenate([np.asarray(s.targets[a : b + 1]) for s, a, b in blocks]))
         ends, position = [], 0
         for _, first, last in blocks:
             ends += [position, position + last - first]
@@ -475,33 +488,68 @@ class Session:
         made, position = [], 0
         for subject, first, last in blocks:
             for offset in range(1, last - first):
-                filled = result.labels[position + offset]
-                mask = np.stack([filled == c + 1 for c in range(len(self.classes))]).astype(np.uint8)
+                filled = result.labels[position + offset][None]
+                mask = one_hot_prediction(filled, len(self.classes))[0].astype(np.uint8)
                 state.pseudo.setdefault(subject.name, {})[first + offset] = mask
                 made.append((subject.name, first + offset))
             position += last - first + 1
         return made
 
-    def pseudo_label_dice(self, state: SessionState, made: list[tuple[str, int]]) -> dict[str, float | None]:
-        """Dice of this round's new pseudo-labels, and of every pseudo-label held now, against the hidden truth."""
+    def interpolate_volumes(self, state: SessionState) -> list[tuple[str, int]]:
+        """The MIDL 2025 study's mask interpolation before training: in each annotated volume, every slice between
+        its first and last annotated slice is filled from the annotated ones with the arm's propagation method (on
+        the volume's image, for learned methods such as ``sli2vol``); returns the (subject, slice) pairs filled."""
+        from ..propagation import propagate
 
-        def dice_of(pairs) -> float | None:
-            return pooled_dice(
+        made = []
+        for subject in self.training_subjects:
+            annotated = state.annotated[subject.name]
+            inside = sorted(set(range(annotated[0] + 1, annotated[-1])) - set(annotated)) if annotated else []
+            if not inside:
+                continue
+            known = np.zeros((subject.n_slices, *subject.image.shape[1:]), np.uint8)
+            known[annotated] = class_indices(np.asarray(subject.targets[annotated]))  # the revealed slices only
+            result = propagate(
+                known,
+                annotated,
+                self.arm.propagation,
+                image=np.asarray(subject.image),
+                spacing=subject.spacing,
+                segments=self.segments,
+                device=self.device,
+                seed=self.spec.seed,
+                **self.arm.propagation_options,
+            )
+            for index in inside:
+                state.pseudo.setdefault(subject.name, {})[index] = one_hot_prediction(
+                    result.labels[index][None], len(self.classes)
+                )[0].astype(np.uint8)
+                made.append((subject.name, index))
+        return made
+
+    def pseudo_label_dice(self, state: SessionState, made: list[tuple[str, int]]) -> dict[str, float | None]:
+        """Dice of this round's new pseudo-labels, and Dice and IoU of every pseudo-label held now, against the
+        hidden truth (pooled over their slices)."""
+
+        def overlap_of(pairs) -> tuple[float | None, float | None]:
+            return pooled_overlap(
                 [state.pseudo[name][index] for name, index in pairs],
                 [np.asarray(self.cohort[name].targets[index]) for name, index in pairs],
             )
 
-        held = [(name, index) for name, masks in state.pseudo.items() for index in masks]
-        return {"new": dice_of(made), "held": dice_of(held)}
+        held = overlap_of([(name, index) for name, masks in state.pseudo.items() for index in masks])
+        return {"new": overlap_of(made)[0], "held": held[0], "held_iou": held[1]}
 
     def initial_selection(self) -> SessionState:
         """Round 0's cold-start annotation: the protocol's strategy on the pool, or its grid on every volume."""
         from ..selection import RankingVolume, rank, rank_cohort
 
-        initial = self.config.initial
+        initial = self.config.initial_for(self.arm)
         names = [subject.name for subject in self.training_subjects]
         if self.spec.reference:
             return SessionState(0, {s.name: list(range(s.n_slices)) for s in self.training_subjects})
+        if initial.density is not None:
+            return self.density_selection(initial)
         if initial.per_volume_grid:
             interval = initial.options.get("interval")
             annotated = {}
@@ -516,6 +564,29 @@ class Session:
         annotated = {name: [] for name in names}
         for volume, index in zip(ranking.volumes.tolist(), ranking.slices.tolist(), strict=True):
             annotated[names[volume]].append(index)
+        return SessionState(0, {name: sorted(slices) for name, slices in annotated.items()})
+
+    def density_selection(self, initial: InitialConfig) -> SessionState:
+        """The MIDL 2025 study's cold start: rho percent of the slices of each of s x N training volumes (the first of
+        a permutation drawn from the seed alone, so every arm of a seed annotates the same volumes), picked by the
+        strategy in each volume on its own or, with scope "dataset", over the pool of those volumes at once."""
+        from ..selection import RankingVolume, rank, rank_cohort
+
+        order = np.random.default_rng([self.spec.seed, VOLUME_DRAW]).permutation(len(self.training_subjects))
+        chosen = [self.training_subjects[i] for i in sorted(order[: initial.annotated_volumes(len(order))])]
+        annotated = {subject.name: [] for subject in self.training_subjects}
+        budgets = [initial.volume_budget(subject.n_slices) for subject in chosen]
+        if initial.scope == "volume":
+            for subject, budget in zip(chosen, budgets, strict=True):
+                picks = rank(subject.image, initial.strategy, budget, seed=self.spec.seed, **initial.options)
+                annotated[subject.name] = sorted(picks.slices.tolist())
+            return SessionState(0, annotated)
+        volumes = [RankingVolume(s.image, name=s.name, normalized=True) for s in chosen]
+        total = sum(budgets)
+        seed = self.spec.seed
+        ranking = rank_cohort(volumes, initial.strategy, total, seed=seed, per_volume=total, **initial.options)
+        for volume, index in zip(ranking.volumes.tolist(), ranking.slices.tolist(), strict=True):
+            annotated[chosen[volume].name].append(index)
         return SessionState(0, {name: sorted(slices) for name, slices in annotated.items()})
 
     def expected_rounds(self, state: SessionState) -> int:
@@ -553,8 +624,15 @@ def run_session(spec: RunSpec, progress: ProgressReporter | None = None) -> dict
     phases = RoundProgress(progress)
     session = Session(spec, phases)
     state_path = folder / STATE_FILE
-    state = SessionState.load(state_path) if state_path.is_file() else session.initial_selection()
-    if not state_path.is_file():
+    interpolation_seconds = None
+    if state_path.is_file():
+        state = SessionState.load(state_path)
+    else:
+        state = session.initial_selection()
+        if session.arm.pseudo_labels == "volume_interpolation":
+            interpolating = time.perf_counter()
+            session.interpolate_volumes(state)
+            interpolation_seconds = round(time.perf_counter() - interpolating, 4)
         state.save(state_path)
     phases.last_round = session.expected_rounds(state)
     started = time.perf_counter()
@@ -586,6 +664,10 @@ def run_session(spec: RunSpec, progress: ProgressReporter | None = None) -> dict
             with timer("pseudo_labels"):
                 made = session.make_pseudo_labels(state, ranking)
             record["pseudo_label_dice"] = session.pseudo_label_dice(state, made) if made or state.pseudo else None
+        if round_index == 0 and session.arm.pseudo_labels == "volume_interpolation":
+            filled = [(name, index) for name, masks in state.pseudo.items() for index in masks]
+            record["pseudo_label_dice"] = session.pseudo_label_dice(state, filled)
+            record["interpolation_seconds"] = interpolation_seconds  # None when a resumed run did it before
         record["seconds"] = timer.seconds
         write_json(folder / "rounds" / f"round-{round_index:03d}.json", record)
         state.rounds.append(record)

@@ -1,5 +1,6 @@
-"""Study metrics: test Dice per volume in 3D and as the mean of per-slice 2D Dice, IoU, HD95, pseudo-label Dice, and
-S% (the labeled percent at which a run reaches the fully supervised Dice).
+"""Study metrics: test Dice per volume in 3D and as the mean of per-slice 2D Dice, IoU, Dice and IoU pooled over the
+test set ("batched"), HD95, pseudo-label Dice and IoU, and S% (the labeled percent at which a run reaches the fully
+supervised Dice).
 
 Masks are multi-hot (S, C, H, W) arrays, slices along axis 0, C classes; spacing is (3,) mm, slice thickness first.
 """
@@ -67,7 +68,8 @@ def volume_metrics(
 
     Returns:
         ``dice_3d``, ``iou_3d``, ``dice_2d`` (mean over slices of the smoothed per-slice Dice), ``hd95_mm`` (None
-        where undefined), each a list with one value per class.
+        where undefined), each a list with one value per class; ``counts``, the (3, C) :func:`overlap_counts` that
+        :func:`summarize` pools over volumes.
     """
     truth = truth.astype(bool)
     prediction = one_hot_prediction(labels, truth.shape[1])
@@ -75,6 +77,7 @@ def volume_metrics(
         "dice_3d": dice_3d(prediction, truth).tolist(),
         "iou_3d": iou_3d(prediction, truth).tolist(),
         "dice_2d": slice_dice(prediction, truth).mean(0).tolist(),
+        "counts": overlap_counts(prediction, truth).tolist(),
     }
     metrics["hd95_mm"] = hd95(prediction, truth, spacing) if with_hd95 else [None] * truth.shape[1]
     return metrics
@@ -84,8 +87,14 @@ def summarize(per_volume: Sequence[dict[str, list[float | None]]], class_names: 
     """Means over volumes and classes of :func:`volume_metrics` results, and the mean of each class.
 
     HD95 is averaged over the (volume, class) pairs where it is defined; ``hd95_defined`` says how many.
+    ``dice_batched`` and ``iou_batched`` pool the pixel counts of every test volume first (:func:`pooled_scores`).
     """
     summary: dict = {"per_class": {}}
+    counts = np.sum([m["counts"] for m in per_volume], axis=0)  # (3, C)
+    summary["dice_batched"], summary["iou_batched"] = pooled_scores(counts)
+    per_class = [pooled_scores(counts[:, [c]]) for c in range(len(class_names))]
+    summary["per_class"]["dice_batched"] = {name: score[0] for name, score in zip(class_names, per_class, strict=True)}
+    summary["per_class"]["iou_batched"] = {name: score[1] for name, score in zip(class_names, per_class, strict=True)}
     for name in ("dice_3d", "iou_3d", "dice_2d", "hd95_mm"):
         values = np.array([[np.nan if v is None else v for v in m[name]] for m in per_volume], dtype=float)
         defined = ~np.isnan(values)
@@ -99,17 +108,42 @@ def summarize(per_volume: Sequence[dict[str, list[float | None]]], class_names: 
     return summary
 
 
+def overlap_counts(prediction: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """(3, C) pixel counts of multi-hot (S, C, H, W) masks per class: prediction and truth, prediction, truth."""
+    return np.stack(
+        [np.count_nonzero(mask, axis=(0, 2, 3)) for mask in (prediction & truth, prediction, truth)]
+    ).astype(np.int64)
+
+
+def pooled_scores(counts: np.ndarray) -> tuple[float, float]:
+    """(Dice, IoU) of counts (3, C) pooled over a batch of slices (:func:`overlap_counts`, summed), each averaged
+    over the classes present in the prediction or the truth; (1, 1) when none is. Pooled IoU is the "batched IoU"
+    of the MIDL 2025 slice-selection study: one intersection over one union for the whole batch, so an empty slice
+    neither helps nor hurts."""
+    intersection, predicted, true = np.asarray(counts, dtype=float)
+    total = predicted + true
+    present = total > 0
+    if not present.any():
+        return 1.0, 1.0
+    dice = 2.0 * intersection[present] / total[present]
+    iou = intersection[present] / (total[present] - intersection[present])
+    return float(dice.mean()), float(iou.mean())
+
+
 def pooled_dice(predictions: Sequence[np.ndarray], truths: Sequence[np.ndarray]) -> float | None:
     """Dice of pseudo-labels against the hidden truth, pooled over all their slices (each (C, H, W)), averaged over
     the classes present in either; None without slices, 1 when every class is absent from both."""
+    return pooled_overlap(predictions, truths)[0]
+
+
+def pooled_overlap(
+    predictions: Sequence[np.ndarray], truths: Sequence[np.ndarray]
+) -> tuple[float | None, float | None]:
+    """(Dice, IoU) of masks (each (C, H, W)) against the truth, pooled over all of them (:func:`pooled_scores`);
+    (None, None) without masks."""
     if not predictions:
-        return None
-    prediction = np.stack(predictions).astype(bool)
-    truth = np.stack(truths).astype(bool)
-    intersection = np.count_nonzero(prediction & truth, axis=(0, 2, 3))
-    total = np.count_nonzero(prediction, axis=(0, 2, 3)) + np.count_nonzero(truth, axis=(0, 2, 3))
-    present = total > 0
-    return float(np.mean(2.0 * intersection[present] / total[present])) if present.any() else 1.0
+        return None, None
+    return pooled_scores(overlap_counts(np.stack(predictions).astype(bool), np.stack(truths).astype(bool)))
 
 
 def value_at(x: Sequence[float], y: Sequence[float], at: float, reach: float = 0.0) -> float | None:

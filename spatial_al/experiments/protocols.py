@@ -17,7 +17,7 @@ from typing import Any
 
 from ..registry import Registry
 from ..typed import ConfigError, build
-from .config import SCALES, ExperimentConfig, deep_merge, read_mapping
+from .config import SCALES, ExperimentConfig, deep_merge, expand_grid, read_mapping
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,9 @@ PROTOCOLS.register("star", "STAR: spatial aggregation pseudo-labels and similari
 PROTOCOLS.register(
     "less_is_more", "Less Is More: uncertainty, representativeness and strided blocks (Burmeister et al., 2022)"
 )("less_is_more.json")
+PROTOCOLS.register(
+    "slice_config", "Slice configuration: density x volumes, selection, mask interpolation (Zhang et al., MIDL 2025)"
+)("slice_config.json")
 PROTOCOLS.register("sbc_al", "SBC-AL: structure and boundary consistency queries with SFP and ASR (MICCAI 2024)")(
     "sbc_al.json"
 )
@@ -96,7 +99,7 @@ def resolve_config(
         values = deep_merge(values, read_mapping(config_file))
     if changes:
         values = deep_merge(values, changes)
-    config = build(ExperimentConfig, {**values, "protocol": name})
+    config = build(ExperimentConfig, {**expand_grid(values), "protocol": name})
     config.training_config(0)  # training keys are checked now, before any work
     provenance = {
         "protocol": name,

@@ -170,6 +170,11 @@ def write_report(study: str | Path) -> Path:
     title = provenance.get("title", config["protocol"])
     if provenance:
         title += f"\n\n{provenance['paper']}. Data: {provenance['source']}; scale {provenance['scale']}."
+    if report["curve_axis"] == "grid":
+        from .grid_report import write_grid_report
+
+        write_grid_report(runs, config, folder, title)
+        return folder
     table, table_csv = main_table(runs, report, order, title)
     write_text_atomic(folder / "table.md", table)
     write_text_atomic(folder / "table.csv", table_csv)

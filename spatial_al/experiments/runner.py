@@ -24,7 +24,7 @@ from typing import Any
 from ..progress import TqdmProgress
 from ..provenance import environment, write_json
 from .cohort import Cohort, Split, build_cohort, open_source, resolve_classes, split_subjects
-from .config import ConfigError, ExperimentConfig
+from .config import ARM_STRATEGY, ConfigError, ExperimentConfig
 from .loop import REFERENCE_ARM, RunSpec, arm_model_config, initial_slices, run_folder, run_session
 from .protocols import resolve_config
 
@@ -100,25 +100,29 @@ def check_components(config: ExperimentConfig, arms: list[str]) -> None:
     from ..propagation import PROPAGATORS
     from ..selection import STRATEGIES, strategy_info
 
+    def check_initial(initial) -> None:
+        if strategy_info(STRATEGIES.get(initial.strategy)).model is not None:
+            raise ConfigError(
+                f"initial.strategy {initial.strategy!r} needs a trained model, and round 0 has none; use a "
+                "cold-start strategy such as fixed_interval, random or stratified."
+            )
+        STRATEGIES.check_options(initial.strategy, initial.options)
+        if initial.per_volume_grid and (initial.strategy != "fixed_interval" or "interval" not in initial.options):
+            raise ConfigError(
+                "initial.budget, initial.percent or initial.density is required unless initial.strategy is "
+                "fixed_interval with an interval option."
+            )
+
     for preset in (config.preset, config.star_preset, config.structure_preset):
         PRESETS.get(preset)
-    initial = config.initial
-    if strategy_info(STRATEGIES.get(initial.strategy)).model is not None:
-        raise ConfigError(
-            f"initial.strategy {initial.strategy!r} needs a trained model, and round 0 has none; use a cold-start "
-            "strategy such as fixed_interval, random or stratified."
-        )
-    STRATEGIES.check_options(initial.strategy, initial.options)
-    if initial.per_volume_grid and (initial.strategy != "fixed_interval" or "interval" not in initial.options):
-        raise ConfigError(
-            "initial.budget or initial.percent is required unless initial.strategy is fixed_interval with an "
-            "interval option."
-        )
+    if config.initial.strategy != ARM_STRATEGY:
+        check_initial(config.initial)
     for name in arms:
         arm = config.arms[name]
         try:
+            check_initial(config.initial_for(arm))
             STRATEGIES.check_options(arm.strategy, arm.options)
-            if arm.pseudo_labels == "interpolation":
+            if arm.pseudo_labels in ("interpolation", "volume_interpolation"):
                 PROPAGATORS.check_options(arm.propagation, arm.propagation_options)
             arm_model_config(config, arm, ("class",))
         except (KeyError, ValueError) as error:
@@ -129,7 +133,7 @@ def check_budget(config: ExperimentConfig, cohort: Cohort, split: Split) -> None
     """The initial selection fits the pool and the budget is above it."""
     counts = cohort.slice_counts()
     pool = sum(counts[name] for name in split.training)
-    first = initial_slices(config, [counts[name] for name in split.training])
+    first = initial_slices(config.initial, [counts[name] for name in split.training])
     if first > pool:
         raise ConfigError(
             f"initial.budget {first} is larger than the {pool} training slices; lower it to at most {pool}."

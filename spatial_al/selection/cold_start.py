@@ -55,10 +55,12 @@ def fixed_interval(context: RankingContext, *, interval: int | None = None, offs
     """Every j-th slice (STAR's initialisation, j=10; the MIDL 2025 study's "fixed"); score 1 for every pick.
 
     The grid is ``offset, offset + j, offset + 2j, ...``. Without ``interval``, j is the largest step that fits
-    the volume's share of the budget; without ``offset``, the grid is centred (equal margins at both ends). Grid
-    slices already annotated are skipped; when that leaves fewer than the budget, the rest are the slices farthest
-    from every annotated and picked slice (:func:`farthest_fill`); when the grid holds more than the budget, that
-    many are taken evenly spread. Picks are in slice order, volume by volume.
+    the volume's share of the budget, and when no whole step fits it exactly the picks are spread over the volume
+    with gaps that differ by at most one slice (a fixed interval of n / budget, as the MIDL 2025 study's density
+    rho needs); without ``offset``, the grid is centred (equal margins at both ends). Grid slices already annotated
+    are skipped; when that leaves fewer than the budget, the rest are the slices farthest from every annotated and
+    picked slice (:func:`farthest_fill`); when a given interval's grid holds more than the budget, that many are
+    taken evenly spread. Picks are in slice order, volume by volume.
 
     Keyword Args:
         interval: j, the step between picked slices (>= 1).
@@ -73,7 +75,10 @@ def fixed_interval(context: RankingContext, *, interval: int | None = None, offs
         start = centred_offset(n_slices, step) if offset is None else offset
         if not 0 <= start < n_slices:
             raise ValueError(f"offset must be a slice index (0 to {n_slices - 1}), got {start}.")
-        picks = np.intersect1d(np.arange(start, n_slices, step), volume.candidates)
+        grid = np.arange(start, n_slices, step)
+        if interval is None and offset is None and grid.size > budget:
+            grid = np.unique(np.round(np.linspace(0, n_slices - 1, budget)).astype(int))
+        picks = np.intersect1d(grid, volume.candidates)
         if picks.size > budget:
             picks = picks[np.round(np.linspace(0, picks.size - 1, budget)).astype(int)]
         filled = farthest_fill(volume.candidates, np.union1d(volume.annotated, picks), budget - picks.size)
