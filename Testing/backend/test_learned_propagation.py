@@ -69,6 +69,31 @@ def test_sli2vol_beats_copying_the_nearest_annotated_slice(moving_stack):
     assert np.all((result.confidence > 0) & (result.confidence <= 1))
 
 
+def test_sli2vol_as_published_learns_from_edge_profiles_and_beats_copying(moving_stack):
+    truth = moving_stack.label_layers[0]
+    published = {"edge_profile": True, "sequence_length": 1, "scheduled_sampling": 0.0}
+    result = learned(moving_stack, "sli2vol", **QUICK_SLI2VOL, **published)
+    assert mean_dice_off_annotation(result.labels, truth) > mean_dice_off_annotation(nearest_copy(truth), truth) + 0.1
+    np.testing.assert_array_equal(result.labels[ANNOTATED], truth[ANNOTATED])
+
+
+def test_edge_profiles_are_sobel_derivatives_scaled_to_the_largest_gradient():
+    from scipy.ndimage import sobel
+
+    slices = torch.as_tensor(np.random.default_rng(0).normal(size=(2, 1, 12, 10)), dtype=torch.float32)
+    profile = sli2vol.edge_profile(slices).numpy()
+    assert profile.shape == (2, 2, 12, 10)
+    inner = (slice(1, -1), slice(1, -1))  # the libraries pad the border differently
+    for b in range(2):
+        for axis in (0, 1):
+            reference = sobel(slices[b, 0].numpy().astype(float), axis=axis)[inner]
+            mine = profile[b, axis][inner]
+            scale = float((mine * reference).sum() / (reference * reference).sum())  # one factor per slice
+            assert scale > 0
+            np.testing.assert_allclose(mine, scale * reference, atol=1e-5)
+        assert np.hypot(*profile[b]).max() == pytest.approx(1.0)
+
+
 @pytest.fixture(autouse=True)
 def no_reused_sli2vol_networks():
     forget_trained_networks()

@@ -1,5 +1,6 @@
-"""Self-supervised slice-to-slice propagation in the style of Sli2Vol (Yeung et al., MIDL 2021), the learned
-interpolation of the MIDL 2025 slice-selection study.
+"""Self-supervised slice-to-slice propagation: Sli2Vol (Yeung et al., MIDL 2021), the learned interpolation of the
+MIDL 2025 slice-selection study, as published (edge profiles in, trained on slice pairs; its verification module is
+not reproduced) or in this project's variant (intensities in, runs of slices with scheduled sampling).
 
 A small network learns, from the unlabeled volume alone, features whose local affinities between two adjacent slices
 reconstruct one slice from the other. Labels then travel slice by slice through the same affinities, cascaded from
@@ -36,13 +37,13 @@ REUSED_NETWORKS = 2  # trained networks kept per process, most recent first (see
 _trained: OrderedDict[tuple, nn.Module] = OrderedDict()
 
 
-def correspondence_network(feature_channels: int = FEATURE_CHANNELS) -> nn.Module:
-    """MONAI U-Net from a slice (B, 1, H, W) to per-pixel features (B, D, H, W); sizes need no padding."""
+def correspondence_network(in_channels: int = 1, feature_channels: int = FEATURE_CHANNELS) -> nn.Module:
+    """MONAI U-Net from a slice (B, 1, H, W), or its edge profile (B, 2, H, W), to per-pixel features (B, D, H, W)."""
     from monai.networks.nets import UNet
 
     return UNet(
         spatial_dims=2,
-        in_channels=1,
+        in_channels=in_channels,
         out_channels=feature_channels,
         channels=(16, 32, 64),
         strides=(2, 2),
@@ -50,13 +51,34 @@ def correspondence_network(feature_channels: int = FEATURE_CHANNELS) -> nn.Modul
     )
 
 
+def edge_profile(slices: torch.Tensor) -> torch.Tensor:
+    """Sli2Vol's edge profile generator: the Sobel derivatives along rows and columns of slices (B, 1, H, W), each
+    slice divided by its largest gradient magnitude, (B, 2, H, W). The network sees edges, not intensities, so it
+    cannot reconstruct a slice by copying grey values (the paper's information bottleneck)."""
+    import torch
+    from monai.transforms import SobelGradients
+
+    gradients = SobelGradients(kernel_size=3)(slices[:, 0])  # (2B, H, W): every slice's rows, then its columns
+    gradients = gradients.unflatten(0, (2, len(slices))).transpose(0, 1)  # (B, 2, H, W)
+    magnitude = gradients.square().sum(1, keepdim=True).sqrt().amax(dim=(2, 3), keepdim=True)
+    return torch.as_tensor(gradients / magnitude.clamp(min=1e-6))
+
+
 def unit_features(network: nn.Module, slices: torch.Tensor) -> torch.Tensor:
-    """Features (B, D, H, W) of slices (B, 1, H, W), padded to the network's stride and cropped back, unit length."""
+    """Features (B, D, H, W) of slices (B, 1, H, W) (their edge profiles when the network takes two channels),
+    padded to the network's stride and cropped back, unit length."""
     import torch.nn.functional as F  # noqa: N812 (the torch convention)
 
     height, width = slices.shape[-2:]
     padded = F.pad(slices, (0, (-width) % 4, 0, (-height) % 4), mode="replicate")
+    if network_inputs(network) == 2:
+        padded = edge_profile(padded)
     return F.normalize(network(padded)[..., :height, :width], dim=1)
+
+
+def network_inputs(network: nn.Module) -> int:
+    """Input channels of the correspondence network: 1 (the slice) or 2 (its edge profile)."""
+    return next(module for module in network.modules() if hasattr(module, "in_channels")).in_channels
 
 
 def shifted_windows(tensor: torch.Tensor, radius: int) -> list[torch.Tensor]:
@@ -102,8 +124,10 @@ def train_correspondence(
     device: torch.device,
     seed: int,
     progress=None,
+    edges: bool = False,
 ) -> nn.Module:
-    """Train the correspondence network on a volume's own adjacent slices.
+    """Train the correspondence network on a volume's own adjacent slices (on their edge profiles with ``edges``;
+    the reconstruction is of the intensities either way).
 
     Each step takes ``TRAINING_BATCH`` runs of ``sequence_length`` + 1 consecutive slices (random start, direction
     and crop of ``patch_size`` pixels), reconstructs every slice of a run from the one before and minimises the L1
@@ -118,7 +142,7 @@ def train_correspondence(
     generator = np.random.default_rng(seed)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        network = correspondence_network().to(device)
+        network = correspondence_network(2 if edges else 1).to(device)
     optimizer = torch.optim.Adam(network.parameters(), lr=LEARNING_RATE)
     volume = torch.as_tensor(image, dtype=torch.float32)
     n_slices, height, width = volume.shape
@@ -213,8 +237,9 @@ def sli2vol_propagation(
     patch_size: int = 64,
     extrapolate: bool = False,
     weighting: str = "distance",
+    edge_profile: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Self-supervised slice-to-slice propagation (Sli2Vol style), cascaded from the nearest annotated slices.
+    """Self-supervised slice-to-slice propagation (Sli2Vol), cascaded from the nearest annotated slices.
 
     Learns slice correspondences on this volume (no annotation, no model file; learned once per volume and process,
     see :func:`trained_correspondence`), then carries each annotated slice's
@@ -230,6 +255,11 @@ def sli2vol_propagation(
         patch_size: training crop, in pixels.
         extrapolate: also cascade beyond the first and the last annotated slice.
         weighting: "distance" or "uniform" blending of the two cascades of a gap.
+        edge_profile: the network sees each slice's edge profile (Sobel derivatives), not its intensities.
+
+    Sli2Vol as published (Yeung et al. 2021), but for its verification module: ``edge_profile=True,
+    sequence_length=1, scheduled_sampling=0`` (edge profiles in, trained on pairs of adjacent slices). The defaults
+    are this project's variant: intensities in, runs of 3 slices with scheduled sampling.
     """
     import torch
 
@@ -258,6 +288,7 @@ def sli2vol_propagation(
         sequence_length=sequence_length,
         scheduled_sampling=scheduled_sampling,
         patch_size=patch_size,
+        edges=edge_profile,
     )
     annotated_probabilities, layer_values = one_hot_layers(task)
     backgrounds = np.cumsum([0] + [values.size for values in layer_values[:-1]])
