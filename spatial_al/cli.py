@@ -177,6 +177,7 @@ def command_rank_volumes(args: argparse.Namespace) -> None:
             seed=args.seed,
             device=device or args.device,
             batch_size=args.batch_size,
+            patch_size=tuple(args.patch_size) if args.patch_size else None,
             progress=bar,
             **options,
         )
@@ -627,6 +628,14 @@ def build_parser() -> argparse.ArgumentParser:
     volumes.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     volumes.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     volumes.add_argument("--batch-size", type=positive_int, default=8, help="slices per forward pass (default 8)")
+    volumes.add_argument(
+        "--patch-size",
+        type=positive_int,
+        nargs=3,
+        metavar=("D", "H", "W"),
+        help="3D: train the proxy model as a 3D U-Net on patches of this size (Nath et al.: 96 96 96), and run a 3D "
+        "--model by sliding windows of it",
+    )
     volumes.add_argument("--output", required=True, help="CSV file to write (columns rank,volume,score)")
     add_volume_arguments(volumes)
     volumes.set_defaults(handler=command_rank_volumes)

@@ -10,14 +10,28 @@ from conftest import TINY_UNET
 
 from spatial_al.models import PRESETS, SegmentationModel, preset_config
 from spatial_al.precision import autocast, autocast_dtype
-from spatial_al.training import Trainer, TrainingConfig
+from spatial_al.training import Trainer, TrainingConfig, VolumeExamples
 from spatial_al.training.data import SliceExamples
 
 SMALL_RESNET = {"decoder_channels": (32, 16, 16, 8, 8)}
 
 
+def volume_examples():
+    """One volume (1, 32, 64, 64) with two nested cubes, every slice annotated (big enough that instance norm at
+    the bottleneck averages over 32 voxels: over 4, bfloat16's rounding can make a variance negative)."""
+    target = np.zeros((2, 32, 64, 64), np.uint8)
+    target[0, 8:24, 16:48, 16:48] = 1
+    target[1, 12:20, 24:40, 24:40] = 1
+    image = (target[:1] * 2.0 + np.random.default_rng(0).normal(0, 0.5, (1, 32, 64, 64))).astype(np.float32)
+    data = VolumeExamples()
+    data.append(image, target)
+    return data
+
+
 def small(preset):
-    changes = {"features": TINY_UNET} if PRESETS.get(preset).architecture == "unet" else SMALL_RESNET
+    config = PRESETS.get(preset)
+    tiny = TINY_UNET if config.spatial_dims == 2 else (4, 8, 8, 16, 16, 4)
+    changes = {"features": tiny} if config.architecture == "unet" else SMALL_RESNET
     return SegmentationModel(preset_config(preset, class_names=("organ", "core"), **changes))
 
 
@@ -38,9 +52,14 @@ def test_every_preset_trains_an_epoch_in_bfloat16_to_a_finite_loss(preset):
     config = TrainingConfig(
         precision="bf16", max_epochs=1, iterations_per_epoch=None, batch_size=2, augment=False, learning_rate=1e-3
     )
-    trainer = Trainer(small(preset), config, torch.device("cpu"))
+    model = small(preset)
+    training_data = examples()
+    if model.config.spatial_dims == 3:  # a 3D model trains on patches of volumes
+        config = config.with_options(patch_size=(32, 64, 64), iterations_per_epoch=2)
+        training_data = volume_examples()
+    trainer = Trainer(model, config, torch.device("cpu"))
     assert trainer.amp_dtype == torch.bfloat16 and not trainer.scaler.is_enabled()
-    trainer.train_round(examples())
+    trainer.train_round(training_data)
     assert all(math.isfinite(epoch["train_loss"]) for epoch in trainer.state.history)
     assert trainer.non_finite_steps == 0
 

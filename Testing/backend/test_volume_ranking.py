@@ -57,6 +57,23 @@ def test_volumes_rank_by_the_models_uncertainty_random_priority_or_a_proxy_model
     assert proxy.scores.shape == (3,) and np.all(proxy.scores > 0) and sorted(proxy.order) == [0, 1, 2]
 
 
+def test_a_3d_proxy_model_ranks_volumes_by_sliding_window_mc_dropout():
+    volumes = [np.pad(volume, ((4, 4), (4, 4), (4, 4)), constant_values=-1000.0) for volume in scans()]  # 16 x 32 x 32
+    ranking = spatial_al.rank_volumes(
+        volumes, "proxy_variance", 2, samples=2, max_epochs=1, window=(0, 100), device="cpu", patch_size=(16, 32, 32)
+    )
+    assert ranking.scores.shape == (3,) and np.all(ranking.scores > 0) and sorted(ranking.order) == [0, 1, 2]
+    torch.manual_seed(0)
+    model = SegmentationModel(preset_config("unet3d-small", class_names=("organ",), features=(4, 8, 8, 16, 16, 4)))
+    scores = volume_uncertainty(volumes[0], model, samples=3, seed=1, device="cpu", patch_size=(16, 32, 32))
+    from spatial_al.models.volume_inference import volume_uncertainty as sliding
+
+    direct = sliding(
+        model, normalize_intensities(volumes[0])[None], (16, 32, 32), torch.device("cpu"), passes=3, seed=1
+    )
+    assert scores == {"variance": pytest.approx(direct.mean_variance), "entropy": pytest.approx(direct.mean_entropy)}
+
+
 @pytest.mark.parametrize(
     ("strategy", "k", "message"),
     [

@@ -170,7 +170,7 @@ def build_backbone(config: ModelConfig) -> EncoderDecoder:
         return EncoderDecoder(encoder, decoder, unet.model[2], widths, widths[0], 16)
     if config.architecture == "unet":
         unet = BasicUNet(
-            spatial_dims=2,
+            spatial_dims=config.spatial_dims,
             in_channels=config.in_channels,
             out_channels=config.out_channels,
             features=config.features,

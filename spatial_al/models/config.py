@@ -40,6 +40,8 @@ class ModelConfig:
         attentional_refinement: SBC-AL's attentional segmentation refinement (False: "without ASR").
         attention_grid: ASR attends over at most this many x this many pooled positions.
         slice_axis: array axis (KJI) the model was trained on; prediction cuts new volumes the same way.
+        spatial_dims: 2 (slices) or 3 (volumes: a "unet" only, trained on patches and run by sliding window;
+            :mod:`spatial_al.models.volume_inference`).
     """
 
     architecture: str = "unet"
@@ -58,6 +60,7 @@ class ModelConfig:
     attentional_refinement: bool = True
     attention_grid: int = 32
     slice_axis: int = 0
+    spatial_dims: int = 2
 
     def __post_init__(self):
         if self.architecture not in ARCHITECTURES:
@@ -85,6 +88,13 @@ class ModelConfig:
                 "structure_heads needs structure_prediction (SFP), attentional_refinement (ASR) or both; with "
                 "neither, use a plain preset (unet-small, unet)."
             )
+        if self.spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {self.spatial_dims}.")
+        if self.spatial_dims == 3 and (self.architecture != "unet" or self.star or self.structure_heads):
+            raise ValueError(
+                "A 3D model is a plain unet (MONAI BasicUNet): STAR, SBC-AL's modules and the other architectures "
+                "are 2D; use a 2D preset for them, or unet3d / unet3d-small."
+            )
         if self.attention_grid < 1:
             raise ValueError(f"attention_grid must be at least 1, got {self.attention_grid}.")
 
@@ -105,6 +115,7 @@ class ModelConfig:
             if self.architecture == "resnet_unet"
             else f"{self.architecture}{list(self.features)}"
         )
+        body = f"3D {body}" if self.spatial_dims == 3 else body
         extras = [name for name, on in (("star", self.star), ("structure heads", self.structure_heads)) if on]
         return body + (f" with {' and '.join(extras)}" if extras else "")
 
@@ -175,6 +186,17 @@ _preset(
     "sbc",
     "2D U-Net (32 features) with SBC-AL's structure and boundary modules (SBC-AL paper)",
     ModelConfig(features=PAPER_UNET, dropout=0.1, structure_heads=True),
+)
+
+_preset(
+    "unet3d-small",
+    "3D U-Net (MONAI BasicUNet), 8 initial features, dropout 0.2 in every level: the CPU 3D model",
+    ModelConfig(features=(8, 16, 32, 64, 128, 8), dropout=0.2, spatial_dims=3),
+)
+_preset(
+    "unet3d",
+    "3D U-Net (MONAI BasicUNet), 32 initial features, dropout 0.2 in every level (Nath et al.'s setting)",
+    ModelConfig(features=(32, 32, 64, 128, 256, 32), dropout=0.2, spatial_dims=3),
 )
 
 DEFAULT_PRESET = "unet-small"

@@ -1,11 +1,12 @@
-"""Which scans to annotate first: volume-level ranking (Nath et al. 2022's question, answered with the 2D engine).
+"""Which scans to annotate first: volume-level ranking (Nath et al. 2022's question), with a 2D or a 3D model.
 
 A radiologist's team with a folder of unlabeled scans ranks the volumes, not the slices: each volume gets one score,
 the mean over its voxels of a model's MC-dropout variance or of the entropy of its mean prediction (m passes), or a
 random priority. The proxy strategies need no model: a proxy label (an intensity window, the largest 3D connected
 component; :func:`~spatial_al.selection.proxy.proxy_label`) of every volume trains one proxy model on all of them,
-whose MC-dropout uncertainty then ranks them (Nath et al.'s proxy ranking; their proxy network is 3D, this one is
-the 2D engine's, trained on evenly spaced slices of every volume).
+whose MC-dropout uncertainty then ranks them (Nath et al.'s proxy ranking): a 3D U-Net on random patches as theirs
+when a patch size is given, otherwise the 2D engine's, trained on evenly spaced slices of every volume (cheaper on a
+CPU).
 """
 
 from __future__ import annotations
@@ -64,14 +65,24 @@ def volume_uncertainty(
     device: Any = "auto",
     batch_size: int = 8,
     progress: ProgressReporter | None = None,
+    patch_size: tuple[int, int, int] = (96, 96, 96),
 ) -> dict[str, float]:
     """Mean over the voxels of ``image`` (3D, slices along ``axis``) of the MC-dropout variance (over the passes and
-    the output channels) and of the entropy of the mean prediction, ``samples`` passes with dropout on."""
+    the output channels) and of the entropy of the mean prediction, ``samples`` passes with dropout on: slice by
+    slice for a 2D model, by sliding windows of ``patch_size`` for a 3D one."""
     from ..device import resolve_device
     from ..models.inference import SlicePredictor, pixel_entropy
     from ..training.data import normalize_intensities
 
     slices = np.moveaxis(normalize_intensities(image), axis, 0)
+    if model.config.spatial_dims == 3:
+        from ..models.volume_inference import volume_uncertainty as sliding_uncertainty
+
+        statistics = sliding_uncertainty(
+            model, slices[np.newaxis], patch_size, resolve_device(device), passes=samples, seed=seed,
+            batch_size=batch_size, progress=progress,
+        )  # fmt: skip
+        return {"variance": statistics.mean_variance, "entropy": statistics.mean_entropy}
     predictor = SlicePredictor(model, resolve_device(device), batch_size)
     chunk = max(1, 32 * 256 * 256 // int(np.prod(slices.shape[1:])))  # 32 slices of 256 x 256 a step
     variance = entropy = 0.0
@@ -93,18 +104,34 @@ def train_proxy_model(
     seed: int,
     device: Any,
     progress: ProgressReporter | None,
+    patch_size: tuple[int, int, int] | None = None,
 ):
-    """One proxy model (``unet-small``, one class "proxy") trained on the proxy labels of every volume, on
-    ``training_slices`` evenly spaced slices of each."""
+    """One proxy model (one class "proxy") trained on the proxy labels of every volume: a 3D ``unet3d-small`` on
+    random patches of ``patch_size`` (Nath et al.'s, foreground:background 1:1), or without a patch size a 2D
+    ``unet-small`` on ``training_slices`` evenly spaced slices of each."""
     import torch
 
     from ..device import resolve_device
     from ..models import SegmentationModel, preset_config
-    from ..training import Trainer, TrainingConfig
+    from ..training import Trainer, TrainingConfig, VolumeExamples
     from ..training.data import normalize_intensities, slice_examples
     from ..volume import Segment
     from .proxy import proxy_label
 
+    if patch_size is not None:
+        volumes = VolumeExamples()
+        for index, image in enumerate(images):
+            label = np.moveaxis(proxy_label(image, window), axis, 0).astype(np.uint8)[np.newaxis]
+            volumes.append(np.moveaxis(normalize_intensities(image), axis, 0)[np.newaxis], label, name=f"{index}")
+        torch.manual_seed(seed)
+        model = SegmentationModel(preset_config("unet3d-small", class_names=("proxy",), slice_axis=axis))
+        config = TrainingConfig(
+            seed=seed, max_epochs=max_epochs, patch_size=tuple(patch_size), batch_size=2, validation_fraction=0.0,
+            augment=False,
+        )  # fmt: skip
+        trainer = Trainer(model, config, resolve_device(device), progress=progress)
+        trainer.train_round(volumes)
+        return trainer.model
     segment = Segment("proxy", 1)
     examples = None
     for index, image in enumerate(images):
@@ -141,6 +168,7 @@ def rank_volumes(
     window: tuple[float, float] = (-160.0, 240.0),
     training_slices: int = 32,
     max_epochs: int = 10,
+    patch_size: tuple[int, int, int] | None = None,
     progress: ProgressReporter | None = None,
 ) -> VolumeRanking:
     """Rank whole volumes to annotate first.
@@ -155,6 +183,8 @@ def rank_volumes(
         names: the volumes' names (default "volume 1", ...).
         window: the proxy label's intensity window (low, high); the default is CT soft tissue in HU.
         training_slices: the proxy model's slices per volume, evenly spaced. max_epochs: its epochs.
+        patch_size: (D, H, W) patches of a 3D model: the proxy model is then 3D (Nath et al.'s), trained on random
+            patches; a 3D ``model`` is run by sliding windows of this size (default 96 x 96 x 96).
 
     Raises:
         ValueError: an unknown strategy (with the valid ones), ``k`` out of range, no model for "variance" or
@@ -173,12 +203,16 @@ def rank_volumes(
     else:
         measure = strategy.removeprefix("proxy_")
         if strategy.startswith("proxy_"):
-            model = train_proxy_model(volumes, window, axis, training_slices, max_epochs, seed, device, progress)
+            model = train_proxy_model(
+                volumes, window, axis, training_slices, max_epochs, seed, device, progress, patch_size
+            )
         elif model is None:
             raise ValueError(f"{strategy!r} ranks by a model's uncertainty: pass model=, or use proxy_{strategy}.")
+        windows = tuple(patch_size or (96, 96, 96))
         scores = np.empty(len(volumes))
         for index, volume in enumerate(volumes):
-            scores[index] = volume_uncertainty(volume, model, axis, samples, seed, device, batch_size)[measure]
+            statistics = volume_uncertainty(volume, model, axis, samples, seed, device, batch_size, None, windows)
+            scores[index] = statistics[measure]
             report(progress, index + 1, len(volumes), f"{measure} of {names[index]}")
     order = np.lexsort((np.arange(len(volumes)), -scores))  # highest first, ties to the earlier volume
     return VolumeRanking(names, scores, order, strategy)

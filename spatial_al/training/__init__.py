@@ -3,12 +3,14 @@
 from .checkpoint import Checkpoint, load_model, read_checkpoint, resume_trainer, save_checkpoint
 from .config import TrainingConfig
 from .trainer import Trainer, TrainerState
+from .volumes import VolumeExamples
 
 __all__ = [
     "Checkpoint",
     "Trainer",
     "TrainerState",
     "TrainingConfig",
+    "VolumeExamples",
     "load_model",
     "read_checkpoint",
     "resume_trainer",

@@ -43,7 +43,10 @@ class TrainingConfig:
         checkpoint_every: the checkpoint is written when the validation loss improves, when the round ends, and
             at least every this many epochs (a resume replays the epochs since, exactly).
         validation_fraction: annotated slices held out for early stopping (none when too few).
-        patch_size: random crop (H, W) per slice; None: whole slices padded to a common size.
+        patch_size: random crop (H, W) per slice; None: whole slices padded to a common size. A 3D model trains on
+            patches (D, H, W) (96 x 96 x 96 in Nath et al.; required).
+        foreground_odds: a 3D patch is centred on foreground against anywhere at these odds (Nath et al.'s fg:bg
+            1:1 is (1, 1)).
         augment: random rotation, scaling, intensity and noise augmentation.
         loader_workers: processes preparing training batches (reading, augmenting) beside the training step; None:
             up to 4 (half the CPU cores at most) when training on CUDA, where the step is fast enough for
@@ -78,7 +81,8 @@ class TrainingConfig:
     patience: int = 10
     checkpoint_every: int = 5
     validation_fraction: float = 0.2
-    patch_size: tuple[int, int] | None = None
+    patch_size: tuple[int, ...] | None = None
+    foreground_odds: tuple[float, float] = (1.0, 1.0)
     augment: bool = True
     loader_workers: int | None = None
     pseudo_label_weight: float = 0.5
@@ -100,6 +104,10 @@ class TrainingConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
         if self.loader_workers is not None and self.loader_workers < 0:
             raise ValueError(f"loader_workers must be 0 or more, got {self.loader_workers}.")
+        if self.patch_size is not None and (len(self.patch_size) not in (2, 3) or min(self.patch_size) < 1):
+            raise ValueError(f"patch_size must be (H, W) or (D, H, W) of positive sizes, got {self.patch_size}.")
+        if len(self.foreground_odds) != 2 or min(self.foreground_odds) < 0 or sum(self.foreground_odds) == 0:
+            raise ValueError(f"foreground_odds must be two non-negative odds, not both 0; got {self.foreground_odds}.")
         if not 0.0 <= self.validation_fraction < 1.0:
             raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}.")
 
@@ -123,7 +131,7 @@ class TrainingConfig:
                     f"Unknown training option {name!r}. Did you mean {closest[0]!r}? Options: {', '.join(known)}."
                 )
             options[name] = convert(options[name], types[name], f"training option {name}")
-        for name in ("patch_size", "loss_weights"):
+        for name in ("patch_size", "loss_weights", "foreground_odds"):
             if options.get(name) is not None:
                 options[name] = tuple(options[name])
         return replace(self, **options)

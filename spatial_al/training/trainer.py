@@ -30,6 +30,7 @@ from .config import TrainingConfig
 from .data import SliceExamples, annotated_neighbour_groups
 from .loader import SliceDataset
 from .losses import distance_regression_loss, segmentation_loss, weighted_mean, with_background
+from .volumes import PatchDataset, VolumeExamples
 
 # Consecutive steps with a non-finite loss or gradient after which training stops (a transient one is skipped).
 MAX_NON_FINITE_STEPS = 5
@@ -210,6 +211,7 @@ class Trainer:
     def evaluate(self, loader: DataLoader, stage: str) -> float:
         """Mean weighted loss over ``loader`` without gradients or augmentation."""
         self.model.eval()
+        loader.dataset.reseed(self.config.seed)  # the same validation patches every epoch (3D); a no-op for slices
         total, count = 0.0, 0
         with torch.no_grad():
             for batch in loader:
@@ -249,9 +251,13 @@ class Trainer:
             self.phase_seconds["data"] -= transformed
             self.phase_seconds["augmentation"] += transformed
 
-    def data_loader(self, examples: SliceExamples, stage: str, shuffle: bool) -> DataLoader | None:
-        """Batches of ``examples`` for ``stage``: shuffled, cropped and augmented when ``shuffle`` (training).
-        None for validation of STAR's stage 2 when no two held-out slices of one volume can be grouped."""
+    def data_loader(self, examples: SliceExamples | VolumeExamples, stage: str, shuffle: bool) -> DataLoader | None:
+        """Batches of ``examples`` for ``stage``: shuffled, cropped and augmented when ``shuffle`` (training); 3D
+        patches of volumes for a 3D model. None for validation of STAR's stage 2 when no two held-out slices of one
+        volume can be grouped."""
+        if isinstance(examples, VolumeExamples):
+            dataset = self.patch_dataset(examples, augment=self.config.augment and shuffle)
+            return self.batches(dataset, shuffle)
         groups = None
         if stage == "star_propagation":  # groups of annotated slices only, never pseudo-labels
             annotated = examples.annotated_indices
@@ -273,6 +279,35 @@ class Trainer:
             and stage == "segmentation",
             groups=groups,
         )
+        return self.batches(dataset, shuffle)
+
+    def patch_dataset(self, examples: VolumeExamples, augment: bool) -> PatchDataset:
+        """Random 3D patches of ``examples`` for a 3D model (see :mod:`spatial_al.training.volumes`).
+
+        Raises:
+            ValueError: the model is 2D, or no 3D patch size is configured.
+        """
+        if self.model.config.spatial_dims != 3:
+            raise ValueError(f"Volumes train a 3D model; this model is {self.model.config.describe()}.")
+        patch, divisor = self.config.patch_size, self.model.size_divisor
+        if patch is None or len(patch) != 3 or any(n % divisor for n in patch) or max(patch) <= divisor:
+            raise ValueError(
+                f"A 3D model trains on patches: set patch_size to (D, H, W), each a multiple of {divisor} and one "
+                f"at least {2 * divisor} (its bottleneck needs more than one voxel; e.g. 96, 96, 96); got {patch}."
+            )
+        positive, negative = self.config.foreground_odds
+        dataset = PatchDataset(examples, patch, positive, negative, augment=augment, seed=self.config.seed)
+        if dataset.padded:
+            warnings.warn(
+                f"{', '.join(dataset.padded)} {'is' if len(dataset.padded) == 1 else 'are'} smaller than the patch "
+                f"{tuple(patch)} along an axis and padded to it (the padding is masked out of the loss); a smaller "
+                "patch_size avoids it.",
+                stacklevel=2,
+            )
+        return dataset
+
+    def batches(self, dataset, shuffle: bool) -> DataLoader:
+        """The loader of ``dataset``: ``iterations_per_epoch`` batches drawn with replacement when shuffling."""
         sampler, workers = None, 0
         if shuffle:
             samples = (self.config.iterations_per_epoch or 0) * self.config.batch_size or None
