@@ -1,7 +1,8 @@
 """Learn from a slice stack and predict one: what ``spatial-al train`` / ``predict`` and the Slicer modules'
 "Update model" call.
 
-Volumes are (K, J, I) arrays; the model sees the 2D slices cut along the stack's slice axis.
+Volumes are (K, J, I) arrays; a 2D model sees the slices cut along the stack's slice axis, a 3D model the whole
+volume (patches in training, sliding windows in prediction) with its slices along that axis first.
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ def train_on_stack(
     from .models import DEFAULT_PRESET, ModelConfig, SegmentationModel, preset_config
     from .training import Trainer, TrainingConfig, read_checkpoint, resume_trainer, save_checkpoint
     from .training.checkpoint import check_architecture, load_weights
-    from .training.data import normalize_intensities, slice_examples, split_validation
+    from .training.data import normalize_intensities, slice_examples, split_validation, volume_examples
 
     if stack.image is None:
         raise ValueError("Training needs an image; this stack has labels only.")
@@ -170,6 +171,21 @@ def train_on_stack(
 
     config = trainer.config
     image = normalize_intensities(stack.image)
+    if model_config.spatial_dims == 3:
+        if pseudo_labels is not None:
+            raise ValueError(
+                "A 3D model learns from the annotated slices of the volume (the others are masked out of its loss); "
+                "pseudo-labels train 2D models. Leave them out, or use a 2D preset."
+            )
+        volume = volume_examples(
+            image, stack.label_layers, segments, model_config.class_names, annotated_slices, stack.slice_axis
+        )
+        if config.patch_size is None:  # the whole volume up to 96 voxels a side (the Slicer panel sets none)
+            trainer.config = replace(config, patch_size=default_window(volume.images[0].shape[1:], model.size_divisor))
+        trainer.train_round(volume)
+        if checkpoint_path is not None:
+            save_checkpoint(checkpoint_path, trainer.model, trainer)
+        return TrainingOutcome(trainer.model, trainer, annotated_slices, [], [])
     examples = slice_examples(
         image, stack.label_layers, segments, model_config.class_names, annotated_slices, stack.slice_axis
     )
@@ -206,6 +222,28 @@ def train_on_stack(
     return TrainingOutcome(trainer.model, trainer, annotated_slices, used_pseudo, validation)
 
 
+def default_window(shape: Sequence[int], divisor: int) -> tuple[int, ...]:
+    """A 3D model's patch or window for a volume of ``shape`` (D, H, W): each side the volume's, rounded down to a
+    multiple of ``divisor`` (at least one), at most 96 (Nath et al.'s patch)."""
+    return tuple(min(96, max(divisor, int(size) // divisor * divisor)) for size in shape)
+
+
+def volume_prediction(model, volume: np.ndarray, device, batch_size: int, progress) -> np.ndarray:
+    """A 3D model's prediction of ``volume`` (D, H, W) by sliding windows of :func:`default_window`: class indices
+    (D, H, W) for a softmax head, masks (D, S, H, W) for a sigmoid one, as :meth:`SlicePredictor.labels` gives
+    them."""
+    from .models.volume_inference import predict_volume, volume_labels
+
+    window = default_window(volume.shape, model.size_divisor)
+    model.eval()
+    probabilities = predict_volume(
+        model, volume[np.newaxis], window, device, batch_size=max(1, batch_size // 4), progress=progress
+    )
+    if model.config.head == "softmax":
+        return volume_labels(probabilities, "softmax")
+    return (probabilities > 0.5).numpy().transpose(1, 0, 2, 3)
+
+
 def predict_segmentation(
     model,
     stack: SliceStack,
@@ -228,7 +266,10 @@ def predict_segmentation(
         raise ValueError("Prediction needs an image; this stack has labels only.")
     axis = config.slice_axis
     slices = np.moveaxis(normalize_intensities(stack.image), axis, 0)[:, np.newaxis]  # (N, 1, H, W)
-    predicted = SlicePredictor(model, resolve_device(device), batch_size).labels(slices, progress).numpy()
+    if config.spatial_dims == 3:
+        predicted = volume_prediction(model, slices[:, 0], resolve_device(device), batch_size, progress)
+    else:
+        predicted = SlicePredictor(model, resolve_device(device), batch_size).labels(slices, progress).numpy()
     segments = tuple(
         Segment(name=name, label_value=index + 1, color=config.class_colors[index] if config.class_colors else None)
         for index, name in enumerate(config.class_names)

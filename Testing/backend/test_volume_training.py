@@ -186,3 +186,19 @@ def test_3d_training_needs_a_3d_patch_and_a_3d_model():
         Trainer(tiny_3d_model(), replace(QUICK_3D, max_epochs=1, iterations_per_epoch=1), CPU).fit(short)
     with pytest.raises(ValueError, match="A 3D model is a plain unet"):
         preset_config("sbc-small", spatial_dims=3)
+
+
+def test_train_and_predict_on_a_scan_with_a_3d_preset_learn_from_every_third_slice(moving_stack):
+    from spatial_al.learning import predict_segmentation, train_on_stack
+
+    config = replace(QUICK_3D, patch_size=None, max_epochs=8, iterations_per_epoch=10)  # the whole (19, 48, 48)
+    preset = preset_config("unet3d-small", features=TINY_3D)
+    outcome = train_on_stack(moving_stack, range(0, 19, 3), preset=preset, training=config, device="cpu")
+    assert outcome.model.config.spatial_dims == 3 and outcome.validation_slices == []
+    predicted = predict_segmentation(outcome.model, moving_stack, device="cpu").label_layers[0]
+    truth = moving_stack.label_layers[0]
+    unannotated = [k for k in range(19) if k % 3]
+    for label in (1, 2):
+        assert dice(predicted[unannotated] == label, truth[unannotated] == label) > 0.8
+    with pytest.raises(ValueError, match="pseudo-labels train 2D models"):
+        train_on_stack(moving_stack, [0, 9], preset=preset, training=config, pseudo_labels=object(), device="cpu")

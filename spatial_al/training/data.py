@@ -157,6 +157,29 @@ def slice_examples(
     return examples
 
 
+def volume_examples(
+    normalized_image: np.ndarray,
+    label_layers: np.ndarray,
+    segments: Sequence[Segment],
+    class_names: Sequence[str],
+    annotated: Sequence[int],
+    axis: int,
+    name: str = "",
+):
+    """One volume as 3D training data (:class:`~spatial_al.training.volumes.VolumeExamples`): the image (1, D, H, W)
+    and the multi-hot target (S, D, H, W) with the slices along ``axis`` first; the ``annotated`` slices supervise,
+    the others are masked out of the loss. Arguments as :func:`slice_examples`."""
+    from .volumes import VolumeExamples
+
+    classes = match_classes(segments, class_names)
+    layers = np.moveaxis(label_layers, axis + 1, 1)  # (L, D, H, W)
+    target = np.stack([layers[segment.layer] == segment.label_value for segment in classes]).astype(np.uint8)
+    examples = VolumeExamples()
+    image = np.moveaxis(normalized_image, axis, 0)[np.newaxis].astype(np.float32)
+    examples.append(image, target, normalize_slice_indices(annotated, image.shape[1], "training slice"), name=name)
+    return examples
+
+
 def annotated_neighbour_groups(sources: Sequence[tuple[int, int]]) -> list[tuple[int, tuple[int, ...]]]:
     """STAR stage 2 samples: each example with its group, the nearest other example below and above it in its
     volume, as the group of annotated slices around an unlabeled slice (eq. 2).
