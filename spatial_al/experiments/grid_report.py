@@ -28,6 +28,7 @@ from .report import arm_colors, csv_text, markdown_table, mean_std, save_figure
 
 METRIC_NAMES = {"iou_batched": "batched IoU", "dice_batched": "batched Dice", "dice_3d": "Dice (3D, per volume)"}
 TABLE_METRICS = ("iou_batched", "dice_batched", "dice_3d", "iou_3d")
+PERCENT_TICKS = (1, 2, 5, 10, 20, 40, 80, 100)
 
 
 def grid_points(runs: dict[str, list[dict[str, Any]]]) -> dict[tuple[str, float, float], list[dict[str, Any]]]:
@@ -147,7 +148,8 @@ def plot_budget(points, group: str, densities, fractions, metric: str, folder: P
             )  # fmt: skip
         axes.set_xlabel("labeled training slices (% of the training set)")
         axes.set_ylabel(METRIC_NAMES.get(metric, metric) + f" (test), {group}")
-        logarithmic_percent_axis(axes)
+        budgets = [labeled_percent(records) for key, records in points.items() if key[0] == group]
+        logarithmic_percent_axis(axes, [t for t in PERCENT_TICKS if min(budgets) / 1.5 <= t <= max(budgets) * 1.5])
         axes.legend(fontsize=8)
         save_figure(figure, folder / ("budget_by_density.png" if by_density else "budget_by_volumes.png"))
 
