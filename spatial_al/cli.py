@@ -345,7 +345,7 @@ def command_train(args: argparse.Namespace) -> None:
     from .training import TrainingConfig, read_checkpoint
 
     output = writable_output(args.output)
-    refuse_overwriting_inputs(output, [args.image, args.segmentation, args.pseudo, args.resume])
+    refuse_overwriting_inputs(output, [args.image, args.segmentation, args.pseudo, args.resume, args.init])
     if not output.name.endswith(".pt"):
         raise CommandLineError(f"--output {str(output)!r}: a model checkpoint is written as a .pt file.")
     timer = Timer()
@@ -379,6 +379,7 @@ def command_train(args: argparse.Namespace) -> None:
             device=args.device,
             progress=bar,
             checkpoint_path=output,
+            initial_weights=args.init,
         )
     history = outcome.history
     configuration = {
@@ -680,6 +681,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-epochs", type=positive_int, help="epochs per round, each of 25 optimizer steps (default 20)"
     )
     train.add_argument("--resume", metavar="CKPT", help="checkpoint to continue or fine-tune (next round)")
+    train.add_argument(
+        "--init",
+        metavar="CKPT",
+        help="start a new model from this checkpoint's weights where they fit (e.g. a proxy model of the same preset; "
+        "the output layer is re-made when the classes differ)",
+    )
     train.add_argument("--seed", type=int, help="random seed (default 0)")
     train.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     train.add_argument("--output", required=True, help="checkpoint to write (.pt); rewritten as training improves")

@@ -94,6 +94,7 @@ def train_on_stack(
     device: str = "auto",
     progress: ProgressReporter | None = None,
     checkpoint_path: str | Path | None = None,
+    initial_weights: str | Path | None = None,
 ) -> TrainingOutcome:
     """Train (or fine-tune) a segmentation model on the annotated slices of ``stack``.
 
@@ -114,16 +115,27 @@ def train_on_stack(
         progress: per-batch progress; cancelling stops before the next batch.
         checkpoint_path: written when the validation loss improves, every ``checkpoint_every`` epochs (resumable)
             and at the end.
+        initial_weights: a checkpoint whose weights start a new model where they fit (Nath et al.: a proxy
+            model's; the output layer stays fresh when the classes differ). Not with ``resume``.
 
     Raises:
         ValueError: no annotated slice, label-free stack, NaN intensities, segments that do not match the model,
             a checkpoint of another architecture or slice axis.
     """
+    import torch
     from monai.utils import set_determinism
 
     from .device import resolve_device
     from .models import DEFAULT_PRESET, ModelConfig, SegmentationModel, preset_config
-    from .training import Trainer, TrainingConfig, read_checkpoint, resume_trainer, save_checkpoint
+    from .training import (
+        Trainer,
+        TrainingConfig,
+        initialize_from,
+        load_model,
+        read_checkpoint,
+        resume_trainer,
+        save_checkpoint,
+    )
     from .training.checkpoint import check_architecture, load_weights
     from .training.data import normalize_intensities, slice_examples, split_validation, volume_examples
 
@@ -139,6 +151,8 @@ def train_on_stack(
         (lambda trainer: save_checkpoint(checkpoint_path, trainer.model, trainer)) if checkpoint_path else None
     )
 
+    if resume is not None and initial_weights is not None:
+        raise ValueError("A resumed model keeps its own weights; give --resume or --init, not both.")
     if resume is not None:
         checkpoint = read_checkpoint(resume)
         model_config = checkpoint.model_config
@@ -167,6 +181,9 @@ def train_on_stack(
             slice_axis=stack.slice_axis,
         )
         model = SegmentationModel(model_config)
+        if initial_weights is not None:
+            source, _ = load_model(initial_weights, torch.device("cpu"))
+            initialize_from(model, source)
         trainer = Trainer(model, training, torch_device, progress=progress, on_checkpoint=on_checkpoint)
 
     config = trainer.config

@@ -510,3 +510,22 @@ def test_intensities_near_the_float32_limit_normalise_as_ordinary_ones(chest_ct)
         np.testing.assert_allclose(scaled, ordinary, atol=1e-3)
     huge = normalize_intensities(image.astype(np.float64) * 1e300)  # beyond float32 altogether
     np.testing.assert_allclose(huge, ordinary, atol=1e-3)
+
+
+def test_a_proxy_models_weights_start_a_new_model_with_a_fresh_output_layer(labeled_stack, tmp_path):
+    from spatial_al.training import initialize_from
+
+    torch.manual_seed(5)
+    proxy = SegmentationModel(preset_config("unet-small", class_names=("proxy",), features=TINY_UNET))
+    path = save_checkpoint(tmp_path / "proxy.pt", proxy)
+    config = replace(QUICK, max_epochs=1, learning_rate=0.0)  # no update: the weights stay as initialised
+    outcome = train(labeled_stack, training=config, initial_weights=path)
+    started, source = outcome.model.state_dict(), proxy.state_dict()
+    fresh = [name for name in started if started[name].shape != source[name].shape]
+    assert fresh and all(name.startswith("backbone.head") for name in fresh)  # 2 classes + background vs 1 + 1
+    assert all(torch.equal(started[name], source[name]) for name in started if name not in fresh)
+    other = SegmentationModel(preset_config("unet", class_names=("a",)))
+    with pytest.raises(ValueError, match="the architectures differ"):
+        initialize_from(other, proxy)
+    with pytest.raises(ValueError, match="give --resume or --init, not both"):
+        train(labeled_stack, training=config, initial_weights=path, resume=path)

@@ -133,6 +133,25 @@ def load_weights(model: SegmentationModel, state: dict[str, torch.Tensor], path:
     model.load_state_dict(state)
 
 
+def initialize_from(model: SegmentationModel, source: SegmentationModel) -> list[str]:
+    """Start ``model`` from ``source``'s weights (Nath et al.: the proxy model initialises the first supervised one):
+    every tensor of the same name and shape is copied; the rest, the output layer when the class counts differ, keep
+    their fresh initialisation. Returns the names of the tensors not copied.
+
+    Raises:
+        ValueError: the two are different architectures (nothing but the output layer may differ).
+    """
+    if not source.config.same_architecture(model.config):  # classes and head aside
+        raise ValueError(
+            f"Initialising a {model.config.describe()} model from a {source.config.describe()} one: the "
+            "architectures differ; train the proxy with the same preset."
+        )
+    own, theirs = model.state_dict(), source.state_dict()
+    copied = {name: value for name, value in theirs.items() if name in own and own[name].shape == value.shape}
+    model.load_state_dict({**own, **copied})
+    return sorted(set(own) - set(copied))
+
+
 def resume_trainer(
     checkpoint: Checkpoint,
     model: SegmentationModel,
