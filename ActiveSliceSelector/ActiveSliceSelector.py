@@ -23,6 +23,8 @@ from SpatialALSlicerLib.ModuleWidget import SessionWidgetMixin  # noqa: E402
 
 SLICE_PLANES = ["axial", "coronal", "sagittal"]
 BUDGET_UNITS = ["slices", "percent"]
+# spatial_al.selection.volumes.VOLUME_STRATEGIES, written out so the module loads before the backend is installed
+VOLUME_STRATEGIES = ["proxy_entropy", "proxy_variance", "entropy", "variance", "random"]
 
 #
 # ActiveSliceSelector
@@ -64,6 +66,8 @@ class ActiveSliceSelectorParameterNode:
     this many slices apart (strategies that space their picks themselves ignore it). seed: random seed.
     queriedSlices: table of the ranking (rank, slice, score, strategy, status).
     modelPath: checkpoint that "Update model" trains or fine-tunes and "Predict" uses.
+    volumeStrategy/volumeCount: how "Rank scans" ranks the scene's scans, and how many to annotate first.
+    volumeRanking: table of that ranking (rank, volume, score, strategy).
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -76,6 +80,9 @@ class ActiveSliceSelectorParameterNode:
     seed: Annotated[int, WithinRange(0, 2**31 - 1)] = 0
     queriedSlices: vtkMRMLTableNode
     modelPath: str = ""
+    volumeStrategy: Annotated[str, Choice(VOLUME_STRATEGIES)] = "proxy_entropy"
+    volumeCount: Annotated[int, WithinRange(1, 10000)] = 1
+    volumeRanking: vtkMRMLTableNode
 
 
 #
@@ -108,6 +115,8 @@ class ActiveSliceSelectorWidget(SessionWidgetMixin, ScriptedLoadableModuleWidget
         self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathChanged)
         self.ui.updateModelButton.connect("clicked(bool)", self.onUpdateModel)
         self.ui.predictButton.connect("clicked(bool)", self.onPredict)
+        self.ui.rankVolumesButton.connect("clicked(bool)", self.onRankVolumes)
+        self.ui.volumeStrategyComboBox.addItems(VOLUME_STRATEGIES)
         import qt  # the application's Qt; absent where only the Logic runs (slicer-core)
 
         # PythonQt has no str -> QKeySequence conversion: a plain string here would abort setup()
@@ -134,6 +143,10 @@ class ActiveSliceSelectorWidget(SessionWidgetMixin, ScriptedLoadableModuleWidget
             )
             self.ui.updateModelButton.text = _("Update model")
             self.ui.predictButton.text = _("Predict")
+            self.ui.rankVolumesButton.text = _("Rank scans")
+        self.ui.rankVolumesButton.enabled = self.actionEnabled(self.ui.rankVolumesButton, bool(node))
+        if node and self.ui.volumeRankingTableView.mrmlTableNode() is not node.volumeRanking:
+            self.ui.volumeRankingTableView.setMRMLTableNode(node.volumeRanking)
         self.ui.rankButton.enabled = self.actionEnabled(self.ui.rankButton, ready)
         self.ui.updateModelButton.enabled = self.actionEnabled(self.ui.updateModelButton, ready and hasModelPath)
         self.ui.predictButton.enabled = self.actionEnabled(
@@ -183,6 +196,28 @@ class ActiveSliceSelectorWidget(SessionWidgetMixin, ScriptedLoadableModuleWidget
 
         inBackground = self.logic.rankingTakesLong(node.strategy, node.modelPath)
         self.runJob(self.ui.rankButton, _("Ranking failed."), rankingJob, showRanking, inBackground)
+
+    def onRankVolumes(self) -> None:
+        node = self._parameterNode
+
+        def volumeRankingJob():
+            return self.logic.volumeRankingJob(
+                self.logic.scansInScene(slicer.mrmlScene),
+                node.volumeStrategy,
+                node.volumeCount,
+                sliceAxis=node.sliceAxis,
+                modelPath=node.modelPath,
+                seed=node.seed,
+                tableNode=node.volumeRanking,
+            )
+
+        def showRanking(result):
+            ranking, tableNode = result
+            node.volumeRanking = tableNode
+            self.showStatus(_("Annotate first: {names}.").format(names=", ".join(ranking.top(node.volumeCount))))
+
+        inBackground = node.volumeStrategy != "random"
+        self.runJob(self.ui.rankVolumesButton, _("Scan ranking failed."), volumeRankingJob, showRanking, inBackground)
 
     def onUpdateModel(self) -> None:
         node = self._parameterNode
@@ -413,6 +448,11 @@ class ActiveSliceSelectorLogic(ScriptedLoadableModuleLogic):
 
         if not volumeNodes:
             raise MRMLAdapter.MRMLInputError("No volume to rank: load the scans (or a folder of them) first.")
+        if not 1 <= k <= len(volumeNodes):
+            raise MRMLAdapter.MRMLInputError(
+                f"{k} scans to annotate first, but {len(volumeNodes)} are loaded; choose at most {len(volumeNodes)} "
+                "or load more scans."
+            )
         axes = {MRMLAdapter.sliceAxisIndex(node, sliceAxis) for node in volumeNodes}
         if len(axes) > 1:
             raise MRMLAdapter.MRMLInputError(
@@ -438,6 +478,15 @@ class ActiveSliceSelectorLogic(ScriptedLoadableModuleLogic):
             return ranking, table
 
         return BackgroundJob("rank_volumes", arguments, writeTable, "Volume ranking")
+
+    @staticmethod
+    def scansInScene(scene):
+        """The scene's scalar volumes that are scans (label map volumes left out), in the order they were added."""
+        nodes = [
+            scene.GetNthNodeByClass(i, "vtkMRMLScalarVolumeNode")
+            for i in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode"))
+        ]
+        return [node for node in nodes if not node.IsA("vtkMRMLLabelMapVolumeNode")]
 
     @staticmethod
     def rankingUsesModel(strategy, modelPath):

@@ -174,3 +174,22 @@ def write_msd_folder(root, cases=5, shape=(12, 24, 20), channels=None, missing_l
     }
     (root / "dataset.json").write_text(json.dumps(description))
     return root
+
+
+SMOKE_OPTIONS = ["--scale", "smoke", "--device", "cpu", "--quiet"]
+
+
+def run_smoke_study(protocol, data, output, *extra):
+    """``spatial-al experiment run PROTOCOL`` at the smoke scale on the CPU; its exit status."""
+    from spatial_al.cli import main
+
+    return main(["experiment", "run", protocol, "--data", str(data), "--output", str(output), *SMOKE_OPTIONS, *extra])
+
+
+def run_records(study, seed=0):
+    """The finished run records of ``study`` for ``seed``, by arm."""
+    import json
+    from pathlib import Path
+
+    records = [json.loads(path.read_text()) for path in Path(study).glob(f"runs/*/seed-{seed}/run.json")]
+    return {record["arm"]: record for record in records}

@@ -583,22 +583,27 @@ def test_the_selector_panel_follows_a_reloaded_scene_and_keeps_its_table_view(sl
 
     names = ("rankButton", "nextButton", "previousButton", "markAnnotatedButton", "updateModelButton", "predictButton")
     panel.ui = types.SimpleNamespace(
-        **{name: Button() for name in names},
+        **{name: Button() for name in (*names, "rankVolumesButton")},
         queriedSlicesTableView=TableView(),
+        volumeRankingTableView=TableView(),
         strategyComboBox=ComboBox(),
         modelPathLineEdit=types.SimpleNamespace(currentPath=""),
     )
     panel.initializeWork()
     table = headless.scene.AddNewNodeByClass("vtkMRMLTableNode")
+    scans = headless.scene.AddNewNodeByClass("vtkMRMLTableNode")
     panel._parameterNode = types.SimpleNamespace(
-        inputVolume=volume, segmentation=segmentation, queriedSlices=table, modelPath="", strategy="entropy"
-    )
+        inputVolume=volume, segmentation=segmentation, queriedSlices=table, modelPath="", strategy="entropy",
+        volumeRanking=scans,
+    )  # fmt: skip
     panel.updateGUIFromParameterNode()
     assert panel.ui.strategyComboBox.currentText == "entropy"  # the parameter node's choice, e.g. after a reload
     for _ in range(3):  # every parameter change calls this; the table view keeps its node (and its selection)
         panel.updateGUIFromParameterNode()
     assert panel.ui.queriedSlicesTableView.resets == 1 and panel.ui.queriedSlicesTableView.node is table
+    assert panel.ui.volumeRankingTableView.resets == 1 and panel.ui.volumeRankingTableView.node is scans
     assert panel.ui.rankButton.enabled and not panel.ui.updateModelButton.enabled  # no model file chosen
+    assert panel.ui.rankVolumesButton.enabled and panel.ui.rankVolumesButton.text == "Rank scans"
 
 
 def test_the_scenes_volumes_are_ranked_to_say_which_scan_to_annotate_first(slicer_modules, headless):
@@ -625,3 +630,22 @@ def test_the_scenes_volumes_are_ranked_to_say_which_scan_to_annotate_first(slice
     assert same_table is table and table.GetTable().GetNumberOfRows() == 3 and np.all(ranking.scores > 0)
     with pytest.raises(MRMLAdapter.MRMLInputError, match="No volume to rank"):
         logic.volumeRankingJob([], "random", 1)
+    with pytest.raises(
+        MRMLAdapter.MRMLInputError, match="4 scans to annotate first, but 3 are loaded; choose at most 3"
+    ):
+        logic.volumeRankingJob(nodes, "random", 4)
+    headless.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "a label map")
+    assert logic.scansInScene(headless.scene) == nodes  # "Rank scans" ranks these: the scans, not label maps
+
+
+def test_the_panels_scan_strategies_are_the_backends():
+    import ast
+
+    from spatial_al.selection.volumes import VOLUME_STRATEGIES
+
+    source = (Path(__file__).parents[1] / "ActiveSliceSelector" / "ActiveSliceSelector.py").read_text()
+    listed = next(
+        node.value for node in ast.parse(source).body
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "VOLUME_STRATEGIES"
+    )  # fmt: skip
+    assert sorted(ast.literal_eval(listed)) == sorted(VOLUME_STRATEGIES)

@@ -3,23 +3,13 @@ layouts; the same random initial slices for every arm of a seed, percent budgets
 bad requests refused before any training."""
 
 import json
-from pathlib import Path
 
 import pytest
-from conftest import write_challenge_folder
-
-from spatial_al.cli import main
-
-SMOKE = ["--scale", "smoke", "--device", "cpu", "--quiet"]
+from conftest import run_records, run_smoke_study, write_challenge_folder
 
 
 def run_study(data, output, *extra):
-    return main(["experiment", "run", "sbc_al", "--data", str(data), "--output", str(output), *SMOKE, *extra])
-
-
-def run_records(study):
-    records = [json.loads(path.read_text()) for path in Path(study).glob("runs/*/seed-0/run.json")]
-    return {record["arm"]: record for record in records}
+    return run_smoke_study("sbc_al", data, output, *extra)
 
 
 def initial_slices(study, record):

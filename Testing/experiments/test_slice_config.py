@@ -7,25 +7,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_challenge_folder
+from conftest import run_records, run_smoke_study, write_challenge_folder
 
-from spatial_al.cli import main
 from spatial_al.experiments.loop import SessionState, run_folder
 from spatial_al.experiments.protocols import resolve_config
 
-SMOKE = ["--scale", "smoke", "--device", "cpu", "--quiet"]
-
 
 def run_study(data, output, *extra):
-    return main(["experiment", "run", "slice_config", "--data", str(data), "--output", str(output), *SMOKE, *extra])
+    return run_smoke_study("slice_config", data, output, *extra)
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     output = tmp_path_factory.mktemp("slice_config") / "study"
     assert run_study("demo", output) == 0
-    records = [json.loads(path.read_text()) for path in output.glob("runs/*/seed-0/run.json")]
-    return output, {record["arm"]: record for record in records}
+    return output, run_records(output)
 
 
 def final_state(output, record) -> SessionState:

@@ -21,7 +21,8 @@ PSEUDO_LABEL_RULES = ("none", "star", "ceal", "interpolation", "volume_interpola
 INITIAL_SCOPES = ("volume", "dataset")
 ARM_STRATEGY = "arm"  # initial.strategy: each arm's own strategy picks its round-0 slices
 INTENSITY_MODES = ("zscore", "window")
-CURVE_AXES = ("percent", "round", "grid")
+CURVE_AXES = ("percent", "round", "grid", "volumes")
+QUERY_UNITS = ("slice", "volume")
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,8 @@ class ArmConfig:
             ablations: ``{"structure_prediction": false}`` is SBC-AL without SFP).
         initial: changes to the protocol's cold start for this arm only (a grid point of the MIDL 2025 study).
         group: the arm of the protocol that a ``grid`` expanded into this one ("" for an arm written out).
+        semi_supervised: (volume studies) Nath et al.'s semi-supervised fine-tuning after each round's supervised
+            training (:mod:`spatial_al.training.semi_supervised`); its model then ranks the queries.
         description: the paper's name of the arm, for tables.
     """
 
@@ -167,6 +170,7 @@ class ArmConfig:
     model: dict[str, Any] = field(default_factory=dict)
     initial: dict[str, Any] = field(default_factory=dict)
     group: str = ""
+    semi_supervised: bool = False
     description: str = ""
 
     def __post_init__(self):
@@ -181,12 +185,37 @@ class ArmConfig:
 
 
 @dataclass(frozen=True)
+class ProxyConfig:
+    """Nath et al.'s proxy task (volume studies): the proxy label is the largest 3D connected component of the voxels
+    whose source intensity lies in ``window``; one proxy model trained on every training volume ranks them for the
+    cold start and initialises the first supervised model.
+
+    Attributes:
+        window: [low, high] in the source's units (Hounsfield units for CT). The paper's "W:50 L:125" (width 50,
+            level 125) is [100, 150]. It must lie inside ``data.window``, the cached intensities' range.
+        max_epochs: the proxy model's epochs (of ``training.iterations_per_epoch`` steps).
+    """
+
+    window: list[float] = field(default_factory=lambda: [100.0, 150.0])
+    max_epochs: int = 100
+
+    def __post_init__(self):
+        if len(self.window) != 2 or self.window[0] >= self.window[1]:
+            raise ConfigError(
+                f"proxy.window must be [low, high] with low < high, got {self.window}; swap the bounds if reversed."
+            )
+        if self.max_epochs < 1:
+            raise ConfigError(f"proxy.max_epochs must be at least 1, got {self.max_epochs}.")
+
+
+@dataclass(frozen=True)
 class ReportConfig:
     """What the study's table and figures show.
 
     Attributes:
         metric: the metric of the table and curves ("dice_2d", "dice_3d", "iou_3d").
-        curve_axis: "percent" (test Dice vs percent of labeled training slices) or "round".
+        curve_axis: "percent" (test Dice vs percent of labeled training slices), "round", or "volumes" (vs labeled
+            training volumes, a volume study; table columns at ``rounds``, headed by their volume counts).
         percents: table columns at these labeled percents (interpolated on each run's curve).
         rounds: table columns at these rounds (``curve_axis="round"``).
         ablation: row title -> arm, for the protocol's ablation table.
@@ -239,6 +268,12 @@ class ExperimentConfig:
         report: table and figure settings.
         batch_size: slices per forward pass when ranking and evaluating.
         hd95: compute the 95th percentile Hausdorff distance of test volumes (seconds per round on large volumes).
+        unit: what a query annotates: "slice" (the slice studies) or "volume" (Nath et al.: whole volumes, a 3D model
+            on patches of ``training.patch_size``, :mod:`spatial_al.experiments.volume_loop`).
+        query_volumes: k, the volumes a volume study annotates per round (and in its cold start).
+        mc_samples: m, the MC-dropout passes of a volume study's uncertainty.
+        noisy_label_threshold: tau of the semi-supervised stage's noisy labels.
+        proxy: the proxy task of a volume study's proxy arms.
     """
 
     protocol: str
@@ -263,9 +298,22 @@ class ExperimentConfig:
     report: ReportConfig = field(default_factory=ReportConfig)
     batch_size: int = 16
     hd95: bool = True
+    unit: str = "slice"
+    query_volumes: int = 5
+    mc_samples: int = 10
+    noisy_label_threshold: float = 0.9
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
 
     def __post_init__(self):
-        for name in ("query_size", "seeds", "validation_stride", "batch_size"):
+        if self.unit not in QUERY_UNITS:
+            raise ConfigError(f"unit must be one of {', '.join(QUERY_UNITS)}, got {self.unit!r}.")
+        if self.mc_samples < 2:
+            raise ConfigError(f"mc_samples must be at least 2 (MC dropout compares passes), got {self.mc_samples}.")
+        if not 0 < self.noisy_label_threshold <= 1:
+            raise ConfigError(
+                f"noisy_label_threshold must be a probability in (0, 1], got {self.noisy_label_threshold}."
+            )
+        for name in ("query_size", "seeds", "validation_stride", "batch_size", "query_volumes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}.")
         if self.rounds < 0:

@@ -199,6 +199,8 @@ def arm_preset(config: ExperimentConfig, arm: ArmConfig) -> str:
     queries, the protocol's plain preset otherwise."""
     from ..selection import STRATEGIES, strategy_info
 
+    if config.unit == "volume":  # volume strategies rank with the protocol's 3D model
+        return config.preset
     kind = strategy_info(STRATEGIES.get(arm.strategy)).model
     if kind == "star" or arm.pseudo_labels == "star":
         return config.star_preset
@@ -241,11 +243,15 @@ class Session:
         self.pool_slices = sum(subject.n_slices for subject in self.training_subjects)
         self.training = self.config.training_config(spec.seed)
         if spec.reference:
-            counts = [subject.n_slices for subject in self.training_subjects]
-            self.training = self.training.with_options(max_epochs=reference_epochs(self.config, self.training, counts))
+            self.training = self.training.with_options(max_epochs=self.reference_epochs())
         self.model = None
         self.trainer = None
         self.encoder_init: dict[str, Any] = {"weights": "random initialisation"}
+
+    def reference_epochs(self) -> int:
+        """Epochs of the fully supervised reference (see :func:`reference_epochs`)."""
+        counts = [subject.n_slices for subject in self.training_subjects]
+        return reference_epochs(self.config, self.training, counts)
 
     # -- model and trainer -------------------------------------------------------------------------------------------
 
@@ -272,14 +278,19 @@ class Session:
                 self.encoder_init = {"weights": "ImageNet", **load_imagenet_encoder(model, path)}
         return model
 
-    def restore_trainer(self, round_index: int) -> bool:
-        """Build the model and trainer for ``round_index`` from the run's checkpoint (or new); True when that round's
-        training already finished (the run was killed after training it)."""
+    def final_stage(self, state: SessionState) -> str:
+        """The training stage that ends a round: STAR's propagation stage for a STAR model."""
+        return "star_propagation" if self.model.star is not None else "segmentation"
+
+    def restore_trainer(self, state: SessionState) -> bool:
+        """Build the model and trainer for the round of ``state`` from the run's checkpoint (or new); True when that
+        round's training already finished (the run was killed after training it)."""
         from ..models import SegmentationModel
         from ..training import Trainer, read_checkpoint, save_checkpoint
         from ..training.checkpoint import load_weights
 
         path = self.spec.folder / CHECKPOINT_FILE
+        round_index = state.round_index
 
         def checkpoint(trainer) -> None:
             save_checkpoint(path, trainer.model, trainer)
@@ -293,20 +304,21 @@ class Session:
         saved = read_checkpoint(path)
         self.model = SegmentationModel(saved.model_config)
         load_weights(self.model, saved.model_state, path)
-        state = saved.trainer_state
-        self.trainer = Trainer(self.model, self.training, self.device, self.progress, state, on_checkpoint=checkpoint)
-        complete = state.finished and (self.model.star is None or state.stage == "star_propagation")
-        if state.round_index == round_index and complete:
+        trained = saved.trainer_state
+        self.trainer = Trainer(self.model, self.training, self.device, self.progress, trained, on_checkpoint=checkpoint)
+        final = self.final_stage(state)
+        complete = trained.finished and trained.stage == final
+        if trained.round_index == round_index and complete:
             return True
-        if state.round_index == round_index - 1 and complete:
+        if trained.round_index == round_index - 1 and trained.finished:
             self.trainer.next_round()
-        elif state.round_index == round_index and state.finished:  # stage 1 ended, STAR's stage 2 not begun
-            state.start_stage("star_propagation")
-        elif state.round_index == round_index:
+        elif trained.round_index == round_index and trained.finished:  # stage 1 ended, stage 2 not begun
+            trained.start_stage(final)
+        elif trained.round_index == round_index:
             self.trainer.pending_optimizer_state = saved.optimizer_state
             self.trainer.best_model_state = saved.best_model_state
         else:
-            raise ValueError(f"{path} holds round {state.round_index}, the session is at round {round_index}.")
+            raise ValueError(f"{path} holds round {trained.round_index}, the session is at round {round_index}.")
         return False
 
     # -- data ----------------------------------------------------------------------------------------------------
@@ -368,7 +380,7 @@ class Session:
         the round's epochs for the record."""
         from ..training import save_checkpoint
 
-        already_trained = self.restore_trainer(state.round_index)
+        already_trained = self.restore_trainer(state)
         started = len(self.trainer.state.history)
         if not already_trained:
             self.trainer.train_round(self.training_examples(state), self.validation_examples())
@@ -589,6 +601,14 @@ class Session:
             annotated[chosen[volume].name].append(index)
         return SessionState(0, {name: sorted(slices) for name, slices in annotated.items()})
 
+    def query_count(self, state: SessionState) -> int:
+        """What the round's query asks for: q slices, at most the unannotated ones."""
+        return min(self.config.query_count(self.pool_slices), self.pool_slices - state.labeled_count())
+
+    def round_details(self, state: SessionState) -> dict[str, Any]:
+        """What the round record holds beyond the common fields (nothing for slice sessions)."""
+        return {}
+
     def expected_rounds(self, state: SessionState) -> int:
         """The last round index the run will reach (the budget, or the protocol's round count)."""
         if self.spec.reference:
@@ -602,6 +622,16 @@ class Session:
         percent = 100.0 * state.labeled_count() / self.pool_slices
         budget = self.config.budget_percent
         return (budget is not None and percent >= budget - 1e-9) or state.labeled_count() >= self.pool_slices
+
+
+def session_class(config: ExperimentConfig) -> type[Session]:
+    """The session of a protocol: slices queried (:class:`Session`) or whole volumes
+    (:class:`~spatial_al.experiments.volume_loop.VolumeSession`)."""
+    if config.unit == "volume":
+        from .volume_loop import VolumeSession
+
+        return VolumeSession
+    return Session
 
 
 def run_session(spec: RunSpec, progress: ProgressReporter | None = None) -> dict[str, Any]:
@@ -622,7 +652,7 @@ def run_session(spec: RunSpec, progress: ProgressReporter | None = None) -> dict
     if spec.threads is not None:
         torch.set_num_threads(spec.threads)
     phases = RoundProgress(progress)
-    session = Session(spec, phases)
+    session = session_class(spec.config)(spec, phases)
     state_path = folder / STATE_FILE
     interpolation_seconds = None
     if state_path.is_file():
@@ -650,12 +680,13 @@ def run_session(spec: RunSpec, progress: ProgressReporter | None = None) -> dict
             "labeled_slices": state.labeled_count(),
             "labeled_percent": 100.0 * state.labeled_count() / session.pool_slices,
             "pseudo_labeled_slices": state.pseudo_count(),
+            **session.round_details(state),
             "metrics": metrics,
             "training": training,
         }
         done = session.finished(state)
         if not done:
-            count = min(session.config.query_count(session.pool_slices), session.pool_slices - state.labeled_count())
+            count = session.query_count(state)
             phases.start(round_index, "querying")
             with timer("query"):
                 ranking = session.query(state, count)

@@ -40,6 +40,9 @@ PROTOCOLS.register(
 PROTOCOLS.register(
     "slice_config", "Slice configuration: density x volumes, selection, mask interpolation (Zhang et al., MIDL 2025)"
 )("slice_config.json")
+PROTOCOLS.register(
+    "nath", "Nath et al.: proxy-ranked cold start, volume queries, semi-supervised fine-tuning, 3D (MICCAI 2022)"
+)("nath.json")
 PROTOCOLS.register("sbc_al", "SBC-AL: structure and boundary consistency queries with SFP and ASR (MICCAI 2024)")(
     "sbc_al.json"
 )

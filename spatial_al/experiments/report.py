@@ -76,6 +76,12 @@ def run_columns(record: dict[str, Any], report: dict[str, Any], reference: float
         half_slice = 50.0 * first["labeled_percent"] / first["labeled_slices"] if first["labeled_slices"] else 0.0
         for percent in report["percents"]:
             columns[f"{percent:g} %"] = value_at(percents, values, percent, reach=half_slice)
+    elif report["curve_axis"] == "volumes":
+        by_round = {r["round"]: r for r in record["rounds"]}
+        for round_index in report["rounds"]:
+            if round_index in by_round:
+                count = by_round[round_index]["labeled_volumes"]
+                columns[f"{count} volume{'' if count == 1 else 's'}"] = by_round[round_index]["metrics"][metric]
     else:
         by_round = {r["round"]: r["metrics"][metric] for r in record["rounds"]}
         for round_index in report["rounds"]:
@@ -252,10 +258,13 @@ def save_figure(figure, path: Path) -> None:
     plt.close(figure)
 
 
-def averaged_by_round(records, value) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(round, mean x, mean y, std y) over the seeds of one arm, round by round (rounds all seeds reached)."""
+def averaged_by_round(
+    records, value, x_key: str = "labeled_percent"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(round, mean x, mean y, std y) over the seeds of one arm, round by round (rounds all seeds reached); x is
+    each round's ``x_key`` (labeled percent, or labeled volumes)."""
     rounds = min(len(record["rounds"]) for record in records)
-    x = np.array([[r["labeled_percent"] for r in record["rounds"][:rounds]] for record in records])
+    x = np.array([[r[x_key] for r in record["rounds"][:rounds]] for record in records])
     y = np.array([[np.nan if value(r) is None else value(r) for r in record["rounds"][:rounds]] for record in records])
     with warnings.catch_warnings():  # rounds without a value (e.g. no pseudo-labels in the last round) stay NaN
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -282,14 +291,17 @@ def plot_curves(runs, report, order, path: Path) -> None:
     figure, axes = plt.subplots(figsize=(8, 5))
     arms = [a for a in order if a in runs]
     for arm, color in zip(arms, arm_colors(len(arms)), strict=True):
-        rounds, x, mean, std = averaged_by_round(runs[arm], lambda r: r["metrics"][metric])
-        axis = x if report["curve_axis"] == "percent" else rounds
+        by_volumes = report["curve_axis"] == "volumes"
+        x_key = "labeled_volumes" if by_volumes else "labeled_percent"
+        rounds, x, mean, std = averaged_by_round(runs[arm], lambda r: r["metrics"][metric], x_key)
+        axis = x if report["curve_axis"] in ("percent", "volumes") else rounds
         axes.plot(axis, mean, marker="o", markersize=3, label=arm, color=color)
         axes.fill_between(axis, mean - std, mean + std, alpha=0.12, color=color)
     if REFERENCE_ARM in runs:
         full = [record["rounds"][-1]["metrics"][metric] for record in runs[REFERENCE_ARM]]
         axes.axhline(float(np.mean(full)), color="black", linestyle="--", linewidth=1, label=f"{REFERENCE_ARM} (100 %)")
-    axes.set_xlabel("labeled training slices (%)" if report["curve_axis"] == "percent" else "round")
+    axis_labels = {"percent": "labeled training slices (%)", "volumes": "labeled training volumes"}
+    axes.set_xlabel(axis_labels.get(report["curve_axis"], "round"))
     axes.set_ylabel(METRIC_NAMES.get(metric, metric) + " (test)")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=7, ncol=2)

@@ -115,6 +115,15 @@ def check_components(config: ExperimentConfig, arms: list[str]) -> None:
 
     for preset in (config.preset, config.star_preset, config.structure_preset):
         PRESETS.get(preset)
+    if config.unit == "volume":
+        check_volume_study(config, arms)
+        return
+    semi_supervised = [name for name in arms if config.arms[name].semi_supervised]
+    if semi_supervised:
+        raise ConfigError(
+            f"arms {semi_supervised} ask for semi-supervised fine-tuning, which volume studies do (unit 'volume', "
+            "a 3D model); drop semi_supervised or set unit to 'volume'."
+        )
     if config.initial.strategy != ARM_STRATEGY:
         check_initial(config.initial)
     for name in arms:
@@ -129,8 +138,50 @@ def check_components(config: ExperimentConfig, arms: list[str]) -> None:
             raise ConfigError(f"arms.{name}: {error}") from None
 
 
+def check_volume_study(config: ExperimentConfig, arms: list[str]) -> None:
+    """A volume study's arms rank volumes (:data:`~spatial_al.selection.volumes.VOLUME_STRATEGIES`) with a 3D model on
+    3D patches; a proxy arm's window lies inside the cohort's CT window."""
+    from ..selection.volumes import VOLUME_STRATEGIES
+    from .volume_loop import cached_window
+
+    patch = config.training_config(0).patch_size
+    if patch is None or len(patch) != 3:
+        raise ConfigError(
+            f"A volume study trains a 3D model on patches: set training.patch_size to [D, H, W] (96, 96, 96 in the "
+            f"paper); got {patch}."
+        )
+    for name in arms:
+        arm = config.arms[name]
+        if arm.strategy not in VOLUME_STRATEGIES:
+            closest = difflib.get_close_matches(arm.strategy, VOLUME_STRATEGIES, n=1, cutoff=0.0)
+            raise ConfigError(
+                f"arms.{name}: {arm.strategy!r} is not a volume strategy. Did you mean {closest[0]!r}? Volume "
+                f"strategies: {', '.join(VOLUME_STRATEGIES)}."
+            )
+        if arm.pseudo_labels != "none":
+            raise ConfigError(f"arms.{name}: a volume study makes no slice pseudo-labels; drop pseudo_labels.")
+        model = arm_model_config(config, arm, ("class",))
+        if model.spatial_dims != 3:
+            raise ConfigError(
+                f"arms.{name}: a volume study trains a 3D model, and {model.describe()} is 2D; set preset to "
+                "unet3d or unet3d-small."
+            )
+        if arm.strategy.startswith("proxy_"):
+            try:
+                cached_window(config.proxy.window, config.data.window, config.data.intensity)
+            except ValueError as error:
+                raise ConfigError(f"arms.{name}: {error}") from None
+
+
 def check_budget(config: ExperimentConfig, cohort: Cohort, split: Split) -> None:
     """The initial selection fits the pool and the budget is above it."""
+    if config.unit == "volume":
+        if config.query_volumes > len(split.training):
+            raise ConfigError(
+                f"query_volumes (k = {config.query_volumes}) is larger than the {len(split.training)} training volumes "
+                f"of the unlabeled pool; lower it to at most {len(split.training)}."
+            )
+        return
     counts = cohort.slice_counts()
     pool = sum(counts[name] for name in split.training)
     first = initial_slices(config.initial, [counts[name] for name in split.training])

@@ -12,7 +12,7 @@ from .config import ModelConfig
 from .star import StarAggregation, StarOutputs
 from .structure import StructureHeads, StructureOutputs
 
-STAGES = ("segmentation", "star_propagation")
+STAGES = ("segmentation", "star_propagation", "semi_supervised")
 
 
 class SegmentationModel(nn.Module):
@@ -115,11 +115,12 @@ class SegmentationModel(nn.Module):
     def stage_modules(self, stage: str) -> dict[str, nn.Module]:
         """The modules a training stage updates, by parameter group.
 
-        "segmentation" (STAR stage 1, and all plain training): the backbone, plus SBC-AL's SFP ("structure", with its
-        own learning rate) and ASR ("refinement"). "star_propagation" (STAR stage 2): f_L, the key/value head, and the
-        shared decoder and head; f_U stays as stage 1 left it.
+        "segmentation" (STAR stage 1, and all plain training) and "semi_supervised" (Nath et al.'s stage 2): the
+        backbone, plus SBC-AL's SFP ("structure", with its own learning rate) and ASR ("refinement").
+        "star_propagation" (STAR stage 2): f_L, the key/value head, and the shared decoder and head; f_U stays as
+        stage 1 left it.
         """
-        if stage == "segmentation":
+        if stage in ("segmentation", "semi_supervised"):
             groups: dict[str, nn.Module] = {"backbone": self.backbone}
             if self.structure is not None:
                 groups.update(self.structure.parameter_groups())

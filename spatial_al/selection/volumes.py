@@ -113,25 +113,24 @@ def train_proxy_model(
 
     from ..device import resolve_device
     from ..models import SegmentationModel, preset_config
-    from ..training import Trainer, TrainingConfig, VolumeExamples
+    from ..training import Trainer, TrainingConfig
     from ..training.data import normalize_intensities, slice_examples
     from ..volume import Segment
     from .proxy import proxy_label
 
     if patch_size is not None:
-        volumes = VolumeExamples()
-        for index, image in enumerate(images):
-            label = np.moveaxis(proxy_label(image, window), axis, 0).astype(np.uint8)[np.newaxis]
-            volumes.append(np.moveaxis(normalize_intensities(image), axis, 0)[np.newaxis], label, name=f"{index}")
-        torch.manual_seed(seed)
-        model = SegmentationModel(preset_config("unet3d-small", class_names=("proxy",), slice_axis=axis))
         config = TrainingConfig(
             seed=seed, max_epochs=max_epochs, patch_size=tuple(patch_size), batch_size=2, validation_fraction=0.0,
             augment=False,
         )  # fmt: skip
-        trainer = Trainer(model, config, resolve_device(device), progress=progress)
-        trainer.train_round(volumes)
-        return trainer.model
+        return train_volume_proxy(
+            [np.moveaxis(normalize_intensities(image), axis, 0) for image in images],
+            [np.moveaxis(proxy_label(image, window), axis, 0) for image in images],
+            preset_config("unet3d-small", class_names=("proxy",), slice_axis=axis),
+            config,
+            resolve_device(device),
+            progress,
+        )
     segment = Segment("proxy", 1)
     examples = None
     for index, image in enumerate(images):
@@ -150,6 +149,32 @@ def train_proxy_model(
     config = TrainingConfig(seed=seed, max_epochs=max_epochs, iterations_per_epoch=None, validation_fraction=0.0)
     trainer = Trainer(model, config, resolve_device(device), progress=progress)
     trainer.train_round(examples)
+    return trainer.model
+
+
+def train_volume_proxy(
+    images: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    architecture,
+    training,
+    device,
+    progress: ProgressReporter | None = None,
+):
+    """A 3D proxy model (``architecture``, a :class:`~spatial_al.models.ModelConfig` of one class) trained on random
+    patches of ``images`` (each (D, H, W), intensities as the model will see them) against their proxy ``labels``
+    (bool, same shapes), with ``training`` (its patch size, steps, seed)."""
+    import torch
+
+    from ..models import SegmentationModel
+    from ..training import Trainer, VolumeExamples
+
+    volumes = VolumeExamples()
+    for index, (image, label) in enumerate(zip(images, labels, strict=True)):
+        volumes.append(image[np.newaxis], label.astype(np.uint8)[np.newaxis], name=f"{index}")
+    torch.manual_seed(training.seed)
+    model = SegmentationModel(architecture)
+    trainer = Trainer(model, training, device, progress=progress)
+    trainer.train_round(volumes)
     return trainer.model
 
 

@@ -55,6 +55,10 @@ class TrainingConfig:
         pseudo_label_weight: loss weight of pseudo-labeled slices in round 0 ...
         pseudo_label_decay: ... multiplied by this every round (pseudo-labels count less as true labels grow).
         loss_weights: SBC-AL's (a, b, c) of a*L_SEG + b*L_SFP + c*L_ASR.
+        consistency_weights: Nath et al.'s (alpha, beta) of alpha * supervised + beta * consistency in the
+            semi-supervised stage (:mod:`spatial_al.training.semi_supervised`); the paper's (1, .001).
+        roi_odds: that stage's region-of-interest patches are centred on the noisy label's foreground against anywhere
+            at these odds (the paper's 9:1).
         reinitialize_labeled_encoder: copy f_U into STAR's f_L at the start of every round's stage 2 (STAR's code);
             otherwise only the first time.
         gradient_clip: maximum gradient norm (nnU-Net uses 12).
@@ -88,6 +92,8 @@ class TrainingConfig:
     pseudo_label_weight: float = 0.5
     pseudo_label_decay: float = 0.5
     loss_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    consistency_weights: tuple[float, float] = (1.0, 0.001)
+    roi_odds: tuple[float, float] = (9.0, 1.0)
     reinitialize_labeled_encoder: bool = False
     gradient_clip: float = 12.0
     precision: str = "auto"
@@ -106,8 +112,12 @@ class TrainingConfig:
             raise ValueError(f"loader_workers must be 0 or more, got {self.loader_workers}.")
         if self.patch_size is not None and (len(self.patch_size) not in (2, 3) or min(self.patch_size) < 1):
             raise ValueError(f"patch_size must be (H, W) or (D, H, W) of positive sizes, got {self.patch_size}.")
-        if len(self.foreground_odds) != 2 or min(self.foreground_odds) < 0 or sum(self.foreground_odds) == 0:
-            raise ValueError(f"foreground_odds must be two non-negative odds, not both 0; got {self.foreground_odds}.")
+        for name in ("foreground_odds", "roi_odds"):
+            odds = getattr(self, name)
+            if len(odds) != 2 or min(odds) < 0 or sum(odds) == 0:
+                raise ValueError(f"{name} must be two non-negative odds, not both 0; got {odds}.")
+        if len(self.consistency_weights) != 2 or min(self.consistency_weights) < 0:
+            raise ValueError(f"consistency_weights must be (alpha, beta), both >= 0; got {self.consistency_weights}.")
         if not 0.0 <= self.validation_fraction < 1.0:
             raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}.")
 
@@ -131,7 +141,7 @@ class TrainingConfig:
                     f"Unknown training option {name!r}. Did you mean {closest[0]!r}? Options: {', '.join(known)}."
                 )
             options[name] = convert(options[name], types[name], f"training option {name}")
-        for name in ("patch_size", "loss_weights", "foreground_odds"):
+        for name in ("patch_size", "loss_weights", "foreground_odds", "consistency_weights", "roi_odds"):
             if options.get(name) is not None:
                 options[name] = tuple(options[name])
         return replace(self, **options)

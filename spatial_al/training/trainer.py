@@ -30,6 +30,7 @@ from .config import TrainingConfig
 from .data import SliceExamples, annotated_neighbour_groups
 from .loader import SliceDataset
 from .losses import distance_regression_loss, segmentation_loss, weighted_mean, with_background
+from .semi_supervised import ConsistencyDataset, SemiSupervisedExamples, predicted_target
 from .volumes import PatchDataset, VolumeExamples
 
 # Consecutive steps with a non-finite loss or gradient after which training stops (a transient one is skipped).
@@ -63,7 +64,7 @@ class TrainerState:
 
     Attributes:
         round_index: annotation round (0: first training; later: fine-tuning).
-        stage: "segmentation" or "star_propagation" (STAR's stage 2).
+        stage: "segmentation", "star_propagation" (STAR's stage 2) or "semi_supervised" (Nath et al.'s stage 2).
         epoch: epochs finished in this round and stage.
         best_validation_loss: lowest validation loss of this round and stage (inf without validation).
         epochs_without_improvement: for early stopping.
@@ -166,6 +167,20 @@ class Trainer:
             star.labeled_encoder_trained.fill_(True)
         return self.state
 
+    def train_semi_supervised(
+        self, examples: SemiSupervisedExamples, validation: VolumeExamples | None = None
+    ) -> TrainerState:
+        """Nath et al.'s stage 2 of the round (:mod:`spatial_al.training.semi_supervised`), after the segmentation
+        stage: labeled patches and two views of noisy-labeled region-of-interest patches; a resumed state continues
+        it."""
+        if self.state.stage != "semi_supervised":
+            self.state.start_stage("semi_supervised")
+            self.optimizer = None
+            self.best_model_state = None
+        if not self.state.finished:
+            self.fit(examples, validation, stage="semi_supervised")
+        return self.state
+
     # -- one stage -----------------------------------------------------------------------------------------------
 
     def fit(self, training: SliceExamples, validation: SliceExamples | None = None, stage: str = "segmentation"):
@@ -255,7 +270,7 @@ class Trainer:
         """Batches of ``examples`` for ``stage``: shuffled, cropped and augmented when ``shuffle`` (training); 3D
         patches of volumes for a 3D model. None for validation of STAR's stage 2 when no two held-out slices of one
         volume can be grouped."""
-        if isinstance(examples, VolumeExamples):
+        if isinstance(examples, VolumeExamples | SemiSupervisedExamples):
             dataset = self.patch_dataset(examples, augment=self.config.augment and shuffle)
             return self.batches(dataset, shuffle)
         groups = None
@@ -281,8 +296,11 @@ class Trainer:
         )
         return self.batches(dataset, shuffle)
 
-    def patch_dataset(self, examples: VolumeExamples, augment: bool) -> PatchDataset:
-        """Random 3D patches of ``examples`` for a 3D model (see :mod:`spatial_al.training.volumes`).
+    def patch_dataset(
+        self, examples: VolumeExamples | SemiSupervisedExamples, augment: bool
+    ) -> PatchDataset | ConsistencyDataset:
+        """Random 3D patches of ``examples`` for a 3D model (see :mod:`spatial_al.training.volumes`), with the
+        semi-supervised stage's region-of-interest views for :class:`SemiSupervisedExamples`.
 
         Raises:
             ValueError: the model is 2D, or no 3D patch size is configured.
@@ -296,7 +314,12 @@ class Trainer:
                 f"at least {2 * divisor} (its bottleneck needs more than one voxel; e.g. 96, 96, 96); got {patch}."
             )
         positive, negative = self.config.foreground_odds
-        dataset = PatchDataset(examples, patch, positive, negative, augment=augment, seed=self.config.seed)
+        if isinstance(examples, SemiSupervisedExamples):
+            dataset = ConsistencyDataset(
+                examples, patch, positive, negative, self.config.roi_odds, augment=augment, seed=self.config.seed
+            )
+        else:
+            dataset = PatchDataset(examples, patch, positive, negative, augment=augment, seed=self.config.seed)
         if dataset.padded:
             warnings.warn(
                 f"{', '.join(dataset.padded)} {'is' if len(dataset.padded) == 1 else 'are'} smaller than the patch "
@@ -416,10 +439,11 @@ class Trainer:
             with autocast(self.device, self.amp_dtype):
                 logits = self.model.propagate(batch["image"], batch["labeled_image"], labels, batch["labeled_mask"])
             return weighted_mean(loss(logits.logits.float(), target, mask), weights)
+        if stage == "semi_supervised" and "view" in batch:  # validation batches have labeled patches only
+            alpha, beta = self.config.consistency_weights
+            return alpha * self._plain_loss(batch) + beta * self._consistency_loss(batch)
         if self.model.structure is None:
-            with autocast(self.device, self.amp_dtype):
-                logits = self.model(batch["image"])
-            return weighted_mean(loss(logits.float(), target, mask), weights)
+            return self._plain_loss(batch)
         with autocast(self.device, self.amp_dtype):
             outputs = self.model.structure_outputs(batch["image"])
         a, b, c = self.config.loss_weights
@@ -429,6 +453,23 @@ class Trainer:
         if outputs.refined is not outputs.coarse:
             per_sample = per_sample + c * self.refinement_loss(outputs.refined.float(), target, mask)
         return weighted_mean(per_sample, weights)
+
+    def _plain_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The weighted segmentation loss of the batch's labeled images."""
+        with autocast(self.device, self.amp_dtype):
+            logits = self.model(batch["image"])
+        return weighted_mean(self.loss(logits.float(), batch["target"], batch["mask"]), batch["weight"])
+
+    def _consistency_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The loss of the prediction on the augmented view against the labels predicted on the plain view (no
+        gradient through the latter), averaged over the batch."""
+        view, augmented = batch["view"], batch["augmented_view"]
+        with torch.no_grad(), autocast(self.device, self.amp_dtype):
+            target = predicted_target(self.model(view).float(), self.model.config.head)
+        with autocast(self.device, self.amp_dtype):
+            logits = self.model(augmented)
+        everywhere = torch.ones_like(view[:, :1])
+        return self.loss(logits.float(), target, everywhere).mean()
 
     def train_step(self, batch: dict[str, torch.Tensor], stage: str, optimizer: torch.optim.Optimizer) -> float:
         """One optimisation step on ``batch`` (see :mod:`spatial_al.training.loader` for its keys); the loss (NaN

@@ -1,10 +1,11 @@
 """The GPU checks of the robustness and speed issues, as one script: STAR training on CUDA in automatic precision on
 the chest CT (every 3rd slice annotated, the defaults), sli2vol on a 200 x 256 x 256 volume annotated every 10th
-slice, and the ranking, training and propagation benchmarks on CUDA. Prints one JSON line per check and writes
-them to $OUT/gpu_checks.json (the benchmarks also write their own JSON there).
+slice, the ranking, training and propagation benchmarks on CUDA, and one paper-scale iteration of the `nath` protocol
+at 96^3 (timed on 200 of its 2,000 steps and one volume's MC dropout, then scaled). Prints one JSON line per check
+and writes them to $OUT/gpu_checks.json (the benchmarks also write their own JSON there).
 
 Run from the repository root on a machine with a CUDA GPU and the project's dependencies:
-    OUT=folder python docs/results/benchmarks/gpu_checks.py [star] [sli2vol] [ranking] [training] [propagation]
+    OUT=folder python docs/results/benchmarks/gpu_checks.py [star] [sli2vol] [ranking] [training] [propagation] [nath]
 """
 
 import json
@@ -103,12 +104,79 @@ def cli(name, *arguments):
     record(f"benchmark_{name}_cuda", {"status": status, "seconds": round(time.perf_counter() - started, 1)})
 
 
+def nath_iteration(steps=200, paper_steps=2000, pool=100, semi_supervised_volumes=5):
+    """One `nath` round at the paper's scale on CUDA: the 3D U-Net (unet3d) on random 96^3 patches of 256 x 256 x 128
+    volumes (batch 2, DiceCE, Adam 1e-4, automatic precision), the semi-supervised stage's steps, and 10 MC-dropout
+    passes by sliding window over one volume; the round's time scaled from them (2,000 steps of each stage, a pool
+    of ``pool`` unannotated volumes to rank)."""
+    from spatial_al.models import SegmentationModel, preset_config
+    from spatial_al.models.volume_inference import volume_uncertainty
+    from spatial_al.training import Trainer, TrainingConfig, VolumeExamples
+    from spatial_al.training.semi_supervised import SemiSupervisedExamples
+
+    rng = np.random.default_rng(0)
+    shape = (128, 256, 256)
+    z, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
+
+    def volume():
+        centre = np.array(shape) / 2 + rng.uniform(-20, 20, 3)
+        organ = ((z - centre[0]) / 40) ** 2 + ((y - centre[1]) / 70) ** 2 + ((x - centre[2]) / 60) ** 2 <= 1
+        image = (organ * 0.6 + rng.normal(0, 0.1, shape)).astype(np.float32)
+        return image[None], organ[None].astype(np.uint8)
+
+    labeled, noisy = VolumeExamples(), VolumeExamples()
+    for index in range(4):
+        labeled.append(*volume(), name=f"labeled {index}")
+        noisy.append(*volume(), name=f"noisy {index}")
+    config = TrainingConfig(
+        learning_rate=1e-4, batch_size=2, max_epochs=1, iterations_per_epoch=steps, validation_fraction=0.0,
+        patch_size=(96, 96, 96), augment=True,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = SegmentationModel(preset_config("unet3d", class_names=("organ",)))
+    trainer = Trainer(model, config, torch.device("cuda"))
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    trainer.train_round(labeled)
+    torch.cuda.synchronize()
+    supervised = time.perf_counter() - started
+    started = time.perf_counter()
+    trainer.train_semi_supervised(SemiSupervisedExamples(labeled, noisy))
+    torch.cuda.synchronize()
+    semi_supervised = time.perf_counter() - started
+    started = time.perf_counter()
+    statistics = volume_uncertainty(
+        model, labeled.images[0], (96, 96, 96), torch.device("cuda"), passes=10, batch_size=4
+    )
+    torch.cuda.synchronize()
+    mc_dropout = time.perf_counter() - started
+    scale = paper_steps / steps
+    record(
+        "nath_paper_iteration_cuda",
+        {
+            "volume": list(shape),
+            "precision": str(trainer.amp_dtype),
+            "supervised_steps_per_second": round(steps / supervised, 2),
+            "semi_supervised_steps_per_second": round(steps / semi_supervised, 2),
+            "mc_dropout_10_passes_one_volume_s": round(mc_dropout, 2),
+            "mean_variance": statistics.mean_variance,
+            "round_without_semi_supervised_s": round(supervised * scale + pool * mc_dropout, 1),
+            "round_with_semi_supervised_s": round(
+                (supervised + semi_supervised) * scale + pool * mc_dropout + semi_supervised_volumes * mc_dropout / 10,
+                1,
+            ),
+            "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+        },
+    )
+
+
 CHECKS = {
     "star": star_training,
     "sli2vol": sli2vol_speed,
     "ranking": lambda: cli("ranking", "--slices", "300", "--size", "256"),
     "training": lambda: cli("training"),
     "propagation": lambda: cli("propagation", "--methods", "sdf,sli2vol,auto", "--no-frog", "--no-speed"),
+    "nath": nath_iteration,
 }
 
 for check in sys.argv[1:] or list(CHECKS):

@@ -1,0 +1,143 @@
+"""Nath et al.'s volume study end to end at the smoke scale: whole volumes queried, a proxy-ranked cold start that
+initialises the model, the semi-supervised stage's noisy labels, an MSD Task03 folder, and bad requests refused
+before any training."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_records, run_smoke_study, write_msd_folder
+
+
+def run_study(data, output, *extra, protocol="nath"):
+    return run_smoke_study(protocol, data, output, *extra)
+
+
+def annotated_volumes(study, arm):
+    from spatial_al.experiments.loop import SessionState, run_folder
+
+    state = SessionState.load(run_folder(study, arm, 0) / "state.npz")
+    return {name for name, slices in state.annotated.items() if slices}, state
+
+
+@pytest.fixture(scope="module")
+def demo_study(tmp_path_factory):
+    output = tmp_path_factory.mktemp("nath") / "study"
+    assert run_study("demo", output) == 0
+    return output
+
+
+def test_the_smoke_study_annotates_whole_volumes_k_per_round(demo_study):
+    from spatial_al.experiments.cohort import Cohort
+
+    records = run_records(demo_study)
+    assert set(records) == {"Random", "Proxy+Entropy", "Variance+SS", "Full"}
+    study = json.loads((demo_study / "study.json").read_text())
+    cohort = Cohort(study["cache"])
+    training = study["split"]["training"]
+    for arm in ("Random", "Proxy+Entropy", "Variance+SS"):
+        record = records[arm]
+        assert record["model_config"]["spatial_dims"] == 3
+        assert [r["labeled_volumes"] for r in record["rounds"]] == [1, 2]
+        names, state = annotated_volumes(demo_study, arm)
+        assert len(names) == 2 and names <= set(training)
+        for name in names:  # every slice of an annotated volume, none of the others
+            assert state.annotated[name] == list(range(cohort[name].n_slices))
+        queried = record["rounds"][0]["queried"][0][0]
+        assert queried in names and len(names - {queried}) == 1
+        labeled = sum(cohort[name].n_slices for name in names)
+        assert record["rounds"][1]["labeled_percent"] == pytest.approx(100 * labeled / record["pool_slices"])
+    # the arms without a proxy start from the same random volume
+    first = {
+        arm: annotated_volumes(demo_study, arm)[0] - {records[arm]["rounds"][0]["queried"][0][0]}
+        for arm in ("Random", "Variance+SS")
+    }
+    assert first["Random"] == first["Variance+SS"]
+    assert records["Full"]["rounds"][0]["labeled_volumes"] == len(training)
+    table = (demo_study / "report" / "table.md").read_text()
+    assert "| strategy | 1 volume | 2 volumes | max(p) | S% |" in table
+
+
+def test_the_proxy_arm_starts_from_the_volume_its_proxy_model_is_least_sure_of_and_from_its_weights(demo_study):
+    from spatial_al.experiments.cohort import Cohort
+    from spatial_al.experiments.loop import run_folder
+    from spatial_al.models.volume_inference import volume_uncertainty
+    from spatial_al.training.checkpoint import load_model
+
+    record = run_records(demo_study)["Proxy+Entropy"]
+    folder = run_folder(demo_study, "Proxy+Entropy", 0)
+    proxy, _ = load_model(folder / "proxy.pt", torch.device("cpu"))
+    assert proxy.config.class_names == ("proxy",)
+    study = json.loads((demo_study / "study.json").read_text())
+    cohort = Cohort(study["cache"])
+    config = record["config"]
+    entropy = {
+        name: volume_uncertainty(
+            proxy, np.array(cohort[name].image)[None], config["training"]["patch_size"], torch.device("cpu"),
+            passes=config["mc_samples"], seed=0, batch_size=config["batch_size"],
+        ).mean_entropy
+        for name in study["split"]["training"]
+    }  # fmt: skip
+    first = annotated_volumes(demo_study, "Proxy+Entropy")[0] - {record["rounds"][0]["queried"][0][0]}
+    assert first == {max(entropy, key=entropy.get)}
+    initialisation = record["encoder_initialisation"]
+    assert initialisation["weights"] == "the proxy model (proxy.pt)"
+    assert initialisation["not_copied"] == ["backbone.head.bias", "backbone.head.weight"]  # 2 classes vs 5
+
+
+def test_the_semi_supervised_arm_trains_a_second_stage_on_noisy_labels_of_unannotated_volumes(demo_study):
+    from spatial_al.experiments.loop import run_folder
+    from spatial_al.training import read_checkpoint
+
+    record = run_records(demo_study)["Variance+SS"]
+    folder = run_folder(demo_study, "Variance+SS", 0)
+    first = annotated_volumes(demo_study, "Variance+SS")[0] - {record["rounds"][0]["queried"][0][0]}
+    with np.load(folder / "noisy" / "round-000.npz") as saved:
+        names = json.loads(str(saved["names"]))
+        assert len(names) == 1 and not set(names) & first  # as many as annotated, none of them annotated
+        assert saved[names[0]].dtype == np.uint8 and saved[names[0]].shape[0] == len(record["classes"])
+    assert record["rounds"][0]["training"]["noisy_labels"]["volumes"] == names
+    stages = {(epoch["round"], epoch["stage"]) for epoch in read_checkpoint(folder / "model.pt").trainer_state.history}
+    assert stages == {(r, s) for r in (0, 1) for s in ("segmentation", "semi_supervised")}
+    plain = read_checkpoint(run_folder(demo_study, "Random", 0) / "model.pt").trainer_state.history
+    assert {epoch["stage"] for epoch in plain} == {"segmentation"}
+
+
+def test_the_study_reads_an_msd_task03_folder_with_its_protocol_entry(tmp_path):
+    folder = write_msd_folder(tmp_path / "Task03_Liver", cases=5, shape=(16, 24, 20))
+    (tmp_path / "proxy.json").write_text(json.dumps({"proxy": {"window": [30, 50]}}))  # the synthetic organ is 40
+    output = tmp_path / "study"
+    assert run_study(folder, output, "--strategies", "Proxy+Variance", "--config", str(tmp_path / "proxy.json")) == 0
+    study = json.loads((output / "study.json").read_text())
+    assert study["dataset_entry"] == "Liver" and study["classes"] == ["liver", "tumour"]
+    record = run_records(output)["Proxy+Variance"]
+    assert record["status"] == "finished" and [r["labeled_volumes"] for r in record["rounds"]] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"query_volumes": 9}, "is larger than the 3 training volumes of the unlabeled pool; lower it to at most 3"),
+        ({"preset": "unet-small", "model": {}}, "is 2D; set preset to unet3d or unet3d-small"),
+        ({"arms": {"Random": {"strategy": "entropie"}}}, "Did you mean 'entropy'?"),
+        ({"proxy": {"window": [100, 1500]}}, "reaches outside data.window [-1000.0, 1000.0]"),
+        ({"proxy": {"window": [150, 100]}}, "swap the bounds"),
+        ({"data": {"intensity": "zscore"}}, "set data.intensity to 'window'"),
+        ({"training": {"patch_size": [32, 32]}}, "set training.patch_size to [D, H, W]"),
+    ],
+)
+def test_bad_volume_study_requests_fail_before_any_training(tmp_path, capsys, config, message):
+    (tmp_path / "override.json").write_text(json.dumps(config))
+    output = tmp_path / "study"
+    status = run_study("demo", output, "--config", str(tmp_path / "override.json"))
+    assert status == 2
+    assert message in capsys.readouterr().err
+    assert not (output / "runs").exists()
+
+
+def test_a_slice_study_refuses_the_semi_supervised_stage(tmp_path, capsys):
+    (tmp_path / "override.json").write_text(json.dumps({"arms": {"Random": {"semi_supervised": True}}}))
+    status = run_study("demo", tmp_path / "study", "--config", str(tmp_path / "override.json"), protocol="sbc_al")
+    assert status == 2
+    assert "which volume studies do (unit 'volume'" in capsys.readouterr().err
