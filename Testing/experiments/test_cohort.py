@@ -37,6 +37,29 @@ def test_the_frog_cohort_renders_intensities_from_the_tissue_map(tmp_path):
     assert abs(float(subject.image[liver].mean()) - float(subject.image[background].mean())) > 0.5  # visible
 
 
+@pytest.mark.parametrize("thickness", [5.0, 1.25])
+def test_a_slice_thickness_resamples_the_volume_along_the_slice_axis(tmp_path, thickness):
+    from scipy import ndimage
+
+    root = write_msd_folder(tmp_path / "Task09_Organ", cases=3)  # 12 slices of 2.5 mm
+    data = DataConfig(labels={"organ": [1, 2]}, image_size=24, slice_thickness=thickness)
+    original = build_cohort(open_source(root, data), DataConfig(labels={"organ": [1, 2]}, image_size=24), tmp_path)
+    cohort = build_cohort(open_source(root, data), data, tmp_path)
+    subject, before = cohort["case_001"], original["case_001"]
+    assert subject.n_slices == round(12 * 2.5 / thickness) and subject.spacing[0] == pytest.approx(thickness)
+    assert subject.spacing[1:] == pytest.approx(before.spacing[1:])
+    # the organ keeps its extent in mm: its volume in mm^3 agrees within one slice's worth
+    volume = [float(c.targets[:, 0].sum()) * c.spacing[0] for c in (subject, before)]
+    assert volume[0] == pytest.approx(volume[1], rel=0.25)
+    expected = ndimage.zoom(np.asarray(before.image), (subject.n_slices / 12, 1, 1), order=1, mode="nearest")
+    if thickness > 2.5:  # thinned out: the linear resampling is smoothed first against aliasing
+        assert np.corrcoef(expected.ravel(), np.asarray(subject.image).ravel())[0, 1] > 0.9
+    else:
+        assert np.abs(expected - np.asarray(subject.image)).mean() < 0.1
+    with pytest.raises(ConfigError, match="slice_thickness must be a positive spacing"):
+        DataConfig(slice_thickness=0)
+
+
 def test_an_msd_folder_is_cached_once_and_memory_mapped(tmp_path):
     root = write_msd_folder(tmp_path / "Task09_Organ", cases=4)
     data = DataConfig(labels={"organ": [1, 2], "core": [2]}, image_size=16)

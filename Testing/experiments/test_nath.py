@@ -141,3 +141,39 @@ def test_a_slice_study_refuses_the_semi_supervised_stage(tmp_path, capsys):
     status = run_study("demo", tmp_path / "study", "--config", str(tmp_path / "override.json"), protocol="sbc_al")
     assert status == 2
     assert "which volume studies do (unit 'volume'" in capsys.readouterr().err
+
+
+def test_a_run_cancelled_in_its_semi_supervised_stage_resumes_to_the_same_result(tmp_path):
+    from spatial_al.experiments.loop import run_session
+    from spatial_al.experiments.runner import StudyRequest, prepare_study
+    from spatial_al.progress import OperationCancelled
+
+    (tmp_path / "longer.json").write_text(json.dumps({"training": {"max_epochs": 2, "checkpoint_every": 1}}))
+
+    def spec(name):
+        request = StudyRequest(
+            "nath", "demo", tmp_path / name, "smoke", tmp_path / "longer.json", ["Variance+SS"], 1, "cpu",
+            cache=tmp_path / "cache",
+        )  # fmt: skip
+        return next(run for run in prepare_study(request).runs if run.arm == "Variance+SS")
+
+    class CancelInSecondEpoch:
+        def __init__(self):
+            self.seen = False
+
+        def progress(self, done, total, message=""):
+            self.seen = self.seen or "semi_supervised epoch 2" in message
+
+        def should_cancel(self):
+            return self.seen
+
+    whole = run_session(spec("whole"))
+    interrupted = spec("interrupted")
+    with pytest.raises(OperationCancelled):
+        run_session(interrupted, CancelInSecondEpoch())
+    assert (interrupted.folder / "noisy" / "round-000.npz").is_file() and not (interrupted.folder / "run.json").exists()
+    resumed = run_session(interrupted)
+    assert resumed["rounds"][0]["training"]["epochs_this_process"] == 1  # only the cancelled epoch was trained again
+    for mine, theirs in zip(resumed["rounds"], whole["rounds"], strict=True):
+        assert mine["metrics"] == theirs["metrics"] and mine.get("queried") == theirs.get("queried")
+        assert mine["training"]["noisy_labels"] == theirs["training"]["noisy_labels"]

@@ -155,22 +155,28 @@ def normalized(image: np.ndarray, data: DataConfig) -> np.ndarray:
 
 def resized(volume: CohortVolume, data: DataConfig, classes: dict[str, list[int]]):
     """(image (S, N, N) float32, targets (S, C, N, N) uint8, spacing (3,)) of one subject, N = ``data.image_size``:
-    slices scaled so the longer side is N (bilinear with anti-aliasing; labels nearest), padded to a square with the
-    lowest intensity."""
+    resampled along the slice axis to ``data.slice_thickness`` when set (linear, anti-aliased when thinned out; labels
+    nearest), slices scaled so the longer side is N (bilinear with anti-aliasing; labels nearest), padded to a square
+    with the lowest intensity."""
     from skimage.transform import resize
 
     image = normalized(volume.image, data)
     depth, height, width = image.shape
+    thickness = volume.spacing[0]
+    if data.slice_thickness is not None:
+        depth = max(1, round(depth * thickness / data.slice_thickness))
+        thickness = volume.spacing[0] * image.shape[0] / depth
     size = data.image_size
     factor = size / max(height, width)
     shape = (depth, max(1, round(height * factor)), max(1, round(width * factor)))
-    image = resize(image, shape, order=1, anti_aliasing=factor < 1, preserve_range=True).astype(np.float32)
+    anti_aliasing = factor < 1 or depth < image.shape[0]
+    image = resize(image, shape, order=1, anti_aliasing=anti_aliasing, preserve_range=True).astype(np.float32)
     labels = resize(volume.labels, shape, order=0, anti_aliasing=False, preserve_range=True).astype(volume.labels.dtype)
     targets = np.stack([np.isin(labels, values) for values in classes.values()], axis=1).astype(np.uint8)
     pad = ((0, 0), (0, size - shape[1]), (0, size - shape[2]))
     image = np.pad(image, pad, constant_values=float(image.min()))
     targets = np.pad(targets, (pad[0], (0, 0), *pad[1:]))
-    spacing = (volume.spacing[0], volume.spacing[1] / factor, volume.spacing[2] / factor)
+    spacing = (thickness, volume.spacing[1] / factor, volume.spacing[2] / factor)
     return image, targets, spacing
 
 

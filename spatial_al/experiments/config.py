@@ -36,6 +36,8 @@ class DataConfig:
         slice_axis: "axial", "coronal", "sagittal" or an array axis 0-2 as a string.
         image_size: slices are resized (aspect kept, bilinear; labels nearest) so the longer side has this many pixels,
             then padded to a square.
+        slice_thickness: resample along the slice axis to this spacing in mm first (linear; labels nearest), as a
+            3D study resamples its volumes (Nath et al.: 2 mm); None keeps the slices as acquired.
         intensity: "zscore" (clip to the 0.5/99.5 percentiles, z-score per volume; MR) or "window" (CT: clip to
             ``window`` and scale to [0, 1]).
         window: [low, high] intensities for ``intensity="window"`` (Hounsfield units for CT).
@@ -49,6 +51,7 @@ class DataConfig:
     channel: int | None = None
     slice_axis: str = "axial"
     image_size: int = 128
+    slice_thickness: float | None = None
     intensity: str = "zscore"
     window: list[float] | None = None
     split: list[float] = field(default_factory=lambda: [0.7, 0.1, 0.2])
@@ -67,6 +70,8 @@ class DataConfig:
             raise ConfigError(
                 f"data.split must be [training, validation, test] fractions summing to 1, got {self.split}."
             )
+        if self.slice_thickness is not None and self.slice_thickness <= 0:
+            raise ConfigError(f"data.slice_thickness must be a positive spacing in mm, got {self.slice_thickness}.")
         if self.image_size < 16:
             raise ConfigError(f"data.image_size must be at least 16 pixels, got {self.image_size}.")
         if self.demo_subjects < 3:
