@@ -110,6 +110,20 @@ def test_entropy_forms_match_their_definitions(labeled_stack):
         np.testing.assert_allclose(ranking.scores, np.sort(reference)[::-1], rtol=1e-4, atol=1e-7)
 
 
+def test_ranking_runs_the_network_in_the_requested_precision(labeled_stack):
+    model = tiny_model()
+    slices = candidates()
+    p = SlicePredictor(model, CPU, precision="bf16").probabilities(model_inputs(labeled_stack, slices)).numpy()
+    reference = 1 - p.max(1).mean((1, 2))  # classic least confidence of the bfloat16 prediction
+    ranking = ranked(labeled_stack, "least_confidence", 8, model, form="classic", precision="bf16")
+    np.testing.assert_allclose(ranking.scores, np.sort(reference)[::-1], rtol=1e-5)
+    full = ranked(labeled_stack, "least_confidence", 8, model, form="classic", precision="fp32")
+    assert not np.array_equal(full.scores, ranking.scores)  # float32 is another computation ...
+    np.testing.assert_allclose(full.scores, ranking.scores, rtol=0.05)  # ... of about the same scores
+    with pytest.raises(ValueError, match="Unknown precision 'fp8'"):
+        ranked(labeled_stack, "least_confidence", 8, model, precision="fp8")
+
+
 def test_margin_is_one_minus_the_gap_between_the_two_likeliest_classes(labeled_stack):
     model = tiny_model()
     slices = candidates()

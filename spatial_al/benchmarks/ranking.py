@@ -58,8 +58,10 @@ def measure_ranking(
     batch_size: int = 8,
     seed: int = 0,
     progress: ProgressReporter | None = None,
+    precision: str = "auto",
 ) -> list[dict]:
-    """Seconds each strategy takes to rank ``budget`` slices of the synthetic volume (model loading excluded)."""
+    """Seconds each strategy takes to rank ``budget`` slices of the synthetic volume (model loading excluded), its
+    networks run in ``precision``."""
     names = checked_names(STRATEGIES, strategies)
     image, labels = synthetic_volume(n_slices, size, seed)
     annotated = np.arange(ANNOTATED_INTERVAL // 2, n_slices, ANNOTATED_INTERVAL)
@@ -78,6 +80,7 @@ def measure_ranking(
             device=device or torch.device("cpu"),
             batch_size=batch_size,
             seed=seed,
+            precision=precision,
         )
         seconds = time.perf_counter() - started
         candidates = n_slices - annotated.size
