@@ -23,7 +23,8 @@ from SpatialALSlicerLib.ModuleWidget import SessionWidgetMixin  # noqa: E402
 
 SLICE_PLANES = ["axial", "coronal", "sagittal"]
 BUDGET_UNITS = ["slices", "percent"]
-# spatial_al.selection.volumes.VOLUME_STRATEGIES, written out so the module loads before the backend is installed
+# spatial_al.selection.volumes.VOLUME_STRATEGIES, written out so the module loads before the backend is installed;
+# the parameter node's Choice fills the scan-strategy combo box, as it does the slice-plane one
 VOLUME_STRATEGIES = ["proxy_entropy", "proxy_variance", "entropy", "variance", "random"]
 
 #
@@ -116,7 +117,6 @@ class ActiveSliceSelectorWidget(SessionWidgetMixin, ScriptedLoadableModuleWidget
         self.ui.updateModelButton.connect("clicked(bool)", self.onUpdateModel)
         self.ui.predictButton.connect("clicked(bool)", self.onPredict)
         self.ui.rankVolumesButton.connect("clicked(bool)", self.onRankVolumes)
-        self.ui.volumeStrategyComboBox.addItems(VOLUME_STRATEGIES)
         import qt  # the application's Qt; absent where only the Logic runs (slicer-core)
 
         # PythonQt has no str -> QKeySequence conversion: a plain string here would abort setup()
