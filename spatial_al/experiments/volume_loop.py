@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 
 from ..files import atomic_path
+from ..progress import report
 from .cohort import Subject
-from .loop import VOLUME_DRAW, Session, SessionState, round_seed
+from .loop import CHECKPOINT_FILE, VOLUME_DRAW, Session, SessionState, round_seed
 from .metrics import overlap_counts, pooled_scores, summarize, volume_metrics
 
 PROXY_FILE = "proxy.pt"
@@ -141,12 +142,12 @@ class VolumeSession(Session):
         if not already_trained:
             if self.trainer.state.stage == "segmentation" and not self.trainer.state.finished:
                 self.trainer.train_round(labeled, validation)
-                save_checkpoint(self.spec.folder / "model.pt", self.model, self.trainer)
+                save_checkpoint(self.spec.folder / CHECKPOINT_FILE, self.model, self.trainer)
             if self.final_stage(state) == "semi_supervised":
                 noisy = self.noisy_labels(state)
                 examples = SemiSupervisedExamples(labeled, self.volume_examples(noisy["subjects"], noisy["labels"]))
                 self.trainer.train_semi_supervised(examples, validation)
-                save_checkpoint(self.spec.folder / "model.pt", self.model, self.trainer)
+                save_checkpoint(self.spec.folder / CHECKPOINT_FILE, self.model, self.trainer)
         epochs = [epoch for epoch in self.trainer.state.history if epoch["round"] == state.round_index]
         summary = {
             "epochs": len(epochs),
@@ -181,7 +182,7 @@ class VolumeSession(Session):
             probabilities = self.probabilities(subject)
             certainty[subject.name] = -float(pixel_entropy(probabilities[None], self.model.config.head).mean())
             labels[subject.name] = noisy_label(probabilities, self.model.config.head, self.config.noisy_label_threshold)
-            self.progress.progress(done, len(candidates), "noisy labels")
+            report(self.progress, done, len(candidates), "noisy labels")
         count = min(self.labeled_volumes(state), len(candidates))
         names = sorted(certainty, key=lambda name: (-certainty[name], name))[:count]
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -198,7 +199,7 @@ class VolumeSession(Session):
             subject = self.cohort[name]
             labels = volume_labels(self.probabilities(subject), self.model.config.head)
             per_volume.append(volume_metrics(labels, np.asarray(subject.targets), subject.spacing, self.config.hd95))
-            self.progress.progress(done, len(self.spec.split.test), "evaluating")
+            report(self.progress, done, len(self.spec.split.test), "evaluating")
         return summarize(per_volume, self.classes)
 
     def uncertainty_ranking(self, subjects: list[Subject], measure: str, model, seed: int) -> dict[str, float]:
@@ -212,7 +213,7 @@ class VolumeSession(Session):
                 seed=seed, batch_size=self.config.batch_size,
             )  # fmt: skip
             scores[subject.name] = statistics.mean_variance if measure == "variance" else statistics.mean_entropy
-            self.progress.progress(done, len(subjects), f"MC-dropout {measure}")
+            report(self.progress, done, len(subjects), f"MC-dropout {measure}")
         return scores
 
     def choose(self, candidates: list[Subject], count: int, measure: str, model, seed: int) -> VolumeQuery:
