@@ -23,11 +23,11 @@ def dice(prediction: np.ndarray, reference: np.ndarray) -> float:
 def label_values(*label_maps: np.ndarray) -> np.ndarray:
     """The sorted non-zero values present in any of the label maps.
 
-    Counted with ``np.bincount`` for unsigned label types (a single pass, several times faster than ``np.unique``'s
-    sort or hash on whole slices); ``np.unique`` otherwise.
+    Counted with ``np.bincount`` over the non-zero pixels for unsigned label types (several times faster than
+    ``np.unique``'s sort or hash on whole slices, and than counting the background too); ``np.unique`` otherwise.
     """
     if all(np.asarray(m).dtype.kind in "bu" and np.asarray(m).dtype.itemsize <= 2 for m in label_maps):
-        present = [np.flatnonzero(np.bincount(np.ravel(m))) for m in label_maps]
+        present = [np.flatnonzero(np.bincount(m[m != 0])) for m in map(np.asarray, label_maps)]
         values = np.unique(np.concatenate(present)) if present else np.zeros(0, np.intp)
         return values[values != 0]
     values = np.unique(np.concatenate([np.ravel(m) for m in label_maps]))

@@ -13,10 +13,12 @@ never inferred from the labels.
 from __future__ import annotations
 
 import enum
+import mmap
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 
 ANATOMICAL_AXES = {"sagittal": 0, "coronal": 1, "axial": 2}  # LPS axis each plane is perpendicular to
 
@@ -377,3 +379,23 @@ def check_label_dtype(labels: np.ndarray) -> None:
         f"Labels must be a label map of whole non-negative numbers, got dtype {labels.dtype}. "
         "Pass a segmentation or label map, not an intensity image or probabilities."
     )
+
+
+def zeros_in_small_pages(shape: tuple[int, ...], dtype: npt.DTypeLike) -> np.ndarray:
+    """A zero-filled array of ``shape`` in fresh anonymous memory that the kernel backs with its base pages (4 KiB).
+
+    For large arrays numpy asks Linux for transparent huge pages (``madvise``); where the kernel then compacts
+    memory to find one on the first write (``defrag=madvise``, the default of most distributions), filling a
+    volume-sized output can stall for several times its own work, by a different amount on each run (6 to 164 ms
+    for 78 MB measured here, against a steady 30 ms in base pages). Neither numpy nor the standard library
+    offers a per-array switch besides an anonymous ``mmap``, so this allocates one. Like ``np.zeros``, pages
+    never written are never backed.
+    """
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if size == 0:
+        return np.zeros(shape, dtype)
+    buffer = mmap.mmap(-1, size)
+    if hasattr(mmap, "MADV_NOHUGEPAGE"):  # Linux; elsewhere plain anonymous memory is already in base pages
+        buffer.madvise(mmap.MADV_NOHUGEPAGE)
+    return np.frombuffer(buffer, dtype).reshape(shape)

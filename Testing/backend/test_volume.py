@@ -1,5 +1,8 @@
 """The slice-stack data model: geometry, statuses, input checks."""
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -15,6 +18,7 @@ from spatial_al.volume import (
     normalize_slice_indices,
     parse_slice_list,
     resolve_slice_axis,
+    zeros_in_small_pages,
 )
 
 
@@ -136,3 +140,29 @@ def test_reversed_ranges_and_masks_of_another_length_are_refused_and_masks_are_r
         normalize_slice_indices(np.array([True, False]), 6)
     with pytest.raises(ValueError, match=r"indices must be whole numbers, got \['a'\]"):
         normalize_slice_indices(["a"], 6)
+
+
+def vma_flags(address: int) -> list[str]:
+    """The kernel's VmFlags of this process's memory mapping holding ``address`` (Linux /proc/self/smaps)."""
+    mapping = None
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        first = line.split()[0]
+        if "-" in first and ":" not in first:
+            start, stop = (int(bound, 16) for bound in first.split("-"))
+            mapping = start <= address < stop
+        elif first == "VmFlags:" and mapping:
+            return line.split()[1:]
+    raise AssertionError(f"no mapping holds address {address:#x}")
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_zeros_in_small_pages_are_writable_zeros_the_kernel_keeps_in_base_pages(dtype):
+    shape = (12, 256, 320)
+    array = zeros_in_small_pages(shape, dtype)
+    assert array.shape == shape and array.dtype == dtype and array.flags.writeable
+    np.testing.assert_array_equal(array, np.zeros(shape, dtype))
+    array[3, 10:20] = 7
+    assert int(array.sum()) == 7 * 10 * 320
+    assert zeros_in_small_pages((0, 4), dtype).shape == (0, 4)
+    if sys.platform == "linux":
+        assert "nh" in vma_flags(array.ctypes.data)  # madvise(MADV_NOHUGEPAGE) on the array's own mapping

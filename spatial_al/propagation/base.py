@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..compatibility import check_model
-from ..metrics import mean_label_dice
+from ..metrics import label_values, mean_label_dice
 from ..progress import ProgressReporter
 from ..registry import Registry, info_of, with_info
 from ..volume import Segment, SliceStatus, check_label_dtype, check_slice_axis, normalize_slice_indices
@@ -165,8 +165,7 @@ def default_segments(layers: np.ndarray, annotated: np.ndarray, model: Any) -> t
     return tuple(
         Segment(f"label {int(value)}", int(value), layer=index)
         for index, layer in enumerate(layers)
-        for value in np.unique(layer[annotated])
-        if value != 0
+        for value in label_values(*(layer[a] for a in annotated))  # slice views: no copy of the annotated slices
     )
 
 
@@ -285,8 +284,9 @@ def propagate(
     candidates = np.setdiff1d(np.flatnonzero(~np.isnan(confidence)), annotated_slices)
     propagated = kept_slices(confidence, candidates, most_confident, min_confidence)
     output = filled.astype(layers.dtype, copy=False)  # the method's own array: changed in place
-    output[:, np.setdiff1d(np.arange(n_slices), propagated)] = 0
-    output[:, annotated_slices] = slice_first[:, annotated_slices]
+    output[:, np.setdiff1d(np.arange(n_slices), np.union1d(propagated, annotated_slices))] = 0
+    for a in annotated_slices:  # slice by slice: no temporary copy of all annotated slices
+        output[:, a] = slice_first[:, a]
     output = np.moveaxis(output, 1, 1 + axis)
     return PropagationResult(
         output if labels.ndim == 4 else output[0], confidence, annotated_slices, propagated, axis, method
@@ -315,7 +315,7 @@ def check_sources(
             "and none lies between. Annotate a second slice on the other side of the structure, or use a method "
             "that reaches beyond the annotated range (star or sli2vol with extrapolate=True, or model)."
         )
-    if info.reads_annotation and not layers[:, annotated].any():
+    if info.reads_annotation and not any(layers[:, a].any() for a in annotated):
         raise ValueError(
             f"The annotated slices {annotated.tolist()} are empty in every segment, so there is nothing to "
             "propagate. Draw the structure on the annotated slices, or check the segments and the slice axis chosen."

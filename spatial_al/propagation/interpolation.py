@@ -9,6 +9,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..progress import ProgressReporter, check_cancelled, report
+from ..volume import zeros_in_small_pages
 from .base import PROPAGATORS, MethodInfo, gaps, interpolation_confidence, needs, per_label_map
 
 
@@ -112,8 +113,9 @@ def sdf_interpolation(
 
     Speed: each annotated slice's labels are located once (``find_objects``), each label's signed distance on an
     annotated slice is computed once for both gaps it bounds (on a crop holding the label on that slice and its two
-    neighbours, where the distances are exact), all of them on every core at once, and a gap is blended for all its
-    slices at once; nothing of the volume's size is allocated besides the output.
+    neighbours, where the distances are exact), and a gap is blended for all its slices at once, straight into the
+    output; the slices, then the gaps, run on every core at once. Nothing of the volume's size is allocated
+    besides the output, which lives in base pages (:func:`~spatial_al.volume.zeros_in_small_pages`).
 
     Keyword Args:
         tip_fraction: where in the gap a one-sided structure vanishes, in (0, 1].
@@ -124,12 +126,14 @@ def sdf_interpolation(
     if variant not in SDF_VARIANTS:
         raise ValueError(f"variant must be one of {', '.join(SDF_VARIANTS)}, got {variant!r}.")
     paper = variant == "paper"
-    filled = np.zeros(labels.shape, labels.dtype)  # not zeros_like: untouched pages are never written
+    filled = zeros_in_small_pages(labels.shape, labels.dtype)
     plane = labels.shape[1:]
     in_plane = spacing[1:]
-    # label value -> its box on each annotated slice (find_objects indexes by value - 1; works for any integer map)
     integer = labels.dtype if np.issubdtype(labels.dtype, np.integer) else np.int64
-    located = {int(a): ndimage.find_objects(labels[a].astype(integer, copy=False)) for a in annotated}
+
+    def locate(slice_index: int) -> list[Box | None]:
+        """Each label value's box on an annotated slice (find_objects indexes by value - 1; any integer map)."""
+        return ndimage.find_objects(labels[slice_index].astype(integer, copy=False))
 
     def box_of(slice_index: int, value: int) -> Box | None:
         boxes = located[slice_index]
@@ -144,22 +148,17 @@ def sdf_interpolation(
         mask = labels[slice_index][crop] == value
         return crop, mask, paper_signed_distance(mask) if paper else signed_distance(mask, in_plane)
 
-    # scipy's distance transform releases the GIL: every annotated slice's transforms run on all cores at once
-    keys = [(a, v + 1) for a, boxes in located.items() for v, box in enumerate(boxes) if box is not None]
-    with ThreadPoolExecutor(max_workers=min(os.cpu_count() or 1, 8)) as pool:
-        distances = dict(zip(keys, pool.map(signed, keys), strict=True))
-
-    gap_list = gaps(annotated)
-    for done, (a, b) in enumerate(gap_list):
-        report(progress, done, len(gap_list), f"slices {a}-{b}")
+    def fill_gap(gap: tuple[int, int]) -> tuple[int, int]:
+        """Blend every label over the slices strictly between ``a`` and ``b``, written into ``filled``."""
+        a, b = gap
         values = sorted({v + 1 for s in (a, b) for v, box in enumerate(located[s]) if box is not None})
         gap_boxes = {v: union_box([box_of(a, v), box_of(b, v)], plane) for v in values}
         region = union_box(list(gap_boxes.values()), plane, margin=0)
         if region is None:
-            continue
+            return gap
         t = ((np.arange(a + 1, b) - a) / (b - a))[:, None, None]  # (n, 1, 1)
-        best = np.full((b - a - 1, *(r.stop - r.start for r in region)), -1.0, dtype=np.float32)
-        winner = np.zeros(best.shape, dtype=labels.dtype)
+        winner = filled[a + 1 : b][(slice(None), *region)]  # a view: gaps do not overlap, so threads never share it
+        best = np.full(winner.shape, -1.0, dtype=np.float32)
         for value in values:
             box = gap_boxes[value]
             parts = []
@@ -178,11 +177,22 @@ def sdf_interpolation(
                 blend = distance_last - ((1 - t) / tip_fraction) * tip_depth(distance_last, last)
             local = (slice(None), *within(box, region))
             wins = (blend >= 0 if paper else blend > 0) & (blend > best[local])
-            best[local][wins] = blend[wins]
-            winner[local][wins] = value
-        filled[a + 1 : b][(slice(None), *region)] = winner
-    report(progress, len(gap_list), len(gap_list), "done")
-    return filled, interpolation_confidence(labels, annotated)
+            np.copyto(best[local], blend, where=wins)
+            np.copyto(winner[local], value, where=wins)
+        return gap
+
+    # scipy's ndimage and numpy's array operations release the GIL: the confidence, then each annotated slice's
+    # boxes and transforms, then the gaps, run on all cores at once
+    gap_list = gaps(annotated)
+    with ThreadPoolExecutor(max_workers=min(os.cpu_count() or 1, 8)) as pool:
+        confidence = pool.submit(interpolation_confidence, labels, annotated)
+        located = dict(zip(annotated.tolist(), pool.map(locate, annotated.tolist()), strict=True))
+        keys = [(a, v + 1) for a, boxes in located.items() for v, box in enumerate(boxes) if box is not None]
+        distances = dict(zip(keys, pool.map(signed, keys), strict=True))
+        # leaving this loop early (cancel) closes map's iterator, which cancels the gaps not yet started
+        for done, (a, b) in enumerate(pool.map(fill_gap, gap_list), 1):
+            report(progress, done, len(gap_list), f"slices {a}-{b}")
+        return filled, confidence.result()
 
 
 @PROPAGATORS.register("contour")
