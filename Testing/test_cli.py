@@ -374,6 +374,22 @@ def test_benchmark_ranking_times_each_strategy_and_writes_json(tmp_path, capsys)
     assert "Did you mean 'entropy'" in capsys.readouterr().err
 
 
+def test_benchmark_ranking_passes_each_strategy_its_options(tmp_path, capsys):
+    output = tmp_path / "ranking.json"
+    arguments = ["benchmark", "ranking", "--strategies", "mc_dropout", "--slices", "20", "--size", "32"]
+    last = ["--option", "mc_dropout.layers=last", "--option", "mc_dropout.samples=3"]
+    assert main([*arguments, *last, "--device", "cpu", "--output", str(output), "--quiet"]) == 0
+    (row,) = json.loads(output.read_text())["results"]["rows"]
+    assert row["options"] == {"layers": "last", "samples": 3} and len(row["picked"]) == 10
+    assert "mc_dropout (layers=last, samples=3)" in capsys.readouterr().out
+    assert main([*arguments, "--option", "mc_dropout.layers=first", "--output", str(output), "--quiet"]) == 2
+    assert "Unknown MC-dropout layers 'first'" in capsys.readouterr().err
+    assert main([*arguments, "--option", "layers=last", "--output", str(output), "--quiet"]) == 2
+    assert "STRATEGY.KEY=VALUE" in capsys.readouterr().err
+    assert main([*arguments, "--option", "entropy.samples=3", "--output", str(output), "--quiet"]) == 2
+    assert "entropy, which is not measured" in capsys.readouterr().err
+
+
 def test_propagate_writes_the_slice_confidence_csv(chest_files, tmp_path, capsys):
     image, truth = chest_files
     output, confidence = tmp_path / "out.seg.nrrd", tmp_path / "confidence.csv"

@@ -46,6 +46,20 @@ def parse_options(pairs: Sequence[str]) -> dict[str, Any]:
     return options
 
 
+def strategy_options(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``["mc_dropout.layers=last"]`` -> ``{"mc_dropout": {"layers": "last"}}``."""
+    options: dict[str, dict[str, Any]] = {}
+    for qualified, value in parse_options(pairs).items():
+        strategy, separator, key = qualified.partition(".")
+        if not separator or not strategy or not key:
+            raise CommandLineError(
+                f"--option {qualified}={value!r}: name the strategy, as STRATEGY.KEY=VALUE "
+                "(e.g. --option mc_dropout.layers=last)."
+            )
+        options.setdefault(strategy, {})[key] = value
+    return options
+
+
 def run_record_path(output: Path) -> Path:
     """``case1.seg.nrrd`` -> ``case1.seg.nrrd.run.json``: the record of the run that wrote ``output``, named after
     the whole file name so outputs that share a stem (``case1.csv``, ``case1.seg.nrrd``) keep their own records."""
@@ -465,7 +479,7 @@ def command_benchmark(args: argparse.Namespace) -> None:
 
             rows = measure_ranking(
                 names, device, args.slices, args.size, args.budget, args.preset, args.batch_size, progress=bar,
-                precision=args.precision,
+                precision=args.precision, options=strategy_options(args.option),
             )  # fmt: skip
             title = f"Ranking latency on {device} ({args.slices}x{args.size}x{args.size}, budget {args.budget}):"
     configuration = {**vars(args), "device": str(device), "torch_threads": torch_threads()}
@@ -730,6 +744,13 @@ def build_parser() -> argparse.ArgumentParser:
     ranking.add_argument("--budget", type=int, default=10, help="slices to pick (default 10)")
     ranking.add_argument("--preset", default="unet-small", help="model of the model-based strategies (unet-small)")
     ranking.add_argument("--batch-size", type=positive_int, default=8, help="slices per forward pass (default 8)")
+    ranking.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="STRATEGY.KEY=VALUE",
+        help="an option of one measured strategy (repeatable), e.g. --option mc_dropout.layers=last",
+    )
     add_precision_argument(ranking)
     training = kinds.add_parser("training", help="training with the defaults: steps/s, seconds per phase, Dice")
     training.add_argument("--presets", dest="names", help="comma-separated presets (default: unet-small)")

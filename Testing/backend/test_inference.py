@@ -6,7 +6,7 @@ import torch
 from conftest import TINY_UNET
 
 from spatial_al.models import SegmentationModel, preset_config
-from spatial_al.models.inference import SlicePredictor, enable_dropout, pixel_entropy
+from spatial_al.models.inference import SlicePredictor, enable_dropout, most_likely_class, pixel_entropy
 
 CPU = torch.device("cpu")
 
@@ -18,6 +18,15 @@ def predictor(preset="unet-small", batch_size=3, **changes):
 
 
 SLICES = torch.randn(7, 1, 30, 37, generator=torch.Generator().manual_seed(0))  # not multiples of 16
+
+
+@pytest.mark.parametrize("dim", [0, 1, 3])
+def test_most_likely_class_is_argmax_with_its_ties_and_nan(dim):
+    scores = torch.rand(4, 3, 6, 5, generator=torch.Generator().manual_seed(dim))
+    scores[0, :, 1] = 0.5  # ties: the first index wins
+    scores[2, 1, 3, 2] = float("nan")  # NaN counts as the largest, as in argmax
+    assert torch.equal(most_likely_class(scores, dim), scores.argmax(dim))
+    assert int(most_likely_class(torch.ones(2, 4, 3), 1).max()) == 0
 
 
 def test_probabilities_are_cropped_back_batched_and_sum_to_one():
@@ -89,6 +98,29 @@ def test_mc_dropout_runs_a_dropout_free_encoder_once_with_the_same_result():
     assert torch.allclose(statistics.mean, draws.mean(0), atol=1e-5)
     assert torch.allclose(statistics.variance, draws.var(0, unbiased=False), atol=1e-6)
     assert float(statistics.variance.max()) > 0
+
+
+def test_last_layer_mc_dropout_is_the_whole_network_with_only_its_last_dropout_layer_sampled():
+    runner = predictor(dropout=0.3)
+    encoder_calls = []
+    runner.model.backbone.encoder.register_forward_hook(lambda module, inputs, output: encoder_calls.append(1))
+    statistics = runner.mc_dropout(SLICES[:2], samples=6, seed=4, layers="last")
+    assert encoder_calls == [1]  # the network before the head runs once for all six passes
+    last = [m for m in runner.model.backbone.decoder.modules() if isinstance(m, torch.nn.Dropout)][-1]
+    torch.manual_seed(4)
+    last.train()  # every other dropout layer stays off
+    with torch.no_grad():
+        padded = torch.nn.functional.pad(SLICES[:2], (0, 11, 0, 2))
+        draws = torch.stack([runner.model(padded).softmax(1)[..., :30, :37] for _ in range(6)])
+    last.eval()
+    assert torch.allclose(statistics.mean, draws.mean(0), atol=1e-5)
+    assert torch.allclose(statistics.variance, draws.var(0, unbiased=False), atol=1e-6)
+    assert float(statistics.variance.max()) > 0
+    assert not any(m.training for m in runner.model.modules())
+    full = runner.mc_dropout(SLICES[:2], samples=6, seed=4)
+    assert not torch.allclose(full.variance, statistics.variance, atol=1e-4)  # a different (smaller) source
+    with pytest.raises(ValueError, match="all, last"):
+        runner.mc_dropout(SLICES[:2], samples=6, layers="decoder")
 
 
 def test_tta_divergence_is_the_jensen_shannon_divergence_of_the_transformed_predictions():

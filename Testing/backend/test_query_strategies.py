@@ -152,6 +152,19 @@ def test_mc_dropout_scores_are_the_predictor_statistics_with_the_derived_seed(la
     np.testing.assert_array_equal(ranking.slices, again.slices)
 
 
+def test_last_layer_mc_dropout_scores_are_the_predictor_statistics_of_the_last_layer(labeled_stack):
+    model = tiny_model(dropout=0.3)
+    slices = candidates()
+    seed = int(np.random.default_rng(5).integers(0, 2**31 - 1, size=slices.size + 1)[0])
+    inputs = model_inputs(labeled_stack, slices)
+    statistics = SlicePredictor(model, CPU).mc_dropout(inputs, samples=10, seed=seed, layers="last")
+    reference = statistics.mutual_information.mean((1, 2)).numpy()
+    ranking = ranked(labeled_stack, "mc_dropout", 8, model, seed=5, layers="last")
+    np.testing.assert_allclose(ranking.scores, np.sort(reference)[::-1], rtol=1e-5)
+    with pytest.raises(ValueError, match="Unknown MC-dropout layers 'first'"):
+        ranked(labeled_stack, "mc_dropout", 8, model, layers="first")
+
+
 def test_mc_dropout_refuses_a_model_without_dropout(labeled_stack):
     with pytest.raises(ValueError, match="no dropout"):
         ranked(labeled_stack, "mc_dropout", 2, tiny_model(dropout=0.0))

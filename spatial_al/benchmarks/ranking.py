@@ -9,8 +9,9 @@ for ``star_similarity``, sbc-small for ``sbc_consistency``, ``model_preset`` for
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -59,10 +60,16 @@ def measure_ranking(
     seed: int = 0,
     progress: ProgressReporter | None = None,
     precision: str = "auto",
+    options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[dict]:
     """Seconds each strategy takes to rank ``budget`` slices of the synthetic volume (model loading excluded), its
-    networks run in ``precision``."""
+    networks run in ``precision``; ``options`` maps a strategy's name to its keyword options."""
     names = checked_names(STRATEGIES, strategies)
+    options = dict(options or {})
+    if unmeasured := sorted(set(options) - set(names)):
+        raise ValueError(
+            f"Options were given for {', '.join(unmeasured)}, which is not measured: add it to the strategies."
+        )
     image, labels = synthetic_volume(n_slices, size, seed)
     annotated = np.arange(ANNOTATED_INTERVAL // 2, n_slices, ANNOTATED_INTERVAL)
     rows = []
@@ -81,12 +88,14 @@ def measure_ranking(
             batch_size=batch_size,
             seed=seed,
             precision=precision,
+            **options.get(name, {}),
         )
         seconds = time.perf_counter() - started
         candidates = n_slices - annotated.size
         rows.append(
             {
                 "strategy": name,
+                "options": dict(options.get(name, {})),
                 "model": preset,
                 "seconds": round(seconds, 3),
                 "candidate_slices_per_second": round(candidates / seconds, 2),
@@ -97,9 +106,13 @@ def measure_ranking(
 
 
 def format_table(rows: Sequence[dict]) -> str:
-    lines = [f"{'strategy':24s} {'model':11s} {'seconds':>9s} {'candidates/s':>13s}"]
+    def described(row: dict) -> str:
+        given = ", ".join(f"{key}={value}" for key, value in row.get("options", {}).items())
+        return f"{row['strategy']} ({given})" if given else row["strategy"]
+
+    lines = [f"{'strategy':32s} {'model':11s} {'seconds':>9s} {'candidates/s':>13s}"]
     lines += [
-        f"{r['strategy']:24s} {r['model'] or '-':11s} {r['seconds']:9.2f} {r['candidate_slices_per_second']:13.1f}"
+        f"{described(r):32s} {r['model'] or '-':11s} {r['seconds']:9.2f} {r['candidate_slices_per_second']:13.1f}"
         for r in rows
     ]
     return "\n".join(lines)

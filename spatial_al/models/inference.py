@@ -43,6 +43,16 @@ def activation(logits: torch.Tensor, head: str) -> torch.Tensor:
     return logits.float().softmax(1) if head == "softmax" else torch.sigmoid(logits.float())
 
 
+def most_likely_class(scores: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """Index of the largest value along ``dim`` (the class axis), the first one on ties: ``argmax(dim)``.
+
+    ``max(dim).indices`` is the same and 20 to 40 times faster on a CPU, where torch's ``argmax`` over any axis but
+    the last is slow (torch 2.13: 57 vs 2.7 ms for 8 x 2 x 256 x 256 over axis 1; 1.4 s vs 59 ms for a
+    2 x 128 x 256 x 256 volume over axis 0).
+    """
+    return scores.max(dim).indices
+
+
 def pixel_entropy(probabilities: torch.Tensor, head: str) -> torch.Tensor:
     """Entropy per pixel (N, H, W) in nats: over the classes (softmax), or summed binary entropies (sigmoid)."""
     p = probabilities.clamp(1e-12, 1.0)
@@ -74,6 +84,9 @@ def enable_dropout(model: nn.Module) -> int:
         layer.train()
     return len(layers)
 
+
+# Which dropout layers MC-dropout samples (SlicePredictor.mc_dropout)
+MC_DROPOUT_LAYERS = ("all", "last")
 
 # Pixels in one forward pass of MC-dropout's repeated batch (64 slices of 256 x 256): enough to fill a GPU, little
 # enough for its memory and a CPU's
@@ -140,38 +153,56 @@ class SlicePredictor:
 
         def predict(batch: torch.Tensor) -> torch.Tensor:
             probabilities = activation(self.model(batch), self.head)
-            chosen = probabilities.argmax(1) if self.head == "softmax" else probabilities > 0.5
+            chosen = most_likely_class(probabilities) if self.head == "softmax" else probabilities > 0.5
             return chosen.to(torch.uint8)
 
         return self._collect(images, predict, progress, "predicting")
 
     def mc_dropout(
-        self, images, samples: int = 10, seed: int = 0, progress: ProgressReporter | None = None
+        self,
+        images,
+        samples: int = 10,
+        seed: int = 0,
+        progress: ProgressReporter | None = None,
+        layers: str = "all",
     ) -> McDropoutStatistics:
         """Mean, variance and mutual information of ``samples`` passes with dropout on (seeded).
 
-        On a GPU the passes of a batch run as forward passes of the batch repeated (groups of at most
+        ``layers="all"`` (Gal and Ghahramani's MC dropout) samples every dropout layer of the network. On a GPU the
+        passes of a batch run as forward passes of the batch repeated (groups of at most
         :data:`MC_PIXELS_PER_FORWARD` pixels), so it sees large batches; on a CPU one pass at a time. Their
         statistics are accumulated on the device: memory holds one group's probabilities, never all passes. Where
         the encoder has no dropout (FlexibleUNet's ResNets; dropout sits in the decoder only) it is deterministic,
         so it runs once per batch and only the decoder is repeated; the random draws, and so the result, are those
         of running the whole network for each pass.
 
+        ``layers="last"`` samples dropout on the decoder's output only (rate ``config.dropout``), the input of the
+        1 x 1 head: the network up to there runs once, deterministically, and each pass costs one head. For MONAI's
+        BasicUNet (every U-Net preset) this is sampling its last dropout layer alone: that layer is followed by a
+        LeakyReLU, which commutes with dropout (both scale each value by a non-negative factor), and then by the
+        head. An approximation of full MC dropout (only the last layer's uncertainty), about as fast as one
+        prediction: the way to rank with 10 passes in the time of one on a CPU.
+
         Raises:
-            ValueError: the model has no dropout (trained with dropout 0).
+            ValueError: the model has no dropout (trained with dropout 0); ``layers`` is not "all" or "last".
         """
         if samples < 2:
             raise ValueError(f"MC-dropout needs at least 2 samples, got {samples}.")
+        if layers not in MC_DROPOUT_LAYERS:
+            raise ValueError(f"MC-dropout layers must be one of {', '.join(MC_DROPOUT_LAYERS)}, got {layers!r}.")
         self.model.eval()
         if not enable_dropout(self.model) or self.model.config.dropout == 0:
             self.model.eval()
             raise ValueError("This model has no dropout; MC-dropout needs one trained with dropout > 0 (any preset).")
+        if layers == "last":
+            self.model.eval()  # the network before the head runs without dropout
+        statistics_of = self._last_layer_dropout_statistics if layers == "last" else self._dropout_statistics
         try:
             with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
                 torch.manual_seed(seed)
                 statistics = self._collect(
                     images,
-                    lambda x: self._dropout_statistics(x, samples),
+                    lambda x: statistics_of(x, samples),
                     progress,
                     f"MC-dropout ({samples} samples)",
                 )  # (N, 2 C + 1, H, W)
@@ -182,23 +213,43 @@ class SlicePredictor:
         return McDropoutStatistics(mean, variance, statistics[:, 2 * channels])
 
     def _dropout_statistics(self, batch: torch.Tensor, samples: int) -> torch.Tensor:
+        """:meth:`_pass_statistics` of ``samples`` passes of the whole network with its dropout layers on."""
+        size, pixels = len(batch), batch.shape[-2] * batch.shape[-1]
+        per_forward = max(1, min(samples, self.mc_pixels_per_forward // (size * pixels)))
+        features = None if self.model.encoder_has_dropout else self.model.encode(batch)
+
+        def logits_of(count: int) -> torch.Tensor:
+            if features is None:
+                return self.model(batch.repeat(count, 1, 1, 1))
+            return self.model.decode([level.repeat(count, 1, 1, 1) for level in features])
+
+        return self._pass_statistics(logits_of, size, samples, per_forward)
+
+    def _last_layer_dropout_statistics(self, batch: torch.Tensor, samples: int) -> torch.Tensor:
+        """:meth:`_pass_statistics` of ``samples`` passes of the head over the decoder's output with dropout."""
+        features = self.model.encode(batch)
+        decoded = self.model.backbone.decoder(features)
+        rate = self.model.config.dropout
+
+        def logits_of(count: int) -> torch.Tensor:  # one pass at a time: each is only the head
+            return self.model.output(features, F.dropout(decoded, rate, training=True))
+
+        return self._pass_statistics(logits_of, len(batch), samples, 1)
+
+    def _pass_statistics(
+        self, logits_of: Callable[[int], torch.Tensor], size: int, samples: int, per_forward: int
+    ) -> torch.Tensor:
         """Mean and variance (C channels each) and mutual information (one channel) of the probabilities of
-        ``samples`` dropout passes over ``batch`` (B, in_channels, H, W): (B, 2 C + 1, H, W).
+        ``samples`` stochastic passes over a batch of ``size`` slices: (B, 2 C + 1, H, W). ``logits_of(count)``
+        gives ``count`` passes' logits (count * B, C, H, W), pass-major; at most ``per_forward`` are asked at once.
 
         The variance is accumulated about the first pass (shifted sums), which keeps float32 accurate where all
         passes agree; float64 is not available on every device (MPS).
         """
-        size, pixels = len(batch), batch.shape[-2] * batch.shape[-1]
-        per_forward = max(1, min(samples, self.mc_pixels_per_forward // (size * pixels)))
-        features = None if self.model.encoder_has_dropout else self.model.encode(batch)
         shift = total = squares = entropy = None
         for start in range(0, samples, per_forward):
             count = min(per_forward, samples - start)
-            if features is None:
-                logits = self.model(batch.repeat(count, 1, 1, 1))
-            else:
-                logits = self.model.decode([level.repeat(count, 1, 1, 1) for level in features])
-            passes = activation(logits, self.head)  # (count * B, C, H, W), pass-major
+            passes = activation(logits_of(count), self.head)  # (count * B, C, H, W), pass-major
             pass_entropy = pixel_entropy(passes, self.head).unflatten(0, (count, size)).sum(0)
             passes = passes.unflatten(0, (count, size))
             shift = passes[0] if shift is None else shift

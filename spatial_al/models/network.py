@@ -58,7 +58,11 @@ class SegmentationModel(nn.Module):
     def decode(self, features: list[torch.Tensor]) -> torch.Tensor:
         """Logits (B, out_channels, H, W) from the encoder's feature maps (:meth:`encode`): the decoder and head (and
         the SBC-AL refinement when attached), i.e. everything ``forward`` runs after the encoder."""
-        decoded = self.backbone.decoder(features)
+        return self.output(features, self.backbone.decoder(features))
+
+    def output(self, features: list[torch.Tensor], decoded: torch.Tensor) -> torch.Tensor:
+        """Logits (B, out_channels, H, W) from the decoder's output (B, decoder_width, H, W): the head, and the
+        SBC-AL refinement (which also reads the encoder's ``features``) when attached."""
         coarse = self.backbone.head(decoded)
         return coarse if self.structure is None else self.structure(features, decoded, coarse).refined
 

@@ -17,7 +17,7 @@ import torch
 
 from ..precision import autocast, autocast_dtype
 from ..progress import ProgressReporter, check_cancelled, report
-from .inference import activation, enable_dropout, pixel_entropy
+from .inference import activation, enable_dropout, most_likely_class, pixel_entropy
 
 
 def window_count(shape: Sequence[int], window: Sequence[int], overlap: float) -> int:
@@ -77,7 +77,7 @@ def volume_labels(probabilities: torch.Tensor, head: str) -> np.ndarray:
     """Class indices (D, H, W) uint8 from probabilities (out_channels, D, H, W): the likeliest class (softmax) or
     the highest channel above 0.5 (sigmoid; 0 where none is)."""
     if head == "softmax":
-        return probabilities.argmax(0).numpy().astype(np.uint8)
+        return most_likely_class(probabilities, 0).numpy().astype(np.uint8)
     best = probabilities.max(0)
     return np.where(best.values.numpy() > 0.5, best.indices.numpy() + 1, 0).astype(np.uint8)
 

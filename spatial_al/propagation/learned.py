@@ -118,12 +118,13 @@ def model_volume(task: PropagationTask) -> PoolVolume:
 def write_classes(task: PropagationTask, filled: np.ndarray, slices: np.ndarray, probabilities: torch.Tensor) -> None:
     """Write a model's probabilities (n, out_channels, H, W) of ``slices`` into ``filled`` (L, S, H, W) as the
     segments of its classes: the likeliest class (softmax, 0 = background) or every class above 0.5 (sigmoid)."""
+    from ..models.inference import most_likely_class
     from ..training.data import match_classes
 
     config = task.model.config
     classes = match_classes(task.segments, config.class_names)
     if config.head == "softmax":
-        chosen = probabilities.argmax(1).numpy()
+        chosen = most_likely_class(probabilities).numpy()
         present = [chosen == index + 1 for index in range(len(classes))]
     else:
         present = list((probabilities > 0.5).numpy().transpose(1, 0, 2, 3))

@@ -264,6 +264,7 @@ def sli2vol_propagation(
     import torch
 
     from ..device import resolve_device
+    from ..models.inference import most_likely_class
     from ..training.data import normalize_intensities
 
     if steps < 1 or radius < 1 or sequence_length < 1 or patch_size < 8:
@@ -330,7 +331,7 @@ def sli2vol_propagation(
             start, layer_confidences = 0, []
             for layer_index, values in enumerate(layer_values):
                 group = probabilities[:, start : start + values.size]
-                filled[layer_index, slices] = values[group.argmax(1).numpy()]
+                filled[layer_index, slices] = values[most_likely_class(group).numpy()]
                 sure = np.ones(slices.size)  # a layer with nothing annotated carries only background
                 layer_confidences.append(slice_confidence(group, "softmax") if values.size > 1 else sure)
                 start += values.size

@@ -67,8 +67,10 @@ def selector_kind(method: str) -> str:
 def class_masks(probabilities: torch.Tensor, head: str) -> np.ndarray:
     """Multi-hot pseudo-labels (n, classes, H, W) uint8 from probabilities (n, out_channels, H, W): the likeliest
     class (softmax, channel 0 = background) or every class above 0.5 (sigmoid)."""
+    from ..models.inference import most_likely_class
+
     if head == "softmax":
-        chosen = probabilities.argmax(1).numpy()
+        chosen = most_likely_class(probabilities).numpy()
         return np.stack([chosen == c for c in range(1, probabilities.shape[1])], axis=1).astype(np.uint8)
     return (probabilities > 0.5).numpy().astype(np.uint8)
 

@@ -3,6 +3,8 @@ boundary consistency."""
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -154,6 +156,7 @@ def structure_boundary_scores(
     A model without SFP (``distance`` None, the paper's ablation) scores by BCS alone; without ASR the refined
     segmentation is the coarse one, so BCS is 0 and SCS ranks.
     """
+    from ..models.inference import most_likely_class
     from ..training.data import distance_targets
 
     if form not in SBC_FORMS:
@@ -163,15 +166,15 @@ def structure_boundary_scores(
 
     def masks(probabilities: torch.Tensor) -> np.ndarray:  # (N, C_out, H, W) -> (N, classes, H, W) bool
         if head == "softmax":
-            labels = probabilities.argmax(1)
+            labels = most_likely_class(probabilities)
             return np.stack([(labels == c + 1).numpy() for c in range(classes)], axis=1)
         return (probabilities > 0.5).numpy()
 
     coarse, refined = masks(outputs["coarse"]), masks(outputs["refined"])
     predicted_distance = None if outputs["distance"] is None else outputs["distance"].numpy()
     diagonal = float(np.hypot(*coarse.shape[-2:]))
-    scores = np.empty(len(coarse))
-    for n in range(len(coarse)):
+
+    def score(n: int) -> float:
         structure = w_c + w_d  # full consistency: no SFP, no structure term
         if predicted_distance is not None:
             expected = distance_targets(refined[n] if form == "paper" else coarse[n])
@@ -179,10 +182,12 @@ def structure_boundary_scores(
             structure = np.mean([w_c * cosine(a, b) + w_d * soft_dice(a, b) for a, b in pairs])
         distance = np.mean([hausdorff_pixels(coarse[n, c], refined[n, c]) for c in range(classes)])
         if form == "paper":
-            scores[n] = w_s * ((w_c + w_d) - structure) + w_b * distance
-        else:
-            scores[n] = 1.0 - (w_s * structure + w_b * (1.0 - distance / diagonal))
-    return scores
+            return w_s * ((w_c + w_d) - structure) + w_b * distance
+        return 1.0 - (w_s * structure + w_b * (1.0 - distance / diagonal))
+
+    # the distance transforms (scipy) release the GIL: the slices are scored on every core at once
+    with ThreadPoolExecutor(max_workers=min(os.cpu_count() or 1, 8)) as pool:
+        return np.fromiter(pool.map(score, range(len(coarse))), dtype=float, count=len(coarse))
 
 
 @STRATEGIES.register("sbc_consistency")

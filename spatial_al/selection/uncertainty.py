@@ -168,7 +168,7 @@ def margin(context: RankingContext) -> np.ndarray:
 
 @STRATEGIES.register("mc_dropout")
 @uses_model(default_per_volume=1)
-def mc_dropout(context: RankingContext, *, samples: int = 10, measure: str = "bald") -> np.ndarray:
+def mc_dropout(context: RankingContext, *, samples: int = 10, measure: str = "bald", layers: str = "all") -> np.ndarray:
     """Slices where passes with dropout on disagree most (Gal et al.): mean BALD mutual information, variance or
     standard deviation.
 
@@ -176,9 +176,15 @@ def mc_dropout(context: RankingContext, *, samples: int = 10, measure: str = "ba
         samples: stochastic forward passes per slice (>= 2).
         measure: "bald" (mutual information between prediction and weights, in nats), "variance" (mean variance of
             the probabilities over the passes) or "std" (their mean standard deviation: SBC-AL's "Mean STD").
+        layers: "all" (every dropout layer is sampled: MC dropout as published; ``samples`` forward passes) or
+            "last" (dropout on the decoder's output only, which for the U-Net presets is their last dropout layer:
+            the network runs once and each pass is one 1 x 1 head, so 10 passes cost about one prediction; an
+            approximation that keeps the last layer's uncertainty only). See ``SlicePredictor.mc_dropout``.
     """
     return score_pool(
-        context, mc_dropout_scorer(context, samples, measure), f"MC-dropout ({measure}, {samples} samples)"
+        context,
+        mc_dropout_scorer(context, samples, measure, layers),
+        f"MC-dropout ({measure}, {samples} samples, {layers} layers)",
     )
 
 
@@ -190,15 +196,19 @@ MC_DROPOUT_MEASURES: dict[str, Callable[[McDropoutStatistics], torch.Tensor]] = 
 }
 
 
-def mc_dropout_scorer(context: RankingContext, samples: int, measure: str) -> SliceScorer:
-    """A slice scorer of mean BALD or variance over ``samples`` dropout passes, each chunk seeded from the call's
-    random generator."""
+def mc_dropout_scorer(context: RankingContext, samples: int, measure: str, layers: str = "all") -> SliceScorer:
+    """A slice scorer of mean BALD or variance over ``samples`` dropout passes of ``layers``, each chunk seeded from
+    the call's random generator."""
+    from ..models.inference import MC_DROPOUT_LAYERS
+
     if measure not in MC_DROPOUT_MEASURES:
         raise ValueError(f"Unknown MC-dropout measure {measure!r}; choose one of {', '.join(MC_DROPOUT_MEASURES)}.")
+    if layers not in MC_DROPOUT_LAYERS:
+        raise ValueError(f"Unknown MC-dropout layers {layers!r}; choose one of {', '.join(MC_DROPOUT_LAYERS)}.")
     seeds = iter(context.rng.integers(0, 2**31 - 1, size=len(context.pool_slice) + 1).tolist())
 
     def scorer(predictor: SlicePredictor, inputs: np.ndarray) -> np.ndarray:
-        statistics = predictor.mc_dropout(inputs, samples=samples, seed=next(seeds))
+        statistics = predictor.mc_dropout(inputs, samples=samples, seed=next(seeds), layers=layers)
         return MC_DROPOUT_MEASURES[measure](statistics).mean((1, 2)).numpy()
 
     return scorer

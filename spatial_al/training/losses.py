@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F  # noqa: N812 (the torch convention)
 
+from ..models.inference import most_likely_class
 from ..registry import Registry
 
 LOSSES: Registry[Callable] = Registry("loss")
@@ -44,7 +45,8 @@ def focal_loss(logits, target, mask, *, head: str, gamma: float = 2.0) -> torch.
 @LOSSES.register("ce")
 def cross_entropy_loss(logits, target, mask, *, head: str) -> torch.Tensor:
     """Cross-entropy over the classes (softmax head), per sample."""
-    return masked_mean(F.cross_entropy(logits.float(), with_background(target).argmax(1), reduction="none"), mask)
+    classes = most_likely_class(with_background(target))
+    return masked_mean(F.cross_entropy(logits.float(), classes, reduction="none"), mask)
 
 
 @LOSSES.register("bce")

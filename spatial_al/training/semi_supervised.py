@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..models.inference import most_likely_class
 from .volumes import PatchDataset, VolumeExamples
 
 CONSISTENCY_KEYS = ("view", "augmented_view")
@@ -129,6 +130,6 @@ def predicted_target(logits: torch.Tensor, head: str) -> torch.Tensor:
     """The labels predicted by ``logits`` (B, out_channels, ...) as multi-hot targets (B, S, ...) float: the likeliest
     class (softmax; background gives none) or every channel above 0.5 (sigmoid)."""
     if head == "softmax":
-        labels = logits.argmax(1)
+        labels = most_likely_class(logits)
         return torch.stack([labels == c for c in range(1, logits.shape[1])], 1).float()
     return (logits > 0).float()
