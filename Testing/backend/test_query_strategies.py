@@ -468,6 +468,8 @@ def test_proxy_rank_ranks_a_ct_without_any_annotation(labeled_stack):
     again = spatial_al.rank(image, "proxy_rank", 3, device="cpu", seed=1, **options)
     assert len(first) == 3 and len(set(first.slices.tolist())) == 3 and (first.scores >= 0).all()
     np.testing.assert_array_equal(first.slices, again.slices)
+    last = spatial_al.rank(image, "proxy_rank", 3, device="cpu", seed=1, layers="last", **options)
+    assert (last.scores >= 0).all() and not np.allclose(np.sort(last.scores), np.sort(first.scores))
     with pytest.raises(ValueError, match="low < high"):
         spatial_al.rank(image, "proxy_rank", 3, window=(90, 40))
 

@@ -180,8 +180,8 @@ class SlicePredictor:
         1 x 1 head: the network up to there runs once, deterministically, and each pass costs one head. For MONAI's
         BasicUNet (every U-Net preset) this is sampling its last dropout layer alone: that layer is followed by a
         LeakyReLU, which commutes with dropout (both scale each value by a non-negative factor), and then by the
-        head. An approximation of full MC dropout (only the last layer's uncertainty), about as fast as one
-        prediction: the way to rank with 10 passes in the time of one on a CPU.
+        head. An approximation of full MC dropout (only the last layer's uncertainty): on a CPU ten passes take
+        about twice the time of one prediction (drawing the dropout masks is most of the rest), not ten times.
 
         Raises:
             ValueError: the model has no dropout (trained with dropout 0); ``layers`` is not "all" or "last".
