@@ -387,10 +387,10 @@ def zeros_in_small_pages(shape: tuple[int, ...], dtype: npt.DTypeLike) -> np.nda
     numpy asks Linux for transparent huge pages on large arrays (``madvise``). Their first write is usually faster,
     but not steady: on the virtual machine this was measured on, the first write of a fresh 78 MB array took 6 to
     184 ms in huge pages (the kernel counted no compaction stall) and 47 to 60 ms in base pages, and ``sdf`` on a
-    300 x 512 x 512 label map took 0.08 to 0.31 s with numpy's output and a steady 0.10 s with this one. Neither
-    numpy nor the standard library offers a per-array switch besides an anonymous ``mmap``, so this allocates one
-    (numpy's own switch, ``NUMPY_MADVISE_HUGEPAGE``, is process-wide). Like ``np.zeros``, pages never written are
-    never backed.
+    300 x 512 x 512 label map took 0.08 to 0.13 s with numpy's output (16 runs on an idle machine; 0.31 s once beside
+    other work) and 0.10 to 0.11 s with this one. Neither numpy nor the standard library offers a per-array switch
+    besides an anonymous ``mmap``, so this allocates one (numpy's own switch, ``NUMPY_MADVISE_HUGEPAGE``, is
+    process-wide). Like ``np.zeros``, pages never written are never backed.
     """
     dtype = np.dtype(dtype)
     size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
