@@ -40,7 +40,7 @@ class ActiveSliceSelector(ScriptedLoadableModule):
         self.parent.title = _("Active Slice Selector")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = []
-        self.parent.contributors = ["SpatialActiveLearning developers"]
+        self.parent.contributors = ["SpatialActiveLearning developers (SpatialActiveLearning open-source project)"]
         self.parent.helpText = _(
             "Ranks the slices of a volume that are most worth annotating next, lists them, shows them as planes and "
             "jumps the slice views through them. Mark a slice annotated when you finished it; then fill the rest "
@@ -117,12 +117,37 @@ class ActiveSliceSelectorWidget(SessionWidgetMixin, ScriptedLoadableModuleWidget
         self.ui.updateModelButton.connect("clicked(bool)", self.onUpdateModel)
         self.ui.predictButton.connect("clicked(bool)", self.onPredict)
         self.ui.rankVolumesButton.connect("clicked(bool)", self.onRankVolumes)
+        self.addStepShortcuts()
+        self.startSession()
+
+    def addStepShortcuts(self) -> None:
+        """Ctrl+] / Ctrl+[ step through the queried slices from anywhere in Slicer (the Segment Editor too, where the
+        annotating happens), while a ranking exists: on the main window, since shortcuts of a hidden panel's buttons
+        do nothing. Removed by :meth:`cleanup`."""
         import qt  # the application's Qt; absent where only the Logic runs (slicer-core)
 
-        # PythonQt has no str -> QKeySequence conversion: a plain string here would abort setup()
-        self.ui.nextButton.setShortcut(qt.QKeySequence("Ctrl+]"))
-        self.ui.previousButton.setShortcut(qt.QKeySequence("Ctrl+["))
-        self.startSession()
+        mainWindow = slicer.util.mainWindow()
+        self._shortcuts = []
+        for keys, direction in (("Ctrl+]", +1), ("Ctrl+[", -1)):
+            shortcut = qt.QShortcut(mainWindow)
+            # PythonQt has no str -> QKeySequence conversion: a plain string here would abort setup()
+            shortcut.setKey(qt.QKeySequence(keys))
+            shortcut.connect("activated()", lambda direction=direction: self.onStepShortcut(direction))
+            self._shortcuts.append(shortcut)
+
+    def cleanup(self) -> None:
+        for shortcut in getattr(self, "_shortcuts", []):
+            shortcut.disconnect("activated()")
+            shortcut.setParent(None)
+        self._shortcuts = []
+        super().cleanup()
+
+    def onStepShortcut(self, direction) -> None:
+        """A step shortcut pressed anywhere: step through the module's session, shown or not (nothing without a
+        ranking)."""
+        node = self._parameterNode or self.logic.getParameterNode()
+        if node.queriedSlices and node.inputVolume:
+            self.onStepQueriedSlice(direction, node)
 
     def populateChoices(self) -> None:
         self.fillChoices(self.ui.strategyComboBox, self.logic.strategies, self._parameterNode.strategy)
@@ -189,10 +214,10 @@ class ActiveSliceSelectorWidget(SessionWidgetMixin, ScriptedLoadableModuleWidget
 
         def showRanking(result):
             ranking, tableNode = result
-            node.queriedSlices = tableNode
+            node.queriedSlices = tableNode  # the module's parameter node, shown or not
             self._currentSlice = None
             self.showStatus(_("{count} slices to annotate, best first.").format(count=len(ranking)))
-            self.onStepQueriedSlice(+1)
+            self.onStepQueriedSlice(+1, node)
 
         inBackground = self.logic.rankingTakesLong(node.strategy, node.modelPath)
         self.runJob(self.ui.rankButton, _("Ranking failed."), rankingJob, showRanking, inBackground)
@@ -247,39 +272,36 @@ class ActiveSliceSelectorWidget(SessionWidgetMixin, ScriptedLoadableModuleWidget
 
         self.runJob(self.ui.predictButton, _("Prediction failed."), predictionJob, showPrediction, True)
 
-    def onStepQueriedSlice(self, direction) -> None:
-        node = self._parameterNode
-        if self._currentSlice is not None and self._currentSlice in self.logic.editedQueriedSlices(
-            node.inputVolume, node.segmentation, self.selectedSegmentIds(), node.queriedSlices, node.sliceAxis
-        ):
-            question = _("Slice {index} was edited. Mark it annotated?").format(index=self._currentSlice)
-            if slicer.util.confirmYesNoDisplay(question):
-                self._markCurrentSliceAnnotated()
-        index = self.logic.nextQueriedSlice(node.queriedSlices, self._currentSlice, direction)
-        if index is None:
-            self.ui.statusLabel.text = _("Every queried slice is annotated.")
+    def onStepQueriedSlice(self, direction, node=None) -> None:
+        """Jump to the next (or previous) queried slice still to annotate, after asking whether the slice left was
+        annotated when it was drawn on. ``node``: the module's parameter node, when the panel is not shown."""
+        node = node or self._parameterNode
+        if node is None or not node.queriedSlices:
             return
-        self._currentSlice = index
-        self.logic.jumpToSlice(node.inputVolume, node.sliceAxis, index)
-        self.ui.statusLabel.text = _("Slice {index}: annotate it, then press 'Mark annotated'.").format(index=index)
+        with slicer.util.tryWithErrorDisplay(_("Could not go to the next queried slice."), waitCursor=True):
+            current = self._currentSlice
+            if current is not None and current in self.logic.editedQueriedSlices(node.queriedSlices):
+                question = _("Slice {index} was edited. Mark it annotated?").format(index=current)
+                if slicer.util.confirmYesNoDisplay(question):
+                    self._markCurrentSliceAnnotated(node)
+            index = self.logic.nextQueriedSlice(node.queriedSlices, current, direction)
+            if index is None:
+                self.showStatus(_("Every queried slice is annotated."))
+                return
+            self._currentSlice = index
+            self.logic.jumpToSlice(node.inputVolume, node.sliceAxis, index)
+            self.showStatus(_("Slice {index}: annotate it, then press 'Mark annotated'.").format(index=index))
 
     def onMarkAnnotated(self) -> None:
         if self._currentSlice is None:
             return
         with slicer.util.tryWithErrorDisplay(_("Could not mark the slice annotated."), waitCursor=True):
-            self._markCurrentSliceAnnotated()
-            self.onStepQueriedSlice(+1)
+            self._markCurrentSliceAnnotated(self._parameterNode)
+        self.onStepQueriedSlice(+1)
 
-    def _markCurrentSliceAnnotated(self) -> None:
-        node = self._parameterNode
-        self.logic.markAnnotated(
-            node.inputVolume,
-            node.segmentation,
-            self.selectedSegmentIds(),
-            [self._currentSlice],
-            node.sliceAxis,
-            node.queriedSlices,
-        )
+    def _markCurrentSliceAnnotated(self, node) -> None:
+        """Mark the current slice annotated in the segments and along the axis its ranking was made on."""
+        self.logic.markQueriedSliceAnnotated(node.queriedSlices, self._currentSlice)
 
 
 #
@@ -401,8 +423,7 @@ class ActiveSliceSelectorLogic(ScriptedLoadableModuleLogic):
             MRMLAdapter.writeQueriedSlicesTable(
                 table, ranking, [MRMLAdapter.STATUS_TO_ANNOTATE] * len(ranking), volumeNode
             )
-            checksums = MRMLAdapter.sliceLabelChecksums(segmentationNode, segmentIds, volumeNode, axis, ranking.slices)
-            table.SetAttribute(MRMLAdapter.TABLE_ATTRIBUTE_CHECKSUMS, json.dumps(checksums))
+            MRMLAdapter.recordRankedOn(table, volumeNode, segmentationNode, segmentIds, axis)
             self._replacePlanes(table, volumeNode, axis, ranking.slices if showPlanes else [])
             logging.info(f"Ranked {len(ranking)} slices with {strategy}: {ranking.slices.tolist()}")
             return ranking, table
@@ -556,20 +577,49 @@ class ActiveSliceSelectorLogic(ScriptedLoadableModuleLogic):
 
         return ModelLogic.predictionJob(volumeNode, modelPath, device)
 
-    def editedQueriedSlices(self, volumeNode, segmentationNode, segmentIds, tableNode, sliceAxis="axial"):
-        """Queried slices still "to annotate" whose labels changed since they were queried (the radiologist drew
-        on them but did not mark them annotated yet), in rank order."""
+    @staticmethod
+    def rankedOn(tableNode):
+        """(volume node, segmentation node, segment IDs, slice axis) a queried-slices table was ranked on; the nodes
+        are None when they are gone (or the table predates this record)."""
         from SpatialALSlicerLib import MRMLAdapter
 
+        segmentIds = [i for i in (tableNode.GetAttribute(MRMLAdapter.TABLE_ATTRIBUTE_SEGMENTS) or "").split(",") if i]
+        return (
+            tableNode.GetNodeReference(MRMLAdapter.VOLUME_REFERENCE_ROLE),
+            tableNode.GetNodeReference(MRMLAdapter.SEGMENTATION_REFERENCE_ROLE),
+            segmentIds or None,
+            int(tableNode.GetAttribute(MRMLAdapter.TABLE_ATTRIBUTE_AXIS) or 0),
+        )
+
+    def editedQueriedSlices(self, tableNode):
+        """Queried slices still "to annotate" whose labels changed since they were queried (the radiologist drew
+        on them but did not mark them annotated yet), in rank order. Compared on what the ranking was made on (its
+        segmentation, segments and axis), whatever the panel shows now."""
+        from SpatialALSlicerLib import MRMLAdapter
+
+        volumeNode, segmentationNode, segmentIds, axis = self.rankedOn(tableNode)
+        if volumeNode is None or segmentationNode is None:
+            return []
         queried = json.loads(tableNode.GetAttribute(MRMLAdapter.TABLE_ATTRIBUTE_CHECKSUMS) or "{}")
         waiting = [
             row["slice"]
             for row in MRMLAdapter.queriedSlicesFromTable(tableNode)
             if row["status"] == MRMLAdapter.STATUS_TO_ANNOTATE and str(row["slice"]) in queried
         ]
-        axis = MRMLAdapter.sliceAxisIndex(volumeNode, sliceAxis)
         now = MRMLAdapter.sliceLabelChecksums(segmentationNode, segmentIds, volumeNode, axis, waiting)
         return [index for index in waiting if now[index] != queried[str(index)]]
+
+    def markQueriedSliceAnnotated(self, tableNode, sliceIndex):
+        """Mark a queried slice annotated in the segments and along the axis the table was ranked on, and in the
+        table; returns all annotated slices."""
+        from SpatialALSlicerLib import MRMLAdapter
+
+        volumeNode, segmentationNode, segmentIds, axis = self.rankedOn(tableNode)
+        if volumeNode is None or segmentationNode is None:
+            raise MRMLAdapter.MRMLInputError(
+                "The volume or segmentation this ranking was made on is gone from the scene; rank the slices again."
+            )
+        return self.markAnnotated(volumeNode, segmentationNode, segmentIds, [sliceIndex], axis, tableNode)
 
     @staticmethod
     def nextQueriedSlice(tableNode, currentSlice=None, direction=+1):
@@ -607,9 +657,21 @@ class ActiveSliceSelectorTest(ScriptedLoadableModuleTest):
 
     def runTest(self):
         self.setUp()
+        self.test_AsksForMissingDependencies()
         self.test_RankMarkAndStep()
 
+    def test_AsksForMissingDependencies(self):
+        from SpatialALSlicerLib.Dependencies import checkMissingDependenciesAreNamed
+
+        checkMissingDependenciesAreNamed(
+            self, lambda: ActiveSliceSelectorLogic().rankSlices(None, None, None, "random", 1)
+        )
+
     def test_RankMarkAndStep(self):
+        from SpatialALSlicerLib.Dependencies import unmetRequirements
+
+        if unmetRequirements():
+            return self.delayDisplay("Ranking test skipped: the Python dependencies are not installed")
         import numpy as np
 
         from spatial_al.volume import Geometry

@@ -4,13 +4,16 @@
     Slicer --no-main-window --python-script <this file> -- rank|propagate|train|predict ...
 
 Slicer passes the arguments after ``--`` to the script (``sys.argv[1:]``); run with any other Python, a leading
-``--`` is dropped the same way. The script exits with the command's status (0 done, 2 bad input, 130 cancelled), and
-names the fix when the extension's Python dependencies are not installed yet. Both modules show this file's path
-in their Help section.
+``--`` is dropped the same way. The script exits with the command's status (0 done, 2 bad input, 130 cancelled, 1 any
+other error, its message on stderr), and names the fix when the extension's Python dependencies are not installed yet.
+Every way out goes through ``sys.exit``: Slicer exits on SystemExit only, and an exception escaping a
+``--python-script`` would leave a windowless Slicer running for ever. Both modules show this file's path in their Help
+section.
 """
 
 import os
 import sys
+import traceback
 
 DEPENDENCIES = ("numpy", "scipy", "SimpleITK", "torch", "monai", "skimage", "sklearn", "slicerio", "tqdm", "matplotlib")
 
@@ -45,5 +48,24 @@ def main(argv):
     return cli.main(arguments)
 
 
+def exitStatus(argv):
+    """:func:`main`'s status, whatever happens: an exception is printed (message last, where a log reader looks)
+    and gives 1; Ctrl+C gives 130."""
+    try:
+        return main(argv)
+    except KeyboardInterrupt:
+        print("spatial-al: Cancelled (Ctrl+C).", file=sys.stderr)
+        return 130
+    except SystemExit as exit:  # argparse's: its status is kept
+        if exit.code is None or isinstance(exit.code, int):
+            return exit.code or 0
+        print(exit.code, file=sys.stderr)
+        return 1
+    except Exception as error:  # MemoryError, OSError, RuntimeError, ...
+        traceback.print_exc()
+        print(f"spatial-al: failed: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    sys.exit(exitStatus(sys.argv))

@@ -13,6 +13,8 @@ import importlib.metadata
 import importlib.util
 import os
 import re
+import shutil
+import sys
 
 import slicer
 
@@ -28,9 +30,12 @@ REQUIRED_MODULES = {
     "monai": "monai",
     "tqdm": "tqdm",
     "matplotlib": "matplotlib",
+    "psutil": "psutil",
 }
 TORCH_REQUIREMENT = ">=2.2"
-_asked = {"declined": False}  # the user declined in this session: no panel asks again
+# declined: the user said no in this session, so opening a panel does not ask again (pressing an action does);
+# met: everything was found installed (the check reads package metadata, too slow for every GUI update).
+_asked = {"declined": False, "met": False}
 
 
 def requirementsPath():
@@ -83,6 +88,13 @@ def missingDistributions():
     return [requirement.split(" (")[0] for requirement in unmetRequirements()]
 
 
+def dependenciesMet():
+    """Whether every requirement is installed, at its minimum version; once true, remembered for the session."""
+    if not _asked["met"]:
+        _asked["met"] = not unmetRequirements()
+    return _asked["met"]
+
+
 def requireDependencies():
     """Raise RuntimeError naming what is missing or too old, and how to install it (for the Logic, used from the
     Python console without a panel that would offer to install)."""
@@ -93,6 +105,18 @@ def requireDependencies():
             f"module once to install them, or run: PythonSlicer -m pip install -r {requirementsPath()} (torch through "
             "the PyTorch extension)."
         )
+
+
+def checkMissingDependenciesAreNamed(testCase, callLogic):
+    """A step of a module's self-test: before the packages are installed (the Extensions build, a first start) the
+    module loads, and ``callLogic()`` names what is missing and how to install it, instead of failing on an import.
+    Nothing to check when everything is installed."""
+    missing = unmetRequirements()
+    if not missing:
+        return testCase.delayDisplay("Every dependency is installed")
+    testCase.delayDisplay(f"Without {', '.join(missing)}: the Logic asks for them")
+    with testCase.assertRaisesRegex(RuntimeError, f"needs {re.escape(missing[0])}.*Open the Active Slice Selector"):
+        callLogic()
 
 
 def requiresDependencies(method):
@@ -106,9 +130,50 @@ def requiresDependencies(method):
     return checked
 
 
-def ensureDependencies(askConfirmation=True):
-    """Install what is missing or too old; returns True when everything is met, False when the user declined (asked
-    once per session: after a "no" it returns False without asking again).
+def loadedDistributions():
+    """Distribution -> installed version of every package imported in this process (numpy, vtk, SimpleITK, ... in
+    Slicer): what an install must not replace under the running application."""
+    loaded = {}
+    for module, distributions in importlib.metadata.packages_distributions().items():
+        if module in sys.modules:
+            for distribution in distributions:
+                try:
+                    loaded[distribution.lower()] = importlib.metadata.version(distribution)
+                except importlib.metadata.PackageNotFoundError:
+                    continue
+    return loaded
+
+
+def writeConstraints(folder, loaded, upgrading):
+    """A pip constraints file in ``folder`` pinning every loaded distribution at its version, except those in
+    ``upgrading`` (too old, so they must change); returns its path."""
+    path = os.path.join(folder, "spatial-al-constraints.txt")
+    kept = sorted(name for name in loaded if name not in {n.lower() for n in upgrading})
+    with open(path, "w") as constraints:
+        constraints.write("".join(f"{name}=={loaded[name]}\n" for name in kept))
+    return path
+
+
+def upgradedWhileLoaded(before):
+    """``[(distribution, old version, new version)]`` of the loaded distributions an install changed."""
+    changed = []
+    for name, version in before.items():
+        try:
+            now = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        if now != version:
+            changed.append((name, version, now))
+    return changed
+
+
+def ensureDependencies(askConfirmation=True, askAgain=False):
+    """Install what is missing or too old; returns True when everything is met, False when the user declined.
+
+    Asked once per session when a panel opens: after a "no", it returns False without asking again, unless
+    ``askAgain`` (the user pressed an action that needs the packages). pip runs with constraints that keep every
+    package Slicer has loaded (numpy, vtk, SimpleITK, ...) at its version; when a loaded package had to change all
+    the same (it was too old), the user is asked to restart Slicer.
 
     Raises:
         RuntimeError: torch is missing and the PyTorch extension is not installed.
@@ -116,7 +181,7 @@ def ensureDependencies(askConfirmation=True):
     unmet = unmetRequirements()
     if not unmet:
         return True
-    if _asked["declined"]:
+    if _asked["declined"] and not askAgain:
         return False
     if askConfirmation and not slicer.util.confirmOkCancelDisplay(
         "SpatialActiveLearning needs these Python packages, which are missing or too old:\n\n"
@@ -126,6 +191,7 @@ def ensureDependencies(askConfirmation=True):
     ):
         _asked["declined"] = True
         return False
+    _asked["declined"] = False
     missing = missingDistributions()
     if "torch" in missing:
         try:
@@ -138,5 +204,18 @@ def ensureDependencies(askConfirmation=True):
         torchLogic = PyTorchUtils.PyTorchUtilsLogic()
         if torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT) is None:
             return False
-    slicer.util.pip_install(["-r", requirementsPath()])
+    loaded = loadedDistributions()
+    folder = slicer.util.tempDirectory("SpatialAL-install-")
+    try:
+        slicer.util.pip_install(["-c", writeConstraints(folder, loaded, missing), "-r", requirementsPath()])
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    changed = upgradedWhileLoaded(loaded)
+    if changed and slicer.util.confirmYesNoDisplay(
+        "These packages were upgraded while Slicer had them loaded:\n\n"
+        + "\n".join(f"{name} {old} -> {new}" for name, old, new in changed)
+        + "\n\nRestart Slicer now so that the new versions are used?",
+        "Restart Slicer",
+    ):
+        slicer.util.restart()
     return not missingDistributions()

@@ -8,6 +8,9 @@ the two, and a linear parent transform of the segmentation is taken into account
 Uses Slicer's MRML and segmentation classes only (no Qt): runs inside Slicer and on slicer-core.
 """
 
+import contextlib
+import json
+
 import numpy as np
 import slicer
 import vtk
@@ -32,12 +35,15 @@ STATUS_PROPAGATED = "propagated"
 TABLE_COLUMNS = ("rank", "slice", "score", "strategy", "status")
 TABLE_ATTRIBUTE_AXIS = "SpatialAL.SliceAxis"
 TABLE_ATTRIBUTE_CHECKSUMS = "SpatialAL.QueriedSliceChecksums"  # JSON {slice: checksum} of the labels when queried
+TABLE_ATTRIBUTE_SEGMENTS = "SpatialAL.QueriedSegments"  # comma-separated IDs of the segments the checksums cover
 VOLUME_REFERENCE_ROLE = "SpatialAL.volume"
+SEGMENTATION_REFERENCE_ROLE = "SpatialAL.segmentation"  # queried-slices table -> the segmentation it was ranked on
 PLANE_REFERENCE_ROLE = "SpatialAL.plane"
 UNDO_REFERENCE_ROLE = "SpatialAL.undo"  # segmentation node -> hidden copy of it before the last propagation
 UNDO_SEGMENTS_ATTRIBUTE = "SpatialAL.UndoSegments"
 PREVIEW_REFERENCE_ROLE = "SpatialAL.preview"  # segmentation node -> its propagation preview
 PREVIEW_OPACITY = 0.5
+BINARY_LABELMAP = "Binary labelmap"  # vtkSegmentationConverter's name of the representation the module writes
 
 
 class MRMLInputError(ValueError):
@@ -112,6 +118,17 @@ def referenceImageGeometry(volumeNode, segmentationNode):
     reference.SetExtent(volumeNode.GetImageData().GetExtent())
     reference.SetImageToWorldMatrix(imageToWorld)
     return reference
+
+
+def requireVolumeGrid(volumeNode, segmentationNode, shape):
+    """Raise MRMLInputError unless the volume's voxel grid still has ``shape`` (K, J, I): a result computed on it
+    before the volume was cropped or resampled must not be written."""
+    current = tuple(reversed(referenceImageGeometry(volumeNode, segmentationNode).GetDimensions()))
+    if current != tuple(shape):
+        raise MRMLInputError(
+            f"The volume {volumeNode.GetName()!r} now has {current} voxels (KJI), and the result was computed on "
+            f"{tuple(shape)}: it changed meanwhile. Run the propagation again."
+        )
 
 
 def addVolumeNode(scene, array, geometry, name):
@@ -227,6 +244,7 @@ def setSegmentMaskInVolumeGrid(segmentationNode, segmentId, volumeNode, mask):
     changes are written, so everything else, annotated slices included, stays bit-identical. Overlaps with other
     segments are kept as overlaps (Slicer moves the segment to its own layer).
     """
+    requireBinaryLabelmapSource(segmentationNode)
     reference = referenceImageGeometry(volumeNode, segmentationNode)
     expected = tuple(reversed(reference.GetDimensions()))
     if mask.shape != expected:
@@ -276,20 +294,30 @@ def setSegmentTags(segmentationNode, segmentId, tags):
 
 
 def sliceRecord(segmentationNode, segmentId):
-    """The :class:`SliceRecord` stored in a segment's tags, or None."""
-    return SliceRecord.from_tags(segmentTags(segmentationNode, segmentId))
+    """The :class:`SliceRecord` stored in a segment's tags, or None; SliceRecordError names a damaged tag."""
+    name = segmentationNode.GetSegmentation().GetSegment(segmentId).GetName()
+    return SliceRecord.from_tags(segmentTags(segmentationNode, segmentId), name)
+
+
+def namedSegmentTags(segmentationNode, segmentIds):
+    """Segment name -> its record tags, for the segments ``segmentIds`` (all when None); a name Slicer lets two
+    segments share is told apart by the segment's ID."""
+    segmentation, named = segmentationNode.GetSegmentation(), {}
+    for segmentId in segmentIdsOrAll(segmentationNode, segmentIds):
+        name = segmentation.GetSegment(segmentId).GetName()
+        named[name if name not in named else f"{name} ({segmentId})"] = segmentTags(segmentationNode, segmentId)
+    return named
 
 
 def recordedAnnotatedSlices(segmentationNode, segmentIds, axis):
-    """Union of the annotated slices recorded in the segments' tags along ``axis`` (empty when none are)."""
-    tags = [segmentTags(segmentationNode, segmentId) for segmentId in segmentIdsOrAll(segmentationNode, segmentIds)]
-    return recorded_annotated_slices(tags, axis) or []
+    """Union of the annotated slices recorded in the segments' tags along ``axis`` (empty when none are; a record
+    along another axis is ignored with a warning)."""
+    return recorded_annotated_slices(namedSegmentTags(segmentationNode, segmentIds), axis) or []
 
 
 def recordedPropagatedSlices(segmentationNode, segmentIds, axis):
     """Union of the slices recorded as propagated (pseudo-labeled) in the segments' tags along ``axis``."""
-    tags = [segmentTags(segmentationNode, segmentId) for segmentId in segmentIdsOrAll(segmentationNode, segmentIds)]
-    return recorded_slices(tags, axis, "propagated") or []
+    return recorded_slices(namedSegmentTags(segmentationNode, segmentIds), axis, "propagated") or []
 
 
 def recordAnnotatedSlices(segmentationNode, segmentIds, slices, axis):
@@ -349,21 +377,30 @@ def addSegmentationNode(scene, segmentation, volumeNode, name):
     return segmentationNode
 
 
-def writePseudoLabels(segmentationNode, volumeNode, pseudoMasks, annotated, propagated, confidence, axis, method):
-    """Merge propagated masks into segments without losing anything a person drew.
+def writePseudoLabels(
+    segmentationNode, volumeNode, pseudoMasks, annotated, propagated, confidence, axis, method, asRead=None
+):
+    """Merge propagated masks into segments without losing anything a person drew or marked.
+
+    Slices a segment records as annotated now are left as they are, like ``annotated``; with ``asRead``, so is every
+    slice whose content changed since the propagation read the segment (drawn or erased while it ran).
 
     Args:
         pseudoMasks: segment ID -> propagated bool mask (K, J, I) on the volume's grid.
-        annotated: annotated slice indices (left exactly as they are).
+        annotated: annotated slice indices the propagation started from (left exactly as they are).
         propagated: slices to write pseudo-labels on.
         confidence: per-slice confidence, shape (n_slices,).
         axis: slice axis (KJI array axis).
         method: propagation method, recorded in the tags.
+        asRead: segment ID -> one checksum per slice of the segment as the propagation read it
+            (``spatial_al.session.slice_checksums_by_segment``); None when it was read just now.
 
     Returns:
-        Segment ID -> slices left untouched because a person drew there.
+        (segment ID -> slices left untouched because a person drew, erased or marked there; the slices that received
+        pseudo-labels in at least one segment, sorted).
     """
-    keptEdited = {}
+    requireBinaryLabelmapSource(segmentationNode)
+    keptEdited, written = {}, set()
     for segmentId, pseudo in pseudoMasks.items():
         merged = merge_pseudo_labels(
             current=segmentMaskInVolumeGrid(segmentationNode, segmentId, volumeNode),
@@ -374,31 +411,65 @@ def writePseudoLabels(segmentationNode, volumeNode, pseudoMasks, annotated, prop
             previous_tags=segmentTags(segmentationNode, segmentId),
             slice_axis=axis,
             method=method,
+            as_read=None if asRead is None else asRead[segmentId],
         )
         setSegmentMaskInVolumeGrid(segmentationNode, segmentId, volumeNode, merged.mask)
         setSegmentTags(segmentationNode, segmentId, merged.record.to_tags())
+        written.update(merged.written)
         if merged.kept_edited:
             keptEdited[segmentId] = merged.kept_edited
-    return keptEdited
+    return keptEdited, sorted(written)
 
 
-def saveUndoSnapshot(segmentationNode, segmentIds):
-    """Keep a hidden copy of the segmentation before ``segmentIds`` are changed (one level of undo; it is saved with
-    the scene, so undo works after reopening it). Replaces the previous snapshot; returns the snapshot node."""
+def requireBinaryLabelmapSource(segmentationNode):
+    """Raise MRMLInputError, before anything is changed, when the segmentation's source representation is not a
+    binary labelmap (a closed surface, say): what the module writes would not be saved, since Slicer saves the source
+    representation and rebuilds the others from it."""
+    source = segmentationNode.GetSegmentation().GetSourceRepresentationName()
+    if source != BINARY_LABELMAP:
+        raise MRMLInputError(
+            f"The segmentation {segmentationNode.GetName()!r} is stored as {source.lower()}, and the module writes "
+            "binary labelmaps, which Slicer would not save. Convert it first (the panel offers to; or Segmentations "
+            "module > Representations > Binary labelmap > Make source representation; or, in Python, "
+            "logic.convertToBinaryLabelmap(segmentationNode))."
+        )
+
+
+def convertToBinaryLabelmap(segmentationNode):
+    """Make binary labelmap the source representation (creating it from the current source), as the Segment Editor
+    does before the first edit of a segmentation stored as closed surfaces; returns True on success."""
+    if segmentationNode.GetSegmentation().GetSourceRepresentationName() == BINARY_LABELMAP:
+        return True
+    if not segmentationNode.CreateBinaryLabelmapRepresentation():
+        return False
+    segmentationNode.SetSourceRepresentationToBinaryLabelmap()
+    return segmentationNode.GetSegmentation().GetSourceRepresentationName() == BINARY_LABELMAP
+
+
+@contextlib.contextmanager
+def undoableChange(segmentationNode, segmentIds):
+    """Change ``segmentIds`` within the block, with a hidden copy of the segmentation taken first for :func:`undo`
+    (one level; saved with the scene, so undo works after reopening it). When the block raises, the segments are
+    put back from that copy and the previous undo copy stays; otherwise the new copy replaces it."""
     scene = segmentationNode.GetScene()
     previous = segmentationNode.GetNodeReference(UNDO_REFERENCE_ROLE)
-    if previous is not None:
-        scene.RemoveNode(previous)
     snapshot = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{segmentationNode.GetName()} (before propagation)")
     snapshot.SetHideFromEditors(True)
     snapshot.GetSegmentation().DeepCopy(segmentationNode.GetSegmentation())
     snapshot.SetAttribute(UNDO_SEGMENTS_ATTRIBUTE, ",".join(segmentIds))
+    try:
+        yield snapshot
+    except BaseException:
+        _restoreSegments(segmentationNode, snapshot)
+        scene.RemoveNode(snapshot)
+        raise
     segmentationNode.SetNodeReferenceID(UNDO_REFERENCE_ROLE, snapshot.GetID())
-    return snapshot
+    if previous is not None:
+        scene.RemoveNode(previous)
 
 
 def undoSnapshot(segmentationNode):
-    """The segmentation node holding the copy :func:`saveUndoSnapshot` saved.
+    """The segmentation node holding the copy :func:`undoableChange` kept.
 
     Raises:
         MRMLInputError: there is nothing to undo.
@@ -410,15 +481,26 @@ def undoSnapshot(segmentationNode):
 
 
 def restoreUndoSnapshot(segmentationNode):
-    """Put back the segments saved by :func:`saveUndoSnapshot` exactly (masks, tags, colours, order), then drop the
+    """Put back the segments copied by :func:`undoableChange` exactly (masks, tags, colours, order), then drop the
     snapshot; returns the restored segment IDs.
 
     Raises:
         MRMLInputError: there is nothing to undo.
     """
     snapshot = undoSnapshot(segmentationNode)
+    segmentIds = _restoreSegments(segmentationNode, snapshot)
+    segmentationNode.RemoveNodeReferenceIDs(UNDO_REFERENCE_ROLE)
+    segmentationNode.GetScene().RemoveNode(snapshot)
+    return segmentIds
+
+
+def _restoreSegments(segmentationNode, snapshot):
+    """Put back the snapshot's segments (its ``UNDO_SEGMENTS_ATTRIBUTE``) in their places, then merge the labelmap
+    layers into as few as hold them without overlaps, as Slicer shares them (each copied segment arrives in a layer
+    of its own); returns the restored segment IDs."""
     segmentation, saved = segmentationNode.GetSegmentation(), snapshot.GetSegmentation()
     segmentIds = [i for i in (snapshot.GetAttribute(UNDO_SEGMENTS_ATTRIBUTE) or "").split(",") if i]
+    wasModifying = segmentationNode.StartModify()
     for segmentId in segmentIds:
         index = segmentation.GetSegmentIndex(segmentId)
         if index >= 0:
@@ -426,8 +508,8 @@ def restoreUndoSnapshot(segmentationNode):
         segmentation.CopySegmentFromSegmentation(saved, segmentId)
         if index >= 0:
             segmentation.SetSegmentIndex(segmentId, index)
-    segmentationNode.RemoveNodeReferenceIDs(UNDO_REFERENCE_ROLE)
-    segmentationNode.GetScene().RemoveNode(snapshot)
+    segmentation.CollapseBinaryLabelmaps(False)
+    segmentationNode.EndModify(wasModifying)
     return segmentIds
 
 
@@ -563,6 +645,17 @@ def writeQueriedSlicesTable(tableNode, ranking, statuses, volumeNode=None):
         tableNode.SetNodeReferenceID(VOLUME_REFERENCE_ROLE, volumeNode.GetID())
     tableNode.EndModify(wasModifying)
     return tableNode
+
+
+def recordRankedOn(tableNode, volumeNode, segmentationNode, segmentIds, axis):
+    """Keep in a queried-slices table what its ranking was made on: the segmentation, its segments and a checksum of
+    their labels on each queried slice when queried, so that an edit there is noticed later, and that marking a slice
+    annotated reaches those segments along that axis, whatever the panel shows by then."""
+    slices = [row["slice"] for row in queriedSlicesFromTable(tableNode)]
+    checksums = sliceLabelChecksums(segmentationNode, segmentIds, volumeNode, axis, slices)
+    tableNode.SetAttribute(TABLE_ATTRIBUTE_CHECKSUMS, json.dumps(checksums))
+    tableNode.SetAttribute(TABLE_ATTRIBUTE_SEGMENTS, ",".join(segmentIdsOrAll(segmentationNode, segmentIds)))
+    tableNode.SetNodeReferenceID(SEGMENTATION_REFERENCE_ROLE, segmentationNode.GetID())
 
 
 def writeVolumeRankingTable(tableNode, ranking, volumeNodes):

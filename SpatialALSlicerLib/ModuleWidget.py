@@ -124,6 +124,12 @@ class SessionWidgetMixin:
             self._job.cancel()
             button.text = _("Cancelling...")
             return
+        from SpatialALSlicerLib.Dependencies import dependenciesMet, ensureDependencies
+
+        with slicer.util.tryWithErrorDisplay(_("Failed to install dependencies."), waitCursor=True):
+            if not dependenciesMet() and not ensureDependencies(askAgain=True):  # pressed after a "no": ask again
+                self.showStatus(_("The Python packages this needs are not installed."))
+                return
         if not inBackground:
             self.runCancellable(button, failureMessage, lambda progress: onFinished(makeJob().runHere(progress)))
             return
@@ -153,24 +159,25 @@ class SessionWidgetMixin:
             return
         self._jobTimer.stop()
         self._job = self._runningButton = None
-        if state == FINISHED:
-            with slicer.util.tryWithErrorDisplay(self._jobFailureMessage, waitCursor=True):
-                self._jobFinished(job.finish())
-        else:
-            job.cleanup()
-            if state == CANCELLED:
+        try:
+            if state == FINISHED:
+                with slicer.util.tryWithErrorDisplay(self._jobFailureMessage, waitCursor=True):
+                    self._jobFinished(job.finish())
+            elif state == CANCELLED:
                 self.showStatus(_("Cancelled."))
             else:
                 slicer.util.errorDisplay(f"{self._jobFailureMessage}\n\n{job.error}")
-        self.updateGUIFromParameterNode()
+        finally:  # whatever the result did, the buttons read as they should again
+            job.cleanup()
+            self.updateGUIFromParameterNode()
 
     def stopWork(self):
-        """Cancel the background job, if any (the module or the scene is being closed); its result is dropped."""
+        """End the background job now, if any (the module is reloaded or closed, the scene or the application is
+        closing): its process tree is killed, its result dropped and its files removed."""
         if self._job is not None:
-            self._job.cancel()
-            self._job.cleanup()
             self._jobTimer.stop()
-            self._job = self._runningButton = None
+            job, self._job, self._runningButton = self._job, None, None
+            job.stop()
 
     def runCancellable(self, button, failureMessage, work):
         """Run ``work(progress)`` here; meanwhile ``button`` reads Cancel and stops the work at its next step."""

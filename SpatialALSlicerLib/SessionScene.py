@@ -29,9 +29,31 @@ def buildSessionScene(session):
     tableNode = headless.scene.AddNewNodeByClass("vtkMRMLTableNode", "Queried slices")
     statuses = [STATUS_NAMES[SliceStatus(stack.status[index])] for index in session.ranking.slices]
     MRMLAdapter.writeQueriedSlicesTable(tableNode, session.ranking, statuses, volumeNode)
-    MRMLAdapter.addSlicePlanes(volumeNode, stack.slice_axis, session.ranking.slices)
+    MRMLAdapter.recordRankedOn(tableNode, volumeNode, segmentationNode, None, stack.slice_axis)
+    for plane in MRMLAdapter.addSlicePlanes(volumeNode, stack.slice_axis, session.ranking.slices):
+        tableNode.AddNodeReferenceID(MRMLAdapter.PLANE_REFERENCE_ROLE, plane.GetID())
     MRMLAdapter.jumpToSlice(volumeNode, stack.slice_axis, int(session.ranking.slices[0]))
+    nodes = {"inputVolume": volumeNode, "segmentation": segmentationNode}
+    addModuleParameterNode(headless.scene, "ActiveSliceSelector", {**nodes, "queriedSlices": tableNode})
+    addModuleParameterNode(headless.scene, "SpatialPropagation", nodes)
     return headless, volumeNode, segmentationNode, tableNode
+
+
+def addModuleParameterNode(scene, moduleName, nodes):
+    """The parameter node a module's Logic finds in ``scene`` (a singleton ``vtkMRMLScriptedModuleNode`` tagged with
+    the module's name, as ``ScriptedLoadableModuleLogic.getParameterNode`` makes it), its node parameters set as
+    Slicer's ``parameterNodeWrapper`` stores them: a node reference whose role is the parameter's name, beside an
+    empty parameter of that name. The other parameters take their defaults when the module first reads the node."""
+    parameterNode = scene.CreateNodeByClass("vtkMRMLScriptedModuleNode")
+    parameterNode.UnRegister(None)  # CreateNodeByClass hands over a reference Python already holds
+    parameterNode.SetSingletonTag(moduleName)
+    parameterNode.SetAttribute("ModuleName", moduleName)
+    parameterNode.SetName(scene.GetUniqueNameByString(moduleName))
+    parameterNode = scene.AddNode(parameterNode)
+    for name, node in nodes.items():
+        parameterNode.SetParameter(name, "")
+        parameterNode.SetNodeReferenceID(name, node.GetID())
+    return parameterNode
 
 
 def writeSessionScene(session, path):

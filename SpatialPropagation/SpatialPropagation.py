@@ -18,8 +18,9 @@ if os.path.isdir(os.path.join(_SOURCE_ROOT, "spatial_al")) and _SOURCE_ROOT not 
     sys.path.append(_SOURCE_ROOT)
 
 from SpatialALSlicerLib import batchHelp  # noqa: E402  (after the path is set)
-from SpatialALSlicerLib.Dependencies import requiresDependencies  # noqa: E402
+from SpatialALSlicerLib.Dependencies import dependenciesMet, requiresDependencies  # noqa: E402
 from SpatialALSlicerLib.ModuleWidget import SessionWidgetMixin  # noqa: E402
+from SpatialALSlicerLib.SceneObservers import observeWeakly, removeObservations  # noqa: E402
 
 SLICE_PLANES = ["axial", "coronal", "sagittal"]
 
@@ -36,7 +37,7 @@ class SpatialPropagation(ScriptedLoadableModule):
         self.parent.title = _("Spatial Propagation")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = []
-        self.parent.contributors = ["SpatialActiveLearning developers"]
+        self.parent.contributors = ["SpatialActiveLearning developers (SpatialActiveLearning open-source project)"]
         self.parent.helpText = _(
             "Propagates the annotated slices of a segmentation to the slices that are not annotated, by interpolation "
             "(sdf, contour), learned slice-to-slice correspondence (sli2vol), the better of the two per gap as "
@@ -130,7 +131,7 @@ class SpatialPropagationWidget(SessionWidgetMixin, ScriptedLoadableModuleWidget,
     def updateGUIFromParameterNode(self, caller=None, event=None) -> None:
         node = self._parameterNode
         ready = bool(node and node.inputVolume and node.segmentation)
-        needsModel = bool(node and node.method and self.logic.methodUsesModel(node.method))
+        needsModel = bool(node) and self.methodTraits(node.method)[0]
         if ready and needsModel and not node.modelPath:
             ready, reason = False, _("Choose the model file: this method propagates with a trained model")
         else:
@@ -152,35 +153,61 @@ class SpatialPropagationWidget(SessionWidgetMixin, ScriptedLoadableModuleWidget,
         self.ui.applyButton.enabled = self.actionEnabled(self.ui.applyButton, previewed)
         canUndo = bool(node and node.segmentation and self.logic.canUndo(node.segmentation))
         self.ui.undoButton.enabled = self.actionEnabled(self.ui.undoButton, canUndo)
+        self.ui.undoButton.toolTip = _(
+            "Restore the segments as they were before the last propagation. The copy it restores is a hidden "
+            "segmentation, '<name> (before propagation)', kept in the scene and saved with it until the next "
+            "propagation or Undo."
+        )
         if node and node.method and self.ui.methodComboBox.currentText != node.method:
             self.ui.methodComboBox.setCurrentText(node.method)  # a reloaded scene's choice
-        self.observeEdits(node.segmentation if node and node.autoUpdate else None)
+        self.observeEdits(node.segmentation if node else None)
+
+    def methodTraits(self, method):
+        """(whether it propagates with a model, whether it is fast enough to follow each edit) of ``method``; (False,
+        False) until the backend is installed (the panel loads before it is) or for a name the backend does not
+        know (the Logic names the ones it knows when asked to run it)."""
+        if not (method and dependenciesMet()):
+            return False, False
+        try:
+            return self.logic.methodUsesModel(method), self.logic.methodIsInteractive(method)
+        except ValueError:
+            return False, False
 
     def showStatus(self, text) -> None:
         self.ui.resultLabel.text = text
 
     def observeEdits(self, segmentationNode) -> None:
-        """Watch ``segmentationNode``'s segments for edits (None: watch nothing) to refresh the preview."""
+        """Watch ``segmentationNode`` for changes (None: watch nothing): they drop its preview, or refresh it."""
         if segmentationNode is self._observedSegmentation:
             return
-        edited = slicer.vtkSegmentation.SegmentModified
         if self._observedSegmentation is not None:
-            self.removeObserver(self._observedSegmentation.GetSegmentation(), edited, self.onSegmentEdited)
+            for event in SEGMENTATION_CHANGES:
+                self.removeObserver(
+                    self._observedSegmentation.GetSegmentation(),
+                    getattr(slicer.vtkSegmentation, event),
+                    self.onSegmentEdited,
+                )
         self._observedSegmentation = segmentationNode
         if segmentationNode is not None:
-            self.addObserver(segmentationNode.GetSegmentation(), edited, self.onSegmentEdited)
+            for event in SEGMENTATION_CHANGES:
+                self.addObserver(
+                    segmentationNode.GetSegmentation(), getattr(slicer.vtkSegmentation, event), self.onSegmentEdited
+                )
 
     def onSegmentEdited(self, caller=None, event=None) -> None:
         node = self._parameterNode
-        if not (node and node.autoUpdate and not self.isRunning and self.logic.hasPreview(node.segmentation)):
+        if not (node and node.segmentation and self.logic.previewWasDropped(node.segmentation)) or self.isRunning:
             return
-        if self.logic.methodIsInteractive(node.method):
-            self._previewTimer.start()
-        else:  # a stroke must never block the editor for a slow method
+        self.updateGUIFromParameterNode()
+        if not node.autoUpdate:
+            self.showStatus(_("The segmentation changed, so the preview was dropped; press Preview again."))
+        elif not self.methodTraits(node.method)[1]:
             message = _(
                 "The preview follows each edit for fast methods (sdf); press Preview to update the {method} one."
-            )
+            )  # a stroke must never block the editor for a slow method
             self.showStatus(message.format(method=node.method))
+        else:
+            self._previewTimer.start()
 
     def propagationArguments(self) -> dict:
         """The Logic's arguments from the panel's state."""
@@ -199,6 +226,8 @@ class SpatialPropagationWidget(SessionWidgetMixin, ScriptedLoadableModuleWidget,
     def runPropagation(self, button, failureMessage, prefix, preview) -> None:
         """Propagate (or preview) with the panel's choices: slow methods in a worker process, fast ones at once."""
         node = self._parameterNode
+        if not self.isRunning and not self.binaryLabelmapSourceAgreed(node.segmentation):
+            return
 
         def propagationJob():
             return self.logic.propagationJob(
@@ -210,6 +239,28 @@ class SpatialPropagationWidget(SessionWidgetMixin, ScriptedLoadableModuleWidget,
 
         inBackground = not self.logic.methodIsInteractive(node.method)
         self.runJob(button, failureMessage, propagationJob, showOutcome, inBackground)
+
+    def binaryLabelmapSourceAgreed(self, segmentationNode) -> bool:
+        """True when the segmentation is stored as binary labelmaps, or the user agrees to convert it now (as the
+        Segment Editor asks before the first edit of closed surfaces); the module's writes would not be saved
+        otherwise."""
+        if segmentationNode is None or self.logic.sourceIsBinaryLabelmap(segmentationNode):
+            return True
+        source = segmentationNode.GetSegmentation().GetSourceRepresentationName()
+        question = _(
+            "Propagation writes binary labelmaps, but {name} is stored as {source}. Changing the source "
+            "representation requires conversion, and some details may be lost.\n\nChange the source representation "
+            "to binary labelmap?"
+        ).format(name=segmentationNode.GetName(), source=source.lower())
+        if not slicer.util.confirmYesNoDisplay(question, windowTitle=_("Change source representation?")):
+            self.showStatus(_("Nothing was propagated: the segmentation is stored as {source}.").format(source=source))
+            return False
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Conversion failed."), waitCursor=True):
+                self.logic.convertToBinaryLabelmap(segmentationNode)
+        except Exception:  # shown to the user by tryWithErrorDisplay
+            return False
+        return True
 
     def onPreviewButton(self) -> None:
         self.runPropagation(self.ui.previewButton, _("Preview failed."), _("Preview: "), preview=True)
@@ -247,7 +298,8 @@ class PropagationOutcome:
         annotated: annotated slice indices used as sources.
         propagated: slice indices that received pseudo-labels.
         confidence: per-slice confidence (numpy array, NaN where nothing was propagated).
-        keptEdited: segment ID -> slices left untouched because a person drew there.
+        keptEdited: segment ID -> slices left untouched because a person drew there, or drew, erased or marked
+            annotated there while the propagation ran.
         method: propagation method.
     """
 
@@ -270,8 +322,37 @@ class PropagationOutcome:
             text += " " + _("Least confident, to review first: {slices}.").format(slices=slices)
         if self.keptEdited:
             kept = sorted({index for slices in self.keptEdited.values() for index in slices})
-            text += " " + _("Slices {slices} hold your own drawing and were left as they are.").format(slices=kept)
+            text += " " + _(
+                "Slices {slices} hold your own work (drawn, edited, or changed while the propagation ran) and were "
+                "left as they are."
+            ).format(slices=kept)
         return text
+
+
+@dataclass
+class Preview:
+    """A propagation shown beside a segmentation, not written yet (see :meth:`SpatialPropagationLogic.propagationJob`).
+
+    Attributes:
+        segmentIds: the segments propagated.
+        layers: the backend's ``LayerPropagation``.
+        axis: slice axis (KJI array axis).
+        method: propagation method.
+        asRead: segment ID -> per-slice checksums of the segment as the propagation read it.
+        observations: (object, observer tag) of the observers that drop the preview when the segmentation changes.
+    """
+
+    segmentIds: list
+    layers: Any
+    axis: int
+    method: str
+    asRead: dict
+    observations: list
+
+
+# Changes of a segmentation that make its preview stale: a stroke (the labelmap), a tag (a slice marked annotated),
+# a segment added or removed. Fill between slices watches the same.
+SEGMENTATION_CHANGES = ("SegmentModified", "SourceRepresentationModified", "SegmentAdded", "SegmentRemoved")
 
 
 class SpatialPropagationLogic(ScriptedLoadableModuleLogic):
@@ -282,17 +363,22 @@ class SpatialPropagationLogic(ScriptedLoadableModuleLogic):
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        # segmentation node -> (segment IDs, LayerPropagation, slice axis, method) of its last preview. Keyed by the
-        # node, not its ID: IDs start again after a scene is closed, and a preview must never reach another scene.
-        self._previews = previews = {}
+        # segmentation node -> its Preview. Keyed by the node, not its ID: IDs start again after a scene is closed,
+        # and a preview must never reach another scene.
+        self._previews = {}
+        self._droppedPreviews = set()  # segmentation nodes whose preview a change made stale
+        self._sceneObservation = observeWeakly(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self._forgetScene)
 
-        def forgetClosedScene(caller, event):
-            previews.clear()
-            sli2vol = sys.modules.get("spatial_al.propagation.sli2vol")
-            if sli2vol is not None:  # the networks it learned on the closed scene's volumes
-                sli2vol.forget_trained_networks()
+    def __del__(self):
+        removeObservations([self._sceneObservation])
 
-        slicer.mrmlScene.AddObserver(slicer.mrmlScene.StartCloseEvent, forgetClosedScene)
+    def _forgetScene(self, caller=None, event=None):
+        for segmentationNode in list(self._previews):
+            self._dropPreview(segmentationNode)
+        self._droppedPreviews.clear()
+        sli2vol = sys.modules.get("spatial_al.propagation.sli2vol")
+        if sli2vol is not None:  # the networks it learned on the closed scene's volumes
+            sli2vol.forget_trained_networks()
 
     def getParameterNode(self):
         return SpatialPropagationParameterNode(super().getParameterNode())
@@ -318,6 +404,26 @@ class SpatialPropagationLogic(ScriptedLoadableModuleLogic):
 
         return method_info(PROPAGATORS.get(method)).model is not None
 
+    @staticmethod
+    def sourceIsBinaryLabelmap(segmentationNode):
+        """Whether the segmentation is stored as binary labelmaps, which the module writes (a closed-surface source
+        needs :meth:`convertToBinaryLabelmap` first)."""
+        from SpatialALSlicerLib import MRMLAdapter
+
+        return segmentationNode.GetSegmentation().GetSourceRepresentationName() == MRMLAdapter.BINARY_LABELMAP
+
+    @staticmethod
+    def convertToBinaryLabelmap(segmentationNode):
+        """Make binary labelmap the segmentation's source representation, as the Segment Editor does before editing
+        closed surfaces (details finer than the voxels may be lost). Raises MRMLInputError when Slicer cannot."""
+        from SpatialALSlicerLib import MRMLAdapter
+
+        if not MRMLAdapter.convertToBinaryLabelmap(segmentationNode):
+            raise MRMLAdapter.MRMLInputError(
+                f"Slicer could not make binary labelmaps of {segmentationNode.GetName()!r}; see the Segmentations "
+                "module (Representations) for details."
+            )
+
     @requiresDependencies
     def propagate(self, *arguments, progress=None, **keywords):
         """Fill the slices that are not annotated of the segments, in place, keeping every voxel a person drew, in
@@ -329,7 +435,7 @@ class SpatialPropagationLogic(ScriptedLoadableModuleLogic):
 
         Raises:
             ValueError: no annotated slice, unknown method or segment, a method needing a model given none,
-                unusable volume.
+                unusable volume, a segmentation stored as closed surfaces.
         """
         return self.propagationJob(*arguments, **keywords).runHere(progress)
 
@@ -352,13 +458,19 @@ class SpatialPropagationLogic(ScriptedLoadableModuleLogic):
         """The propagation of :meth:`propagate` as a :class:`~SpatialALSlicerLib.BackgroundWork.BackgroundJob`: the
         segments are read now and written (or previewed) when the job's result is applied.
 
+        What a person does while the job runs is kept: when the result is written, the slices the segments record
+        as annotated then, and every slice whose content changed since the segments were read, are left as they are
+        (and reported in the outcome).
+
         With ``preview`` the segmentation is left untouched and the result is shown in a separate "<name> (preview)"
         segmentation instead (segments "<name> (propagated)", half opacity), as the Segment Editor's Fill between
-        slices previews; :meth:`applyPreview` then writes it and :meth:`clearPreview` drops it.
+        slices previews; :meth:`applyPreview` then writes it and :meth:`clearPreview` drops it. Any change of the
+        segmentation (a stroke, a slice marked annotated, a segment added or removed) drops the preview.
 
         Args:
             volumeNode: the scan; slices are on its voxel grid.
-            segmentationNode: the segmentation to fill.
+            segmentationNode: the segmentation to fill; stored as binary labelmaps (see
+                :meth:`convertToBinaryLabelmap`).
             segmentIds: segments to fill (None: all); with a model they must be the model's classes.
             annotatedSlices: slices used as sources (None: those recorded in the segments).
             method: propagation method (see :meth:`methods`).
@@ -371,10 +483,12 @@ class SpatialPropagationLogic(ScriptedLoadableModuleLogic):
             **options: options of the method.
         """
         from spatial_al.propagation import PROPAGATORS
+        from spatial_al.session import slice_checksums_by_segment
         from SpatialALSlicerLib import MRMLAdapter
         from SpatialALSlicerLib.BackgroundWork import BackgroundJob
 
         segmentIds = MRMLAdapter.segmentIdsOrAll(segmentationNode, segmentIds)
+        MRMLAdapter.requireBinaryLabelmapSource(segmentationNode)
         axis = MRMLAdapter.sliceAxisIndex(volumeNode, sliceAxis)
         if annotatedSlices is None:
             annotatedSlices = MRMLAdapter.recordedAnnotatedSlices(segmentationNode, segmentIds, axis)
@@ -384,8 +498,10 @@ class SpatialPropagationLogic(ScriptedLoadableModuleLogic):
                 "in 'Annotated slices'."
             )
         PROPAGATORS.check_options(method, options)  # an unknown method or option fails now, not in the worker
+        segmentation = MRMLAdapter.segmentationFromNode(segmentationNode, volumeNode, segmentIds)
+        asRead = slice_checksums_by_segment(segmentation, axis)
         arguments = {
-            "segmentation": MRMLAdapter.segmentationFromNode(segmentationNode, volumeNode, segmentIds),
+            "segmentation": segmentation,
             "annotated": list(annotatedSlices),
             "method": method,
             "image": MRMLAdapter.arrayFromVolumeNode(volumeNode),
@@ -406,36 +522,72 @@ class SpatialPropagationLogic(ScriptedLoadableModuleLogic):
         def writeOrPreview(layers):
             if not preview:
                 self.clearPreview(segmentationNode)
-                return self._write(volumeNode, segmentationNode, segmentIds, layers, axis, method)
-            MRMLAdapter.showPreview(segmentationNode, volumeNode, layers.pseudo_masks, layers.propagated, axis)
-            self._previews[segmentationNode] = (segmentIds, layers, axis, method)
+                return self._write(volumeNode, segmentationNode, Preview(segmentIds, layers, axis, method, asRead, []))
+            self._showPreview(volumeNode, segmentationNode, Preview(segmentIds, layers, axis, method, asRead, []))
             return PropagationOutcome(layers.annotated, layers.propagated, layers.confidence, {}, method)
 
         return BackgroundJob("propagate", arguments, writeOrPreview, "Propagation")
+
+    def _showPreview(self, volumeNode, segmentationNode, preview):
+        from SpatialALSlicerLib import MRMLAdapter
+
+        self.clearPreview(segmentationNode)
+        layers = preview.layers
+        MRMLAdapter.showPreview(segmentationNode, volumeNode, layers.pseudo_masks, layers.propagated, preview.axis)
+        segmentation = segmentationNode.GetSegmentation()
+        preview.observations = [
+            observeWeakly(segmentation, getattr(slicer.vtkSegmentation, event), self._onSegmentationChanged, 10.0)
+            for event in SEGMENTATION_CHANGES
+        ]
+        self._previews[segmentationNode] = preview
+        self._droppedPreviews.discard(segmentationNode)
+
+    def _onSegmentationChanged(self, segmentation, event):
+        for segmentationNode in list(self._previews):
+            if segmentationNode.GetSegmentation() is segmentation:
+                self._dropPreview(segmentationNode)
+                self._droppedPreviews.add(segmentationNode)
+
+    def _dropPreview(self, segmentationNode):
+        from SpatialALSlicerLib import MRMLAdapter
+
+        preview = self._previews.pop(segmentationNode, None)
+        if preview is not None:
+            removeObservations(preview.observations)
+        if segmentationNode.GetScene() is not None:
+            MRMLAdapter.removePreview(segmentationNode)
+        return preview
 
     def hasPreview(self, segmentationNode):
         """Whether :meth:`applyPreview` has a preview of this segmentation to write."""
         return segmentationNode in self._previews and segmentationNode.GetScene() is not None
 
+    def previewWasDropped(self, segmentationNode):
+        """Whether the segmentation's last preview was dropped because the segmentation changed after it was made."""
+        return segmentationNode in self._droppedPreviews
+
     def applyPreview(self, volumeNode, segmentationNode):
         """Write the last preview of the segmentation into it (keeping what a person drew since) and remove the
-        preview node; returns a :class:`PropagationOutcome`. Raises MRMLInputError when nothing is previewed."""
+        preview node; returns a :class:`PropagationOutcome`. Raises MRMLInputError when nothing is previewed (or the
+        preview was dropped because the segmentation changed)."""
         from SpatialALSlicerLib import MRMLAdapter
 
         if not self.hasPreview(segmentationNode):
+            if self.previewWasDropped(segmentationNode):
+                raise MRMLAdapter.MRMLInputError(
+                    f"{segmentationNode.GetName()!r} changed after the preview was made (an edit, or a slice marked "
+                    "annotated), so the preview was dropped: press Preview again."
+                )
             raise MRMLAdapter.MRMLInputError(
                 f"Nothing to apply: {segmentationNode.GetName()!r} has no preview; press Preview (or Propagate) first."
             )
-        segmentIds, layers, axis, method = self._previews.pop(segmentationNode)
-        MRMLAdapter.removePreview(segmentationNode)
-        return self._write(volumeNode, segmentationNode, segmentIds, layers, axis, method)
+        MRMLAdapter.requireBinaryLabelmapSource(segmentationNode)
+        return self._write(volumeNode, segmentationNode, self._dropPreview(segmentationNode))
 
     def clearPreview(self, segmentationNode):
         """Drop the preview of the segmentation (its node too), if any."""
-        from SpatialALSlicerLib import MRMLAdapter
-
-        self._previews.pop(segmentationNode, None)
-        MRMLAdapter.removePreview(segmentationNode)
+        self._dropPreview(segmentationNode)
+        self._droppedPreviews.discard(segmentationNode)
 
     @staticmethod
     def segmentEditorFor(segmentationNode):
@@ -454,25 +606,37 @@ class SpatialPropagationLogic(ScriptedLoadableModuleLogic):
         if editor is not None:
             editor.saveStateForUndo()
 
-    def _write(self, volumeNode, segmentationNode, segmentIds, layers, axis, method):
-        """Save the undo states (the Segment Editor's and the module's own copy, which survives a scene save), then
-        merge a propagation into the segments; returns a :class:`PropagationOutcome`."""
+    def _write(self, volumeNode, segmentationNode, propagation):
+        """Merge a propagation (a :class:`Preview`) into the segments, keeping what a person drew, erased or marked
+        annotated since it read them; returns a :class:`PropagationOutcome`.
+
+        Everything that can be checked is checked before any undo state is saved (the Segment Editor's and the
+        module's own copy, which survives a scene save); a write that fails half-way puts the segments back."""
+        import numpy as np
+
         from SpatialALSlicerLib import MRMLAdapter
 
+        MRMLAdapter.requireBinaryLabelmapSource(segmentationNode)
+        MRMLAdapter.segmentIdsOrAll(segmentationNode, propagation.segmentIds)  # none was deleted meanwhile
+        layers = propagation.layers
+        MRMLAdapter.requireVolumeGrid(volumeNode, segmentationNode, next(iter(layers.pseudo_masks.values())).shape)
         self.saveEditorState(segmentationNode)
-        MRMLAdapter.saveUndoSnapshot(segmentationNode, segmentIds)
-        keptEdited = MRMLAdapter.writePseudoLabels(
-            segmentationNode,
-            volumeNode,
-            layers.pseudo_masks,
-            layers.annotated,
-            layers.propagated,
-            layers.confidence,
-            axis,
-            method,
+        with MRMLAdapter.undoableChange(segmentationNode, propagation.segmentIds):
+            keptEdited, written = MRMLAdapter.writePseudoLabels(
+                segmentationNode,
+                volumeNode,
+                layers.pseudo_masks,
+                layers.annotated,
+                layers.propagated,
+                layers.confidence,
+                propagation.axis,
+                propagation.method,
+                propagation.asRead,
+            )
+        MRMLAdapter.syncQueriedSliceStatuses(volumeNode, segmentationNode, propagation.segmentIds)
+        outcome = PropagationOutcome(
+            layers.annotated, np.asarray(written, dtype=np.int64), layers.confidence, keptEdited, propagation.method
         )
-        MRMLAdapter.syncQueriedSliceStatuses(volumeNode, segmentationNode, segmentIds)
-        outcome = PropagationOutcome(layers.annotated, layers.propagated, layers.confidence, keptEdited, method)
         logging.info(outcome.summary())
         return outcome
 
@@ -484,10 +648,13 @@ class SpatialPropagationLogic(ScriptedLoadableModuleLogic):
         return segmentationNode.GetNodeReference(MRMLAdapter.UNDO_REFERENCE_ROLE) is not None
 
     def undo(self, segmentationNode, volumeNode=None):
-        """Restore the segments exactly as they were before the last propagation (edits made since are dropped);
-        returns the restored segment IDs. With ``volumeNode``, its queried-slices tables show the statuses again
-        as they were. The state undone is recorded in the Segment Editor's history first, so Ctrl+Z there brings
-        it back. Raises MRMLInputError when there is nothing to undo."""
+        """Restore the segments exactly as they were before the last propagation (edits made since are dropped;
+        labelmap layers shared again as Slicer shares them); returns the restored segment IDs. With ``volumeNode``,
+        its queried-slices tables show the statuses again as they were. The state undone is recorded in the Segment
+        Editor's history first, so Ctrl+Z there brings it back. Raises MRMLInputError when there is nothing to undo.
+
+        The copy Undo restores is a hidden segmentation node "<name> (before propagation)", saved with the scene
+        (so Undo works after reopening it) until the next propagation replaces it or Undo uses it."""
         from SpatialALSlicerLib import MRMLAdapter
 
         MRMLAdapter.undoSnapshot(segmentationNode)  # nothing to undo: an error that says so, before any change
@@ -521,9 +688,19 @@ class SpatialPropagationTest(ScriptedLoadableModuleTest):
 
     def runTest(self):
         self.setUp()
+        self.test_AsksForMissingDependencies()
         self.test_PropagateKeepsAnnotation()
 
+    def test_AsksForMissingDependencies(self):
+        from SpatialALSlicerLib.Dependencies import checkMissingDependenciesAreNamed
+
+        checkMissingDependenciesAreNamed(self, lambda: SpatialPropagationLogic().propagate(None, None))
+
     def test_PropagateKeepsAnnotation(self):
+        from SpatialALSlicerLib.Dependencies import unmetRequirements
+
+        if unmetRequirements():
+            return self.delayDisplay("Propagation test skipped: the Python dependencies are not installed")
         import numpy as np
 
         from spatial_al.volume import Geometry

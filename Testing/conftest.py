@@ -12,6 +12,36 @@ MODULE_FOLDERS = [REPOSITORY / "ActiveSliceSelector", REPOSITORY / "SpatialPropa
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
+@pytest.fixture(scope="session")
+def default_torch_threads():
+    import torch
+
+    return torch.get_num_threads()
+
+
+@pytest.fixture(autouse=True)
+def process_settings_as_they_were(default_torch_threads):
+    """A test that runs the command line in this process (``main([...])``) sets what a command sets for its own
+    process: torch's thread count, the OpenMP variables workers inherit, how warnings print. Put them back, so that
+    no later test runs with the threads an earlier one asked for."""
+    import os
+    import warnings
+
+    import torch
+
+    variables = {name: os.environ.get(name) for name in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
+    format_warning = warnings.formatwarning
+    yield
+    warnings.formatwarning = format_warning
+    for name, value in variables.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    if torch.get_num_threads() != default_torch_threads:
+        torch.set_num_threads(default_torch_threads)
+
+
 @pytest.fixture
 def disc_stack():
     """Label map (K, J, I) = (11, 40, 40) of a disc whose radius grows from 5 to 15 voxels, slice by slice."""
@@ -81,6 +111,11 @@ TINY_UNET = (8, 16, 32, 64, 64, 8)
 
 @pytest.fixture
 def labeled_stack():
+    """:func:`make_labeled_stack`."""
+    return make_labeled_stack()
+
+
+def make_labeled_stack():
     """SliceStack (K, J, I) = (10, 32, 32): a disc growing with K (segment "disc", value 1) and a fixed square
     (segment "square", value 2), rendered with noise; the image is brighter inside both."""
     from spatial_al.volume import Geometry, Segment, SliceStack

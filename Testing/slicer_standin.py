@@ -4,8 +4,8 @@ slicer-core has Slicer's MRML and module-logic classes but not the application: 
 ``slicer.app`` or ``slicer.modules``, and none of the application's pure-Python modules the scripted-module template
 imports (``slicer.ScriptedLoadableModule``, ``slicer.parameterNodeWrapper``, ``slicer.i18n``). :func:`install` sets
 minimal versions of those on the ``slicer`` package around a :class:`HeadlessScene`; :func:`uninstall` removes them.
-Only what the modules' Logic and Test classes use is provided, and of Qt only a timer (:func:`qt_module`) for the
-panels' background-work plumbing; the Qt widgets are not.
+Only what the modules' Logic and Test classes use is provided, and of Qt only a timer and shortcuts
+(:func:`qt_module`) for the panels' plumbing; the Qt widgets are not.
 """
 
 import sys
@@ -109,10 +109,53 @@ class QTimer:
             slot()
 
 
+class QKeySequence:
+    def __init__(self, text):
+        self.text = text
+
+
+class MainWindow:
+    """Stands in for Slicer's main window: keeps the shortcuts made on it."""
+
+    def __init__(self):
+        self.shortcuts = []
+
+
+class QShortcut:
+    """A keyboard shortcut on a parent widget; a test presses it with :meth:`press`."""
+
+    def __init__(self, parent):
+        self.parent, self.key, self.slots = None, None, []
+        self.setParent(parent)
+
+    def setKey(self, key):
+        self.key = key
+
+    def connect(self, signal, slot):
+        self.slots.append(slot)
+
+    def disconnect(self, signal):
+        self.slots.clear()
+
+    def setParent(self, parent):
+        if self.parent is not None:
+            self.parent.shortcuts.remove(self)
+        self.parent = parent
+        if parent is not None:
+            parent.shortcuts.append(self)
+
+    def press(self):
+        for slot in self.slots:
+            slot()
+
+
 def qt_module():
-    """A ``qt`` module with :class:`QTimer` and the wait cursor, for the panels' work plumbing (no widgets)."""
+    """A ``qt`` module with :class:`QTimer`, :class:`QShortcut` and the wait cursor, for the panels' plumbing (no
+    widgets)."""
     module = types.ModuleType("qt")
     module.QTimer = QTimer
+    module.QShortcut = QShortcut
+    module.QKeySequence = QKeySequence
     module.Qt = types.SimpleNamespace(WaitCursor=3)
     return module
 

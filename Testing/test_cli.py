@@ -2,16 +2,20 @@
 
 import csv
 import json
+import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import nibabel
 import numpy as np
 import pytest
 import slicerio
 
-from spatial_al.cli import main
+from spatial_al.cli import command_line_warning, main
 from spatial_al.data import chest_ct_files
 
 
@@ -265,12 +269,16 @@ def test_errors_name_the_problem_and_leave_inputs_alone(chest_files, tmp_path, c
 @pytest.fixture
 def small_files(labeled_stack, tmp_path):
     """The synthetic labeled stack as an image .nrrd and a .seg.nrrd."""
+    return write_small_files(labeled_stack, tmp_path)
+
+
+def write_small_files(stack, folder):
     from spatial_al.io import write_segmentation, write_volume
     from spatial_al.io.segmentation import Segmentation
 
-    image = write_volume(tmp_path / "image.nrrd", labeled_stack.image.astype(np.float32), labeled_stack.geometry)
-    segmentation = Segmentation(labeled_stack.label_layers, labeled_stack.segments, labeled_stack.geometry)
-    return str(image), str(write_segmentation(tmp_path / "labels.seg.nrrd", segmentation))
+    image = write_volume(folder / "image.nrrd", stack.image.astype(np.float32), stack.geometry)
+    segmentation = Segmentation(stack.label_layers, stack.segments, stack.geometry)
+    return str(image), str(write_segmentation(folder / "labels.seg.nrrd", segmentation))
 
 
 def test_train_then_fine_tune_then_predict_round_trip(small_files, tmp_path, capsys):
@@ -500,3 +508,269 @@ def test_a_batch_size_below_one_and_ctrl_c_get_messages_not_tracebacks(chest_fil
     monkeypatch.setattr("spatial_al.selection.rank", interrupted)
     assert main([*arguments, "--quiet"]) == 130
     assert "Cancelled (Ctrl+C)" in capsys.readouterr().err and not (tmp_path / "r.csv").exists()
+
+
+# --- bad input found by fuzzing the command line (the Slicer robustness review) --------------------------------------
+
+
+def test_label_values_above_65535_keep_their_voxels_in_a_seg_nrrd(tmp_path, capsys):
+    import SimpleITK as sitk
+
+    labels = np.zeros((12, 16, 16), np.int64)
+    labels[[2, 9], 2:7, 2:7] = 70000
+    labels[[2, 9], 9:14, 9:14] = 140000
+    for array, name in ((labels.astype(np.float32) / 1000, "image.nrrd"), (labels, "labels.nrrd")):
+        sitk.WriteImage(sitk.GetImageFromArray(array), str(tmp_path / name))
+    output = tmp_path / "propagated.seg.nrrd"
+    arguments = ["propagate", str(tmp_path / "image.nrrd"), str(tmp_path / "labels.nrrd"), "--annotated", "2,9"]
+    assert main([*arguments, "--output", str(output), "--quiet"]) == 0
+    written = slicerio.read_segmentation(str(output))  # read by an independent reader, IJK
+    assert written["voxels"].dtype == np.uint32
+    for segment in written["segments"]:
+        value = segment["labelValue"]
+        assert value in (70000, 140000)
+        annotated = (labels[[2, 9]] == value).transpose(2, 1, 0)  # KJI -> slicerio's IJK
+        np.testing.assert_array_equal(written["voxels"][..., [2, 9]] == value, annotated)
+        assert (written["voxels"][..., 3:9] == value).any()  # and pseudo-labels between them
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("Layer", "5", r"Segment0_Layer is '5', where a layer index from 0 to 0 \(the file holds 1\)"),
+        ("LabelValue", "abc", "Segment0_LabelValue is 'abc', where a whole number of at least 1"),
+        ("Color", "red", "Segment0_Color is 'red', where three numbers"),
+        ("Extent", "0 1 2", "Segment0_Extent is '0 1 2', where six whole numbers"),
+    ],
+)
+def test_a_damaged_seg_nrrd_header_is_named_field_by_field(chest_files, tmp_path, capsys, field, value, message):
+    import nrrd
+
+    image, truth = chest_files
+    voxels, header = nrrd.read(str(truth))
+    header[f"Segment0_{field}"] = value
+    damaged = tmp_path / "damaged.seg.nrrd"
+    nrrd.write(str(damaged), voxels, header)
+    output = tmp_path / "out.seg.nrrd"
+    assert main(["propagate", str(image), str(damaged), "--annotated", "0,9", "--output", str(output), "--quiet"]) == 2
+    error = capsys.readouterr().err
+    assert re.search(message, error) and "save it again" in error and not output.exists()
+
+
+@pytest.fixture(scope="module")
+def trained_files(tmp_path_factory):
+    """(image, segmentation, model): :func:`write_small_files` and a model trained one epoch on them, made once for
+    the tests that only read them."""
+    from conftest import make_labeled_stack
+
+    folder = tmp_path_factory.mktemp("trained")
+    image, labels = write_small_files(make_labeled_stack(), folder)
+    model = folder / "model.pt"
+    train = ["train", image, labels, "--annotated", "0,4,9", "--max-epochs", "1", "--option", "augment=False"]
+    assert main([*train, "--device", "cpu", "--output", str(model), "--quiet"]) == 0
+    return image, labels, model
+
+
+def test_bad_truncated_and_foreign_checkpoints_are_refused_naming_the_file(trained_files, tmp_path, capsys):
+    import torch
+
+    image, labels, trained_model = trained_files
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(trained_model.read_bytes()[: trained_model.stat().st_size // 2])
+    text = tmp_path / "notes.pt"
+    text.write_text("not a checkpoint")
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {"weight": torch.zeros(3)}}, foreign)
+    for checkpoint, message in (
+        (truncated, "truncated.pt"),
+        (text, "notes.pt"),
+        (foreign, "not a SpatialActiveLearning"),
+    ):
+        assert main(["predict", image, "--model", str(checkpoint), "--output", str(tmp_path / "p.seg.nrrd")]) == 2
+        error = capsys.readouterr().err
+        assert message in error and "Traceback" not in error
+    resume = ["train", image, labels, "--annotated", "0,4,9", "--resume", str(trained_model), "--quiet"]
+    assert main([*resume, "--preset", "unet", "--output", str(tmp_path / "other-preset.pt")]) == 2
+    assert "holds a unet[16, 32, 64, 128, 256, 16] model, not the unet[32, 64" in capsys.readouterr().err
+    assert main([*resume, "--segments", "disc", "--output", str(tmp_path / "other-classes.pt")]) == 2
+    assert "lacks the model's classes square" in capsys.readouterr().err
+    assert not any((tmp_path / name).exists() for name in ("p.seg.nrrd", "other-preset.pt", "other-classes.pt"))
+
+
+def test_ranking_with_a_model_copes_with_constant_integer_and_double_images(trained_files, tmp_path):
+    from spatial_al.io import read_volume, write_volume
+
+    image, labels, trained_model = trained_files
+    intensities, geometry = read_volume(image)
+    rankings = {}
+    for name, array in (
+        ("float32", intensities.astype(np.float32)),
+        ("float64", intensities.astype(np.float64)),
+        ("int16", np.round(intensities).astype(np.int16)),
+        ("constant", np.zeros_like(intensities, np.float32)),
+    ):
+        path = write_volume(tmp_path / f"{name}.nrrd", array, geometry)
+        output = tmp_path / f"{name}.csv"
+        arguments = ["rank", str(path), "--labels", labels, "--annotated", "0,9", "--strategy", "entropy"]
+        assert (
+            main([*arguments, "--budget", "3", "--model", str(trained_model), "--output", str(output), "--quiet"]) == 0
+        )
+        with output.open() as file:
+            rankings[name] = [(int(row["slice"]), float(row["score"])) for row in csv.DictReader(file)]
+    assert [s for s, _ in rankings["float64"]] == [s for s, _ in rankings["float32"]]
+    np.testing.assert_allclose([v for _, v in rankings["float64"]], [v for _, v in rankings["float32"]], atol=1e-4)
+    assert [s for s, _ in rankings["int16"]] == [s for s, _ in rankings["float32"]]
+    scores = [score for _, score in rankings["constant"]]
+    assert len(set(scores)) == 1 and [s for s, _ in rankings["constant"]] == [1, 2, 3]  # ties: lowest slices first
+
+
+def test_prediction_refuses_an_image_with_nan_voxels_and_says_how_many(trained_files, tmp_path, capsys):
+    from spatial_al.io import read_volume, write_volume
+
+    image, _, trained_model = trained_files
+    intensities, geometry = read_volume(image)
+    intensities[3, 5:9, 5:9] = np.nan
+    image = write_volume(tmp_path / "nan.nrrd", intensities.astype(np.float32), geometry)
+    output = tmp_path / "predicted.seg.nrrd"
+    assert main(["predict", str(image), "--model", str(trained_model), "--output", str(output), "--quiet"]) == 2
+    assert "16 NaN or infinite voxels" in capsys.readouterr().err and not output.exists()
+
+
+def test_train_resumes_after_an_interrupt_to_the_same_round(small_files, tmp_path):
+    image, labels = small_files
+    model = tmp_path / "model.pt"
+    train = ["train", image, labels, "--annotated", "0,4,9", "--option", "augment=False", "--device", "cpu"]
+    train += ["--option", "iterations_per_epoch=2"]
+    command = [sys.executable, "-m", "spatial_al.cli", *train, "--max-epochs", "12", "--output", str(model)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not model.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(60) == 130, process.stdout.read()
+    from spatial_al.training import read_checkpoint
+
+    interrupted = read_checkpoint(model).trainer_state
+    assert not interrupted.finished and interrupted.round_index == 0
+    resumed = tmp_path / "resumed.pt"
+    assert main([*train, "--resume", str(model), "--output", str(resumed), "--quiet"]) == 0
+    state = read_checkpoint(resumed).trainer_state
+    assert state.finished and state.round_index == 0 and state.epoch > interrupted.epoch  # the same round, ended
+
+
+def test_a_second_study_in_the_same_folder_is_refused_naming_the_first(tmp_path, capsys):
+    from spatial_al.files import LOCK_FILE
+
+    study = tmp_path / "study"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_FOLDER, str(study)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        arguments = ["experiment", "run", "star", "--data", "demo", "--output", str(study), "--scale", "smoke"]
+        assert main([*arguments, "--device", "cpu", "--quiet"]) == 2
+        error = capsys.readouterr().err
+        assert f"being written by another study (process {holder.pid} on" in error and LOCK_FILE in error
+        assert not (study / "study.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    from spatial_al.files import exclusive_folder
+
+    with exclusive_folder(study):  # the killed writer's lock is stale: taken over
+        assert json.loads((study / LOCK_FILE).read_text())["pid"] == os.getpid()
+    assert not (study / LOCK_FILE).exists()
+
+
+HOLD_FOLDER = """
+import sys, time
+from spatial_al.files import exclusive_folder
+with exclusive_folder(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_threads_default_to_the_usable_cores_and_are_recorded(chest_files, tmp_path):
+    from spatial_al.threads import usable_cores
+
+    image, _ = chest_files
+    for threads, expected in ((None, usable_cores()), ("1", 1)):
+        output = tmp_path / f"ranking-{threads}.csv"
+        arguments = ["rank", str(image), "--strategy", "random", "--budget", "3", "--output", str(output), "--quiet"]
+        assert main([*arguments, *(["--threads", threads] if threads else [])]) == 0
+        record = json.loads((tmp_path / f"ranking-{threads}.csv.run.json").read_text())
+        assert record["configuration"]["threads"] == expected
+        assert record["environment"]["usable_cores"] == usable_cores()
+
+
+def chest_with_record(tmp_path, tags):
+    """The chest CT's segmentation with ``tags`` in the right lung's slice record, written to a .seg.nrrd."""
+    from dataclasses import replace
+
+    from spatial_al.io import read_segmentation, write_segmentation
+    from spatial_al.io.segmentation import Segmentation
+
+    truth = read_segmentation(chest_ct_files()[1])
+    segments = tuple(replace(s, tags={**s.tags, **tags}) if s.name == "right lung" else s for s in truth.segments)
+    return write_segmentation(
+        tmp_path / "recorded.seg.nrrd", Segmentation(truth.label_layers, segments, truth.geometry)
+    )
+
+
+@pytest.mark.parametrize(
+    ("tags", "message"),
+    [
+        ({"SpatialAL.SliceAxis": "", "SpatialAL.AnnotatedSlices": ""}, "tag SpatialAL.SliceAxis is ''"),
+        ({"SpatialAL.SliceAxis": "7", "SpatialAL.AnnotatedSlices": "2,9"}, "tag SpatialAL.SliceAxis is '7'"),
+        ({"SpatialAL.SliceAxis": "0"}, "tag SpatialAL.AnnotatedSlices is '(missing)'"),
+        *(
+            (
+                {"SpatialAL.SliceAxis": "0", "SpatialAL.AnnotatedSlices": f"1,{item}"},
+                f"is '1,{item}', where whole slice",
+            )
+            for item in ("a", "x", "2.0", "2-4", "-3")
+        ),
+        (
+            {
+                "SpatialAL.SliceAxis": "0",
+                "SpatialAL.AnnotatedSlices": "2,9",
+                "SpatialAL.PropagatedSlices": "5",
+                "SpatialAL.PropagatedConfidence": "abc",
+                "SpatialAL.PropagatedChecksums": "0badc0de",
+            },
+            "tag SpatialAL.PropagatedConfidence is 'abc', where one confidence from 0 to 1",
+        ),
+        (
+            {
+                "SpatialAL.SliceAxis": "0",
+                "SpatialAL.AnnotatedSlices": "2,9",
+                "SpatialAL.PropagatedSlices": "5,6",
+                "SpatialAL.PropagatedConfidence": "0.5,0.5",
+                "SpatialAL.PropagatedChecksums": "0badc0de",
+            },
+            "tag SpatialAL.PropagatedChecksums is '0badc0de', where one checksum per propagated slice (2)",
+        ),
+        ({"SpatialAL.SliceAxis": "0", "SpatialAL.AnnotatedSlices": "2,9,40"}, "lists slice 40 in SpatialAL.Annotated"),
+    ],
+)
+def test_a_damaged_slice_record_is_named_by_segment_tag_and_value(tmp_path, capsys, tags, message):
+    segmentation = chest_with_record(tmp_path, tags)
+    image = chest_ct_files()[0]
+    for command in (
+        ["rank", str(image), "--labels", str(segmentation), "--strategy", "random", "--budget", "3"],
+        ["propagate", str(image), str(segmentation)],
+    ):
+        output = tmp_path / ("ranking.csv" if command[0] == "rank" else "propagated.seg.nrrd")
+        assert main([*command, "--output", str(output), "--quiet"]) == 2
+        error = capsys.readouterr().err
+        assert "Segment 'right lung'" in error and message in error and not output.exists()
+
+
+def test_a_slice_record_along_another_axis_is_ignored_with_a_warning(tmp_path):
+    segmentation = chest_with_record(tmp_path, {"SpatialAL.SliceAxis": "1", "SpatialAL.AnnotatedSlices": "3,60"})
+    output = tmp_path / "ranking.csv"
+    arguments = ["rank", str(chest_ct_files()[0]), "--labels", str(segmentation), "--strategy", "fixed_interval"]
+    with pytest.warns(UserWarning, match=r"Segment 'right lung' records its slices along axis 1.*is ignored"):
+        assert main([*arguments, "--budget", "3", "--axis", "0", "--output", str(output), "--quiet"]) == 0
+    assert command_line_warning("a message", UserWarning, "cli.py", 1) == "spatial-al: warning: a message\n"
+    record = json.loads((tmp_path / "ranking.csv.run.json").read_text())
+    assert record["configuration"]["annotated"] == []  # slice 3 of axis 1 is not slice 3 of axis 0

@@ -110,3 +110,32 @@ def test_make_demo_command_with_contour_reference(tmp_path):
     dice_by_method = report["results"]["dice_on_non_annotated_slices"]
     assert dice_by_method["sdf"]["right lung"] >= dice_by_method["contour"]["right lung"]
     assert (tmp_path / "scene.mrb").is_file()
+
+
+def test_the_scene_opens_each_module_on_the_session(demo_output, headless, slicer_modules):
+    """The bundle holds each module's parameter node, as Slicer's parameterNodeWrapper stores it, so that opening
+    the scene shows the volume, the segmentation and the queried-slices table in the modules."""
+    import slicer
+
+    from SpatialALSlicerLib import MRMLAdapter
+    from SpatialALSlicerLib.HeadlessScene import loadSceneBundle
+
+    output, _ = demo_output
+    scene = loadSceneBundle(output / "scene.mrb").scene
+    previous, slicer.mrmlScene = slicer.mrmlScene, scene
+    try:
+        selector = slicer_modules["ActiveSliceSelector"].ActiveSliceSelectorLogic().getParameterNode().parameterNode
+        propagation = slicer_modules["SpatialPropagation"].SpatialPropagationLogic().getParameterNode().parameterNode
+    finally:
+        slicer.mrmlScene = previous
+    table = scene.GetFirstNodeByClass("vtkMRMLTableNode")
+    volume = scene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+    segmentation = scene.GetFirstNodeByClass("vtkMRMLSegmentationNode")
+    assert selector.GetNodeReference("queriedSlices") is table and selector.GetParameter("queriedSlices") == ""
+    for parameters in (selector, propagation):
+        assert parameters.GetNodeReference("inputVolume") is volume
+        assert parameters.GetNodeReference("segmentation") is segmentation
+    assert scene.GetNumberOfNodesByClass("vtkMRMLScriptedModuleNode") == 2  # found, not made anew
+    assert table.GetNodeReference(MRMLAdapter.SEGMENTATION_REFERENCE_ROLE) is segmentation  # marking reaches it
+    planes = table.GetNumberOfNodeReferences(MRMLAdapter.PLANE_REFERENCE_ROLE)
+    assert planes == scene.GetNumberOfNodesByClass("vtkMRMLMarkupsPlaneNode") == 12  # the next ranking replaces them

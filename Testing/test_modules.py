@@ -1,11 +1,19 @@
 """The scripted modules' Logic and their own Test classes, on slicer-core's MRML classes."""
 
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from module_panels import (
+    ParameterNode,
+    annotated_lung,
+    chest_ct_nodes,
+    propagation_panel,
+    run_panel_job,
+    selector_panel,
+    tiny_preset,
+)
 
 
 def test_active_slice_selector_module_test_passes(slicer_modules):
@@ -28,19 +36,6 @@ def test_the_help_section_prints_the_batch_scripts_path(slicer_modules, name):
     getattr(slicer_modules[name], name)(parent)
     assert BATCH_SCRIPT in parent.helpText and "--no-main-window --python-script" in parent.helpText
     assert BATCH_SCRIPT.endswith("BatchCommand.py") and Path(BATCH_SCRIPT).is_file()
-
-
-def chest_ct_nodes(scene):
-    """The chest CT and its ground-truth segmentation as nodes of ``scene``."""
-    from spatial_al.data import chest_ct_files
-    from spatial_al.io import load_stack
-    from spatial_al.io.segmentation import Segmentation
-    from SpatialALSlicerLib import MRMLAdapter
-
-    stack = load_stack(*chest_ct_files())
-    volume = MRMLAdapter.addVolumeNode(scene, stack.image, stack.geometry, "CT")
-    truth = Segmentation(stack.label_layers, stack.segments, stack.geometry)
-    return volume, MRMLAdapter.addSegmentationNode(scene, truth, volume, "Segmentation"), stack
 
 
 def test_reranking_replaces_the_planes_and_leaves_segments_alone(slicer_modules, headless):
@@ -163,21 +158,29 @@ def test_update_model_trains_then_fine_tunes_and_predicts_into_a_new_node(slicer
         assert (MRMLAdapter.segmentMaskInVolumeGrid(segmentation, segmentId, volume) == before[segmentId]).all()
 
 
-def test_an_edit_on_a_queried_slice_is_noticed_until_it_is_marked(slicer_modules, headless):
+def test_an_edit_on_a_queried_slice_is_noticed_on_what_was_ranked_until_it_is_marked(slicer_modules, headless):
     from SpatialALSlicerLib import MRMLAdapter
 
     volume, segmentation, stack = chest_ct_nodes(headless.scene)
-    lung = stack.segment("right lung")
+    lung, ribs = stack.segment("right lung"), stack.segment("ribs")
     logic = slicer_modules["ActiveSliceSelector"].ActiveSliceSelectorLogic()
     ranking, table = logic.rankSlices(volume, segmentation, [lung.segment_id], "fixed_interval", 4, interval=10)
-    assert logic.editedQueriedSlices(volume, segmentation, [lung.segment_id], table) == []
+    assert logic.editedQueriedSlices(table) == []
     edited = int(ranking.slices[2])
-    mask = MRMLAdapter.segmentMaskInVolumeGrid(segmentation, lung.segment_id, volume)
-    mask[edited, :10, :10] = ~mask[edited, :10, :10]
-    MRMLAdapter.setSegmentMaskInVolumeGrid(segmentation, lung.segment_id, volume, mask)
-    assert logic.editedQueriedSlices(volume, segmentation, [lung.segment_id], table) == [edited]
-    logic.markAnnotated(volume, segmentation, [lung.segment_id], [edited], "axial", table)
-    assert logic.editedQueriedSlices(volume, segmentation, [lung.segment_id], table) == []
+    for segmentId in (ribs.segment_id, lung.segment_id):  # ribs were not ranked on: an edit there is not the lung's
+        mask = MRMLAdapter.segmentMaskInVolumeGrid(segmentation, segmentId, volume)
+        mask[edited, :10, :10] = ~mask[edited, :10, :10]
+        MRMLAdapter.setSegmentMaskInVolumeGrid(segmentation, segmentId, volume, mask)
+        expected = [edited] if segmentId == lung.segment_id else []
+        assert logic.editedQueriedSlices(table) == expected
+    logic.markQueriedSliceAnnotated(table, edited)  # on the ranked segment and axis, whatever a panel shows now
+    assert MRMLAdapter.recordedAnnotatedSlices(segmentation, [lung.segment_id], 0) == [edited]
+    assert MRMLAdapter.sliceRecord(segmentation, ribs.segment_id) is None
+    assert logic.editedQueriedSlices(table) == []
+    headless.scene.RemoveNode(segmentation)
+    assert logic.editedQueriedSlices(table) == []  # nothing to compare with
+    with pytest.raises(MRMLAdapter.MRMLInputError, match="rank the slices again"):
+        logic.markQueriedSliceAnnotated(table, int(ranking.slices[3]))
 
 
 def test_min_spacing_is_passed_only_to_strategies_that_take_it(slicer_modules):
@@ -219,20 +222,6 @@ def test_undo_restores_the_segmentation_exactly_and_accept_makes_a_slice_annotat
         assert (MRMLAdapter.segmentMaskInVolumeGrid(segmentation, segmentId, volume) == before[segmentId]).all()
     assert MRMLAdapter.segmentTags(segmentation, lung.segment_id) == tags
     assert headless.scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 1  # the snapshot is gone
-
-
-def annotated_lung(slicer_modules, scene, slices):
-    """Chest CT nodes with the right lung kept on ``slices`` only and those slices marked annotated."""
-    from SpatialALSlicerLib import MRMLAdapter
-
-    volume, segmentation, stack = chest_ct_nodes(scene)
-    lung = stack.segment("right lung")
-    selector = slicer_modules["ActiveSliceSelector"].ActiveSliceSelectorLogic()
-    selector.markAnnotated(volume, segmentation, [lung.segment_id], slices, "axial")
-    annotation = np.zeros_like(stack.segment_mask(lung))
-    annotation[slices] = stack.segment_mask(lung)[slices]
-    MRMLAdapter.setSegmentMaskInVolumeGrid(segmentation, lung.segment_id, volume, annotation)
-    return volume, segmentation, lung
 
 
 def test_preview_shows_the_propagation_beside_the_segmentation_and_apply_writes_it(slicer_modules, headless):
@@ -400,6 +389,10 @@ def test_long_work_runs_in_a_worker_process_with_progress_then_writes_the_scene(
     assert any("epoch 2" in message for _, _, message in progress.reports)  # the worker's progress came through
 
     propagation = slicer_modules["SpatialPropagation"].SpatialPropagationLogic()
+    for segmentId in lungs:  # what a person drew: the annotated slices only
+        mask = MRMLAdapter.segmentMaskInVolumeGrid(segmentation, segmentId, volume)
+        mask[np.setdiff1d(np.arange(mask.shape[0]), [5, 15, 25])] = False
+        MRMLAdapter.setSegmentMaskInVolumeGrid(segmentation, segmentId, volume, mask)
     before = {i: MRMLAdapter.segmentMaskInVolumeGrid(segmentation, i, volume) for i in lungs}
     job = propagation.propagationJob(volume, segmentation, lungs, method="sdf", sliceAxis="axial").start()
     assert all((MRMLAdapter.segmentMaskInVolumeGrid(segmentation, i, volume) == before[i]).all() for i in lungs)
@@ -438,12 +431,6 @@ def test_a_cancelled_job_stops_writes_nothing_and_a_failed_one_says_why(slicer_m
     assert MRMLAdapter.recordedPropagatedSlices(segmentation, lungs, 0) == []
 
 
-def tiny_preset(features):
-    from spatial_al.models import preset_config
-
-    return preset_config("unet-small", features=features)
-
-
 def test_propagation_and_its_undo_are_steps_of_the_segment_editors_history(slicer_modules, headless, monkeypatch):
     from SpatialALSlicerLib import MRMLAdapter
 
@@ -473,50 +460,6 @@ def test_propagation_and_its_undo_are_steps_of_the_segment_editors_history(slice
     with pytest.raises(MRMLAdapter.MRMLInputError, match="Nothing to undo"):
         logic.undo(segmentation, volume)
     assert len(editor.states) == 2  # nothing recorded for an undo that did nothing
-
-
-class Button:
-    def __init__(self):
-        self.text, self.enabled, self.toolTip = "", True, ""
-
-
-def propagation_panel(module, volume, segmentation, monkeypatch):
-    """The Spatial Propagation panel on fake widgets (no Qt here), its parameters in a namespace."""
-    import types
-
-    import slicer_standin
-
-    monkeypatch.setitem(sys.modules, "qt", slicer_standin.qt_module())
-    panel = module.SpatialPropagationWidget()
-    panel.logic = module.SpatialPropagationLogic()
-    names = ("propagateButton", "previewButton", "applyButton", "undoButton")
-    panel.ui = types.SimpleNamespace(
-        **{name: Button() for name in names},
-        progressBar=types.SimpleNamespace(setMaximum=lambda n: None, setValue=lambda n: None, setFormat=lambda f: None),
-        resultLabel=types.SimpleNamespace(text=""),
-        modelPathLineEdit=types.SimpleNamespace(currentPath="", enabled=False),
-        methodComboBox=types.SimpleNamespace(currentText="sdf", setCurrentText=lambda text: None),
-        segmentsTableView=types.SimpleNamespace(selectedSegmentIDs=lambda: []),
-    )
-    panel.initializeWork()
-    panel._parameterNode = types.SimpleNamespace(
-        inputVolume=volume,
-        segmentation=segmentation,
-        method="sdf",
-        modelPath="",
-        annotatedSlices="",
-        sliceAxis="axial",
-        mostConfident=0,
-        autoUpdate=False,
-    )
-    return panel
-
-
-def run_panel_job(panel):
-    """Fire the panel's poll timer until its background job has ended."""
-    while panel._job is not None:
-        panel._jobTimer.fire()
-        time.sleep(0.05)
 
 
 def test_the_panel_runs_slow_work_in_the_background_with_cancel_and_errors_shown(slicer_modules, headless, monkeypatch):
@@ -554,48 +497,14 @@ def test_the_panel_runs_slow_work_in_the_background_with_cancel_and_errors_shown
 
 
 def test_the_selector_panel_follows_a_reloaded_scene_and_keeps_its_table_view(slicer_modules, headless, monkeypatch):
-    import types
-
-    import slicer_standin
-
-    monkeypatch.setitem(sys.modules, "qt", slicer_standin.qt_module())
     volume, segmentation, _ = chest_ct_nodes(headless.scene)
-    module = slicer_modules["ActiveSliceSelector"]
-    panel = module.ActiveSliceSelectorWidget()
-    panel.logic = module.ActiveSliceSelectorLogic()
-
-    class TableView:
-        def __init__(self):
-            self.node, self.resets = None, 0
-
-        def mrmlTableNode(self):
-            return self.node
-
-        def setMRMLTableNode(self, node):
-            self.node, self.resets = node, self.resets + 1
-
-    class ComboBox:  # Qt's property names
-        def __init__(self):
-            self.currentText = "random"
-
-        def setCurrentText(self, text):
-            self.currentText = text
-
-    names = ("rankButton", "nextButton", "previousButton", "markAnnotatedButton", "updateModelButton", "predictButton")
-    panel.ui = types.SimpleNamespace(
-        **{name: Button() for name in (*names, "rankVolumesButton")},
-        queriedSlicesTableView=TableView(),
-        volumeRankingTableView=TableView(),
-        strategyComboBox=ComboBox(),
-        modelPathLineEdit=types.SimpleNamespace(currentPath=""),
-    )
-    panel.initializeWork()
     table = headless.scene.AddNewNodeByClass("vtkMRMLTableNode")
     scans = headless.scene.AddNewNodeByClass("vtkMRMLTableNode")
-    panel._parameterNode = types.SimpleNamespace(
+    parameters = ParameterNode(
         inputVolume=volume, segmentation=segmentation, queriedSlices=table, modelPath="", strategy="entropy",
         volumeRanking=scans,
     )  # fmt: skip
+    panel = selector_panel(slicer_modules["ActiveSliceSelector"], parameters, monkeypatch)
     panel.updateGUIFromParameterNode()
     assert panel.ui.strategyComboBox.currentText == "entropy"  # the parameter node's choice, e.g. after a reload
     for _ in range(3):  # every parameter change calls this; the table view keeps its node (and its selection)

@@ -250,13 +250,13 @@ def test_write_pseudo_labels_never_loses_what_a_person_drew(headless):
     MRMLAdapter.setSegmentMaskInVolumeGrid(segmentationNode, segmentId, volumeNode, drawn)
     MRMLAdapter.recordAnnotatedSlices(segmentationNode, [segmentId], annotated, 0)
 
-    kept = MRMLAdapter.writePseudoLabels(
+    kept, reported = MRMLAdapter.writePseudoLabels(
         segmentationNode, volumeNode, {segmentId: pseudo}, annotated, propagated, confidence, 0, "sdf"
     )
 
     after = MRMLAdapter.segmentMaskInVolumeGrid(segmentationNode, segmentId, volumeNode)
     written = [s for s in propagated if s != stroke_slice]
-    assert kept == {segmentId: (stroke_slice,)}
+    assert kept == {segmentId: (stroke_slice,)} and reported == written
     for index in (*annotated, stroke_slice):
         assert np.array_equal(after[index], drawn[index]), f"slice {index}"
     for index in written:
@@ -272,7 +272,7 @@ def test_write_pseudo_labels_never_loses_what_a_person_drew(headless):
     second_pseudo = random_mask(SHAPE_KJI, seed=10, fraction=0.4)
     assert all(not np.array_equal(second_pseudo[s], pseudo[s]) for s in written)
 
-    kept_again = MRMLAdapter.writePseudoLabels(
+    kept_again, _ = MRMLAdapter.writePseudoLabels(
         segmentationNode, volumeNode, {segmentId: second_pseudo}, annotated, propagated, confidence, 0, "sdf"
     )
 

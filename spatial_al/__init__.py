@@ -12,12 +12,33 @@ Console API::
     spatial_al.rank_volumes([ct1, ct2, ct3], "proxy_variance", k=1).top(1)   # which scan to annotate first
 """
 
-from .propagation import PROPAGATORS, PropagationResult, propagate
-from .selection import STRATEGIES, RankingResult, rank
-from .selection.volumes import VolumeRanking, rank_volumes
-from .volume import Geometry, Segment, SliceStack, SliceStatus
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .propagation import PROPAGATORS, PropagationResult, propagate
+    from .selection import STRATEGIES, RankingResult, rank
+    from .selection.volumes import VolumeRanking, rank_volumes
+    from .volume import Geometry, Segment, SliceStack, SliceStatus
 
 __version__ = "0.1.0"
+
+# Name -> submodule. Loaded on first use (PEP 562), so that ``import spatial_al.volume`` needs numpy only: Slicer
+# imports the modules' Logic, and runs their self-tests, before torch and scipy are installed.
+_EXPORTS = {
+    "PROPAGATORS": "propagation",
+    "PropagationResult": "propagation",
+    "propagate": "propagation",
+    "STRATEGIES": "selection",
+    "RankingResult": "selection",
+    "rank": "selection",
+    "VolumeRanking": "selection.volumes",
+    "rank_volumes": "selection.volumes",
+    "Geometry": "volume",
+    "Segment": "volume",
+    "SliceStack": "volume",
+    "SliceStatus": "volume",
+}
 
 __all__ = [
     "PROPAGATORS",
@@ -34,3 +55,9 @@ __all__ = [
     "rank",
     "rank_volumes",
 ]
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'spatial_al' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

@@ -21,8 +21,9 @@ slice holding content nobody propagated (a person's strokes), nor a propagated s
 
 from __future__ import annotations
 
+import warnings
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,6 +40,34 @@ RECORD_TAGS = (TAG_SLICE_AXIS, TAG_ANNOTATED, TAG_PROPAGATED, TAG_METHOD, TAG_CO
 def slice_checksum(mask: np.ndarray) -> str:
     """CRC-32 (8 hex digits) of a 2D boolean mask's bits."""
     return f"{zlib.crc32(np.packbits(np.asarray(mask, dtype=bool))):08x}"
+
+
+def slice_checksums(mask: np.ndarray, slice_axis: int) -> tuple[str, ...]:
+    """One :func:`slice_checksum` per slice of a 3D boolean ``mask`` along ``slice_axis``."""
+    return tuple(slice_checksum(np.take(mask, index, axis=slice_axis)) for index in range(mask.shape[slice_axis]))
+
+
+class SliceRecordError(ValueError):
+    """A segment's slice record cannot be used as it is; the message names the segment, the tag and the fix."""
+
+
+def _slice_index(text: str) -> int:
+    if not text.isdigit():
+        raise ValueError(text)
+    return int(text)
+
+
+def _confidence(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:  # NaN fails too
+        raise ValueError(text)
+    return value
+
+
+def _checksum(text: str) -> str:
+    if len(text) != 8 or any(c not in "0123456789abcdef" for c in text.lower()):
+        raise ValueError(text)
+    return text.lower()
 
 
 def _join(values) -> str:
@@ -71,7 +100,7 @@ class SliceRecord:
 
     def __post_init__(self):
         if not len(self.propagated) == len(self.confidence) == len(self.checksums):
-            raise ValueError("A slice record needs one confidence and one checksum per propagated slice.")
+            raise SliceRecordError("A slice record needs one confidence and one checksum per propagated slice.")
 
     def to_tags(self) -> dict[str, str]:
         return {
@@ -84,18 +113,68 @@ class SliceRecord:
         }
 
     @classmethod
-    def from_tags(cls, tags: Mapping[str, str]) -> SliceRecord | None:
-        """The record stored in a segment's tags, or None when the segment has none."""
-        if TAG_ANNOTATED not in tags:
+    def from_tags(cls, tags: Mapping[str, str], segment: str = "") -> SliceRecord | None:
+        """The record stored in a segment's tags, or None when the segment has none.
+
+        Raises:
+            SliceRecordError: a tag that cannot be read (a slice that is not a whole number, an axis other than 0, 1
+                or 2, a confidence outside [0, 1], a checksum that is not 8 hex digits, lists of different lengths,
+                a slice both annotated and propagated); the message names ``segment``, the tag and its value.
+        """
+        if not any(tag in tags for tag in RECORD_TAGS):
             return None
+
+        def damaged(tag: str, expected: str) -> SliceRecordError:
+            return SliceRecordError(
+                f"Segment {segment!r}: its slice record's tag {tag} is {tags.get(tag, '(missing)')!r}, where "
+                f"{expected} is expected. Correct the tag or remove the record (Slicer's Segmentations module shows "
+                "segment tags), then mark the annotated slices again."
+            )
+
+        def values(tag: str, parse, expected: str) -> tuple:
+            try:
+                return tuple(parse(item.strip()) for item in _split(tags.get(tag, "")))
+            except ValueError:
+                raise damaged(tag, expected) from None
+
+        axis = tags.get(TAG_SLICE_AXIS, "0").strip()  # absent: axis 0, as records without the tag were read
+        if axis not in ("0", "1", "2"):
+            raise damaged(TAG_SLICE_AXIS, "the array axis the slices run along: 0, 1 or 2")
+        if TAG_ANNOTATED not in tags:
+            raise damaged(TAG_ANNOTATED, "the annotated slices, comma-separated (empty when none is)")
+        slice_list = "whole slice numbers from 0, comma-separated (as 2,9,17)"
+        annotated = values(TAG_ANNOTATED, _slice_index, slice_list)
+        propagated = values(TAG_PROPAGATED, _slice_index, slice_list)
+        confidence = values(TAG_CONFIDENCE, _confidence, "one confidence from 0 to 1 per propagated slice")
+        checksums = values(TAG_CHECKSUMS, _checksum, "one 8-digit hexadecimal checksum per propagated slice")
+        if len(confidence) != len(propagated):
+            raise damaged(TAG_CONFIDENCE, f"one confidence per propagated slice ({len(propagated)})")
+        if len(checksums) != len(propagated):
+            raise damaged(TAG_CHECKSUMS, f"one checksum per propagated slice ({len(propagated)})")
+        both = sorted(set(annotated) & set(propagated))
+        if both:
+            raise damaged(TAG_PROPAGATED, f"slices that are not annotated too (slice {both[0]} is in both)")
+        order = np.argsort(propagated, kind="stable")
         return cls(
-            slice_axis=int(tags.get(TAG_SLICE_AXIS, "0")),
-            annotated=tuple(int(v) for v in _split(tags[TAG_ANNOTATED])),
-            propagated=tuple(int(v) for v in _split(tags.get(TAG_PROPAGATED, ""))),
-            confidence=tuple(float(v) for v in _split(tags.get(TAG_CONFIDENCE, ""))),
-            checksums=tuple(_split(tags.get(TAG_CHECKSUMS, ""))),
+            slice_axis=int(axis),
+            annotated=tuple(sorted(set(annotated))),
+            propagated=tuple(propagated[i] for i in order),
+            confidence=tuple(confidence[i] for i in order),
+            checksums=tuple(checksums[i] for i in order),
             method=tags.get(TAG_METHOD, ""),
         )
+
+    def check_range(self, n_slices: int, segment: str = "") -> None:
+        """Raise :class:`SliceRecordError` when a recorded slice lies beyond the ``n_slices`` of the record's axis
+        (a record written for another volume)."""
+        for tag, slices in ((TAG_ANNOTATED, self.annotated), (TAG_PROPAGATED, self.propagated)):
+            beyond = [index for index in slices if index >= n_slices]
+            if beyond:
+                raise SliceRecordError(
+                    f"Segment {segment!r}: its slice record lists slice {beyond[0]} in {tag}, but the volume has "
+                    f"{n_slices} slices along axis {self.slice_axis}: the record was written for another volume. "
+                    "Correct the tag or remove the record, or name the annotated slices yourself (--annotated)."
+                )
 
     def with_annotated(self, slices) -> SliceRecord:
         """This record with ``slices`` added to the annotated ones (and no longer counted as propagated)."""
@@ -120,20 +199,49 @@ class SliceRecord:
 
 
 def recorded_slices(
-    segment_tags: Iterable[Mapping[str, str]], slice_axis: int, which: str = "annotated"
+    segment_tags: Mapping[str, Mapping[str, str]],
+    slice_axis: int,
+    which: str = "annotated",
+    n_slices: int | None = None,
 ) -> list[int] | None:
-    """Union of the ``which`` ("annotated" or "propagated") slices that segments (given by their tags) record
-    along ``slice_axis``; None when no segment records any along that axis."""
-    records = [SliceRecord.from_tags(tags) for tags in segment_tags]
-    found = [record for record in records if record is not None and record.slice_axis == slice_axis]
+    """Union of the ``which`` ("annotated" or "propagated") slices that segments record along ``slice_axis``; None
+    when no segment records any along that axis. A record along another axis says nothing about these slices: it is
+    ignored, with a warning naming the segment.
+
+    Args:
+        segment_tags: segment name -> its tags.
+        slice_axis: the array axis the slices are counted along.
+        which: "annotated" or "propagated".
+        n_slices: the volume's slices along ``slice_axis``, to refuse a record that lists slices beyond them.
+
+    Raises:
+        SliceRecordError: a record that cannot be read, or lists slices beyond ``n_slices``.
+    """
+    found = []
+    for segment, tags in segment_tags.items():
+        record = SliceRecord.from_tags(tags, segment)
+        if record is None:
+            continue
+        if record.slice_axis != slice_axis:
+            warnings.warn(
+                f"Segment {segment!r} records its slices along axis {record.slice_axis}, and slices are counted "
+                f"along axis {slice_axis} here: its record is ignored.",
+                stacklevel=2,
+            )
+            continue
+        if n_slices is not None:
+            record.check_range(n_slices, segment)
+        found.append(record)
     if not found:
         return None
     return sorted(set().union(*(getattr(record, which) for record in found)))
 
 
-def recorded_annotated_slices(segment_tags: Iterable[Mapping[str, str]], slice_axis: int) -> list[int] | None:
-    """Union of the annotated slices that segments record along ``slice_axis`` (None: no record)."""
-    return recorded_slices(segment_tags, slice_axis, "annotated")
+def recorded_annotated_slices(
+    segment_tags: Mapping[str, Mapping[str, str]], slice_axis: int, n_slices: int | None = None
+) -> list[int] | None:
+    """Union of the annotated slices that segments (name -> tags) record along ``slice_axis`` (None: no record)."""
+    return recorded_slices(segment_tags, slice_axis, "annotated", n_slices)
 
 
 @dataclass
@@ -143,12 +251,15 @@ class MergedSegment:
     Attributes:
         mask: the segment after merging, bool, same shape and axis order as the inputs.
         record: the updated slice record (store it with ``record.to_tags()``).
-        kept_edited: slices left as they were because a person drew there (not annotated, not our pseudo-label).
+        kept_edited: slices left as they were because a person drew there (not annotated, not our pseudo-label) or
+            changed them after the propagation read the segment.
+        written: slices that received pseudo-labels.
     """
 
     mask: np.ndarray
     record: SliceRecord
     kept_edited: tuple[int, ...]
+    written: tuple[int, ...]
 
 
 def merge_pseudo_labels(
@@ -160,12 +271,15 @@ def merge_pseudo_labels(
     previous_tags: Mapping[str, str],
     slice_axis: int,
     method: str,
+    as_read: Sequence[str] | None = None,
 ) -> MergedSegment:
     """Write one segment's pseudo-labels where nothing of a person's would be lost.
 
     A propagated slice is written when it is empty in ``current`` or still holds the pseudo-label recorded in the
-    segment's tags; annotated slices and every other slice with content (a person's strokes, or an edited
-    pseudo-label) are left untouched and listed in ``kept_edited``.
+    segment's tags; annotated slices (those given and those the segment's record holds now) and every other slice
+    with content (a person's strokes, or an edited pseudo-label) are left untouched, the latter listed in
+    ``kept_edited``. With ``as_read``, a slice whose content changed since the propagation read the segment (a stroke,
+    or an erasure, made while it ran) is left untouched and listed too.
 
     Args:
         current: the segment now, bool (K, J, I) (any 3D order ``slice_axis`` refers to).
@@ -176,6 +290,8 @@ def merge_pseudo_labels(
         previous_tags: the segment's tags before this propagation (its record, if any, is read from them).
         slice_axis: the slice axis.
         method: propagation method stored in the record.
+        as_read: one :func:`slice_checksum` per slice of the segment as the propagation read it (see
+            :func:`slice_checksums`); None when it was read just now.
     """
     current_first = np.moveaxis(np.asarray(current, dtype=bool), slice_axis, 0)
     pseudo_first = np.moveaxis(np.asarray(pseudo, dtype=bool), slice_axis, 0)
@@ -183,13 +299,15 @@ def merge_pseudo_labels(
     if previous is not None and previous.slice_axis != slice_axis:
         previous = None  # a record along another axis says nothing about these slices
     ours = previous.unedited_propagated_slices(current_first) if previous is not None else set()
-    annotated_set = {int(a) for a in annotated}
+    annotated_set = {int(a) for a in annotated} | set(previous.annotated if previous is not None else ())
     merged = current_first.copy()
     written, kept = [], []
     for index in (int(p) for p in propagated):
         if index in annotated_set:
             continue
-        if index in ours or not current_first[index].any():
+        if as_read is not None and slice_checksum(current_first[index]) != as_read[index]:
+            kept.append(index)
+        elif index in ours or not current_first[index].any():
             merged[index] = pseudo_first[index]
             written.append(index)
         else:
@@ -208,4 +326,4 @@ def merge_pseudo_labels(
         checksums=tuple(slice_checksum(merged[i]) for i in all_propagated),
         method=method,
     )
-    return MergedSegment(np.moveaxis(merged, 0, slice_axis), record, tuple(kept))
+    return MergedSegment(np.moveaxis(merged, 0, slice_axis), record, tuple(kept), tuple(written))

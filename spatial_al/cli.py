@@ -11,6 +11,7 @@ import argparse
 import ast
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -23,6 +24,7 @@ from .io import file_suffix, load_stack, read_segmentation, write_segmentation
 from .io.segmentation import Segmentation, place_on_grid
 from .progress import OperationCancelled, TqdmProgress
 from .provenance import Timer, run_record, write_json
+from .threads import choose_threads, use_threads, wait_passively
 from .volume import GeometryMismatchError, parse_slice_list
 
 AXIS_CHOICES = ["0", "1", "2", "axial", "coronal", "sagittal"]
@@ -128,7 +130,10 @@ def resolve_annotated(args: argparse.Namespace, segmentation: Segmentation | Non
             return parse_slice_list(args.annotated)
         except ValueError as error:
             raise CommandLineError(f"--annotated: {error}") from None
-    recorded = recorded_annotated_slices([s.tags for s in segmentation.segments], axis) if segmentation else None
+    recorded = None
+    if segmentation is not None:
+        named_tags = {segment.name: segment.tags for segment in segmentation.segments}
+        recorded = recorded_annotated_slices(named_tags, axis, segmentation.label_layers.shape[1 + axis])
     if recorded is not None:
         print(f"Annotated slices recorded in the segmentation: {recorded}", file=sys.stderr)
         return recorded
@@ -222,7 +227,8 @@ def command_rank(args: argparse.Namespace) -> None:
     if segmentation is not None:
         names = [name.strip() for name in args.segments.split(",")] if args.segments else None
         segments = select_segments(stack.segments, names) if stack.segments else ()
-        pseudo_labeled = recorded_slices([s.tags for s in segments], stack.slice_axis, "propagated") or []
+        named_tags = {segment.name: segment.tags for segment in segments}
+        pseudo_labeled = recorded_slices(named_tags, stack.slice_axis, "propagated", stack.n_slices) or []
     options = parse_options(args.option)
     with timer("rank"), TqdmProgress("ranking", disable=args.quiet) as bar:
         ranking = rank(
@@ -370,7 +376,9 @@ def command_train(args: argparse.Namespace) -> None:
     segmentation = Segmentation(stack.label_layers, stack.segments, stack.geometry)
     annotated = resolve_annotated(args, segmentation, stack.slice_axis)
     pseudo_slices = (
-        recorded_slices([s.tags for s in pseudo.segments], stack.slice_axis, "propagated") if pseudo else None
+        recorded_slices({s.name: s.tags for s in pseudo.segments}, stack.slice_axis, "propagated", stack.n_slices)
+        if pseudo
+        else None
     )
     base = (
         TrainingConfig() if args.resume is None else (read_checkpoint(args.resume).training_config or TrainingConfig())
@@ -461,11 +469,16 @@ def command_benchmark(args: argparse.Namespace) -> None:
             rows = measure_throughput(names, device, args.size, args.batch_size, args.batches, progress=bar)
             title = f"Throughput on {device} ({args.size}x{args.size} slices, batch {args.batch_size}):"
         elif args.name == "training":
-            from .benchmarks.training import format_table, measure_training
+            from .benchmarks.training import format_table, measure_training, measure_training_under_load
 
             options = parse_options(args.option) | ({"max_epochs": args.max_epochs} if args.max_epochs else {})
-            rows = measure_training(names, device, args.interval, options, progress=bar)
-            title = f"Training on {device}, the chest CT with 1 slice in {args.interval} annotated, defaults:"
+            measure = measure_training_under_load if args.under_load else measure_training
+            rows = measure(names, device, args.interval, options, progress=bar)
+            loaded = " (idle, then with one core kept busy by another process)" if args.under_load else ""
+            title = (
+                f"Training on {device} with {args.threads} threads, the chest CT with 1 slice in {args.interval} "
+                f"annotated, defaults{loaded}:"
+            )
         elif args.name == "propagation":
             from .benchmarks.propagation import format_table, measure_propagation, speedups
 
@@ -482,7 +495,7 @@ def command_benchmark(args: argparse.Namespace) -> None:
                 precision=args.precision, options=strategy_options(args.option),
             )  # fmt: skip
             title = f"Ranking latency on {device} ({args.slices}x{args.size}x{args.size}, budget {args.budget}):"
-    configuration = {**vars(args), "device": str(device), "torch_threads": torch_threads()}
+    configuration = {**vars(args), "device": str(device)}
     configuration.pop("handler")
     write_json(output, run_record(f"spatial-al benchmark {args.name}", configuration, {"rows": rows}, timer))
     print(title)
@@ -500,12 +513,6 @@ def add_precision_argument(parser: argparse.ArgumentParser) -> None:
         help="the networks' inference precision: auto (bf16 on CUDA GPUs that support it, fp32 elsewhere); bf16 also "
         "speeds up a CPU with native bfloat16 (AVX512-BF16, AMX)",
     )
-
-
-def torch_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
 
 
 def command_demo(args: argparse.Namespace) -> None:
@@ -609,6 +616,7 @@ def add_volume_arguments(parser: argparse.ArgumentParser) -> None:
         help="an option of the strategy, method or training (repeatable), e.g. --option interval=10",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar or table")
+    add_threads_argument(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -625,6 +633,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", default="demo-output", help="output folder (default: demo-output)")
     demo.add_argument("--no-scene", action="store_true", help="do not write the Slicer scene")
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_threads_argument(demo)
     demo.set_defaults(handler=command_demo)
 
     rank = commands.add_parser("rank", help="rank the slices to annotate next; writes rank,slice,score CSV")
@@ -730,6 +739,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=positive_int, default=8, help="slices per forward pass (default 8)")
     predict.add_argument("--channel", type=int, default=None, help="channel of a 4D (multi-modal) image")
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_threads_argument(predict)
     predict.set_defaults(handler=command_predict)
 
     benchmark = commands.add_parser("benchmark", help="speed figures: prints a table, writes JSON")
@@ -759,6 +769,11 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument(
         "--option", action="append", default=[], metavar="KEY=VALUE", help="a training option (repeatable)"
     )
+    training.add_argument(
+        "--under-load",
+        action="store_true",
+        help="measure again while another process keeps one core busy, and print the slowdown",
+    )
     propagation = kinds.add_parser("propagation", help="time and Dice of propagation methods against contour")
     propagation.add_argument("--methods", dest="names", help="comma-separated methods (default: every method)")
     propagation.add_argument(
@@ -779,6 +794,7 @@ def build_parser() -> argparse.ArgumentParser:
         measurement.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
         measurement.add_argument("--output", help="JSON file to write (default benchmark-NAME.json)")
         measurement.add_argument("--quiet", action="store_true", help="no progress bar")
+        add_threads_argument(measurement)
         measurement.set_defaults(handler=command_benchmark)
 
     experiment = commands.add_parser("experiment", help="the papers' active-learning studies, headless")
@@ -799,7 +815,11 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--resume", action="store_true", help="continue the study in --output (finished runs are kept)")
     study.add_argument("--ray", metavar="auto|ADDRESS", help="one Ray task per run: 'auto' or a cluster address")
     study.add_argument("--cache", help="folder of preprocessed cohorts (default OUTPUT/cache)")
-    study.add_argument("--threads", type=int, help="torch CPU threads per run (default: torch's; 1 per Ray task)")
+    study.add_argument(
+        "--threads",
+        type=positive_int,
+        help="torch CPU threads per run (default: the cores this process may use; 1 per Ray task)",
+    )
     study.add_argument("--quiet", action="store_true", help="no progress bars")
     rebuild = actions.add_parser("report", help="rebuild a study's tables and curves from its run folders")
     rebuild.add_argument("study", help="study folder")
@@ -813,6 +833,19 @@ def build_parser() -> argparse.ArgumentParser:
     methods = commands.add_parser("methods", help="list the propagation methods")
     methods.set_defaults(handler=command_methods)
     return parser
+
+
+# Commands that compute with torch on the CPU: they take --threads (default: the cores this process may use).
+THREADED_COMMANDS = ("demo", "rank", "rank-volumes", "propagate", "train", "predict", "benchmark")
+
+
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        help="CPU threads torch computes with (default: the cores this process may use, from its CPU affinity and "
+        "cgroup quota; on a machine shared with other work, fewer threads are often faster)",
+    )
 
 
 # Options whose value may start with "-" (a negative index): argparse would read "-1,6" as an option.
@@ -831,10 +864,21 @@ def joined_dash_values(argv: Sequence[str]) -> list[str]:
     return joined
 
 
+def command_line_warning(message, category, filename, lineno, line=None) -> str:
+    """A warning as the command line says it: one line, without the source location."""
+    return f"spatial-al: warning: {message}\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(joined_dash_values(sys.argv[1:] if argv is None else argv))
+    wait_passively()  # before anything loads torch
+    warnings.formatwarning = command_line_warning
     try:
+        if getattr(args, "threads", None) is not None or args.command in THREADED_COMMANDS:
+            args.threads = choose_threads(args.threads)
+            if args.command != "experiment":  # a study sets each run's threads (one per Ray task)
+                use_threads(args.threads)
         args.handler(args)
     except OperationCancelled as error:
         print(f"spatial-al: {error}", file=sys.stderr)

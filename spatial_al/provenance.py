@@ -43,12 +43,37 @@ def package_versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, str | No
     return versions
 
 
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")  # vector extensions torch's CPU kernels use
+
+
+def cpu_description(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
+    """The CPU's model name and which of :data:`SPEED_FLAGS` it has ("AMD EPYC (avx2)"), from ``cpuinfo``: speed
+    figures of two machines of the same name can differ 4x when one lacks AVX-512. None where it cannot be read."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return None
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    present = ", ".join(flag for flag in SPEED_FLAGS if flag in flags) or "none of " + "/".join(SPEED_FLAGS)
+    return f"{fields.get('model name', platform.processor() or '?')} ({present})"
+
+
 def environment() -> dict[str, Any]:
+    """Python, platform, CPU, package versions, and the CPU threads torch computes with (None when this process has not
+    imported torch) beside the cores the process may use."""
+    from .threads import usable_cores
+
+    torch = sys.modules.get("torch")
     return {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "machine": platform.machine(),
+        "cpu": cpu_description(),
         "versions": package_versions(),
+        "torch_threads": torch.get_num_threads() if torch is not None else None,
+        "usable_cores": usable_cores(),
     }
 
 

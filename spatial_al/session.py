@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .annotation_record import merge_pseudo_labels
-from .io.segmentation import Segmentation
+from .annotation_record import merge_pseudo_labels, slice_checksums
+from .io.segmentation import Segmentation, smallest_label_dtype
 from .progress import ProgressReporter
-from .propagation import PropagationResult, propagate
 from .volume import Segment, normalize_slice_indices
+
+if TYPE_CHECKING:  # imported where propagation runs: assembling layers must not need scipy or torch
+    from .propagation import PropagationResult
 
 
 @dataclass
@@ -65,7 +68,7 @@ def assemble_layers(segments: Sequence[Segment], masks: Sequence[np.ndarray]) ->
     placed: list[Segment] = []
     # a moved segment may take the next free value of its layer: leave room for one more value per segment
     largest = max((s.label_value for s in segments), default=1) + len(segments)
-    dtype = np.uint8 if largest <= 255 else np.uint16 if largest <= 65535 else np.uint32
+    dtype = smallest_label_dtype(largest)
     for segment, mask in zip(segments, masks, strict=True):
         preferred = [segment.layer] + [i for i in range(len(layers)) if i != segment.layer]
         for layer_index in preferred:
@@ -87,6 +90,16 @@ def assemble_layers(segments: Sequence[Segment], masks: Sequence[np.ndarray]) ->
     renumber = {old: new for new, old in enumerate(used_layers)}
     stacked = np.stack([layers[i] for i in used_layers]) if layers else np.zeros((1, *shape), dtype=dtype)
     return stacked, tuple(replace(s, layer=renumber[s.layer]) for s in placed)
+
+
+def slice_checksums_by_segment(segmentation: Segmentation, axis: int) -> dict[str, tuple[str, ...]]:
+    """Segment identifier -> one checksum per slice along ``axis`` of its mask (see
+    :func:`~spatial_al.annotation_record.slice_checksums`): what a propagation read, to tell at write time which
+    slices a person changed meanwhile."""
+    return {
+        segment.identifier: slice_checksums(segmentation.label_layers[segment.layer] == segment.label_value, axis)
+        for segment in segmentation.segments
+    }
 
 
 def annotation_only(
@@ -136,6 +149,8 @@ def propagate_layers(
     ``options`` are those of :func:`spatial_al.propagation.propagate` (model, device, most_confident, ...) and of
     the method; the segments are the segmentation's.
     """
+    from .propagation import propagate
+
     result = propagate(
         segmentation.label_layers,
         annotated,

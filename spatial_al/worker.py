@@ -5,9 +5,11 @@ their models).
 ``python -m spatial_al.worker FOLDER`` reads ``FOLDER/job.pkl``, a (job name, keyword arguments) pair, runs the job
 of :data:`JOBS` with a :class:`LineProgress`, and writes its result to ``FOLDER/result.pkl`` atomically. Its
 stdout carries one JSON object per line: ``{"progress": [done, total, message]}`` while it works, then
-``{"finished": true}``, ``{"cancelled": true}`` or ``{"failed": message}``. SIGTERM (or SIGINT) asks it to stop at
-the next step of the backend's cancel protocol: nothing is written then, and checkpoints written before stay whole.
-The same jobs run in the calling process with :func:`run_job` (the Python console, tests).
+``{"finished": true}``, ``{"cancelled": true}`` or ``{"failed": message}``. A file ``FOLDER/cancel`` (any platform,
+and whatever launcher started the worker), SIGTERM or SIGINT asks it to stop at the next step of the backend's cancel
+protocol: nothing is written then, and checkpoints written before stay whole. It writes its own process ID to
+``FOLDER/worker.pid`` first, so that whoever started it through a launcher (Slicer's PythonSlicer) can tell when it
+has ended and stop it. The same jobs run in the calling process with :func:`run_job` (the Python console, tests).
 
 Pickle carries arrays and the backend's dataclasses between two processes of the same installation; it is never
 used for files a user gives.
@@ -16,6 +18,7 @@ used for files a user gives.
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import signal
 import sys
@@ -24,24 +27,31 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from .files import atomic_path
+from .files import atomic_path, write_text_atomic
 from .progress import OperationCancelled, ProgressReporter
+from .threads import THREADS_VARIABLE, choose_threads, use_threads
 
 JOB_FILE = "job.pkl"
 RESULT_FILE = "result.pkl"
+CANCEL_FILE = "cancel"
+PID_FILE = "worker.pid"
 
 
 class LineProgress:
-    """Progress as JSON lines on a stream; cancels once :meth:`request_cancel` was called (the SIGTERM handler)."""
+    """Progress as JSON lines on a stream; cancels once :meth:`request_cancel` was called (the SIGTERM handler) or
+    ``cancel_file`` exists."""
 
-    def __init__(self, stream: TextIO | None = None):
+    def __init__(self, stream: TextIO | None = None, cancel_file: Path | None = None):
         self.stream = stream or sys.stdout
+        self.cancel_file = cancel_file
         self.cancel_requested = False
 
     def progress(self, done: int, total: int, message: str = "") -> None:
         print(json.dumps({"progress": [int(done), int(total), str(message)]}), file=self.stream, flush=True)
 
     def should_cancel(self) -> bool:
+        if not self.cancel_requested and self.cancel_file is not None and self.cancel_file.exists():
+            self.cancel_requested = True
         return self.cancel_requested
 
     def request_cancel(self, *signal_arguments) -> None:
@@ -142,7 +152,10 @@ def read_result(folder: str | Path) -> Any:
 def main(argv: list[str] | None = None) -> int:
     """Run the job in the folder given as the only argument; exit status 0 finished, 130 cancelled, 1 failed."""
     (folder,) = argv if argv is not None else sys.argv[1:]
-    progress = LineProgress()
+    folder = Path(folder)
+    write_text_atomic(folder / PID_FILE, str(os.getpid()))
+    use_threads(choose_threads(os.environ.get(THREADS_VARIABLE), leave_free=1))  # one core stays with the GUI
+    progress = LineProgress(cancel_file=folder / CANCEL_FILE)
     signal.signal(signal.SIGTERM, progress.request_cancel)
     signal.signal(signal.SIGINT, progress.request_cancel)
 

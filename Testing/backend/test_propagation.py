@@ -138,12 +138,26 @@ def test_propagation_along_another_axis_is_the_same_computation(disc_stack):
     np.testing.assert_array_equal(along_last.confidence, along_first.confidence)
 
 
-def test_single_slice_volume_with_its_slice_annotated_is_returned_as_is():
+def test_a_single_slice_volume_is_refused_as_one_annotated_slice_is():
     labels = np.zeros((1, 6, 6), np.uint8)
     labels[0, 1:3, 1:4] = 5
-    result = spatial_al.propagate(labels, [0])
-    np.testing.assert_array_equal(result.labels, labels)
-    np.testing.assert_array_equal(result.confidence, [1.0])
+    with pytest.raises(ValueError, match=r"single slice along axis 0.*no slice to propagate to"):
+        spatial_al.propagate(labels, [0])
+
+
+def test_a_boolean_mask_propagates_as_label_one_and_comes_back_a_mask(disc_stack):
+    mask = disc_stack.astype(bool)
+    result = spatial_al.propagate(mask, [0, 10])
+    expected = spatial_al.propagate(disc_stack, [0, 10])
+    assert result.labels.dtype == bool
+    np.testing.assert_array_equal(result.labels, expected.labels.astype(bool))
+    np.testing.assert_array_equal(result.confidence, expected.confidence)
+
+
+@pytest.mark.parametrize("spacing", ["2,1,1", ("2", "a", "1"), {"k": 2}])
+def test_spacing_that_is_not_three_numbers_is_refused_naming_the_form(spacing):
+    with pytest.raises((TypeError, ValueError), match=r"spacing must be three positive voxel sizes in mm .*\(2\.0"):
+        spatial_al.propagate(np.ones((5, 4, 4), np.uint8), [0, 4], spacing=spacing)
 
 
 @pytest.mark.parametrize(

@@ -10,9 +10,12 @@ and the Dice of each segment on the slices not annotated.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -102,14 +105,56 @@ def measure_training(
     ]
 
 
+@contextmanager
+def competing_load(busy_cores: int = 1) -> Iterator[None]:
+    """While the block runs, ``busy_cores`` other processes each keep one CPU core busy (as Slicer rendering, or a
+    second study, would)."""
+    spinners = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"], stdin=subprocess.DEVNULL)
+        for _ in range(busy_cores)
+    ]
+    try:
+        yield
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+
+
+def measure_training_under_load(
+    presets: Sequence[str] | None = None,
+    device: torch.device | None = None,
+    interval: int = 2,
+    training_options: dict | None = None,
+    progress: ProgressReporter | None = None,
+    busy_cores: int = 1,
+) -> list[dict]:
+    """:func:`measure_training` on an idle machine, then again while ``busy_cores`` other processes keep cores busy;
+    each loaded row has ``slowdown``, its seconds per step over the idle run's."""
+    idle = measure_training(presets, device, interval, training_options, progress)
+    with competing_load(busy_cores):
+        loaded = measure_training(presets, device, interval, training_options, progress)
+    for row in idle:
+        row["load"] = "idle"
+    for row, reference in zip(loaded, idle, strict=True):
+        row["load"] = f"{busy_cores} core{'s' if busy_cores > 1 else ''} busy"
+        row["slowdown"] = round(reference["steps_per_second"] / row["steps_per_second"], 2)
+    return [row for pair in zip(idle, loaded, strict=True) for row in pair]
+
+
 def format_table(rows: Sequence[dict]) -> str:
-    """Steps, steps/s and seconds per phase per preset, then the Dice of each segment."""
+    """Steps, steps/s and seconds per phase per preset (and load, when measured under load), then the Dice of each
+    segment."""
     phases = list(rows[0]["phase_seconds"]) if rows else []
-    header = f"{'preset':15s} {'steps':>6s} {'steps/s':>8s} {'seconds':>8s} " + " ".join(f"{p:>16s}" for p in phases)
-    lines = [header]
+    header = f"{'preset':15s} {'load':>12s} {'steps':>6s} {'steps/s':>8s} {'slowdown':>9s} {'seconds':>8s} "
+    lines = [header + " ".join(f"{p:>16s}" for p in phases)]
     for r in rows:
         cells = " ".join(f"{r['phase_seconds'][p]:16.2f}" for p in phases)
-        lines.append(f"{r['preset']:15s} {r['steps']:6d} {r['steps_per_second']:8.2f} {r['seconds']:8.1f} {cells}")
+        slowdown = f"{r['slowdown']:8.2f}x" if "slowdown" in r else f"{'':9s}"
+        lines.append(
+            f"{r['preset']:15s} {r.get('load', 'idle'):>12s} {r['steps']:6d} {r['steps_per_second']:8.2f} {slowdown} "
+            f"{r['seconds']:8.1f} {cells}"
+        )
     for r in rows:
         scores = ", ".join(f"{name} {value:.3f}" for name, value in r["dice"].items())
         lines.append(f"{r['preset']} Dice on the {r['annotated_slices']}-slice-annotated CT's other slices: {scores}")

@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..files import exclusive_folder
 from ..progress import TqdmProgress
 from ..provenance import environment, write_json
+from ..threads import choose_threads
 from .cohort import Cohort, Split, build_cohort, open_source, resolve_classes, split_subjects
 from .config import ARM_STRATEGY, ConfigError, ExperimentConfig
 from .loop import REFERENCE_ARM, RunSpec, arm_model_config, initial_slices, run_folder, run_session
@@ -47,7 +49,7 @@ class StudyRequest:
         resume: continue the study in ``output``.
         ray: None (one run after another), "auto" (a running Ray cluster, else a local one) or a cluster address.
         cache: the folder of slice caches (None: ``output/cache``).
-        threads: torch CPU threads per run (None: torch's default serially, 1 per Ray task on CPUs).
+        threads: torch CPU threads per run (None: the cores this process may use serially, 1 per Ray task on CPUs).
         command: the command line, for the record.
     """
 
@@ -205,9 +207,7 @@ def prepare_study(request: StudyRequest, progress=None) -> Study:
     """
     from ..device import resolve_device
 
-    output = Path(request.output)
-    if output.exists() and not output.is_dir():
-        raise ConfigError(f"--output {str(output)!r} is a file; give a folder for the study.")
+    output = writable_study_folder(request.output)
     if (output / STUDY_FILE).is_file() and not request.resume:
         raise ConfigError(
             f"{str(output)!r} already holds a study; pass --resume to continue it, or choose another --output."
@@ -233,7 +233,7 @@ def prepare_study(request: StudyRequest, progress=None) -> Study:
     cohort = build_cohort(source, config.data, cache, progress)
     check_budget(config, cohort, split)
     names = arms + ([REFERENCE_ARM] if config.supervised_reference else [])
-    threads = request.threads if request.threads is not None else (1 if request.ray else None)
+    threads = request.threads if request.threads is not None else (1 if request.ray else choose_threads())
     provenance = {**provenance, "source": source.description, "cache": str(cohort.folder)}
     runs = [
         RunSpec(
@@ -314,7 +314,21 @@ def run_on_ray(study: Study, address: str) -> list[dict[str, Any]]:
 
 def run_study(request: StudyRequest, quiet: bool = False) -> Path:
     """Run a study end to end (or continue it with ``request.resume``) and write its report; returns the report
-    folder."""
+    folder. One study at a time writes a folder: a second one is refused, naming the first
+    (:func:`~spatial_al.files.exclusive_folder`)."""
+    with exclusive_folder(writable_study_folder(request.output)):
+        return run_locked_study(request, quiet)
+
+
+def writable_study_folder(output: str | Path) -> Path:
+    output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"--output {str(output)!r} is a file; give a folder for the study.")
+    return output
+
+
+def run_locked_study(request: StudyRequest, quiet: bool) -> Path:
+    """:func:`run_study` once this process holds the study folder."""
     from .report import write_report
 
     started = time.perf_counter()

@@ -9,6 +9,7 @@ A ``.seg.nrrd`` keeps segment names, IDs, colours, label values, layers, tags an
 from __future__ import annotations
 
 import colorsys
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from ..annotation_record import SliceRecord
 from ..files import atomic_path
 from ..volume import Geometry, GeometryMismatchError, Segment, check_label_dtype
 from .images import file_suffix, geometry_of, read_sitk_image, require_file, to_sitk_image
@@ -122,11 +124,71 @@ def read_segmentation(path: str | Path, segment_names: dict[int, str] | None = N
     return Segmentation(labels, segments, geometry_of(image))
 
 
+SEGMENT_FIELD = re.compile(r"^Segment(\d+)_(\w+)$")
+NUMERIC_SEGMENT_FIELDS = ("LabelValue", "Layer", "Color", "Extent")
+
+
+def check_segment_fields(header: dict, path: Path) -> None:
+    """Raise ValueError naming the field, its value and the fix when a ``.seg.nrrd`` header's ``SegmentN_...`` fields
+    cannot describe its voxels: a label value or layer that is not a whole number, a layer the file does not hold, a
+    colour that is not three numbers, an extent that is not six whole numbers, a segment without an ID.
+
+    Args:
+        header: the NRRD header (pynrrd's ``read_header``); a 4D file holds ``sizes[0]`` layers, a 3D file one.
+        path: the file, for the message.
+    """
+    layers = int(header["sizes"][0]) if int(header.get("dimension", 3)) == 4 else 1
+    fields: dict[int, dict[str, str]] = {}
+    for key, value in header.items():
+        match = SEGMENT_FIELD.match(key)
+        if match:
+            fields.setdefault(int(match[1]), {})[match[2]] = str(value).strip()
+
+    def damaged(index: int, field: str, expected: str) -> ValueError:
+        value = fields[index].get(field)
+        found = "missing" if value is None else f"{value!r}"
+        return ValueError(
+            f"The segmentation {str(path)!r} has a damaged header: Segment{index}_{field} is {found}, where "
+            f"{expected} is expected. Open it in Slicer and save it again, or correct that line of the header."
+        )
+
+    for index, segment in sorted(fields.items()):
+        if not segment.get("ID"):
+            raise damaged(index, "ID", "the segment's identifier")
+        numbers = {name: value.split() for name, value in segment.items() if name in NUMERIC_SEGMENT_FIELDS}
+        if "LabelValue" in numbers and not (len(numbers["LabelValue"]) == 1 and numbers["LabelValue"][0].isdigit()):
+            raise damaged(index, "LabelValue", "a whole number of at least 1")
+        if "Layer" in numbers:
+            layer = numbers["Layer"]
+            if not (len(layer) == 1 and layer[0].isdigit() and int(layer[0]) < layers):
+                raise damaged(index, "Layer", f"a layer index from 0 to {layers - 1} (the file holds {layers})")
+        if "Color" in numbers and not (len(numbers["Color"]) == 3 and all(map(_is_number, numbers["Color"]))):
+            raise damaged(index, "Color", "three numbers (red green blue, 0 to 1)")
+        if "Extent" in numbers and not (
+            len(numbers["Extent"]) == 6 and all(v.lstrip("-").isdigit() for v in numbers["Extent"])
+        ):
+            raise damaged(index, "Extent", "six whole numbers")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return np.isfinite(float(text))
+    except ValueError:
+        return False
+
+
 def _read_seg_nrrd(path: Path) -> Segmentation:
+    import nrrd
     import slicerio
 
     if path.stat().st_size == 0:
         raise ValueError(f"The segmentation {str(path)!r} is an empty file (0 bytes); write it again from Slicer.")
+    try:
+        header = nrrd.read_header(str(path))
+    except Exception as error:  # pynrrd raises several types
+        cause = str(error).strip() or type(error).__name__
+        raise ValueError(f"Could not read the segmentation {str(path)!r}: {cause}.") from None
+    check_segment_fields(header, path)
     try:
         data = slicerio.read_segmentation(str(path))
     except Exception as error:  # slicerio and pynrrd raise several types
@@ -147,6 +209,10 @@ def _read_seg_nrrd(path: Path) -> Segmentation:
         )
         for info in data.get("segments", [])
     )
+    for segment in segments:  # a damaged slice record is named now, not when a command misreads it
+        record = SliceRecord.from_tags(segment.tags, segment.name)
+        if record is not None:
+            record.check_range(label_layers.shape[1 + record.slice_axis], segment.name)
     return Segmentation(label_layers, segments, geometry)
 
 
@@ -196,8 +262,7 @@ def _write_seg_nrrd(path: Path, segmentation: Segmentation) -> Path:
                 "tags": dict(segment.tags),
             }
         )
-    dtype = np.uint8 if layers.max(initial=0) <= 255 else np.uint16
-    voxels = voxels_ijk.astype(dtype)
+    voxels = voxels_ijk.astype(smallest_label_dtype(int(layers.max(initial=0))))
     slicerio.write_segmentation(
         str(path),
         {
@@ -210,6 +275,17 @@ def _write_seg_nrrd(path: Path, segmentation: Segmentation) -> Path:
         },
     )
     return path
+
+
+def smallest_label_dtype(largest: int) -> type[np.unsignedinteger]:
+    """The smallest unsigned integer type that holds label values up to ``largest`` (uint8, uint16 or uint32)."""
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if largest <= np.iinfo(dtype).max:
+            return dtype
+    raise ValueError(
+        f"Label value {largest} does not fit a segmentation file (at most {np.iinfo(np.uint32).max}); renumber the "
+        "labels from 1."
+    )
 
 
 def place_on_grid(segmentation: Segmentation, target: Geometry) -> Segmentation:

@@ -150,9 +150,15 @@ class PropagationResult:
 
 def slice_spacing_first(spacing: Sequence[float] | None, axis: int) -> np.ndarray:
     """Array-order spacing (3,) reordered so the slice axis comes first (1 mm where unknown)."""
-    values = np.ones(3) if spacing is None else np.asarray(spacing, dtype=float)
+    expected = f"spacing must be three positive voxel sizes in mm in array order, e.g. (2.0, 0.8, 0.8); got {spacing!r}"
+    if isinstance(spacing, (str, bytes)):
+        raise TypeError(f"{expected}, a string: pass numbers, not text.")
+    try:
+        values = np.ones(3) if spacing is None else np.asarray(spacing, dtype=float)
+    except (TypeError, ValueError):
+        raise TypeError(f"{expected}.") from None
     if values.shape != (3,) or not np.all(np.isfinite(values)) or np.any(values <= 0):
-        raise ValueError(f"spacing must be three positive voxel sizes in array order, got {spacing!r}.")
+        raise ValueError(f"{expected}.")
     return np.concatenate([[values[axis]], np.delete(values, axis)])
 
 
@@ -241,6 +247,9 @@ def propagate(
     if labels.ndim not in (3, 4):
         raise ValueError(f"labels must be a 3D label map or 4D label layers, got shape {labels.shape}.")
     check_label_dtype(labels)
+    given_a_mask = labels.dtype == bool
+    if given_a_mask:  # propagated as label 1, returned as a mask
+        labels = labels.view(np.uint8)
     layers = labels if labels.ndim == 4 else labels[np.newaxis]
     axis = check_slice_axis(axis)
     if image is not None and np.shape(image) != layers.shape[1:]:
@@ -288,6 +297,8 @@ def propagate(
     for a in annotated_slices:  # slice by slice: no temporary copy of all annotated slices
         output[:, a] = slice_first[:, a]
     output = np.moveaxis(output, 1, 1 + axis)
+    if given_a_mask:
+        output = output.view(bool)
     return PropagationResult(
         output if labels.ndim == 4 else output[0], confidence, annotated_slices, propagated, axis, method
     )
@@ -309,7 +320,13 @@ def check_sources(
             f"No annotated slice: propagation starts from annotated slices, so at least one is needed (the volume "
             f"has {n_slices} slices along axis {axis}). Annotate a slice and list it in `annotated`."
         )
-    if annotated.size == 1 < n_slices and not (info.fills_everywhere or options.get("extrapolate", False)):
+    if n_slices == 1:
+        raise ValueError(
+            f"The volume has a single slice along axis {axis}, and it is the annotated one: there is no slice to "
+            "propagate to. Choose the slice axis the scan was acquired along (axis 0 is K), or check that the image "
+            "is a 3D volume and not a 2D picture."
+        )
+    if annotated.size == 1 and not (info.fills_everywhere or options.get("extrapolate", False)):
         raise ValueError(
             f"Only one annotated slice ({annotated[0]}): {method!r} fills the slices between two annotated slices "
             "and none lies between. Annotate a second slice on the other side of the structure, or use a method "
