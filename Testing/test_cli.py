@@ -677,7 +677,7 @@ def test_a_second_study_in_the_same_folder_is_refused_naming_the_first(tmp_path,
 
     with exclusive_folder(study):  # the killed writer's lock is stale: taken over
         assert json.loads((study / LOCK_FILE).read_text())["pid"] == os.getpid()
-    assert not (study / LOCK_FILE).exists()
+    assert list(study.iterdir()) == []  # released, and nothing of the lock left behind
 
 
 HOLD_FOLDER = """

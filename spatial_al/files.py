@@ -79,9 +79,11 @@ def exclusive_folder(folder: str | Path, what: str = "study") -> Iterator[Path]:
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(sys.argv),
     }
-    with atomic_path(folder / f"{LOCK_FILE}.new") as temporary:
-        temporary.write_text(json.dumps(holder))
-        for _ in range(2):
+    handle, temporary = tempfile.mkstemp(prefix=f"{LOCK_FILE}.", dir=folder)
+    try:
+        with os.fdopen(handle, "w") as file:
+            file.write(json.dumps(holder))
+        while True:  # a stale lock is removed, then taking it is tried again
             try:
                 os.link(temporary, lock)
                 break
@@ -99,6 +101,8 @@ def exclusive_folder(folder: str | Path, what: str = "study") -> Iterator[Path]:
                     f"Wait for it to end, or give another --output; if that process no longer runs (a machine that "
                     f"crashed), delete {str(lock)!r}."
                 ) from None
+    finally:
+        os.unlink(temporary)
     try:
         yield folder
     finally:
