@@ -135,6 +135,84 @@ def test_propagate_to_seg_nrrd_keeps_annotated_slices_and_segments(chest_files, 
     assert record["results"]["propagated_slices"] == [k for k in range(34) if k % 3]
 
 
+def draw_on_slice(path, output, segment_name, slice_index, erase=False):
+    """Copy a segmentation file with a 3 x 3 stroke of one segment drawn (or the segment erased) on one K slice, where
+    no other segment is, the way any editor would; returns the stroke's (j, i) slices."""
+    from spatial_al.io import read_segmentation, write_segmentation
+    from spatial_al.io.segmentation import Segmentation
+
+    segmentation = read_segmentation(path)
+    segment = next(s for s in segmentation.segments if s.name == segment_name)
+    layers = segmentation.label_layers.copy()
+    layer = layers[segment.layer, slice_index]
+    if erase:
+        layer[layer == segment.label_value] = 0
+        stroke = None
+    else:
+        free = np.argwhere((layers[:, slice_index] == 0).all(axis=0))[len(layer) // 2 :]
+        j, i = next((j, i) for j, i in free if (layers[:, slice_index, j : j + 3, i : i + 3] == 0).all())
+        stroke = (slice(j, j + 3), slice(i, i + 3))
+        layer[stroke] = segment.label_value
+    write_segmentation(output, Segmentation(layers, segmentation.segments, segmentation.geometry))
+    return stroke
+
+
+def segment_voxels(path, name):
+    """(K, J, I) bool voxels of one segment of a .seg.nrrd, read with slicerio (an independent reader), and its tags."""
+    read = slicerio.read_segmentation(str(path))
+    segment = next(s for s in read["segments"] if s["name"] == name)
+    voxels = read["voxels"] if read["voxels"].ndim == 3 else read["voxels"][..., segment["layer"]]
+    return np.transpose(voxels == segment["labelValue"], (2, 1, 0)), segment["tags"]
+
+
+def test_a_pseudo_label_a_person_edited_survives_the_next_propagation(chest_files, tmp_path, capsys):
+    image, truth = chest_files
+    first, edited, second = tmp_path / "o.seg.nrrd", tmp_path / "o_edit.seg.nrrd", tmp_path / "o2.seg.nrrd"
+    main(["propagate", str(image), str(truth), "--annotated", "0,10,20,30", "--output", str(first), "--quiet"])
+    stroke = draw_on_slice(first, edited, "right lung", 5)
+    capsys.readouterr()
+    assert main(["propagate", str(image), str(edited), "--output", str(second), "--quiet"]) == 0
+    assert "'right lung': 1 slices hold a person's edits" in capsys.readouterr().err
+    before, _ = segment_voxels(edited, "right lung")
+    after, tags = segment_voxels(second, "right lung")
+    assert after[5][stroke].all()
+    np.testing.assert_array_equal(after[5], before[5])
+    assert tags["SpatialAL.EditedSlices"] == "5"
+    assert "5" not in tags["SpatialAL.PropagatedSlices"].split(",")
+    results = json.loads((tmp_path / "o2.seg.nrrd.run.json").read_text())["results"]
+    assert results["kept_edited_slices"] == {"right lung": [5]}
+    # an untouched pseudo-label of the same segment is rewritten, and the other segments' slice 5 too
+    rewritten, _ = segment_voxels(first, "right lung")
+    np.testing.assert_array_equal(after[6], rewritten[6])
+    np.testing.assert_array_equal(segment_voxels(second, "left lung")[0][5], segment_voxels(first, "left lung")[0][5])
+
+    accepted = tmp_path / "o3.seg.nrrd"
+    assert main(["propagate", str(image), str(second), "--output", str(accepted), "--accept-edits", "--quiet"]) == 0
+    voxels, tags = segment_voxels(accepted, "right lung")
+    np.testing.assert_array_equal(voxels[5], before[5])
+    assert tags["SpatialAL.AnnotatedSlices"] == "0,5,10,20,30"
+    assert tags["SpatialAL.EditedSlices"] == ""
+    annotated = json.loads((tmp_path / "o3.seg.nrrd.run.json").read_text())["results"]["annotated_slices"]
+    assert annotated == [0, 5, 10, 20, 30]
+
+
+def test_an_erased_pseudo_label_stays_erased_through_two_round_trips(chest_files, tmp_path):
+    image, truth = chest_files
+    first, erased = tmp_path / "o.seg.nrrd", tmp_path / "erased.seg.nrrd"
+    main(["propagate", str(image), str(truth), "--annotated", "0,10,20,30", "--output", str(first), "--quiet"])
+    assert segment_voxels(first, "right lung")[0][15].any()
+    draw_on_slice(first, erased, "right lung", 15, erase=True)
+    source = erased
+    for run in ("o2", "o3"):
+        output = tmp_path / f"{run}.seg.nrrd"
+        assert main(["propagate", str(image), str(source), "--output", str(output), "--quiet"]) == 0
+        voxels, tags = segment_voxels(output, "right lung")
+        assert not voxels[15].any()
+        assert voxels[14].any() and voxels[16].any()
+        assert tags["SpatialAL.EditedSlices"] == "15"
+        source = output
+
+
 def test_propagate_only_the_named_segments_and_write_the_others_as_read(chest_files, tmp_path, capsys):
     image, truth = chest_files
     output = tmp_path / "lung.seg.nrrd"
@@ -750,6 +828,18 @@ def chest_with_record(tmp_path, tags):
             "tag SpatialAL.PropagatedChecksums is '0badc0de', where one checksum per propagated slice (2)",
         ),
         ({"SpatialAL.SliceAxis": "0", "SpatialAL.AnnotatedSlices": "2,9,40"}, "lists slice 40 in SpatialAL.Annotated"),
+        (
+            {"SpatialAL.SliceAxis": "0", "SpatialAL.AnnotatedSlices": "2,9", "SpatialAL.EditedSlices": "4,x"},
+            "tag SpatialAL.EditedSlices is '4,x', where whole slice",
+        ),
+        (
+            {"SpatialAL.SliceAxis": "0", "SpatialAL.AnnotatedSlices": "2,9", "SpatialAL.EditedSlices": "9"},
+            "neither annotated nor propagated (slice 9 is listed there)",
+        ),
+        (
+            {"SpatialAL.SliceAxis": "0", "SpatialAL.AnnotatedSlices": "2,9", "SpatialAL.EditedSlices": "4,34"},
+            "lists slice 34 in SpatialAL.EditedSlices",
+        ),
     ],
 )
 def test_a_damaged_slice_record_is_named_by_segment_tag_and_value(tmp_path, capsys, tags, message):

@@ -13,10 +13,13 @@ tag                            value
 ``SpatialAL.PropagatedConfidence`` one confidence in [0, 1] per propagated slice, same order
 ``SpatialAL.PropagatedChecksums`` one CRC-32 (hex) per propagated slice of the mask written there, same order:
                                a slice whose content no longer matches was edited by a person
+``SpatialAL.EditedSlices``     comma-separated indices of pseudo-labels a person edited or erased since they were
+                               written (optional; absent means none)
 ============================== ==================================================================================
 
 Writing pseudo-labels into an existing segment (:func:`merge_pseudo_labels`) never changes an annotated slice, nor a
-slice holding content nobody propagated (a person's strokes), nor a propagated slice a person edited since.
+slice holding content nobody propagated (a person's strokes), nor a propagated slice a person edited or erased since:
+such a slice moves from the propagated slices to the edited ones, where it stays until a person marks it annotated.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ TAG_PROPAGATED = "SpatialAL.PropagatedSlices"
 TAG_METHOD = "SpatialAL.PropagationMethod"
 TAG_CONFIDENCE = "SpatialAL.PropagatedConfidence"
 TAG_CHECKSUMS = "SpatialAL.PropagatedChecksums"
-RECORD_TAGS = (TAG_SLICE_AXIS, TAG_ANNOTATED, TAG_PROPAGATED, TAG_METHOD, TAG_CONFIDENCE, TAG_CHECKSUMS)
+TAG_EDITED = "SpatialAL.EditedSlices"
+RECORD_TAGS = (TAG_SLICE_AXIS, TAG_ANNOTATED, TAG_PROPAGATED, TAG_METHOD, TAG_CONFIDENCE, TAG_CHECKSUMS, TAG_EDITED)
 
 
 def slice_checksum(mask: np.ndarray) -> str:
@@ -89,6 +93,8 @@ class SliceRecord:
         confidence: one value per propagated slice.
         checksums: one :func:`slice_checksum` per propagated slice, of the mask written there.
         method: propagation method name.
+        edited: slices that held pseudo-labels a person has since edited or erased, sorted: never overwritten, and
+            not read as annotation until a person marks them annotated.
     """
 
     slice_axis: int
@@ -97,6 +103,7 @@ class SliceRecord:
     confidence: tuple[float, ...] = ()
     checksums: tuple[str, ...] = ()
     method: str = ""
+    edited: tuple[int, ...] = ()
 
     def __post_init__(self):
         if not len(self.propagated) == len(self.confidence) == len(self.checksums):
@@ -110,6 +117,7 @@ class SliceRecord:
             TAG_METHOD: self.method,
             TAG_CONFIDENCE: _join(f"{c:.4f}" for c in self.confidence),
             TAG_CHECKSUMS: _join(self.checksums),
+            TAG_EDITED: _join(self.edited),
         }
 
     @classmethod
@@ -119,7 +127,8 @@ class SliceRecord:
         Raises:
             SliceRecordError: a tag that cannot be read (a slice that is not a whole number, an axis other than 0, 1
                 or 2, a confidence outside [0, 1], a checksum that is not 8 hex digits, lists of different lengths,
-                a slice both annotated and propagated); the message names ``segment``, the tag and its value.
+                a slice in two of the annotated, propagated and edited lists); the message names ``segment``, the
+                tag and its value.
         """
         if not any(tag in tags for tag in RECORD_TAGS):
             return None
@@ -151,9 +160,13 @@ class SliceRecord:
             raise damaged(TAG_CONFIDENCE, f"one confidence per propagated slice ({len(propagated)})")
         if len(checksums) != len(propagated):
             raise damaged(TAG_CHECKSUMS, f"one checksum per propagated slice ({len(propagated)})")
+        edited = values(TAG_EDITED, _slice_index, slice_list)
         both = sorted(set(annotated) & set(propagated))
         if both:
             raise damaged(TAG_PROPAGATED, f"slices that are not annotated too (slice {both[0]} is in both)")
+        twice = sorted(set(edited) & (set(annotated) | set(propagated)))
+        if twice:
+            raise damaged(TAG_EDITED, f"slices neither annotated nor propagated (slice {twice[0]} is listed there)")
         order = np.argsort(propagated, kind="stable")
         return cls(
             slice_axis=int(axis),
@@ -162,12 +175,17 @@ class SliceRecord:
             confidence=tuple(confidence[i] for i in order),
             checksums=tuple(checksums[i] for i in order),
             method=tags.get(TAG_METHOD, ""),
+            edited=tuple(sorted(set(edited))),
         )
 
     def check_range(self, n_slices: int, segment: str = "") -> None:
         """Raise :class:`SliceRecordError` when a recorded slice lies beyond the ``n_slices`` of the record's axis
         (a record written for another volume)."""
-        for tag, slices in ((TAG_ANNOTATED, self.annotated), (TAG_PROPAGATED, self.propagated)):
+        for tag, slices in (
+            (TAG_ANNOTATED, self.annotated),
+            (TAG_PROPAGATED, self.propagated),
+            (TAG_EDITED, self.edited),
+        ):
             beyond = [index for index in slices if index >= n_slices]
             if beyond:
                 raise SliceRecordError(
@@ -177,7 +195,7 @@ class SliceRecord:
                 )
 
     def with_annotated(self, slices) -> SliceRecord:
-        """This record with ``slices`` added to the annotated ones (and no longer counted as propagated)."""
+        """This record with ``slices`` added to the annotated ones (and no longer counted as propagated or edited)."""
         added = {int(s) for s in slices}
         keep = [n for n, index in enumerate(self.propagated) if index not in added]
         return SliceRecord(
@@ -187,6 +205,7 @@ class SliceRecord:
             confidence=tuple(self.confidence[n] for n in keep),
             checksums=tuple(self.checksums[n] for n in keep),
             method=self.method,
+            edited=tuple(index for index in self.edited if index not in added),
         )
 
     def unedited_propagated_slices(self, current: np.ndarray) -> set[int]:
@@ -196,6 +215,11 @@ class SliceRecord:
             for index, checksum in zip(self.propagated, self.checksums, strict=True)
             if index < current.shape[0] and slice_checksum(current[index]) == checksum
         }
+
+    def edited_slices(self, current: np.ndarray) -> set[int]:
+        """Slices holding pseudo-labels a person edited or erased: those recorded as edited, and the propagated
+        slices whose content in ``current`` (slice-first bool (S, H, W)) no longer matches what was written."""
+        return set(self.edited) | (set(self.propagated) - self.unedited_propagated_slices(current))
 
 
 def recorded_slices(
@@ -251,8 +275,9 @@ class MergedSegment:
     Attributes:
         mask: the segment after merging, bool, same shape and axis order as the inputs.
         record: the updated slice record (store it with ``record.to_tags()``).
-        kept_edited: slices left as they were because a person drew there (not annotated, not our pseudo-label) or
-            changed them after the propagation read the segment.
+        kept_edited: slices the propagation filled but left as they were: a person's strokes (not annotated, not a
+            pseudo-label), a pseudo-label a person edited or erased, or a slice changed after the propagation read
+            the segment.
         written: slices that received pseudo-labels.
     """
 
@@ -275,11 +300,12 @@ def merge_pseudo_labels(
 ) -> MergedSegment:
     """Write one segment's pseudo-labels where nothing of a person's would be lost.
 
-    A propagated slice is written when it is empty in ``current`` or still holds the pseudo-label recorded in the
-    segment's tags; annotated slices (those given and those the segment's record holds now) and every other slice
-    with content (a person's strokes, or an edited pseudo-label) are left untouched, the latter listed in
-    ``kept_edited``. With ``as_read``, a slice whose content changed since the propagation read the segment (a stroke,
-    or an erasure, made while it ran) is left untouched and listed too.
+    A propagated slice is written when it still holds the pseudo-label recorded in the segment's tags, or when it is
+    empty and was never a pseudo-label a person erased. Left untouched: annotated slices (those given and those the
+    segment's record holds now), slices with content nobody propagated (a person's strokes), and pseudo-labels a
+    person edited or erased, which the record keeps as edited until a person marks them annotated. With
+    ``as_read``, a slice whose content changed since the propagation read the segment (a stroke, or an erasure, made
+    while it ran) is left untouched too. Every filled slice left untouched is listed in ``kept_edited``.
 
     Args:
         current: the segment now, bool (K, J, I) (any 3D order ``slice_axis`` refers to).
@@ -299,15 +325,16 @@ def merge_pseudo_labels(
     if previous is not None and previous.slice_axis != slice_axis:
         previous = None  # a record along another axis says nothing about these slices
     ours = previous.unedited_propagated_slices(current_first) if previous is not None else set()
+    edited = previous.edited_slices(current_first) if previous is not None else set()
     annotated_set = {int(a) for a in annotated} | set(previous.annotated if previous is not None else ())
     merged = current_first.copy()
     written, kept = [], []
     for index in (int(p) for p in propagated):
         if index in annotated_set:
             continue
-        if as_read is not None and slice_checksum(current_first[index]) != as_read[index]:
-            kept.append(index)
-        elif index in ours or not current_first[index].any():
+        unchanged_meanwhile = as_read is None or slice_checksum(current_first[index]) == as_read[index]
+        free = index in ours or (index not in edited and not current_first[index].any())
+        if unchanged_meanwhile and free:
             merged[index] = pseudo_first[index]
             written.append(index)
         else:
@@ -325,5 +352,6 @@ def merge_pseudo_labels(
         ),
         checksums=tuple(slice_checksum(merged[i]) for i in all_propagated),
         method=method,
+        edited=tuple(sorted(edited - annotated_set)),
     )
     return MergedSegment(np.moveaxis(merged, 0, slice_axis), record, tuple(kept), tuple(written))

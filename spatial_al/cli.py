@@ -270,7 +270,7 @@ def command_rank(args: argparse.Namespace) -> None:
 
 
 def command_propagate(args: argparse.Namespace) -> None:
-    from .session import annotation_only, propagate_segmentation
+    from .session import propagate_segmentation, work_in_progress
 
     output = writable_output(args.output)
     confidence_output = Path(args.confidence_output) if args.confidence_output else None
@@ -291,7 +291,7 @@ def command_propagate(args: argparse.Namespace) -> None:
     names = [name.strip() for name in args.segments.split(",")] if args.segments else None
     with timer("propagate"), TqdmProgress(f"propagating ({args.method})", disable=args.quiet) as bar:
         propagation = propagate_segmentation(
-            annotation_only(segmentation, annotated, axis, names),
+            work_in_progress(segmentation, annotated, axis, names),
             annotated,
             args.method,
             stack.image,
@@ -304,6 +304,7 @@ def command_propagate(args: argparse.Namespace) -> None:
             seed=args.seed,
             most_confident=args.most_confident,
             min_confidence=args.min_confidence,
+            accept_edits=args.accept_edits,
             **options,
         )
     status = slice_status_names(propagation.confidence, propagation.annotated, propagation.propagated)
@@ -318,6 +319,7 @@ def command_propagate(args: argparse.Namespace) -> None:
     results = {
         "annotated_slices": propagation.annotated,
         "propagated_slices": propagation.propagated,
+        "kept_edited_slices": propagation.kept_edited,
         "not_kept_slices": np.flatnonzero(status == "not_kept"),
         "unreached_slices": np.flatnonzero(status == "unreached"),
         "slice_confidence": [None if np.isnan(c) else round(float(c), 4) for c in propagation.confidence],
@@ -327,6 +329,12 @@ def command_propagate(args: argparse.Namespace) -> None:
         print(
             f"{results['unreached_slices'].size} slices lie outside the annotated range and were left empty: "
             f"{results['unreached_slices'].tolist()}",
+            file=sys.stderr,
+        )
+    for segment, slices in propagation.kept_edited.items():
+        print(
+            f"Segment {segment!r}: {len(slices)} slices hold a person's edits or strokes and were kept as they are: "
+            f"{list(slices)} (--accept-edits takes edited pseudo-labels as annotated slices)",
             file=sys.stderr,
         )
     if results["not_kept_slices"].size:
@@ -699,6 +707,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     propagate.add_argument(
         "--min-confidence", type=float, metavar="C", help="keep pseudo-labels only on slices at least C confident"
+    )
+    propagate.add_argument(
+        "--accept-edits",
+        action="store_true",
+        help="take pseudo-labels a person edited or erased as annotated slices (default: kept, not propagated from)",
     )
     propagate.add_argument("--seed", type=int, default=0, help="random seed of learned methods (default 0)")
     propagate.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")

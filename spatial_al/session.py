@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .annotation_record import merge_pseudo_labels, slice_checksums
+from .annotation_record import SliceRecord, merge_pseudo_labels, slice_checksums
 from .io.segmentation import Segmentation, smallest_label_dtype
 from .progress import ProgressReporter
 from .volume import Segment, normalize_slice_indices
@@ -119,6 +119,42 @@ def annotation_only(
     return Segmentation(kept, segmentation.segments, segmentation.geometry)
 
 
+def recorded_along(segment: Segment, axis: int) -> SliceRecord | None:
+    """The segment's slice record when it counts slices along ``axis``; None otherwise."""
+    record = SliceRecord.from_tags(segment.tags, segment.name)
+    return record if record is not None and record.slice_axis == axis else None
+
+
+def work_in_progress(
+    segmentation: Segmentation, annotated: Iterable[int], axis: int, segment_names: Sequence[str] | None = None
+) -> Segmentation:
+    """The segmentation as a propagation read from files merges into.
+
+    A segment with a slice record along ``axis`` came out of an annotation session: it is kept whole, so a person's
+    strokes and edited pseudo-labels survive the next propagation as they do in Slicer. A segment without one is read
+    as a reference (a ground truth, or a label map from another tool): only its annotated slices are kept, the others
+    emptied to receive pseudo-labels.
+    """
+    unrecorded = [s.name for s in chosen_segments(segmentation, segment_names) if recorded_along(s, axis) is None]
+    return annotation_only(segmentation, annotated, axis, unrecorded) if unrecorded else segmentation
+
+
+def edited_pseudo_labels(
+    segmentation: Segmentation, axis: int, segment_names: Sequence[str] | None = None
+) -> dict[str, list[int]]:
+    """Segment name -> the slices holding pseudo-labels a person edited or erased since they were written (see
+    :meth:`~spatial_al.annotation_record.SliceRecord.edited_slices`); segments with none are left out."""
+    edited = {}
+    for segment in chosen_segments(segmentation, segment_names):
+        record = recorded_along(segment, axis)
+        if record is not None:
+            mask = np.moveaxis(segmentation.label_layers[segment.layer] == segment.label_value, axis, 0)
+            slices = sorted(record.edited_slices(mask))
+            if slices:
+                edited[segment.name] = slices
+    return edited
+
+
 def chosen_segments(segmentation: Segmentation, names: Sequence[str] | None) -> tuple[Segment, ...]:
     """The segments called ``names`` (all when None); ValueError naming the segments there are otherwise."""
     from .learning import select_segments
@@ -177,6 +213,7 @@ def propagate_segmentation(
     progress: ProgressReporter | None = None,
     *,
     segment_names: Sequence[str] | None = None,
+    accept_edits: bool = False,
     **options,
 ) -> SegmentationPropagation:
     """Propagate the segments from the annotated slices and merge the pseudo-labels into the segmentation.
@@ -185,7 +222,14 @@ def propagate_segmentation(
     :func:`spatial_al.annotation_record.merge_pseudo_labels`); each segment's tags record the annotated and
     propagated slices. Arrays are KJI; ``axis`` is the slice axis; spacing comes from the segmentation's geometry.
     ``segment_names`` limits the propagation to those segments (default: all); the others are kept as they are.
+    With ``accept_edits``, the pseudo-labels a person edited or erased in any of those segments (see
+    :func:`edited_pseudo_labels`) are taken as annotated slices of all of them, as Mark annotated does in Slicer.
     """
+    if accept_edits:
+        edited = edited_pseudo_labels(segmentation, axis, segment_names).values()
+        annotated = sorted(
+            set(normalize_slice_indices(annotated, segmentation.label_layers.shape[1 + axis])).union(*edited)
+        )
     layers = segmentation.label_layers
     chosen = {segment.identifier for segment in chosen_segments(segmentation, segment_names)}
     sources = only_segments(segmentation, [s for s in segmentation.segments if s.identifier in chosen])

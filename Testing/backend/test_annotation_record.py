@@ -57,7 +57,23 @@ def test_merge_keeps_annotation_and_strokes_and_replaces_own_pseudo_labels():
     np.testing.assert_array_equal(second.mask[[1, 2, 3, 5, 7]], smaller[[1, 2, 3, 5, 7]])
     np.testing.assert_array_equal(second.mask[6], edited[6])
     assert second.kept_edited == (4, 6)
-    assert 6 not in second.record.propagated
+    assert 6 not in second.record.propagated and second.record.edited == (6,)
+
+
+def test_an_erased_pseudo_label_is_never_filled_again_until_marked_annotated():
+    current = np.zeros((9, 6, 6), bool)
+    current[[0, 8], 1:4, 1:4] = True
+    pseudo = np.ones((9, 6, 6), bool)
+    first = merge(current, pseudo, {})
+    erased = first.mask.copy()
+    erased[3] = False  # the structure is absent there, a person says
+    second = merge(erased, pseudo, first.record.to_tags())
+    assert not second.mask[3].any() and second.kept_edited == (3,) and second.record.edited == (3,)
+    third = merge(second.mask, pseudo, second.record.to_tags())  # the record remembers it: still not filled
+    assert not third.mask[3].any() and third.record.edited == (3,)
+    assert SliceRecord.from_tags(third.record.to_tags()) == third.record
+    marked = third.record.with_annotated([3])
+    assert marked.annotated == (0, 3, 8) and marked.edited == ()
 
 
 def test_merge_along_another_axis():
