@@ -1,5 +1,7 @@
 # Quick start: `make demo` (set up, then run the demo session) and `make test` (set up, then run the tests).
 # Everything installs into .venv/ at the repository root; .venv/bin/spatial-al exists after either target.
+# `make web` serves the browser app on the demo (it renders offscreen through EGL: Debian's libegl1 libegl-mesa0
+# libgl1-mesa-dri; its browser tests drive Debian's chromium; .ci/run installs all four).
 
 PYTHON ?= python3
 VENV := .venv
@@ -9,18 +11,21 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-all lint bench clean
+.PHONY: setup demo web test test-all lint bench clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e ".[slicer,test,data,cluster]"
+	$(BIN)/python -m pip install --quiet -e ".[slicer,test,data,cluster,web]"
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/spatial-al demo --output demo-output
+
+web: $(STAMP)
+	$(BIN)/spatial-al web --output spatial-al-web
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
@@ -36,4 +41,4 @@ bench: $(STAMP)
 	$(BIN)/spatial-al benchmark throughput --output benchmark-throughput.json
 
 clean:
-	rm -rf $(VENV) demo-output benchmark-*.json .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) demo-output spatial-al-web test-artifacts benchmark-*.json .pytest_cache .ruff_cache *.egg-info

@@ -268,9 +268,9 @@ class BackgroundJob:
     def running(self):
         return self.state == RUNNING
 
-    def cancel(self):
+    def cancel(self, graceSeconds=CANCEL_GRACE_SECONDS):
         """Ask the worker to stop at its next step (the cancel file, and SIGTERM on POSIX); the process tree is killed
-        if it has not stopped after a grace period. The state stays RUNNING until the worker has ended, then reads
+        if it has not stopped after ``graceSeconds``. The state stays RUNNING until the worker has ended, then reads
         CANCELLED."""
         if self.state != RUNNING or self._cancelRequested:
             return
@@ -282,7 +282,7 @@ class BackgroundJob:
         if os.name == "posix":
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self._process.pid, signal.SIGTERM)  # the launcher and the worker behind it
-        self._killer = threading.Timer(CANCEL_GRACE_SECONDS, self._kill)
+        self._killer = threading.Timer(graceSeconds, self._kill)
         self._killer.daemon = True  # never keeps Slicer from exiting
         self._killer.start()
 

@@ -83,8 +83,8 @@ def saveSceneBundle(scene, path):
         node = scene.GetNthNode(index)
         if node.IsA("vtkMRMLStorableNode") and node.GetStorageNode() is None:
             node.AddDefaultStorageNode()
-            storage = node.GetStorageNode()
-            if storage.IsA("vtkMRMLVolumeArchetypeStorageNode"):
+            storage = node.GetStorageNode()  # None for a node type without a default storage node
+            if storage is not None and storage.IsA("vtkMRMLVolumeArchetypeStorageNode"):
                 # Keep a left-handed voxel grid as it is: flipping K on reload would move every recorded slice index.
                 storage.SetForceRightHandedIJKCoordinateSystem(False)
     path = Path(path).resolve()  # WriteToMRB fails on a relative path

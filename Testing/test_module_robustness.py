@@ -442,7 +442,9 @@ def test_both_modules_load_and_pass_their_self_tests_in_a_slicer_without_torch_o
 
     site = Path(importlib.util.find_spec("numpy").origin).parents[1]
     bundled = [p for p in site.iterdir() if p.name.split("-")[0].split(".")[0] in ("numpy", "vtk", "vtkmodules")]
-    bundled += [p for p in site.iterdir() if p.name.split("-")[0].lower() in ("simpleitk", "slicer", "slicer_core")]
+    # slicer_layer_dm: a Slicer library the web extra adds into the slicer package (Slicer ships it too)
+    slicer_libraries = ("simpleitk", "slicer", "slicer_core", "slicer_layer_dm")
+    bundled += [p for p in site.iterdir() if p.name.split("-")[0].lower() in slicer_libraries]
     packages = tmp_path / "site-packages"
     packages.mkdir()
     for path in bundled:

@@ -523,6 +523,19 @@ def add_precision_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def command_web(args: argparse.Namespace) -> None:
+    """Serve the browser front end, a peer of the Slicer modules above this package: it is imported here, when asked
+    for, and only with the ``web`` extra installed."""
+    try:
+        from SpatialALWeb.server import serve
+    except ImportError as error:
+        raise CommandLineError(
+            f"The browser app needs the web extra ({error}): run `make web`, or pip install -e '.[web]' from the "
+            "source tree."
+        ) from None
+    serve(args.data, args.segmentation, args.output, args.host, args.port)
+
+
 def command_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
@@ -643,6 +656,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
     add_threads_argument(demo)
     demo.set_defaults(handler=command_demo)
+
+    web = commands.add_parser("web", help="annotate in the browser: serve the app and print its URL")
+    web.add_argument("data", nargs="?", help="an image, or a folder of images (default: the demo chest CT)")
+    web.add_argument("--segmentation", help="the image's segmentation (.seg.nrrd or label map), beside it")
+    web.add_argument("--output", default="spatial-al-web", help="folder saved files go to (default: spatial-al-web)")
+    web.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    web.add_argument("--port", type=int, default=0, help="port (default 0: a free one, printed)")
+    web.set_defaults(handler=command_web)
 
     rank = commands.add_parser("rank", help="rank the slices to annotate next; writes rank,slice,score CSV")
     rank.add_argument("image", help="scalar volume (.nrrd, .nii.gz, ...)")

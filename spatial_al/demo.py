@@ -9,13 +9,14 @@ on the slices nobody annotated.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .annotation_record import SliceRecord
 from .data import CHEST_CT_LICENSE, chest_ct_files
 from .io import load_stack, write_segmentation
 from .io.segmentation import Segmentation, segment_color
@@ -70,6 +71,17 @@ def per_segment_dice(stack: SliceStack, segmentation: Segmentation, evaluated: n
         found = np.take(segmentation.label_layers[segment.layer] == segment.label_value, evaluated, stack.slice_axis)
         scores[segment.name] = round(dice(found, truth), 4) if truth.any() or found.any() else None
     return scores
+
+
+def starting_segmentation(annotated: Sequence[int] = (0, 11, 22, 33), slice_axis: str = "axial") -> Segmentation:
+    """The chest CT's segmentation as an annotation session starts (the browser app's demo): the ground truth on the
+    ``annotated`` slices, each segment recording them as annotated, and nothing on the other slices."""
+    stack = load_stack(*chest_ct_files(), slice_axis=slice_axis)
+    record = SliceRecord(slice_axis=stack.slice_axis, annotated=tuple(sorted(annotated))).to_tags()
+    truth = Segmentation(stack.label_layers, stack.segments, stack.geometry)
+    start = annotation_only(truth, annotated, stack.slice_axis)
+    segments = tuple(replace(segment, tags={**segment.tags, **record}) for segment in start.segments)
+    return Segmentation(start.label_layers, segments, start.geometry)
 
 
 def run_demo(
