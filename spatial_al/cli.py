@@ -20,8 +20,15 @@ from typing import Any
 import numpy as np
 
 from .annotation_record import recorded_annotated_slices, recorded_slices
-from .io import file_suffix, load_stack, read_segmentation, write_segmentation
-from .io.segmentation import Segmentation, place_on_grid
+from .io import (
+    DicomSeries,
+    file_suffix,
+    image_source,
+    load_stack,
+    segmentation_on_image,
+    write_segmentation,
+)
+from .io.segmentation import SEGMENTATION_SUFFIXES, Segmentation
 from .progress import OperationCancelled, TqdmProgress
 from .provenance import Timer, run_record, write_json
 from .threads import choose_threads, use_threads, wait_passively
@@ -119,9 +126,20 @@ def refuse_overwriting_inputs(output: Path, inputs: Sequence[str | Path | None])
             raise CommandLineError(f"--output {str(output)!r} is an input file; choose another path so it is kept.")
 
 
-def require_segmentation_suffix(output: Path) -> None:
-    if file_suffix(output) not in (".seg.nrrd", ".nrrd", ".nii.gz", ".nii", ".mha"):
-        raise CommandLineError(f"--output {str(output)!r}: use .seg.nrrd, .nrrd, .nii.gz, .nii or .mha.")
+def require_segmentation_suffix(output: Path, source: Path | DicomSeries) -> None:
+    """Refuse, before any work, an output a segmentation cannot be written to (a DICOM-SEG needs a DICOM image)."""
+    suffix = file_suffix(output)
+    if suffix == ".dcm" and not isinstance(source, DicomSeries):
+        raise CommandLineError(
+            f"--output {str(output)!r}: a DICOM-SEG references the DICOM series it segments, and the image "
+            f"{str(source)!r} is not one. Give the image as its DICOM folder, or write .seg.nrrd."
+        )
+    if suffix not in (*SEGMENTATION_SUFFIXES, ".dcm"):
+        raise CommandLineError(f"--output {str(output)!r}: use {', '.join(SEGMENTATION_SUFFIXES)} or .dcm (DICOM-SEG).")
+
+
+def dicom_source(source: Path | DicomSeries) -> DicomSeries | None:
+    return source if isinstance(source, DicomSeries) else None
 
 
 def resolve_annotated(args: argparse.Namespace, segmentation: Segmentation | None, axis: int) -> list[int]:
@@ -218,7 +236,8 @@ def command_rank(args: argparse.Namespace) -> None:
     refuse_overwriting_inputs(output, [args.image, args.labels, args.model])
     timer = Timer()
     with timer("load"):
-        stack = load_stack(args.image, args.labels, slice_axis=args.axis, channel=args.channel)
+        source = image_source(args.image, args.series)
+        stack = load_stack(source, args.labels, slice_axis=args.axis, channel=args.channel)
         model, device = load_model_argument(args)
     segmentation = Segmentation(stack.label_layers, stack.segments, stack.geometry) if args.labels else None
     annotated = resolve_annotated(args, segmentation, stack.slice_axis)
@@ -275,15 +294,16 @@ def command_propagate(args: argparse.Namespace) -> None:
     output = writable_output(args.output)
     confidence_output = Path(args.confidence_output) if args.confidence_output else None
     refuse_overwriting_inputs(output, [args.image, args.segmentation, args.model])
-    require_segmentation_suffix(output)
+    source = image_source(args.image, args.series)
+    require_segmentation_suffix(output, source)
     if confidence_output is not None:
         refuse_overwriting_inputs(confidence_output, [args.image, args.segmentation, args.model, output])
         if confidence_output.suffix != ".csv":
             raise CommandLineError(f"--confidence-output {str(confidence_output)!r}: the confidence is a .csv file.")
     timer = Timer()
     with timer("load"):
-        stack = load_stack(args.image, slice_axis=args.axis, channel=args.channel)
-        segmentation = place_on_grid(read_segmentation(args.segmentation), stack.geometry)
+        stack = load_stack(source, slice_axis=args.axis, channel=args.channel)
+        segmentation = segmentation_on_image(args.segmentation, stack.geometry, source)
         model, device = load_model_argument(args)
     axis = stack.slice_axis
     annotated = resolve_annotated(args, segmentation, axis)
@@ -309,7 +329,7 @@ def command_propagate(args: argparse.Namespace) -> None:
         )
     status = slice_status_names(propagation.confidence, propagation.annotated, propagation.propagated)
     with timer("write"):
-        write_segmentation(output, propagation.segmentation)
+        write_segmentation(output, propagation.segmentation, source=dicom_source(source))
         if confidence_output is not None:
             write_slice_confidence(confidence_output, propagation.confidence, status)
     configuration = {**vars(args), "axis": axis, "annotated": annotated, "options": options}
@@ -379,8 +399,9 @@ def command_train(args: argparse.Namespace) -> None:
         raise CommandLineError(f"--output {str(output)!r}: a model checkpoint is written as a .pt file.")
     timer = Timer()
     with timer("load"):
-        stack = load_stack(args.image, args.segmentation, slice_axis=args.axis, channel=args.channel)
-        pseudo = place_on_grid(read_segmentation(args.pseudo), stack.geometry) if args.pseudo else None
+        source = image_source(args.image, args.series)
+        stack = load_stack(source, args.segmentation, slice_axis=args.axis, channel=args.channel)
+        pseudo = segmentation_on_image(args.pseudo, stack.geometry, source) if args.pseudo else None
     segmentation = Segmentation(stack.label_layers, stack.segments, stack.geometry)
     annotated = resolve_annotated(args, segmentation, stack.slice_axis)
     pseudo_slices = (
@@ -446,16 +467,17 @@ def command_predict(args: argparse.Namespace) -> None:
 
     output = writable_output(args.output)
     refuse_overwriting_inputs(output, [args.image, args.model])
-    require_segmentation_suffix(output)
+    source = image_source(args.image, args.series)
+    require_segmentation_suffix(output, source)
     timer = Timer()
     with timer("load"):
         device = resolve_device(args.device)
         model, _ = load_model(args.model, device)
-        stack = load_stack(args.image, slice_axis=model.config.slice_axis, channel=args.channel)
+        stack = load_stack(source, slice_axis=model.config.slice_axis, channel=args.channel)
     with timer("predict"), TqdmProgress("predicting", disable=args.quiet) as bar:
         segmentation = predict_segmentation(model, stack, device, args.batch_size, bar)
     with timer("write"):
-        write_segmentation(output, segmentation)
+        write_segmentation(output, segmentation, source=dicom_source(source))
     configuration = {**vars(args), "axis": model.config.slice_axis, "device": str(device)}
     configuration.pop("handler")
     results = {"segments": [s.name for s in segmentation.segments]}
@@ -621,6 +643,11 @@ def command_methods(args: argparse.Namespace) -> None:
     list_registry(PROPAGATORS)
 
 
+def add_image_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("image", help="scalar volume (.nrrd, .nii.gz, ...) or a folder of DICOM files")
+    parser.add_argument("--series", metavar="UID", help="the series to read where the DICOM folder holds several")
+
+
 def add_volume_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--axis",
@@ -666,8 +693,8 @@ def build_parser() -> argparse.ArgumentParser:
     web.set_defaults(handler=command_web)
 
     rank = commands.add_parser("rank", help="rank the slices to annotate next; writes rank,slice,score CSV")
-    rank.add_argument("image", help="scalar volume (.nrrd, .nii.gz, ...)")
-    rank.add_argument("--labels", help="segmentation (.seg.nrrd or label map) on the image grid")
+    add_image_argument(rank)
+    rank.add_argument("--labels", help="segmentation (.seg.nrrd, DICOM-SEG or label map) on the image grid")
     rank.add_argument("--annotated", help="annotated slices, e.g. 0,10,20 or 0-5 (default: recorded in --labels)")
     rank.add_argument("--strategy", required=True, help="strategy name (spatial-al strategies)")
     rank.add_argument("--budget", required=True, type=int, help="number of slices to pick")
@@ -711,11 +738,15 @@ def build_parser() -> argparse.ArgumentParser:
     propagate = commands.add_parser(
         "propagate", help="fill the slices not annotated from the annotated ones; only annotated slices of SEG are read"
     )
-    propagate.add_argument("image", help="scalar volume (.nrrd, .nii.gz, ...)")
-    propagate.add_argument("segmentation", help="segmentation (.seg.nrrd or label map) holding the annotated slices")
+    add_image_argument(propagate)
+    propagate.add_argument(
+        "segmentation", help="segmentation (.seg.nrrd, DICOM-SEG or label map) holding the annotated slices"
+    )
     propagate.add_argument("--annotated", help="annotated slices, e.g. 0,10,20 (default: recorded in SEG)")
     propagate.add_argument("--method", default="sdf", help="propagation method (spatial-al methods; default sdf)")
-    propagate.add_argument("--output", required=True, help="output .seg.nrrd, .nrrd or .nii.gz (never an input)")
+    propagate.add_argument(
+        "--output", required=True, help="output .seg.nrrd, .nrrd, .nii.gz or .dcm (DICOM-SEG; never an input)"
+    )
     propagate.add_argument(
         "--confidence-output", metavar="CSV", help="also write slice,status,confidence per slice to this .csv"
     )
@@ -743,8 +774,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser(
         "train", help="train or fine-tune a 2D segmentation model on the annotated slices; writes a .pt checkpoint"
     )
-    train.add_argument("image", help="scalar volume (.nrrd, .nii.gz, ...)")
-    train.add_argument("segmentation", help="segmentation (.seg.nrrd or label map): every segment is learned")
+    add_image_argument(train)
+    train.add_argument("segmentation", help="segmentation (.seg.nrrd, DICOM-SEG or label map): segments learned")
     train.add_argument("--annotated", help="annotated slices, e.g. 0,10,20 (default: recorded in SEG)")
     train.add_argument("--segments", help="comma-separated segment names to learn (default: all)")
     train.add_argument("--pseudo", metavar="PSEUDO_SEG", help="pseudo-labels (weighted lower) for other slices")
@@ -766,9 +797,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=command_train)
 
     predict = commands.add_parser("predict", help="segment a volume with a trained model")
-    predict.add_argument("image", help="scalar volume (.nrrd, .nii.gz, ...)")
+    add_image_argument(predict)
     predict.add_argument("--model", required=True, metavar="CKPT", help="checkpoint written by spatial-al train")
-    predict.add_argument("--output", required=True, help="output .seg.nrrd (segment names kept) or label map")
+    predict.add_argument(
+        "--output", required=True, help="output .seg.nrrd (segment names kept), .dcm (DICOM-SEG) or label map"
+    )
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     predict.add_argument("--batch-size", type=positive_int, default=8, help="slices per forward pass (default 8)")
     predict.add_argument("--channel", type=int, default=None, help="channel of a 4D (multi-modal) image")

@@ -1,13 +1,14 @@
-"""Readers and writers: volumes (NRRD, NIfTI, ...), segmentations (.seg.nrrd, label maps), dataset folders (MSD,
-ACDC, KiTS19)."""
+"""Readers and writers: volumes (NRRD, NIfTI, ..., DICOM series), segmentations (.seg.nrrd, DICOM-SEG, label maps),
+dataset folders (MSD, ACDC, KiTS19, LiTS, ATLAS)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from ..volume import SliceStack, resolve_slice_axis
+from ..volume import Geometry, SliceStack, resolve_slice_axis
 from .datasets import ACDCDataset, ATLASDataset, CaseFolder, KiTS19Dataset, LiTSDataset
-from .images import file_suffix, read_volume, write_volume
+from .dicom import DicomSeries, DicomSeriesError, choose_series, find_series
+from .images import file_suffix, image_source, read_volume, write_volume
 from .msd import MSDDataset
 from .segmentation import Segmentation, place_on_grid, read_segmentation, write_segmentation
 
@@ -15,46 +16,63 @@ __all__ = [
     "ACDCDataset",
     "ATLASDataset",
     "CaseFolder",
+    "DicomSeries",
+    "DicomSeriesError",
     "KiTS19Dataset",
     "LiTSDataset",
     "MSDDataset",
     "Segmentation",
+    "choose_series",
     "file_suffix",
+    "find_series",
+    "image_source",
     "load_stack",
     "open_dataset",
     "place_on_grid",
     "read_segmentation",
     "read_volume",
+    "segmentation_on_image",
     "write_segmentation",
     "write_volume",
 ]
 
 
 def load_stack(
-    image_path: str | Path,
+    image_path: str | Path | DicomSeries,
     labels_path: str | Path | None = None,
     slice_axis: int | str = "axial",
     channel: int | None = None,
+    series_uid: str | None = None,
 ) -> SliceStack:
     """Read an image and (optionally) its segmentation into a :class:`SliceStack`.
 
     Args:
-        image_path: scalar volume file.
-        labels_path: ``.seg.nrrd`` or label map on the image grid (a segmentation cropped to its extent is
-            padded back onto it).
+        image_path: scalar volume file, DICOM folder, or a series :func:`image_source` found.
+        labels_path: ``.seg.nrrd``, DICOM-SEG or label map on the image grid (a segmentation cropped to its extent
+            is padded back onto it).
         slice_axis: array axis in KJI order (0, 1, 2) or "axial" / "coronal" / "sagittal".
         channel: channel of a 4D image.
+        series_uid: the series to read where a DICOM folder holds several.
 
     Raises:
-        GeometryMismatchError: the labels are on another grid (the message says what differs).
+        GeometryMismatchError: the labels are on another grid (the message says what differs), or a DICOM-SEG
+            segments another series.
     """
-    image, geometry = read_volume(image_path, channel=channel)
+    source = image_source(image_path, series_uid)
+    image, geometry = read_volume(source, channel=channel)
     if labels_path is None:
         segmentation = Segmentation(_empty_labels(image.shape), (), geometry)
     else:
-        segmentation = place_on_grid(read_segmentation(labels_path), geometry)
+        segmentation = segmentation_on_image(labels_path, geometry, source)
     axis = resolve_slice_axis(slice_axis, geometry)
     return SliceStack(image, segmentation.label_layers, segmentation.segments, geometry, slice_axis=axis)
+
+
+def segmentation_on_image(path: str | Path, geometry: Geometry, source: Path | DicomSeries) -> Segmentation:
+    """The segmentation file ``path`` placed on the grid of the image read from ``source`` (see
+    :func:`place_on_grid`); a DICOM-SEG that references another series than ``source`` is refused."""
+    series_uid = source.series_uid if isinstance(source, DicomSeries) else None
+    return place_on_grid(read_segmentation(path), geometry, series_uid=series_uid)
 
 
 def _empty_labels(shape):

@@ -12,6 +12,7 @@ import SimpleITK as sitk
 
 from ..files import atomic_path
 from ..volume import Geometry, check_scalar_volume
+from .dicom import DicomSeries, choose_series, is_dicom_input
 
 LABEL_MAP_SUFFIXES = (".nrrd", ".nii.gz", ".nii", ".mha", ".mhd")
 
@@ -59,21 +60,28 @@ def to_sitk_image(array: np.ndarray, geometry: Geometry) -> sitk.Image:
     return image
 
 
-def read_volume(path: str | Path, channel: int | None = None, what: str = "image") -> tuple[np.ndarray, Geometry]:
+def read_volume(
+    path: str | Path | DicomSeries, channel: int | None = None, what: str = "image", series_uid: str | None = None
+) -> tuple[np.ndarray, Geometry]:
     """Read a 3D scalar volume.
 
     Args:
-        path: volume file.
+        path: volume file, DICOM folder (or one multi-frame DICOM file), or a series :func:`image_source` found.
         channel: for a 4D file (several channels or time points, e.g. MSD BraTS), which 3D volume to take.
         what: how the file is named in error messages.
+        series_uid: the series to read where a DICOM folder holds several.
 
     Returns:
         The voxel array, shape (K, J, I), and its geometry.
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: unreadable file, 2D image, RGB/vector image, or 4D image without ``channel``.
+        ValueError: unreadable file, 2D image, RGB/vector image, or 4D image without ``channel``; a DICOM folder
+            with no series, several and no ``series_uid``, or a series that is not one regular grid.
     """
+    source = image_source(path, series_uid)
+    if isinstance(source, DicomSeries):
+        return source.read()
     image = read_sitk_image(path, what)
     if image.GetDimension() == 4:
         size = image.GetSize()
@@ -91,6 +99,20 @@ def read_volume(path: str | Path, channel: int | None = None, what: str = "image
     except ValueError as error:
         raise ValueError(f"{error} (file {str(path)!r})") from None
     return array, geometry_of(image)
+
+
+def image_source(path: str | Path | DicomSeries, series_uid: str | None = None) -> Path | DicomSeries:
+    """Where an image argument's voxels come from: the :class:`DicomSeries` of a DICOM folder or file (the one
+    with ``series_uid`` where there are several), else the file path itself."""
+    if isinstance(path, DicomSeries):
+        return path
+    if is_dicom_input(path):
+        return choose_series(path, series_uid)
+    if series_uid is not None:
+        raise ValueError(
+            f"--series {series_uid} picks a DICOM series, but {str(path)!r} is not a DICOM folder or file."
+        )
+    return Path(path)
 
 
 def write_volume(path: str | Path, array: np.ndarray, geometry: Geometry, compress: bool = True) -> Path:

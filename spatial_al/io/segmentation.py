@@ -20,8 +20,10 @@ import SimpleITK as sitk
 from ..annotation_record import SliceRecord
 from ..files import atomic_path
 from ..volume import Geometry, GeometryMismatchError, Segment, check_label_dtype
+from .dicom import DicomSeries
 from .images import file_suffix, geometry_of, read_sitk_image, require_file, to_sitk_image
 
+SEGMENTATION_SUFFIXES = (".seg.nrrd", ".nrrd", ".nii.gz", ".nii", ".mha")
 SEGMENT_TAG_FORBIDDEN = "|"  # separates tags in the .seg.nrrd header
 
 
@@ -33,11 +35,13 @@ class Segmentation:
         label_layers: shape (L, K, J, I), integer label values.
         segments: one entry per structure (label value + layer).
         geometry: the voxel grid of ``label_layers``.
+        referenced_series_uid: the DICOM series a DICOM-SEG segments (None for other files).
     """
 
     label_layers: np.ndarray
     segments: tuple[Segment, ...]
     geometry: Geometry
+    referenced_series_uid: str | None = None
 
     def __post_init__(self):
         if self.label_layers.ndim == 3:
@@ -94,10 +98,11 @@ def is_seg_nrrd(path: str | Path) -> bool:
 
 
 def read_segmentation(path: str | Path, segment_names: dict[int, str] | None = None) -> Segmentation:
-    """Read a ``.seg.nrrd`` or a label map file.
+    """Read a ``.seg.nrrd``, a DICOM-SEG or a label map file.
 
     Args:
-        path: ``.seg.nrrd`` (segments with names, colours, layers, tags) or a label map (.nrrd, .nii.gz, ...),
+        path: ``.seg.nrrd`` (segments with names, colours, layers, tags), a DICOM-SEG (``.dcm``; on the grid its
+            frames span, see :func:`~spatial_al.io.dicom_seg.read_dicom_seg`) or a label map (.nrrd, .nii.gz, ...),
             whose non-zero values each become a segment.
         segment_names: names of label values for label map files (e.g. from an MSD dataset.json).
 
@@ -107,6 +112,10 @@ def read_segmentation(path: str | Path, segment_names: dict[int, str] | None = N
     path = require_file(path, "segmentation")
     if is_seg_nrrd(path):
         return _read_seg_nrrd(path)
+    from .dicom_seg import is_dicom_seg, read_dicom_seg
+
+    if is_dicom_seg(path):
+        return read_dicom_seg(path)
     image = read_sitk_image(path, "segmentation")
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         raise ValueError(f"The segmentation {str(path)!r} is not a 3D label map (size {image.GetSize()}).")
@@ -216,16 +225,28 @@ def _read_seg_nrrd(path: Path) -> Segmentation:
     return Segmentation(label_layers, segments, geometry)
 
 
-def write_segmentation(path: str | Path, segmentation: Segmentation) -> Path:
-    """Write ``.seg.nrrd`` (all metadata) or a label map file (``.nrrd``, ``.nii.gz``, ``.nii``, ``.mha``), atomically
-    (an interrupted write leaves the previous file, never a partial one).
+def write_segmentation(path: str | Path, segmentation: Segmentation, source: DicomSeries | None = None) -> Path:
+    """Write ``.seg.nrrd`` (all metadata), a DICOM-SEG (``.dcm``) or a label map file (``.nrrd``, ``.nii.gz``,
+    ``.nii``, ``.mha``), atomically (an interrupted write leaves the previous file, never a partial one).
 
-    A label map keeps the label values; it cannot hold overlapping segments (ValueError then).
+    A label map keeps the label values; it cannot hold overlapping segments (ValueError then). A DICOM-SEG
+    references the series ``source`` the segmentation was drawn on (required for ``.dcm``).
     """
     path = Path(path)
     suffix = file_suffix(path)
-    if suffix not in (".seg.nrrd", ".nrrd", ".nii.gz", ".nii", ".mha"):
-        raise ValueError(f"Cannot write a segmentation to {str(path)!r}: use .seg.nrrd, .nrrd, .nii.gz or .mha.")
+    if suffix == ".dcm":
+        if source is None:
+            raise ValueError(
+                f"Cannot write the DICOM-SEG {str(path)!r}: a DICOM-SEG references the DICOM series it segments, "
+                "and the image was not read from one. Give the image as its DICOM folder, or write .seg.nrrd."
+            )
+        from .dicom_seg import write_dicom_seg
+
+        return write_dicom_seg(path, segmentation, source)
+    if suffix not in SEGMENTATION_SUFFIXES:
+        raise ValueError(
+            f"Cannot write a segmentation to {str(path)!r}: use {', '.join(SEGMENTATION_SUFFIXES)} or .dcm (DICOM-SEG)."
+        )
     with atomic_path(path) as temporary:
         if suffix == ".seg.nrrd":
             _write_seg_nrrd(temporary, segmentation)
@@ -288,13 +309,24 @@ def smallest_label_dtype(largest: int) -> type[np.unsignedinteger]:
     )
 
 
-def place_on_grid(segmentation: Segmentation, target: Geometry) -> Segmentation:
+def place_on_grid(segmentation: Segmentation, target: Geometry, series_uid: str | None = None) -> Segmentation:
     """The segmentation on the ``target`` grid.
 
-    A segmentation saved cropped to its segments' extent (Slicer may do this) shares spacing and direction with
-    its image and is offset by whole voxels: it is padded (or cropped) onto the target grid. Any other
-    difference raises :class:`GeometryMismatchError` saying what differs.
+    A segmentation saved cropped to its segments' extent (Slicer may do this; a DICOM-SEG keeps only the frames
+    that hold a segment) shares spacing with its image and is offset by whole voxels: it is padded (or cropped)
+    onto the target grid, its axes first reordered or flipped where they run the other way. Any other difference
+    raises :class:`GeometryMismatchError` saying what differs.
+
+    Args:
+        series_uid: the DICOM series of the target image; a DICOM-SEG that references another series is refused.
     """
+    referenced = segmentation.referenced_series_uid
+    if series_uid is not None and referenced is not None and referenced != series_uid:
+        raise GeometryMismatchError(
+            f"The DICOM-SEG segments series {referenced}, not the image's series {series_uid}. Give the series it "
+            f"was drawn on (--series {referenced} where the folder holds both), or a SEG made on this series."
+        )
+    segmentation = reoriented(segmentation, target)
     source = segmentation.geometry
     if not source.differences(target):
         return segmentation
@@ -318,3 +350,30 @@ def place_on_grid(segmentation: Segmentation, target: Geometry) -> Segmentation:
         raise GeometryMismatchError("Part of the segmentation lies outside the image; nothing was cropped away.")
     placed[(slice(None), *target_slices)] = cut
     return Segmentation(placed, segmentation.segments, target)
+
+
+def reoriented(segmentation: Segmentation, target: Geometry) -> Segmentation:
+    """The same voxels with axes permuted and flipped so that their directions are ``target``'s; unchanged when the
+    directions already agree or are not a signed permutation of each other (the grid check then names it)."""
+    source = segmentation.geometry
+    # match[b, a]: cosine between target index axis b and source index axis a (I, J, K)
+    match = target.direction_matrix.T @ source.direction_matrix
+    if np.allclose(match, np.eye(3), atol=1e-4):
+        return segmentation
+    axis_of = np.argmax(np.abs(match), axis=1)  # the source axis each target axis runs along
+    if len(set(axis_of.tolist())) < 3 or not np.allclose(np.abs(match[np.arange(3), axis_of]), 1.0, atol=1e-4):
+        return segmentation
+    flipped = match[np.arange(3), axis_of] < 0
+    sizes_ijk = source.shape[::-1]
+    # array axes of the layers: 0 = layer, 1 + (2 - a) = index axis a (KJI order)
+    layers = segmentation.label_layers.transpose([0, *(1 + (2 - int(axis_of[2 - n])) for n in range(3))])
+    layers = np.flip(layers, axis=[1 + (2 - b) for b in range(3) if flipped[b]])
+    origin = np.asarray(source.origin, dtype=float)
+    for b in np.flatnonzero(flipped):
+        a = int(axis_of[b])
+        origin = origin + source.direction_matrix[:, a] * source.spacing[a] * (sizes_ijk[a] - 1)
+    direction = source.direction_matrix[:, axis_of] * np.where(flipped, -1.0, 1.0)
+    geometry = Geometry(
+        layers.shape[1:], tuple(source.spacing[a] for a in axis_of), tuple(origin), tuple(direction.ravel())
+    )
+    return replace(segmentation, label_layers=np.ascontiguousarray(layers), geometry=geometry)
