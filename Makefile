@@ -18,7 +18,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e ".[slicer,test,data,cluster,web]"
+	$(BIN)/python -m pip install --quiet -e ".[slicer,test,data,cluster,web,dicom]"
 	touch $(STAMP)
 
 demo: $(STAMP)

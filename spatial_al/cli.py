@@ -28,6 +28,7 @@ from .io import (
     segmentation_on_image,
     write_segmentation,
 )
+from .io.dicomweb import is_dicomweb
 from .io.segmentation import SEGMENTATION_SUFFIXES, Segmentation
 from .progress import OperationCancelled, TqdmProgress
 from .provenance import Timer, run_record, write_json
@@ -142,6 +143,37 @@ def dicom_source(source: Path | DicomSeries) -> DicomSeries | None:
     return source if isinstance(source, DicomSeries) else None
 
 
+def source_of_image(args: argparse.Namespace) -> Path | DicomSeries:
+    """The image argument resolved: a file, or a DICOM series (from a folder or a dicomweb: server)."""
+    filters = {}
+    for pair in args.qido:
+        key, separator, value = pair.partition("=")
+        if not separator or not key.strip():
+            raise CommandLineError(f"--qido {pair!r}: write it as KEYWORD=VALUE, e.g. --qido Modality=CT.")
+        filters[key.strip()] = value.strip()
+    return image_source(args.image, args.series, args.study, filters)
+
+
+def require_storable(args: argparse.Namespace, output: Path) -> None:
+    """--store sends a DICOM-SEG back to the dicomweb: server the image came from; refuse anything else up front."""
+    if args.store and not (is_dicomweb(args.image) and file_suffix(output) == ".dcm"):
+        raise CommandLineError(
+            "--store sends the DICOM-SEG back to the DICOMweb server the image came from: give the image as "
+            "dicomweb:URL and --output NAME.dcm."
+        )
+
+
+def store_output(args: argparse.Namespace, output: Path) -> str | None:
+    """STOW-RS the written output when --store asks; returns its SOPInstanceUID."""
+    if not args.store:
+        return None
+    from .io.dicomweb import DicomWebServer
+
+    uid = DicomWebServer.from_argument(args.image).store(output)
+    print(f"Stored {output.name} on {args.image[len('dicomweb:') :]} (SOPInstanceUID {uid})")
+    return uid
+
+
 def resolve_annotated(args: argparse.Namespace, segmentation: Segmentation | None, axis: int) -> list[int]:
     if args.annotated is not None:
         try:
@@ -236,7 +268,7 @@ def command_rank(args: argparse.Namespace) -> None:
     refuse_overwriting_inputs(output, [args.image, args.labels, args.model])
     timer = Timer()
     with timer("load"):
-        source = image_source(args.image, args.series)
+        source = source_of_image(args)
         stack = load_stack(source, args.labels, slice_axis=args.axis, channel=args.channel)
         model, device = load_model_argument(args)
     segmentation = Segmentation(stack.label_layers, stack.segments, stack.geometry) if args.labels else None
@@ -294,7 +326,8 @@ def command_propagate(args: argparse.Namespace) -> None:
     output = writable_output(args.output)
     confidence_output = Path(args.confidence_output) if args.confidence_output else None
     refuse_overwriting_inputs(output, [args.image, args.segmentation, args.model])
-    source = image_source(args.image, args.series)
+    require_storable(args, output)
+    source = source_of_image(args)
     require_segmentation_suffix(output, source)
     if confidence_output is not None:
         refuse_overwriting_inputs(confidence_output, [args.image, args.segmentation, args.model, output])
@@ -344,6 +377,7 @@ def command_propagate(args: argparse.Namespace) -> None:
         "unreached_slices": np.flatnonzero(status == "unreached"),
         "slice_confidence": [None if np.isnan(c) else round(float(c), 4) for c in propagation.confidence],
     }
+    results["stored_sop_instance_uid"] = store_output(args, output)
     write_json(run_record_path(output), run_record("spatial-al propagate", configuration, results, timer))
     if results["unreached_slices"].size:
         print(
@@ -399,7 +433,7 @@ def command_train(args: argparse.Namespace) -> None:
         raise CommandLineError(f"--output {str(output)!r}: a model checkpoint is written as a .pt file.")
     timer = Timer()
     with timer("load"):
-        source = image_source(args.image, args.series)
+        source = source_of_image(args)
         stack = load_stack(source, args.segmentation, slice_axis=args.axis, channel=args.channel)
         pseudo = segmentation_on_image(args.pseudo, stack.geometry, source) if args.pseudo else None
     segmentation = Segmentation(stack.label_layers, stack.segments, stack.geometry)
@@ -467,7 +501,8 @@ def command_predict(args: argparse.Namespace) -> None:
 
     output = writable_output(args.output)
     refuse_overwriting_inputs(output, [args.image, args.model])
-    source = image_source(args.image, args.series)
+    require_storable(args, output)
+    source = source_of_image(args)
     require_segmentation_suffix(output, source)
     timer = Timer()
     with timer("load"):
@@ -480,7 +515,10 @@ def command_predict(args: argparse.Namespace) -> None:
         write_segmentation(output, segmentation, source=dicom_source(source))
     configuration = {**vars(args), "axis": model.config.slice_axis, "device": str(device)}
     configuration.pop("handler")
-    results = {"segments": [s.name for s in segmentation.segments]}
+    results = {
+        "segments": [s.name for s in segmentation.segments],
+        "stored_sop_instance_uid": store_output(args, output),
+    }
     write_json(run_record_path(output), run_record("spatial-al predict", configuration, results, timer))
     print(f"Wrote {output} ({', '.join(results['segments'])})")
 
@@ -644,8 +682,20 @@ def command_methods(args: argparse.Namespace) -> None:
 
 
 def add_image_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("image", help="scalar volume (.nrrd, .nii.gz, ...) or a folder of DICOM files")
-    parser.add_argument("--series", metavar="UID", help="the series to read where the DICOM folder holds several")
+    parser.add_argument(
+        "image", help="scalar volume (.nrrd, .nii.gz, ...), a folder of DICOM files, or dicomweb:URL (a PACS)"
+    )
+    parser.add_argument("--series", metavar="UID", help="the series to read where the DICOM source holds several")
+    parser.add_argument("--study", metavar="UID", help="dicomweb: the study to search")
+    parser.add_argument(
+        "--qido", action="append", default=[], metavar="KEY=VALUE", help="dicomweb: a search filter, e.g. Modality=CT"
+    )
+
+
+def add_store_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--store", action="store_true", help="dicomweb: also store the output DICOM-SEG on the server (STOW-RS)"
+    )
 
 
 def add_volume_arguments(parser: argparse.ArgumentParser) -> None:
@@ -765,6 +815,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="take pseudo-labels a person edited or erased as annotated slices (default: kept, not propagated from)",
     )
+    add_store_argument(propagate)
     propagate.add_argument("--seed", type=int, default=0, help="random seed of learned methods (default 0)")
     propagate.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     propagate.add_argument("--batch-size", type=positive_int, default=8, help="slices per forward pass (default 8)")
@@ -802,6 +853,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--output", required=True, help="output .seg.nrrd (segment names kept), .dcm (DICOM-SEG) or label map"
     )
+    add_store_argument(predict)
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     predict.add_argument("--batch-size", type=positive_int, default=8, help="slices per forward pass (default 8)")
     predict.add_argument("--channel", type=int, default=None, help="channel of a 4D (multi-modal) image")

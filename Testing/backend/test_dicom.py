@@ -315,3 +315,14 @@ def test_a_fractional_seg_is_refused_with_what_to_do(series_folder, chest, tmp_p
 def test_segment_names_map_to_snomed_codes_or_a_generic_tissue(name, code):
     _, kind = property_codes(name)
     assert kind.value == code
+
+
+def test_without_the_dicom_extra_the_error_says_how_to_install_it(monkeypatch, series_folder):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *rest: None if name == "highdicom" else real(name, *rest)
+    )
+    with pytest.raises(ImportError, match=r"needs highdicom: pip install 'spatial-active-learning\[dicom\]'"):
+        read_volume(series_folder)

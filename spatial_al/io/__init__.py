@@ -8,6 +8,7 @@ from pathlib import Path
 from ..volume import Geometry, SliceStack, resolve_slice_axis
 from .datasets import ACDCDataset, ATLASDataset, CaseFolder, KiTS19Dataset, LiTSDataset
 from .dicom import DicomSeries, DicomSeriesError, choose_series, find_series
+from .dicomweb import is_dicomweb
 from .images import file_suffix, image_source, read_volume, write_volume
 from .msd import MSDDataset
 from .segmentation import Segmentation, place_on_grid, read_segmentation, write_segmentation
@@ -70,9 +71,29 @@ def load_stack(
 
 def segmentation_on_image(path: str | Path, geometry: Geometry, source: Path | DicomSeries) -> Segmentation:
     """The segmentation file ``path`` placed on the grid of the image read from ``source`` (see
-    :func:`place_on_grid`); a DICOM-SEG that references another series than ``source`` is refused."""
+    :func:`place_on_grid`); a DICOM-SEG that references another series than ``source`` is refused.
+
+    ``path`` may be ``dicomweb:URL``: the newest DICOM-SEG on that server that references ``source``'s series.
+    """
     series_uid = source.series_uid if isinstance(source, DicomSeries) else None
+    if is_dicomweb(path):
+        path = newest_segmentation_on_server(str(path), source)
     return place_on_grid(read_segmentation(path), geometry, series_uid=series_uid)
+
+
+def newest_segmentation_on_server(argument: str, source: Path | DicomSeries) -> Path:
+    """The cached file of the newest DICOM-SEG on the ``dicomweb:URL`` server that references ``source``."""
+    from .dicomweb import DicomWebServer
+
+    if not isinstance(source, DicomSeries):
+        raise ValueError(f"A segmentation from {argument} is a DICOM-SEG of a DICOM series; the image is not one.")
+    found = DicomWebServer.from_argument(argument).segmentations_of(source)
+    if not found:
+        raise FileNotFoundError(
+            f"The DICOMweb server {argument[len('dicomweb:') :]} holds no DICOM-SEG of series {source.series_uid}; "
+            "give the segmentation as a file, or store one there first."
+        )
+    return found[0]
 
 
 def _empty_labels(shape):

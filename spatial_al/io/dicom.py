@@ -35,6 +35,21 @@ SPACING_RELATIVE_TOLERANCE = 0.01
 TILT_TOLERANCE_DEGREES = 0.05
 
 
+DICOM_LIBRARIES = ("pydicom", "highdicom", "dicomweb_client")
+
+
+def require_dicom_libraries() -> None:
+    """Raise ImportError saying how to install the ``dicom`` extra when one of its libraries is missing."""
+    from importlib.util import find_spec
+
+    missing = [name for name in DICOM_LIBRARIES if find_spec(name) is None]
+    if missing:
+        raise ImportError(
+            f"Reading and writing DICOM needs {', '.join(missing)}: pip install 'spatial-active-learning[dicom]' "
+            "(pydicom, highdicom, dicomweb-client). Inside Slicer, load DICOM with the DICOM module instead."
+        )
+
+
 class DicomSeriesError(ValueError):
     """A DICOM folder or series cannot be read as one regular volume (the message names the problem and the fix)."""
 
@@ -137,6 +152,7 @@ def find_series(path: str | Path) -> list[DicomSeries]:
 
     Segmentations, structure sets and presentation states are left out (see :func:`find_segmentations`).
     """
+    require_dicom_libraries()
     path = Path(path)
     files = [path] if path.is_file() else list(dicom_files(path))
     grouped: dict[str, list[tuple[Path, object]]] = {}

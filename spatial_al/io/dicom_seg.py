@@ -23,7 +23,14 @@ import numpy as np
 from ..annotation_record import SliceRecord
 from ..files import atomic_path
 from ..volume import Geometry, Segment
-from .dicom import SEGMENTATION_STORAGE, DicomSeries, DicomSeriesError, kji_volume_geometry, volume_to_kji
+from .dicom import (
+    SEGMENTATION_STORAGE,
+    DicomSeries,
+    DicomSeriesError,
+    kji_volume_geometry,
+    require_dicom_libraries,
+    volume_to_kji,
+)
 
 PRIVATE_GROUP = 0x0099
 PRIVATE_CREATOR = "SpatialActiveLearning 1"
@@ -97,6 +104,7 @@ def write_dicom_seg(
     Raises:
         DicomSegError: the segmentation is not on the series' grid, or LABELMAP asked for overlapping segments.
     """
+    require_dicom_libraries()
     import highdicom
     from pydicom.uid import generate_uid
 
@@ -232,14 +240,15 @@ def series_geometry(series: DicomSeries) -> Geometry:
 
 def is_dicom_seg(path: str | Path) -> bool:
     """True for a file that is a DICOM Segmentation Storage instance."""
-    import pydicom
-
     path = Path(path)
     if not path.is_file():
         return False
     with path.open("rb") as file:
         if file.read(132)[128:] != b"DICM":
             return False
+    require_dicom_libraries()
+    import pydicom
+
     header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
     return str(getattr(header, "SOPClassUID", "")) == SEGMENTATION_STORAGE
 

@@ -5,6 +5,7 @@ Arrays are KJI-ordered (``SimpleITK.GetArrayFromImage`` order); geometry is retu
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import SimpleITK as sitk
 from ..files import atomic_path
 from ..volume import Geometry, check_scalar_volume
 from .dicom import DicomSeries, choose_series, is_dicom_input
+from .dicomweb import is_dicomweb
 
 LABEL_MAP_SUFFIXES = (".nrrd", ".nii.gz", ".nii", ".mha", ".mhd")
 
@@ -101,11 +103,25 @@ def read_volume(
     return array, geometry_of(image)
 
 
-def image_source(path: str | Path | DicomSeries, series_uid: str | None = None) -> Path | DicomSeries:
+def image_source(
+    path: str | Path | DicomSeries,
+    series_uid: str | None = None,
+    study_uid: str | None = None,
+    filters: Mapping[str, str] | None = None,
+) -> Path | DicomSeries:
     """Where an image argument's voxels come from: the :class:`DicomSeries` of a DICOM folder or file (the one
-    with ``series_uid`` where there are several), else the file path itself."""
+    with ``series_uid`` where there are several), of a ``dicomweb:URL`` server (retrieved into the cache; the series
+    picked by ``series_uid``, ``study_uid`` and QIDO ``filters`` such as ``{"Modality": "CT"}``), else the file path.
+    """
     if isinstance(path, DicomSeries):
         return path
+    if is_dicomweb(path):
+        from .dicomweb import DicomWebServer
+
+        selection = {**(filters or {}), "StudyInstanceUID": study_uid, "SeriesInstanceUID": series_uid}
+        return DicomWebServer.from_argument(str(path)).series({k: v for k, v in selection.items() if v})
+    if study_uid is not None or filters:
+        raise ValueError(f"--study and --qido search a DICOMweb server; {str(path)!r} is not a dicomweb: address.")
     if is_dicom_input(path):
         return choose_series(path, series_uid)
     if series_uid is not None:
