@@ -267,9 +267,10 @@ class AnnotationApp(TrameApp):
 
     def save(self):
         saved = self.session.save()
-        names = [path.name for path in (saved.segmentation, saved.scene, saved.queried_slices) if path is not None]
+        names = [path.name for path in saved.files()]
         self.state.sal_saved = names
-        self.report(f"Saved {', '.join(names)} in {self.output}.", "success")
+        stored = f" The DICOM-SEG is stored on the PACS ({saved.stored_uid})." if saved.stored_uid else ""
+        self.report(f"Saved {', '.join(names)} in {self.output}.{stored}", "success")
 
     # -- background work (model) -------------------------------------------------------------------------------------
 

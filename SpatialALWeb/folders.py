@@ -7,9 +7,12 @@ lead out of it (``..``, an absolute path, a link pointing elsewhere).
 
 from __future__ import annotations
 
+import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+from spatial_al.io.dicom import DicomSeries
 
 IMAGE_SUFFIXES = (".nrrd", ".nii.gz", ".nii", ".mha", ".mhd")
 SEGMENTATION_SUFFIX = ".seg.nrrd"
@@ -24,14 +27,47 @@ class Case:
     """A scan to annotate.
 
     Attributes:
-        name: what the page lists (the image's file name without its suffix).
-        image: the scalar volume file.
-        segmentation: its segmentation (``.seg.nrrd`` or label map), None to start from an empty one.
+        name: what the page lists (the image's file name without its suffix; a DICOM series' description and the
+            end of its UID).
+        image: the scalar volume file (a DICOM series' first file; None for a series not retrieved yet).
+        segmentation: its segmentation (``.seg.nrrd``, DICOM-SEG or label map), None to start from an empty one.
+        series: the DICOM series the image is, if it is one (Save then writes a DICOM-SEG too).
+        server: the ``dicomweb:URL`` the series lives on: retrieved when opened, its SEG stored there by Save.
+        study_uid, series_uid: which series of ``server``.
     """
 
     name: str
-    image: Path
+    image: Path | None
     segmentation: Path | None = None
+    series: DicomSeries | None = None
+    server: str | None = None
+    study_uid: str | None = None
+    series_uid: str | None = None
+
+    def opened(self) -> Case:
+        """This case ready to read: a DICOMweb series retrieved into the cache (only instances not there yet), with
+        the newest SEG on the server that references it as its segmentation."""
+        if self.server is None or self.series is not None:
+            return self
+        from spatial_al.io.dicomweb import DicomWebServer
+
+        server = DicomWebServer.from_argument(self.server)
+        series = server.series({"StudyInstanceUID": self.study_uid, "SeriesInstanceUID": self.series_uid})
+        segmentations = server.segmentations_of(series)
+        return replace(
+            self, image=series.files[0], series=series, segmentation=segmentations[0] if segmentations else None
+        )
+
+    @property
+    def source(self) -> Path | DicomSeries:
+        """What the image is read from (:func:`spatial_al.io.load_stack`)."""
+        return self.series if self.series is not None else self.image
+
+
+def dicomCaseName(description: str, seriesUid: str) -> str:
+    """A file-safe case name of a DICOM series: its description and the last 8 digits of its UID."""
+    words = re.sub(r"[^A-Za-z0-9]+", "-", description).strip("-") or "series"
+    return f"{words}-{seriesUid.replace('.', '')[-8:]}"
 
 
 def _suffix(path: Path) -> str:
@@ -51,7 +87,10 @@ def inside(folder: Path, name: str) -> Path:
 
 
 def findCases(folder: Path) -> list[Case]:
-    """The scans directly in ``folder``, each with the segmentation named after it (``<name>.seg.nrrd``) if any."""
+    """The scans directly in ``folder``, each with the segmentation named after it (``<name>.seg.nrrd``) if any, then
+    the DICOM image series under it, each with the newest DICOM-SEG there that references it if any."""
+    from spatial_al.io.dicom import dicom_files, find_series, newest_segmentations
+
     folder = Path(folder)
     cases = []
     for path in sorted(folder.iterdir()):
@@ -61,7 +100,36 @@ def findCases(folder: Path) -> list[Case]:
         name = path.name[: -len(suffix)]
         segmentation = folder / f"{name}{SEGMENTATION_SUFFIX}"
         cases.append(Case(name, path, segmentation if segmentation.is_file() else None))
+    if next(iter(dicom_files(folder)), None) is not None:
+        segmentations = newest_segmentations([folder])
+        for series in find_series(folder):
+            segmentation = segmentations.get(series.series_uid, (None, None))[0]
+            name = dicomCaseName(series.description, series.series_uid)
+            cases.append(Case(name, series.files[0], segmentation, series=series))
     return cases
+
+
+def serverCases(address: str, filters: dict[str, str]) -> tuple[Path, list[Case]]:
+    """(the cache folder, the image series the QIDO ``filters`` find on the ``dicomweb:URL`` server), nothing
+    retrieved until a case is opened."""
+    from spatial_al.io.dicomweb import DESCRIPTION, SERIES_UID, STUDY_UID, DicomWebServer, qido_value
+
+    server = DicomWebServer.from_argument(address)
+    found = server.image_entries(filters)
+    if not found:
+        raise ValueError(f"The DICOMweb server {server.url} holds no image series matching the filters {filters}.")
+    cases = [
+        Case(
+            dicomCaseName(qido_value(entry, DESCRIPTION), qido_value(entry, SERIES_UID)),
+            None,
+            server=address,
+            study_uid=qido_value(entry, STUDY_UID),
+            series_uid=qido_value(entry, SERIES_UID),
+        )
+        for entry in found
+    ]
+    server.cache.mkdir(parents=True, exist_ok=True)
+    return server.cache.resolve(), cases
 
 
 def demoCase(output: Path) -> Case:
@@ -85,18 +153,26 @@ def demoCase(output: Path) -> Case:
 
 
 def casesFrom(
-    data: str | Path | None, segmentation: str | Path | None = None, output: Path = Path("spatial-al-web")
+    data: str | Path | None,
+    segmentation: str | Path | None = None,
+    output: Path = Path("spatial-al-web"),
+    filters: dict[str, str] | None = None,
 ) -> tuple[Path, list[Case]]:
     """(the data folder, its cases) of what ``spatial-al web`` was given: nothing (the demo, written into
-    ``output``), an image (with ``segmentation``), or a folder of images.
+    ``output``), an image (with ``segmentation``), a folder of images or DICOM series, or ``dicomweb:URL`` (the
+    image series the QIDO ``filters`` find; the data folder is then the DICOMweb cache).
 
     Raises:
         FileNotFoundError: ``data`` or ``segmentation`` does not exist.
         ValueError: a folder holding no image, or a segmentation given with a folder.
     """
+    from spatial_al.io.dicomweb import is_dicomweb
+
     if data is None:
         case = demoCase(output)
         return case.image.parent, [case]
+    if is_dicomweb(str(data)):
+        return serverCases(str(data), filters or {})
     data = Path(data)
     if not data.exists():
         raise FileNotFoundError(f"{str(data)!r} does not exist: give an image file or a folder of images.")
@@ -106,7 +182,8 @@ def casesFrom(
         cases = findCases(data)
         if not cases:
             raise ValueError(
-                f"{str(data)!r} holds no image ({', '.join(IMAGE_SUFFIXES)}); give a folder of scans, or one scan."
+                f"{str(data)!r} holds no image ({', '.join(IMAGE_SUFFIXES)}) and no DICOM series; give a folder of "
+                "scans, or one scan."
             )
         return data.resolve(), cases
     if segmentation is not None and not Path(segmentation).is_file():

@@ -36,15 +36,16 @@ def argumentsOnlyOurs():
         sys.argv = saved
 
 
-def serve(data=None, segmentation=None, output="spatial-al-web", host="127.0.0.1", port=0) -> None:
+def serve(data=None, segmentation=None, output="spatial-al-web", host="127.0.0.1", port=0, filters=None) -> None:
     """Open the cases of ``data`` (see :func:`SpatialALWeb.folders.casesFrom`) and serve the app until stopped.
 
     Args:
-        data: an image, a folder of images, or None for the demo chest CT.
+        data: an image, a folder of images or DICOM series, ``dicomweb:URL``, or None for the demo chest CT.
         segmentation: the image's segmentation (with one image only).
         output: the folder the app writes into (created if needed).
         host: the address to bind; 127.0.0.1 keeps the app to this machine.
         port: the port (0: a free one); the URL printed says which.
+        filters: QIDO-RS filters choosing the series of a ``dicomweb:URL``.
     """
     useOffscreenRendering()
     from trame.app import get_server
@@ -55,7 +56,7 @@ def serve(data=None, segmentation=None, output="spatial-al-web", host="127.0.0.1
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("spatial_al").setLevel(logging.INFO)  # ours: what the page was told, and why it failed
     output = Path(output).resolve()
-    dataFolder, cases = casesFrom(data, segmentation, output)
+    dataFolder, cases = casesFrom(data, segmentation, output, filters)
     token = os.environ.get(TOKEN_VARIABLE) or secrets.token_urlsafe(24)
     server = get_server("spatial-al-web", client_type="vue3")
     server.cli.set_defaults(authKey=token)

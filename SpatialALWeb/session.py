@@ -39,11 +39,17 @@ def moduleLogics():
 @dataclass
 class SavedFiles:
     """What :meth:`AnnotationSession.save` wrote: the segmentation (``.seg.nrrd`` with the slice record), the scene
-    bundle (``.mrb``) and the queried slices (``.csv``, None before any ranking)."""
+    bundle (``.mrb``), the queried slices (``.csv``, None before any ranking), the DICOM-SEG (``.dcm``, for a DICOM
+    series) and the SOPInstanceUID it was stored under on the case's DICOMweb server (None when not stored)."""
 
     segmentation: Path
     scene: Path
     queried_slices: Path | None
+    dicom_seg: Path | None = None
+    stored_uid: str | None = None
+
+    def files(self) -> list[Path]:
+        return [path for path in (self.segmentation, self.scene, self.queried_slices, self.dicom_seg) if path]
 
 
 class AnnotationSession:
@@ -57,17 +63,17 @@ class AnnotationSession:
     """
 
     def __init__(self, scene, case: Case, output: Path, sliceAxis="axial"):
-        from spatial_al.io import load_stack, place_on_grid, read_segmentation
+        from spatial_al.io import load_stack, segmentation_on_image
         from spatial_al.io.segmentation import Segmentation
         from SpatialALSlicerLib import MRMLAdapter
 
         self.scene = scene
-        self.case = case
+        self.case = case = case.opened()
         self.output = Path(output)
         self.selector, self.propagation = moduleLogics()
-        stack = load_stack(case.image, slice_axis=sliceAxis)
+        stack = load_stack(case.source, slice_axis=sliceAxis)
         if case.segmentation is not None:
-            segmentation = place_on_grid(read_segmentation(case.segmentation), stack.geometry)
+            segmentation = segmentation_on_image(case.segmentation, stack.geometry, case.source)
         else:
             segmentation = Segmentation(np.zeros((1, *stack.image.shape), np.uint8), (), stack.geometry)
         self.volumeNode = MRMLAdapter.addVolumeNode(scene, stack.image, stack.geometry, case.name)
@@ -200,8 +206,9 @@ class AnnotationSession:
     # -- saving ------------------------------------------------------------------------------------------------------
 
     def save(self) -> SavedFiles:
-        """Write the segmentation (``.seg.nrrd``, slice record in its segments' tags), the scene (``.mrb``) and the
-        queried slices (``.csv``) into the output folder, each atomically; returns their paths."""
+        """Write the segmentation (``.seg.nrrd``, slice record in its segments' tags), the scene (``.mrb``), the
+        queried slices (``.csv``) and, for a DICOM series, a DICOM-SEG (``.dcm``) into the output folder, each
+        atomically; a series from a DICOMweb server gets its SEG stored there (STOW-RS). Returns what was written."""
         from spatial_al.files import write_text_atomic
         from spatial_al.io import write_segmentation
         from SpatialALSlicerLib import MRMLAdapter
@@ -219,4 +226,11 @@ class AnnotationSession:
             writer.writeheader()
             writer.writerows(rows)
             csvPath = write_text_atomic(self.output / f"{self.case.name}-queried-slices.csv", text.getvalue())
-        return SavedFiles(segmentationPath, scenePath, csvPath)
+        saved = SavedFiles(segmentationPath, scenePath, csvPath)
+        if self.case.series is not None:
+            saved.dicom_seg = write_segmentation(self.output / f"{self.case.name}.dcm", segmentation, self.case.series)
+        if self.case.server is not None:
+            from spatial_al.io.dicomweb import DicomWebServer
+
+            saved.stored_uid = DicomWebServer.from_argument(self.case.server).store(saved.dicom_seg)
+        return saved

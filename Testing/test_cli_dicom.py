@@ -76,3 +76,27 @@ def test_a_dicom_seg_is_written_only_for_a_dicom_image_and_series_are_picked_by_
     assert main([*arguments, "--series", first, "--labels", str(truth), "--quiet"]) == 0
     assert len(ranking.read_text().splitlines()) == 4
     assert patient_data_in(ranking.with_name("ranking.csv.run.json")) == []
+
+
+def test_rank_volumes_reads_dicom_series_and_dataset_layouts(dicom_study, tmp_path):
+    import nibabel
+
+    study, _ = dicom_study
+    image, geometry = read_volume(study)
+    write_ct_series(study / "second", image[:20], geometry.__class__((20, *geometry.shape[1:]), geometry.spacing))
+    ranking = tmp_path / "dicom.csv"
+    assert main(["rank-volumes", str(study), "--strategy", "random", "-k", "1", "--output", str(ranking)]) == 0
+    ranked = {line.split(",")[1] for line in ranking.read_text().splitlines()[1:]}
+    assert ranked == {series.series_uid for series in (choose_series(study / "ct"), choose_series(study / "second"))}
+
+    kits = tmp_path / "kits"
+    for case in ("case_00000", "case_00001"):
+        (kits / case).mkdir(parents=True)
+        nibabel.save(
+            nibabel.Nifti1Image(image[:, :32, :32].astype(np.int16), np.eye(4)), kits / case / "imaging.nii.gz"
+        )
+        labels = (image[:, :32, :32] > 0).astype(np.uint8)
+        nibabel.save(nibabel.Nifti1Image(labels, np.eye(4)), kits / case / "segmentation.nii.gz")
+    ranking = tmp_path / "kits.csv"
+    assert main(["rank-volumes", str(kits), "--strategy", "random", "-k", "1", "--output", str(ranking)]) == 0
+    assert {line.split(",")[1] for line in ranking.read_text().splitlines()[1:]} == {"case_00000", "case_00001"}

@@ -189,3 +189,44 @@ def test_store_needs_a_dicomweb_image_and_a_dcm_output(tmp_path, capsys):
     assert main(["propagate", str(image), str(truth), "--annotated", "0,9", "--output", str(output), "--store"]) == 2
     assert "--store sends the DICOM-SEG back" in capsys.readouterr().err
     assert not output.exists()
+
+
+def test_a_pacs_is_a_cohort_of_its_segmented_series_and_a_set_of_scans_to_rank(pacs, study, signed_in, tmp_path):
+    from spatial_al.experiments.cohort import open_source
+    from spatial_al.experiments.config import DataConfig
+
+    address = f"dicomweb:{pacs.dicomweb}"
+    ct = choose_series(study / "ct")
+    source = open_source(address, DataConfig())
+    assert source.names == [ct.series_uid]
+    assert sorted(source.label_names.values()) == sorted(
+        s.name for s in read_segmentation(chest_ct_files()[1]).segments
+    )
+    (volume,) = source.volumes()
+    assert volume.image.shape == (34, 128, 128) and np.count_nonzero(volume.labels) > 0
+
+    ranking = tmp_path / "scans.csv"
+    arguments = ["rank-volumes", address, "--qido", "Modality=CT", "--strategy", "random", "-k", "1"]
+    assert main([*arguments, "--output", str(ranking)]) == 0
+    assert ranking.read_text().splitlines()[1].split(",")[1] == ct.series_uid
+
+
+def test_the_web_session_opens_a_series_from_the_pacs_and_save_stores_its_seg_there(
+    pacs, study, signed_in, headless, tmp_path
+):
+    from SpatialALWeb.folders import casesFrom
+    from SpatialALWeb.session import AnnotationSession
+
+    address = f"dicomweb:{pacs.dicomweb}"
+    ct = choose_series(study / "ct")
+    folder, cases = casesFrom(address, filters={"Modality": "CT"})
+    assert folder == signed_in.resolve() and [case.series_uid for case in cases] == [ct.series_uid]
+    assert not list(signed_in.rglob("*.dcm"))  # nothing retrieved before a case is opened
+
+    session = AnnotationSession(headless.scene, cases[0], tmp_path / "output")
+    assert session.case.series.n_slices == 34 and session.case.segmentation is not None
+    saved = session.save()
+    stored = pacs.get("/instances?expand")  # Orthanc's own REST API: a second view of what the PACS holds
+    uids = {instance["MainDicomTags"]["SOPInstanceUID"] for instance in stored}
+    assert saved.stored_uid in uids
+    assert pydicom.dcmread(saved.dicom_seg, stop_before_pixels=True).SOPInstanceUID == saved.stored_uid

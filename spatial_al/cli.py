@@ -145,13 +145,18 @@ def dicom_source(source: Path | DicomSeries) -> DicomSeries | None:
 
 def source_of_image(args: argparse.Namespace) -> Path | DicomSeries:
     """The image argument resolved: a file, or a DICOM series (from a folder or a dicomweb: server)."""
+    return image_source(args.image, args.series, args.study, qido_filters(args))
+
+
+def qido_filters(args: argparse.Namespace) -> dict[str, str]:
+    """``--qido KEY=VALUE`` arguments as QIDO-RS search filters."""
     filters = {}
     for pair in args.qido:
         key, separator, value = pair.partition("=")
         if not separator or not key.strip():
             raise CommandLineError(f"--qido {pair!r}: write it as KEYWORD=VALUE, e.g. --qido Modality=CT.")
         filters[key.strip()] = value.strip()
-    return image_source(args.image, args.series, args.study, filters)
+    return filters
 
 
 def require_storable(args: argparse.Namespace, output: Path) -> None:
@@ -202,31 +207,19 @@ def load_model_argument(args: argparse.Namespace):
     return model, device
 
 
-VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
-
-
 def command_rank_volumes(args: argparse.Namespace) -> None:
-    from .io import read_volume
+    from .io import read_volume, scans_in
     from .selection.volumes import rank_volumes
     from .volume import resolve_slice_axis
 
-    folder = Path(args.folder)
-    if not folder.is_dir():
-        raise ValueError(f"{str(folder)!r} is not a folder; give the folder holding the scans to rank.")
-    files = sorted(
-        path
-        for path in folder.iterdir()
-        if path.name.lower().endswith(VOLUME_SUFFIXES) and not path.name.lower().endswith(".seg.nrrd")
-    )
-    if not files:
-        raise ValueError(f"{str(folder)!r} holds no volume ({', '.join(VOLUME_SUFFIXES)}).")
     output = writable_output(args.output)
-    refuse_overwriting_inputs(output, [*files, args.model])
+    scans = scans_in(args.folder, qido_filters(args))
+    refuse_overwriting_inputs(output, [*(source for _, source in scans if isinstance(source, Path)), args.model])
     timer = Timer()
     with timer("load"):
         volumes, axes = [], set()
-        for path in files:
-            image, geometry = read_volume(path, channel=args.channel)
+        for _, source in scans:
+            image, geometry = read_volume(source, channel=args.channel)
             volumes.append(image)
             axes.add(resolve_slice_axis(args.axis, geometry))
         model, device = load_model_argument(args)
@@ -241,7 +234,7 @@ def command_rank_volumes(args: argparse.Namespace) -> None:
             args.strategy,
             args.k,
             model,
-            names=[path.name for path in files],
+            names=[name for name, _ in scans],
             axis=axes.pop(),
             seed=args.seed,
             device=device or args.device,
@@ -251,7 +244,7 @@ def command_rank_volumes(args: argparse.Namespace) -> None:
             **options,
         )
     ranking.write_csv(output)
-    configuration = {**vars(args), "files": [str(path) for path in files], "options": options}
+    configuration = {**vars(args), "scans": [name for name, _ in scans], "options": options}
     configuration.pop("handler")
     results = {"top": ranking.top(args.k), "scores": dict(zip(ranking.names, ranking.scores.tolist(), strict=True))}
     write_json(run_record_path(output), run_record("spatial-al rank-volumes", configuration, results, timer))
@@ -593,7 +586,10 @@ def command_web(args: argparse.Namespace) -> None:
             f"The browser app needs the web extra ({error}): run `make web`, or pip install -e '.[web]' from the "
             "source tree."
         ) from None
-    serve(args.data, args.segmentation, args.output, args.host, args.port)
+    filters = qido_filters(args)
+    if args.study:
+        filters["StudyInstanceUID"] = args.study
+    serve(args.data, args.segmentation, args.output, args.host, args.port, filters)
 
 
 def command_demo(args: argparse.Namespace) -> None:
@@ -735,8 +731,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=command_demo)
 
     web = commands.add_parser("web", help="annotate in the browser: serve the app and print its URL")
-    web.add_argument("data", nargs="?", help="an image, or a folder of images (default: the demo chest CT)")
-    web.add_argument("--segmentation", help="the image's segmentation (.seg.nrrd or label map), beside it")
+    web.add_argument(
+        "data",
+        nargs="?",
+        help="an image, a folder of images or DICOM series, or dicomweb:URL (default: the demo chest CT)",
+    )
+    web.add_argument("--study", metavar="UID", help="dicomweb: the study whose series to list")
+    web.add_argument(
+        "--qido", action="append", default=[], metavar="KEY=VALUE", help="dicomweb: a search filter, e.g. Modality=CT"
+    )
+    web.add_argument("--segmentation", help="the image's segmentation (.seg.nrrd, DICOM-SEG or label map), beside it")
     web.add_argument("--output", default="spatial-al-web", help="folder saved files go to (default: spatial-al-web)")
     web.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     web.add_argument("--port", type=int, default=0, help="port (default 0: a free one, printed)")
@@ -762,7 +766,14 @@ def build_parser() -> argparse.ArgumentParser:
     volumes = commands.add_parser(
         "rank-volumes", help="rank the scans of a folder to annotate first; writes rank,volume,score CSV"
     )
-    volumes.add_argument("folder", help="folder of scalar volumes (.nii.gz, .nrrd, .mha)")
+    volumes.add_argument(
+        "folder",
+        help="folder of scalar volumes (.nii.gz, .nrrd, .mha), a dataset folder (MSD, ACDC, KiTS19, LiTS, ATLAS), a "
+        "folder of DICOM series, or dicomweb:URL",
+    )
+    volumes.add_argument(
+        "--qido", action="append", default=[], metavar="KEY=VALUE", help="dicomweb: a search filter, e.g. Modality=CT"
+    )
     volumes.add_argument(
         "--strategy",
         required=True,

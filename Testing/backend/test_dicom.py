@@ -326,3 +326,32 @@ def test_without_the_dicom_extra_the_error_says_how_to_install_it(monkeypatch, s
     )
     with pytest.raises(ImportError, match=r"needs highdicom: pip install 'spatial-active-learning\[dicom\]'"):
         read_volume(series_folder)
+
+
+def test_a_folder_of_studies_is_a_cohort_of_the_series_with_a_seg_classes_matched_by_name(tmp_path, chest):
+    from spatial_al.experiments.cohort import open_source
+    from spatial_al.experiments.config import DataConfig
+    from spatial_al.io import open_dataset
+
+    image, geometry, segmentation = chest
+    short = Geometry((20, *geometry.shape[1:]), geometry.spacing, geometry.origin, geometry.direction)
+    write_ct_series(tmp_path / "a", image, geometry)
+    write_ct_series(tmp_path / "b", image[:20], short)
+    write_ct_series(tmp_path / "unlabelled", image[:10], Geometry((10, *geometry.shape[1:]), geometry.spacing))
+    write_segmentation(tmp_path / "a-seg.dcm", segmentation, source=choose_series(tmp_path / "a"))
+    reversed_segments = Segmentation(segmentation.label_layers[:, :20], segmentation.segments[::-1], short)
+    write_segmentation(tmp_path / "b-seg.dcm", reversed_segments, source=choose_series(tmp_path / "b"))
+
+    dataset = open_dataset(tmp_path)
+    assert dataset.name == "DICOM" and len(dataset) == 2  # the unlabelled series is no case
+    assert sorted(dataset.label_names.values()) == sorted(s.name for s in segmentation.segments)
+    value_of = {name: value for value, name in dataset.label_names.items()}
+    expected = np.zeros(geometry.shape, dtype=np.uint8)
+    for segment in segmentation.segments:
+        expected[segmentation.label_layers[0] == segment.label_value] = value_of[segment.name]
+    source = open_source(tmp_path, DataConfig())
+    volumes = {volume.name: volume for volume in source.volumes()}
+    by_slices = {volume.image.shape[0]: volume for volume in volumes.values()}
+    np.testing.assert_array_equal(by_slices[34].labels, expected)
+    np.testing.assert_array_equal(by_slices[20].labels, expected[:20])
+    assert set(volumes) == {choose_series(tmp_path / name).series_uid for name in ("a", "b")}

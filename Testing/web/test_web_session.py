@@ -94,3 +94,30 @@ def test_the_loop_on_the_modules_logic_writes_files_an_independent_reader_agrees
         statuses = {int(row["slice"]): row["status"] for row in csv.DictReader(file)}
     assert statuses[target] == "annotated"
     assert saved.scene.stat().st_size > 0
+
+
+def test_a_dicom_folder_lists_its_series_and_save_writes_a_dicom_seg_of_the_same_voxels(headless, tmp_path):
+    from spatial_al.data import chest_ct_files
+    from spatial_al.data.dicom_series import write_ct_series
+    from spatial_al.demo import starting_segmentation
+    from spatial_al.io import choose_series, load_stack, read_volume, write_segmentation
+    from SpatialALWeb.session import AnnotationSession
+
+    image, geometry = read_volume(chest_ct_files()[0])
+    write_ct_series(tmp_path / "data" / "ct", image, geometry, series_description="Chest 3.0 mm")
+    series = choose_series(tmp_path / "data")
+    write_segmentation(tmp_path / "data" / "start.dcm", starting_segmentation(), source=series)
+    folder, cases = casesFrom(tmp_path / "data")
+    (case,) = cases
+    assert folder == (tmp_path / "data").resolve() and case.name.startswith("Chest-3-0-mm-")
+    assert case.series.series_uid == series.series_uid and case.segmentation.name == "start.dcm"
+
+    session = AnnotationSession(headless.scene, case, tmp_path / "output")
+    assert session.annotatedSlices() == [0, 11, 22, 33]  # the slice record came back from the DICOM-SEG
+    session.propagate("sdf")
+    saved = session.save()
+    assert saved.dicom_seg == tmp_path / "output" / f"{case.name}.dcm" and saved.stored_uid is None
+    nrrd = slicerio.read_segmentation(str(saved.segmentation))
+    stack = load_stack(tmp_path / "data", saved.dicom_seg)
+    np.testing.assert_array_equal(stack.label_layers[0], np.transpose(nrrd["voxels"], (2, 1, 0)))
+    assert [s.tags for s in stack.segments] == [s["tags"] for s in nrrd["segments"]]

@@ -71,15 +71,17 @@ class DemoSource(CohortSource):
 
 
 class FolderSource(CohortSource):
-    """A dataset folder: an MSD task, ACDC, KiTS19, LiTS or ATLAS (:func:`~spatial_al.io.open_dataset`); every case is
-    found, and every listed file checked to exist, when the source is opened, before any work."""
+    """A dataset folder: an MSD task, ACDC, KiTS19, LiTS, ATLAS or DICOM studies with their SEGs, or a DICOMweb server
+    (:func:`~spatial_al.io.open_dataset`); every case is found, and every listed file checked to exist, when the
+    source is opened, before any work."""
 
     def __init__(self, root: str | Path, data: DataConfig):
         from ..io import open_dataset
+        from ..io.dicomweb import is_dicomweb
 
         self.dataset = open_dataset(root)
         self.data = data
-        self.description = f"{self.dataset.name} at {Path(root).resolve()}"
+        self.description = f"{self.dataset.name} at {root if is_dicomweb(root) else Path(root).resolve()}"
         cases = self.dataset.training_cases
         if data.max_subjects is not None:
             cases = cases[: data.max_subjects]
@@ -87,8 +89,7 @@ class FolderSource(CohortSource):
         self.label_names = self.dataset.label_names
 
     def fingerprint(self) -> str:
-        sizes = [self.dataset.case(name).image.stat().st_size for name in self.names]
-        return f"{self.description} {len(self.names)} cases {sum(sizes)} bytes"
+        return f"{self.description} {self.dataset.fingerprint(self.names)}"
 
     def volumes(self) -> Iterator[CohortVolume]:
         from ..volume import resolve_slice_axis
@@ -106,19 +107,23 @@ class FolderSource(CohortSource):
 
 
 def open_source(data: str | Path, config: DataConfig) -> CohortSource:
-    """The source ``data`` names: "demo" or "demo-frog" (:data:`DEMO_SOURCES`), or a dataset folder (MSD, ACDC,
-    KiTS19, LiTS, ATLAS).
+    """The source ``data`` names: "demo" or "demo-frog" (:data:`DEMO_SOURCES`), a dataset folder (MSD, ACDC,
+    KiTS19, LiTS, ATLAS, DICOM studies with SEGs) or ``dicomweb:URL`` (the series its SEGs reference).
 
     Raises:
         FileNotFoundError: no such folder, a folder of no known layout, or a listed image or label file missing.
         ValueError: a malformed dataset.json.
     """
+    from ..io.dicomweb import is_dicomweb
+
     if str(data) in DEMO_SOURCES:
         return DemoSource(str(data), config.demo_subjects)
+    if is_dicomweb(str(data)):
+        return FolderSource(str(data), config)
     if not Path(data).is_dir():
         raise FileNotFoundError(
             f"--data {str(data)!r} is neither {' nor '.join(map(repr, DEMO_SOURCES))} nor a folder; give a dataset "
-            "folder (an MSD task, ACDC, KiTS19, LiTS or ATLAS)."
+            "folder (an MSD task, ACDC, KiTS19, LiTS, ATLAS or DICOM studies with SEGs) or dicomweb:URL."
         )
     return FolderSource(data, config)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from ..volume import Geometry, SliceStack, resolve_slice_axis
 from .datasets import ACDCDataset, ATLASDataset, CaseFolder, KiTS19Dataset, LiTSDataset
 from .dicom import DicomSeries, DicomSeriesError, choose_series, find_series
+from .dicom_dataset import DicomDataset, dataset_from_server
 from .dicomweb import is_dicomweb
 from .images import file_suffix, image_source, read_volume, write_volume
 from .msd import MSDDataset
@@ -17,6 +18,7 @@ __all__ = [
     "ACDCDataset",
     "ATLASDataset",
     "CaseFolder",
+    "DicomDataset",
     "DicomSeries",
     "DicomSeriesError",
     "KiTS19Dataset",
@@ -32,6 +34,7 @@ __all__ = [
     "place_on_grid",
     "read_segmentation",
     "read_volume",
+    "scans_in",
     "segmentation_on_image",
     "write_segmentation",
     "write_volume",
@@ -96,23 +99,67 @@ def newest_segmentation_on_server(argument: str, source: Path | DicomSeries) -> 
     return found[0]
 
 
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+
+
+def scans_in(argument: str | Path, filters: dict[str, str] | None = None) -> list[tuple[str, Path | DicomSeries]]:
+    """The scans to rank of a folder or server, as (name, source) pairs for :func:`read_volume`, in name order.
+
+    ``argument`` is a folder of volume files (``.nii.gz``, ``.nrrd``, ``.mha``; ``.seg.nrrd`` left out), a dataset
+    folder (:func:`open_dataset`: its cases' images), a folder of DICOM series (every image series, named by UID), or
+    ``dicomweb:URL`` (every image series the QIDO ``filters`` find, retrieved into the cache).
+
+    Raises:
+        FileNotFoundError: not a folder, or one holding none of these.
+    """
+    if is_dicomweb(argument):
+        from .dicomweb import DicomWebServer
+
+        every = DicomWebServer.from_argument(str(argument)).image_series(filters or {})
+        return [(series.series_uid, series) for series in every]
+    folder = Path(argument)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{str(folder)!r} is not a folder; give the folder holding the scans to rank.")
+    files = sorted(
+        path
+        for path in folder.iterdir()
+        if path.name.lower().endswith(VOLUME_SUFFIXES) and not path.name.lower().endswith(".seg.nrrd")
+    )
+    if files:
+        return [(path.name, path) for path in files]
+    if (folder / "dataset.json").is_file() or any(layout.recognizes(folder) for layout in CASE_LAYOUTS[:-1]):
+        dataset = open_dataset(folder)
+        return [(case.case_id, case.image) for case in dataset.training_cases]
+    every = find_series(folder) if DicomDataset.recognizes(folder) else []
+    if not every:
+        raise FileNotFoundError(
+            f"{str(folder)!r} holds no volume ({', '.join(VOLUME_SUFFIXES)}), no dataset layout (MSD, ACDC, KiTS19, "
+            "LiTS, ATLAS) and no DICOM image series."
+        )
+    return [(series.series_uid, series) for series in every]
+
+
 def _empty_labels(shape):
     import numpy as np
 
     return np.zeros(shape, dtype=np.uint8)
 
 
-# the layouts found by their files (MSD by its dataset.json)
-CASE_LAYOUTS = (ACDCDataset, KiTS19Dataset, LiTSDataset, ATLASDataset)
+# the layouts found by their files (MSD by its dataset.json); DICOM last, as any folder with a DICOM file matches
+CASE_LAYOUTS = (ACDCDataset, KiTS19Dataset, LiTSDataset, ATLASDataset, DicomDataset)
 
 
 def open_dataset(root: str | Path) -> CaseFolder:
     """The dataset in folder ``root``, by its layout: MSD (``dataset.json``), ACDC (``patientNNN/..._gt.nii.gz``),
-    KiTS19 (``case_NNNNN/segmentation.nii.gz``), LiTS (``segmentation-N.nii``) or ATLAS v2.0 (``..._T1lesion_mask``).
+    KiTS19 (``case_NNNNN/segmentation.nii.gz``), LiTS (``segmentation-N.nii``), ATLAS v2.0 (``..._T1lesion_mask``)
+    or DICOM studies (the image series their DICOM-SEGs reference); or the DICOM-SEGs of a ``dicomweb:URL`` server
+    and the series they reference.
 
     Raises:
         FileNotFoundError: ``root`` is not a folder, or none of these layouts.
     """
+    if is_dicomweb(root):
+        return dataset_from_server(str(root))
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{str(root)!r} is not a folder.")
@@ -124,6 +171,6 @@ def open_dataset(root: str | Path) -> CaseFolder:
     raise FileNotFoundError(
         f"{str(root)!r} is not a dataset folder this reads: expected an MSD task (dataset.json, imagesTr/, labelsTr/), "
         "ACDC (patientNNN/patientNNN_frameNN.nii.gz with _gt), KiTS19 (case_NNNNN/imaging.nii.gz and "
-        "segmentation.nii.gz), LiTS (volume-N.nii and segmentation-N.nii) or ATLAS v2.0 (<name>_T1w.nii.gz and "
-        "<name>_label-L_desc-T1lesion_mask.nii.gz)."
+        "segmentation.nii.gz), LiTS (volume-N.nii and segmentation-N.nii), ATLAS v2.0 (<name>_T1w.nii.gz and "
+        "<name>_label-L_desc-T1lesion_mask.nii.gz) or DICOM series with DICOM-SEGs."
     )

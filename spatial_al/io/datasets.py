@@ -8,6 +8,7 @@ each layout only finds its cases: the Medical Segmentation Decathlon (:class:`~s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -36,6 +37,10 @@ class CaseFolder:
 
     def __len__(self) -> int:
         return len(self.training_cases)
+
+    def fingerprint(self, names: Sequence[str]) -> str:
+        """What identifies the content of the cases ``names`` for a cache key: their image files' sizes."""
+        return f"{len(names)} cases {sum(self.case(name).image.stat().st_size for name in names)} bytes"
 
     def case(self, key: int | str) -> Case:
         if isinstance(key, int):

@@ -169,6 +169,20 @@ def find_segmentations(path: str | Path) -> list[tuple[Path, object]]:
     return [(file, header) for file, header in read_headers(files) if header.SOPClassUID == SEGMENTATION_STORAGE]
 
 
+def newest_segmentations(roots: Sequence[Path]) -> dict[str, tuple[Path, object]]:
+    """Series UID -> (file, header) of the newest DICOM-SEG (by ContentDate and ContentTime) under ``roots`` that
+    references that series."""
+    newest: dict[str, tuple[str, Path, object]] = {}
+    for root in roots:
+        for path, header in find_segmentations(root):
+            stamp = f"{getattr(header, 'ContentDate', '')}{getattr(header, 'ContentTime', '')}"
+            for item in getattr(header, "ReferencedSeriesSequence", []):
+                uid = str(item.SeriesInstanceUID)
+                if uid not in newest or stamp > newest[uid][0]:
+                    newest[uid] = (stamp, path, header)
+    return {uid: (path, header) for uid, (_, path, header) in newest.items()}
+
+
 def _series(uid: str, members: list[tuple[Path, object]]) -> DicomSeries:
     first = members[0][1]
     multiframe = [file for file, header in members if int(getattr(header, "NumberOfFrames", 1) or 1) > 1]

@@ -131,6 +131,10 @@ class DicomWebServer:
             get_remaining=True,
         )
 
+    def image_entries(self, filters: Mapping[str, str]) -> list[dict]:
+        """QIDO-RS answers for the series matching ``filters`` that are images (SEGs left out)."""
+        return [entry for entry in self.find_series(filters) if qido_value(entry, MODALITY) != "SEG"]
+
     def series(self, filters: Mapping[str, str]) -> DicomSeries:
         """The one image series matching ``filters``, retrieved into the cache (only instances not cached yet).
 
@@ -138,7 +142,7 @@ class DicomWebServer:
             DicomWebError: the server cannot be reached or refuses; DicomSeriesError: no matching image series, or
             several (the message lists them; --series picks one).
         """
-        found = [entry for entry in self.find_series(filters) if _value(entry, MODALITY) != "SEG"]
+        found = self.image_entries(filters)
         if not found:
             raise DicomSeriesError(
                 f"The DICOMweb server {self.url} holds no image series matching {_describe(filters)}. Check the "
@@ -146,16 +150,21 @@ class DicomWebServer:
             )
         if len(found) > 1:
             listing = "\n".join(
-                f"  {_value(e, SERIES_UID)}  {_value(e, MODALITY) or '?'}  {_value(e, DESCRIPTION)!r}  "
-                f"{_value(e, INSTANCE_COUNT) or '?'} instances"
+                f"  {qido_value(e, SERIES_UID)}  {qido_value(e, MODALITY) or '?'}  {qido_value(e, DESCRIPTION)!r}  "
+                f"{qido_value(e, INSTANCE_COUNT) or '?'} instances"
                 for e in found
             )
             raise DicomSeriesError(
                 f"The DICOMweb server {self.url} holds {len(found)} image series matching {_describe(filters)}; "
                 f"choose one with --series UID:\n{listing}"
             )
-        folder = self.retrieve(_value(found[0], STUDY_UID), _value(found[0], SERIES_UID))
+        folder = self.retrieve(qido_value(found[0], STUDY_UID), qido_value(found[0], SERIES_UID))
         return choose_series(folder)
+
+    def image_series(self, filters: Mapping[str, str]) -> list[DicomSeries]:
+        """Every image series matching ``filters`` (SEGs left out), retrieved into the cache."""
+        found = self.image_entries(filters)
+        return [choose_series(self.retrieve(qido_value(e, STUDY_UID), qido_value(e, SERIES_UID))) for e in found]
 
     def retrieve(self, study_uid: str, series_uid: str) -> Path:
         """The series' cache folder, holding every instance the server lists (those missing retrieved now)."""
@@ -169,7 +178,7 @@ class DicomWebServer:
             fields=["SOPInstanceUID"],
             get_remaining=True,
         )
-        missing = [uid for uid in (_value(e, SOP_UID) for e in instances) if not (folder / f"{uid}.dcm").is_file()]
+        missing = [uid for uid in (qido_value(e, SOP_UID) for e in instances) if not (folder / f"{uid}.dcm").is_file()]
         if len(missing) == len(instances) and missing:
             what = f"series {series_uid} (WADO-RS)"
             for dataset in self.call(what, client.retrieve_series, study_uid, series_uid):
@@ -181,6 +190,20 @@ class DicomWebServer:
                 )
         return folder
 
+    def retrieve_segmented(self, filters: Mapping[str, str]) -> list[Path]:
+        """Cache folders of the SEG series matching ``filters`` and of the image series they reference."""
+        import pydicom
+
+        folders = set()
+        for entry in self.find_series({**filters, "Modality": "SEG"}):
+            study = qido_value(entry, STUDY_UID)
+            folder = self.retrieve(study, qido_value(entry, SERIES_UID))
+            folders.add(folder)
+            for path in folder.glob("*.dcm"):
+                for item in getattr(pydicom.dcmread(path, stop_before_pixels=True), "ReferencedSeriesSequence", []):
+                    folders.add(self.retrieve(study, str(item.SeriesInstanceUID)))
+        return sorted(folders)
+
     def segmentations_of(self, series: DicomSeries) -> list[Path]:
         """Cached files of the DICOM-SEGs in ``series``' study that reference it, newest first."""
         import pydicom
@@ -188,7 +211,7 @@ class DicomWebServer:
         found = self.find_series({"StudyInstanceUID": series.study_uid, "Modality": "SEG"})
         files = []
         for entry in found:
-            folder = self.retrieve(series.study_uid, _value(entry, SERIES_UID))
+            folder = self.retrieve(series.study_uid, qido_value(entry, SERIES_UID))
             for path in folder.glob("*.dcm"):
                 header = pydicom.dcmread(path, stop_before_pixels=True)
                 referenced = getattr(header, "ReferencedSeriesSequence", [])
@@ -237,7 +260,8 @@ def _cache(folder: Path, dataset) -> Path:
     return path
 
 
-def _value(entry: Mapping, tag: str) -> str:
+def qido_value(entry: Mapping, tag: str) -> str:
+    """The first value of ``tag`` (8 hex digits) in a QIDO-RS answer's DICOM JSON entry; empty when absent."""
     values = entry.get(tag, {}).get("Value", [])
     return str(values[0]) if values else ""
 
