@@ -610,6 +610,7 @@ def addSlicePlanes(volumeNode, axis, slices, namePrefix="Queried slice", color=(
         display.SetColor(*color)
         display.SetOpacity(0.25)
         display.SetHandlesInteractive(False)
+        display.SetPropertiesLabelVisibility(False)  # five names over the image hide it; the table names each plane
         planes.append(plane)
     return planes
 

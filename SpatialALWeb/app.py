@@ -265,6 +265,13 @@ class AnnotationApp(TrameApp):
         again = " The propagation is previewed again: Apply writes it." if previewAgain else ""
         self.report("The segments are back as they were before the last propagation." + again)
 
+    def download(self, name: str):
+        """A file Save wrote (only those: the page lists them) as a websocket attachment, for ``utils.download``."""
+        path = inside(self.output, name)  # a path-like name is refused as such
+        if name not in self.state.sal_saved:
+            raise ValueError(f"{name!r} is not a file this session saved; Save, then download what it lists.")
+        return self.server.protocol.addAttachment(path.read_bytes())
+
     def save(self):
         saved = self.session.save()
         names = [path.name for path in saved.files()]
@@ -345,6 +352,7 @@ class AnnotationApp(TrameApp):
             "sal_apply": ("Apply failed", self.apply),
             "sal_undo": ("Undo failed", self.undo),
             "sal_save": ("Saving failed", self.save),
+            "sal_download": ("Download failed", self.download),
             "sal_update_model": ("Update model failed", self.updateModel),
             "sal_predict": ("Prediction failed", self.predict),
             "sal_cancel": ("Cancel failed", self.cancelJob),
@@ -442,6 +450,17 @@ class AnnotationApp(TrameApp):
                 raw_attrs=['data-testid="progress"'],
             )
             html.Div("{{ sal_job }}", v_if="sal_job", classes="text-caption")
+            with html.Div(v_if="sal_saved.length", classes="d-flex flex-wrap ga-1 mt-2"):
+                v.VBtn(
+                    "{{ name }}",
+                    v_for="name in sal_saved",
+                    key="name",
+                    size="x-small",
+                    variant="tonal",
+                    prepend_icon="mdi-download",
+                    click="utils.download(name, trigger('sal_download', [name]), 'application/octet-stream')",
+                    raw_attrs=[':data-testid="`download-${name}`"'],
+                )
 
     def _messageArea(self):
         v.VAlert(

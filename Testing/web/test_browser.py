@@ -119,6 +119,12 @@ def test_the_annotation_loop_in_the_browser(app_page, demo_server):
     press(page, "undo", "back as they were before the last propagation. The propagation is previewed again")
     press(page, "apply", r"^\d+ slices propagated from 5 annotated slices \(sdf\)")
     press(page, "save", "Saved CTChest.seg.nrrd, CTChest.mrb, CTChest-queried-slices.csv", "5-saved")
+    with page.expect_download(timeout=ACTION_SECONDS * 1000) as download:
+        page.get_by_test_id("download-CTChest.seg.nrrd").click()
+    downloaded = demo_server.output.parent / "downloaded.seg.nrrd"
+    download.value.save_as(downloaded)
+    assert download.value.suggested_filename == "CTChest.seg.nrrd"
+    assert downloaded.read_bytes() == (demo_server.output / "CTChest.seg.nrrd").read_bytes()
 
     before = slicerio.read_segmentation(str(start))
     saved = slicerio.read_segmentation(str(demo_server.output / "CTChest.seg.nrrd"))
@@ -135,10 +141,11 @@ def test_the_annotation_loop_in_the_browser(app_page, demo_server):
     assert set(range(12, 22)) <= set(record.propagated) and all(anything[k].any() for k in range(12, 22))
 
 
-def test_a_name_leading_out_of_the_data_folder_is_refused_in_the_page(app_page):
+@pytest.mark.parametrize("trigger", ["sal_open", "sal_download"])
+def test_a_name_leading_out_of_the_data_folder_is_refused_in_the_page(app_page, trigger):
     page = app_page
     before = message(page)
-    page.evaluate("() => window.trame.trigger('sal_open', ['../../etc/passwd'])")
+    page.evaluate(f"() => window.trame.trigger('{trigger}', ['../../etc/passwd'])")
     page.wait_for_function(f"() => !document.body.innerText.includes({before!r})")
     assert "lies outside the folder this server was started on" in message(page)
 
@@ -182,5 +189,40 @@ def test_without_the_secret_a_connection_is_refused(chromium, tmp_path):
         invited = chromium.new_page()
         invited.goto(server.url)
         invited.get_by_test_id("rank").wait_for(timeout=START_SECONDS * 1000)
+    finally:
+        server.stop()
+
+
+def test_the_case_picker_opens_a_dicom_series_and_save_writes_its_dicom_seg(chromium, tmp_path):
+    import shutil
+
+    from spatial_al.data import chest_ct_files
+    from spatial_al.data.dicom_series import write_ct_series
+    from spatial_al.demo import starting_segmentation
+    from spatial_al.io import choose_series, load_stack, read_volume, write_segmentation
+
+    data = tmp_path / "data"
+    image, geometry = read_volume(chest_ct_files()[0])
+    write_ct_series(data / "dicom", image, geometry, series_description="Chest 3.0 mm")
+    write_segmentation(data / "dicom" / "start.dcm", starting_segmentation(), source=choose_series(data / "dicom"))
+    shutil.copyfile(chest_ct_files()[0], data / "chest.nrrd")
+    server = ServerProcess(tmp_path / "output", data=data)
+    try:
+        page = chromium.new_page(viewport={"width": 1400, "height": 900})
+        page.goto(server.url)
+        page.get_by_test_id("rank").wait_for(timeout=START_SECONDS * 1000)
+        page.get_by_test_id("case").click()
+        option = page.get_by_role("option", name=re.compile(r"^Chest-3-0-mm-"))
+        name = option.inner_text().strip()
+        option.click()
+        page.wait_for_function(
+            f"() => document.body.innerText.includes('Opened {name}')", timeout=ACTION_SECONDS * 1000
+        )
+        assert "annotated: 0, 11, 22, 33" in page.get_by_test_id("view-slice").inner_text()  # the SEG's record
+        press(page, "save", f"Saved {name}.seg.nrrd, {name}.mrb, {name}.dcm", "6-dicom-saved")
+        saved = tmp_path / "output"
+        nrrd = slicerio.read_segmentation(str(saved / f"{name}.seg.nrrd"))
+        stack = load_stack(data / "dicom", saved / f"{name}.dcm")
+        np.testing.assert_array_equal(stack.label_layers[0], np.transpose(nrrd["voxels"], (2, 1, 0)))
     finally:
         server.stop()
