@@ -30,6 +30,7 @@ JOB_POLL_SECONDS = 0.2
 # A cancelled job that has not stopped by then (between two training steps, or still importing torch) is killed: the
 # page promises its processes are gone within 5 s. Checkpoints are written whole or not at all, so nothing is lost.
 CANCEL_GRACE_SECONDS = 3
+AUTO_PREVIEW_SECONDS = 0.5  # one preview after a burst of edits, as the Qt module and Fill between slices wait
 # Ctrl+] / Ctrl+[ step through the queried slices, as in the Qt module; typing in a field is left alone.
 STEP_SHORTCUTS = (
     "window.addEventListener('keydown', (e) => {"
@@ -102,6 +103,7 @@ class AnnotationApp(TrameApp):
         self.viewer.set_ui(self.viewerUI)
         self.session: AnnotationSession | None = None
         self._observedSliceNode = None
+        self._autoPreview: asyncio.TimerHandle | None = None  # the preview an edit scheduled, until it runs
         self._setDefaults()
         self._paintOneSliceAtATime()
         self._buildPanel()
@@ -133,7 +135,7 @@ class AnnotationApp(TrameApp):
                 "sal_method_help": dict(methods),
                 "sal_method": "sdf",
                 "sal_most_confident": 0,
-                "sal_auto_update": False,
+                "sal_auto_update": True,
                 "sal_has_preview": False,
                 "sal_can_undo": False,
                 "sal_message": "",
@@ -212,13 +214,41 @@ class AnnotationApp(TrameApp):
             inside(self.dataFolder, name)  # a path-like name is refused as such
             raise ValueError(f"No case named {name!r} here; choose one of: {', '.join(self.cases)}.")
         self.stopJob()
+        if self._autoPreview is not None:
+            self._autoPreview.cancel()
+            self._autoPreview = None
+        if self.session is not None:
+            self.session.close()
         self.slicer.scene.Clear(False)
         self.session = AnnotationSession(self.slicer.scene, self.cases[name], self.output)
+        self.session.observeEdits(self._onSegmentationEdited)
         self.slicer.display_manager.show_volume(self.session.volumeNode, do_reset_views=True)
         self.viewer._load_files_logic.volume_loaded(self.session.volumeNode)  # trame-slicer's "volume loaded" signal
         self._observeViewSlice()
         self.state.sal_case = name
         self.report(f"Opened {name}: rank the slices to annotate, or draw and propagate.")
+
+    def _onSegmentationEdited(self) -> None:
+        """After an edit that dropped the preview: preview again 0.5 s after the last of a burst of edits for a fast
+        method (auto-update on), or say that Preview must be pressed again. The stroke itself is never held up."""
+        if self.session is None or not self.session.previewWasDropped():
+            return
+        if self._autoPreview is not None:  # a later edit of the same burst: wait again
+            self._autoPreview.cancel()
+            self._autoPreview = None
+        method = self.state.sal_method
+        with self.state:
+            if not self.state.sal_auto_update:
+                self.report("The segmentation changed, so the preview was dropped; press Preview again.")
+            elif not self.session.methodIsInteractive(method):
+                self.report(f"The preview follows each edit for fast methods (sdf); press Preview to update {method}.")
+            else:
+                self._autoPreview = asyncio.get_event_loop().call_later(AUTO_PREVIEW_SECONDS, self._previewAgain)
+
+    def _previewAgain(self) -> None:
+        self._autoPreview = None
+        with self.state:
+            self.guarded("Preview failed", lambda: self.propagate(preview=True, after="after your edit"))()
 
     def rank(self):
         strategy, budget, spacing = self.state.sal_strategy, int(self.state.sal_budget), int(self.state.sal_min_spacing)
@@ -250,11 +280,11 @@ class AnnotationApp(TrameApp):
         annotated = self.session.markAnnotated(index)
         self.report(f"Slice {index} is annotated. Annotated slices: {annotated}.", "success")
 
-    def propagate(self, preview=False):
+    def propagate(self, preview=False, after=""):
         outcome = self.session.propagate(
             self.state.sal_method, preview=preview, mostConfident=int(self.state.sal_most_confident or 0)
         )
-        prefix = "Preview (not written yet): " if preview else ""
+        prefix = f"Preview{' updated ' + after if after else ''} (not written yet): " if preview else ""
         self.report(prefix + outcome.summary(), "success")
 
     def apply(self):
@@ -429,6 +459,14 @@ class AnnotationApp(TrameApp):
         with v.VCard(title="Spatial Propagation", variant="flat", density="compact"), v.VCardText():
             namedChoice("Method", "method")
             numberField("Keep N most confident (0: all)", "most_confident", 0, "most-confident", classes="mt-2")
+            v.VSwitch(
+                label="Update the preview after each edit (fast methods)",
+                v_model=("sal_auto_update",),
+                density="compact",
+                hide_details=True,
+                color="primary",
+                raw_attrs=['data-testid="auto-update"'],
+            )
             with html.Div(classes="d-flex flex-wrap ga-2"):
                 actionButton("Preview", "sal_preview", "preview")
                 actionButton("Apply", "sal_apply", "apply", disabled=("!sal_has_preview",))

@@ -84,6 +84,7 @@ class AnnotationSession:
         self.tableNode = None
         self.appliedMethod = None  # the method of the preview applied last, while Undo can take it back
         self.job = None  # the background job running (model update or prediction), if any
+        self._editObservations = []  # (observed object, observer tag) of observeEdits
 
     # -- ranking and navigation --------------------------------------------------------------------------------------
 
@@ -178,6 +179,33 @@ class AnnotationSession:
 
     def hasPreview(self) -> bool:
         return self.propagation.hasPreview(self.segmentationNode)
+
+    def previewWasDropped(self) -> bool:
+        """Whether the last preview was dropped because the segmentation changed after it (a stroke, a mark)."""
+        return self.propagation.previewWasDropped(self.segmentationNode)
+
+    def methodIsInteractive(self, method: str) -> bool:
+        """Whether ``method`` is fast enough to preview again after each edit (``MethodInfo.interactive``)."""
+        return self.propagation.methodIsInteractive(method)
+
+    def observeEdits(self, callback) -> None:
+        """Call ``callback()`` after each change of the segmentation (a stroke, a segment added, removed or changed),
+        until :meth:`close`."""
+        import slicer
+
+        from SpatialPropagation import SEGMENTATION_CHANGES
+
+        segmentation = self.segmentationNode.GetSegmentation()
+        self._editObservations += [
+            (segmentation, segmentation.AddObserver(getattr(slicer.vtkSegmentation, event), lambda *_: callback()))
+            for event in SEGMENTATION_CHANGES
+        ]
+
+    def close(self) -> None:
+        """Stop the observations :meth:`observeEdits` made (before the scene is cleared for another case)."""
+        for observed, tag in self._editObservations:
+            observed.RemoveObserver(tag)
+        self._editObservations = []
 
     def canUndo(self) -> bool:
         return self.propagation.canUndo(self.segmentationNode)

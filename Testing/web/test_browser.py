@@ -141,6 +141,23 @@ def test_the_annotation_loop_in_the_browser(app_page, demo_server):
     assert set(range(12, 22)) <= set(record.propagated) and all(anything[k].any() for k in range(12, 22))
 
 
+def test_a_stroke_after_a_preview_updates_the_preview_by_itself(app_page):
+    page = app_page
+    press(page, "preview", r"^Preview \(not written yet\)")
+    paint_stroke(page)
+    page.wait_for_function(
+        "() => document.body.innerText.includes('Preview updated after your edit (not written yet)')",
+        timeout=ACTION_SECONDS * 1000,
+    )
+    assert page.get_by_test_id("apply").is_enabled()
+    page.get_by_test_id("auto-update").locator("input").uncheck()
+    paint_stroke(page)
+    page.wait_for_function(
+        "() => document.body.innerText.includes('the preview was dropped; press Preview again')",
+        timeout=ACTION_SECONDS * 1000,
+    )
+
+
 @pytest.mark.parametrize("trigger", ["sal_open", "sal_download"])
 def test_a_name_leading_out_of_the_data_folder_is_refused_in_the_page(app_page, trigger):
     page = app_page
