@@ -30,6 +30,7 @@ JOB_POLL_SECONDS = 0.2
 # A cancelled job that has not stopped by then (between two training steps, or still importing torch) is killed: the
 # page promises its processes are gone within 5 s. Checkpoints are written whole or not at all, so nothing is lost.
 CANCEL_GRACE_SECONDS = 3
+FIT_SETTLE_SECONDS = 0.3  # a view's size is taken as final once the page has not resized it for this long
 AUTO_PREVIEW_SECONDS = 0.5  # one preview after a burst of edits, as the Qt module and Fill between slices wait
 # Ctrl+] / Ctrl+[ step through the queried slices, as in the Qt module; typing in a field is left alone.
 STEP_SHORTCUTS = (
@@ -103,12 +104,14 @@ class AnnotationApp(TrameApp):
         self.viewer.set_ui(self.viewerUI)
         self.session: AnnotationSession | None = None
         self._observedSliceNode = None
+        self._fitObservations: dict = {}  # render window -> observer tag, until the page first sizes the view
         self._autoPreview: asyncio.TimerHandle | None = None  # the preview an edit scheduled, until it runs
         self._setDefaults()
         self._paintOneSliceAtATime()
         self._buildPanel()
         self._bindControllers()
         self.openCase(cases[0].name)
+        self._fitViewsOnceSized()
 
     # -- state -------------------------------------------------------------------------------------------------------
 
@@ -194,6 +197,27 @@ class AnnotationApp(TrameApp):
         sliceNode = self._axialSliceNode()
         if self.session is not None and sliceNode is not None:
             self.state.sal_view_slice = self.session.sliceShown(sliceNode)
+
+    def _fitViewsOnceSized(self):
+        """Fit each view to the volume once the page has given it its size: the first case opens before any page
+        connects, when a view is still 300 x 300, so the fit made then zooms the axial slice far in once the page
+        makes the view tall and narrow. The page resizes a view several times while its layout settles, so the fit
+        waits until no resize came for ``FIT_SETTLE_SECONDS``; later resizes keep what the person zoomed."""
+        for view in self.slicer.view_manager.get_views():
+            window = view.render_window()
+            pending = {}
+
+            def fit(view=view, window=window):
+                window.RemoveObserver(self._fitObservations.pop(window))
+                view.fit_view_to_content()
+                view.schedule_render()
+
+            def resized(*_, fit=fit, pending=pending):
+                if "handle" in pending:
+                    pending["handle"].cancel()
+                pending["handle"] = asyncio.get_event_loop().call_later(FIT_SETTLE_SECONDS, fit)
+
+            self._fitObservations[window] = window.AddObserver("WindowResizeEvent", resized)
 
     def _observeViewSlice(self):
         sliceNode = self._axialSliceNode()

@@ -99,6 +99,32 @@ def paint_stroke(page) -> None:
     page.wait_for_timeout(1000)  # the stroke's last events reach the server
 
 
+def view_pixels(page) -> list[np.ndarray]:
+    """Each view's image as the page shows it, (H, W, 3) uint8 RGB, the axial view first."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    views = page.locator("img.image-display-area")
+    return [np.asarray(Image.open(BytesIO(views.nth(i).screenshot())).convert("RGB")) for i in range(views.count())]
+
+
+def test_the_views_fit_the_volume_once_the_page_has_sized_them(app_page):
+    page = app_page
+    page.wait_for_timeout(2000)  # the fit follows the last resize of the page's layout
+    axial, *others = view_pixels(page)
+    height, width = axial.shape[:2]
+    # row brightness across the middle of the view (away from its corner icon and its slider)
+    brightness = axial[:, width // 3 : 2 * width // 3].mean(axis=(1, 2))
+    fraction = lambda low, high: brightness[int(low * height) : int(high * height)]  # noqa: E731
+    # the tall, narrow axial view shows the whole 390 mm square slice: background above and below it, the body
+    # in the middle (before, the fit made at 300 x 300 filled the view with a zoomed-in part of the slice)
+    assert fraction(0.08, 0.25).max() < 10 and fraction(0.75, 0.92).max() < 10
+    assert fraction(0.45, 0.55).mean() > 40
+    # the 3D view shows the volume rendering (coloured), not a blank view
+    assert max(np.abs(view[..., 0].astype(int) - view[..., 2]).mean() for view in others) > 10
+
+
 def test_the_annotation_loop_in_the_browser(app_page, demo_server):
     page = app_page
     start = demo_server.output / "demo-data" / "CTChest.seg.nrrd"
