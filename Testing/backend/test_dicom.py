@@ -136,7 +136,7 @@ def test_mixed_sizes_two_images_at_one_position_and_a_folder_without_images_are_
 
 
 @pytest.mark.filterwarnings("ignore:The value length")  # highdicom's converter writes a 17-character DS
-def test_an_enhanced_multi_frame_ct_reads_like_the_single_frame_series(series_folder):
+def test_an_enhanced_multi_frame_ct_reads_like_the_single_frame_series_and_takes_a_seg(series_folder, chest):
     import highdicom
 
     series = choose_series(series_folder)
@@ -152,9 +152,13 @@ def test_an_enhanced_multi_frame_ct_reads_like_the_single_frame_series(series_fo
     multiframe.save_as(path)
     single, single_geometry = read_volume(series_folder)
     array, geometry = read_volume(path.parent)
-    assert choose_series(path.parent).is_multiframe
+    enhanced = choose_series(path.parent)
+    assert enhanced.is_multiframe and not enhanced.geometry().differences(geometry)
     np.testing.assert_array_equal(array, single)
     assert not geometry.differences(single_geometry)
+    segmentation = chest[2]
+    seg = write_segmentation(path.parent.parent / "enhanced-seg.dcm", segmentation, source=enhanced)
+    np.testing.assert_array_equal(load_stack(path.parent, seg).label_layers, segmentation.label_layers)
 
 
 def propagated_segmentation(segmentation: Segmentation) -> Segmentation:

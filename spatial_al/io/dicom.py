@@ -81,6 +81,17 @@ class DicomSeries:
     def n_slices(self) -> int:
         return int(self.headers[0].NumberOfFrames) if self.is_multiframe else len(self.headers)
 
+    def geometry(self) -> Geometry:
+        """The grid :meth:`read` returns, from the headers alone (no pixel data read)."""
+        if not self.is_multiframe:
+            return single_frame_geometry(self.headers, self.series_uid)
+        import highdicom
+
+        grid = highdicom.Image.from_dataset(self.headers[0], copy=False).get_volume_geometry()
+        if grid is None:
+            raise DicomSeriesError(f"The multi-frame series {self.series_uid} is not one regular volume.")
+        return kji_geometry(grid.affine, grid.spatial_shape)[0]
+
     def summary(self) -> str:
         """One line: UID, modality, description, slice count."""
         description = self.description or "(no description)"
@@ -303,19 +314,26 @@ def _read_multiframe(path: Path) -> tuple[np.ndarray, Geometry]:
     return volume_to_kji(volume)
 
 
-def volume_to_kji(volume) -> tuple[np.ndarray, Geometry]:
-    """A highdicom ``Volume`` (spatial axes frame, row, column; LPS affine) as a KJI array and its Geometry, its
-    frames ordered along the slice normal (row cosine x column cosine) as single-frame series are."""
-    affine = np.asarray(volume.affine, dtype=float)
+def kji_geometry(affine: np.ndarray, spatial_shape: Sequence[int]) -> tuple[Geometry, bool]:
+    """The Geometry of a highdicom grid (``affine``: (frame, row, column) index -> LPS; ``spatial_shape`` in that
+    order) with its frames along the slice normal (row cosine x column cosine) as single-frame series are, and
+    whether the frames must be reversed for that."""
+    affine = np.asarray(affine, dtype=float)
     ijk_to_lps = np.eye(4)
     ijk_to_lps[:3, :3] = affine[:3, :3][:, ::-1]  # (frame, row, column) index -> (I, J, K) = (column, row, frame)
     ijk_to_lps[:3, 3] = affine[:3, 3]
-    array = np.asarray(volume.array)
-    if np.dot(np.cross(ijk_to_lps[:3, 0], ijk_to_lps[:3, 1]), ijk_to_lps[:3, 2]) < 0:
-        ijk_to_lps[:3, 3] += ijk_to_lps[:3, 2] * (array.shape[0] - 1)
+    reverse = np.dot(np.cross(ijk_to_lps[:3, 0], ijk_to_lps[:3, 1]), ijk_to_lps[:3, 2]) < 0
+    if reverse:
+        ijk_to_lps[:3, 3] += ijk_to_lps[:3, 2] * (spatial_shape[0] - 1)
         ijk_to_lps[:3, 2] *= -1
-        array = array[::-1]
-    return np.ascontiguousarray(array), Geometry.from_ijk_to_lps(ijk_to_lps, array.shape[:3])
+    return Geometry.from_ijk_to_lps(ijk_to_lps, tuple(spatial_shape)), bool(reverse)
+
+
+def volume_to_kji(volume) -> tuple[np.ndarray, Geometry]:
+    """A highdicom ``Volume`` as a KJI array (channels last, if any) and its Geometry (see :func:`kji_geometry`)."""
+    array = np.asarray(volume.array)
+    geometry, reverse = kji_geometry(volume.affine, array.shape[:3])
+    return np.ascontiguousarray(array[::-1] if reverse else array), geometry
 
 
 def kji_volume_geometry(geometry: Geometry, frame_of_reference_uid: str):

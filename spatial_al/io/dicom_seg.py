@@ -23,14 +23,8 @@ import numpy as np
 from ..annotation_record import SliceRecord
 from ..files import atomic_path
 from ..volume import Geometry, Segment
-from .dicom import (
-    SEGMENTATION_STORAGE,
-    DicomSeries,
-    DicomSeriesError,
-    kji_volume_geometry,
-    require_dicom_libraries,
-    volume_to_kji,
-)
+from .dicom import SEGMENTATION_STORAGE, DicomSeries, kji_volume_geometry, require_dicom_libraries, volume_to_kji
+from .segmentation import Segmentation, default_color, segment_color
 
 PRIVATE_GROUP = 0x0099
 PRIVATE_CREATOR = "SpatialActiveLearning 1"
@@ -114,7 +108,7 @@ def write_dicom_seg(
         raise DicomSegError(
             f"Unknown DICOM-SEG type {segmentation_type!r}; use one of {', '.join(SEGMENTATION_TYPES)}."
         )
-    grid = series_geometry(source)
+    grid = source.geometry()
     differences = grid.differences(segmentation.geometry)
     if differences:
         raise DicomSegError(
@@ -128,7 +122,7 @@ def write_dicom_seg(
     for number, segment in enumerate(segmentation.segments, start=1):
         category, kind = property_codes(segment.name)
         algorithm_type, identification = _algorithm(segment, version)
-        color = segment.color if segment.color is not None else _default_color(segmentation.segments, number - 1)
+        color = segment.color if segment.color is not None else segment_color(segmentation.segments, number - 1)
         descriptions.append(
             highdicom.seg.SegmentDescription(
                 segment_number=number,
@@ -172,7 +166,7 @@ def write_dicom_seg(
             content_label="SEGMENTATION",
             content_description="Annotated and propagated slices",
             series_description=series_description,
-            pixel_measures=_pixel_measures(grid, source),
+            pixel_measures=None if source.is_multiframe else _pixel_measures(grid, source),  # a Volume carries its own
             omit_empty_frames=True,
             workers=workers,
         )
@@ -197,12 +191,6 @@ def _pixel_measures(grid: Geometry, source: DicomSeries):
     )
 
 
-def _default_color(segments, index: int):
-    from .segmentation import segment_color
-
-    return segment_color(segments, index)
-
-
 def _segment_pixels(segmentation, segmentation_type: str) -> np.ndarray:
     """(K, J, I) segment numbers where segments do not overlap, else (K, J, I, S) bool (one mask per segment)."""
     layers = segmentation.label_layers
@@ -218,24 +206,6 @@ def _segment_pixels(segmentation, segmentation_type: str) -> np.ndarray:
             "hold; write it as BINARY."
         )
     return np.stack([layers[s.layer] == s.label_value for s in segmentation.segments], axis=-1)
-
-
-def series_geometry(series: DicomSeries) -> Geometry:
-    """The grid of ``series`` from its headers (no pixel data read)."""
-    from .dicom import single_frame_geometry
-
-    if not series.is_multiframe:
-        return single_frame_geometry(series.headers, series.series_uid)
-    import highdicom
-
-    geometry = highdicom.Image.from_dataset(series.headers[0], copy=False).get_volume_geometry()
-    if geometry is None:
-        raise DicomSeriesError(f"The multi-frame series {series.series_uid} is not one regular volume.")
-    affine = np.asarray(geometry.affine, dtype=float)
-    ijk_to_lps = np.eye(4)
-    ijk_to_lps[:3, :3] = affine[:3, :3][:, ::-1]
-    ijk_to_lps[:3, 3] = affine[:3, 3]
-    return Geometry.from_ijk_to_lps(ijk_to_lps, tuple(geometry.spatial_shape))
 
 
 def is_dicom_seg(path: str | Path) -> bool:
@@ -265,8 +235,6 @@ def read_dicom_seg(path: str | Path):
         DicomSegError: a FRACTIONAL SEG (probabilities: threshold it first), or frames that are not one grid.
     """
     import highdicom
-
-    from .segmentation import Segmentation, default_color
 
     path = Path(path)
     import pydicom
