@@ -102,7 +102,7 @@ def findCases(folder: Path) -> list[Case]:
         cases.append(Case(name, path, segmentation if segmentation.is_file() else None))
     if next(iter(dicom_files(folder)), None) is not None:
         segmentations = newest_segmentations([folder])
-        for series in find_series(folder):
+        for series in (series for series in find_series(folder) if series.is_volume):
             segmentation = segmentations.get(series.series_uid, (None, None))[0]
             name = dicomCaseName(series.description, series.series_uid)
             cases.append(Case(name, series.files[0], segmentation, series=series))

@@ -67,8 +67,17 @@ def test_several_series_in_a_folder_are_listed_and_one_is_picked_by_uid(tmp_path
     image, geometry, _ = chest
     write_ct_series(tmp_path / "a", image, geometry, series_description="Chest soft tissue")
     write_ct_series(tmp_path / "b", image[:20], geometry.__class__((20, *geometry.shape[1:]), geometry.spacing))
+    localizer = tmp_path / "localizer"  # three orientations under one series UID, as scanners write scouts
+    write_ct_series(localizer, image[:3], Geometry((3, *geometry.shape[1:]), geometry.spacing))
+    for index, path in enumerate(sorted(localizer.iterdir())):
+        dataset = pydicom.dcmread(path)
+        dataset.ImageOrientationPatient = [[1, 0, 0, 0, 1, 0], [0, 1, 0, 0, 0, -1], [1, 0, 0, 0, 0, -1]][index]
+        dataset.save_as(path)
     every = find_series(tmp_path)
-    assert sorted(series.n_slices for series in every) == [20, 34]
+    assert sorted(series.n_slices for series in every if series.is_volume) == [20, 34]
+    scout = next(series for series in every if not series.is_volume)
+    with pytest.raises(DicomSeriesError, match="mixes 3 image orientations"):
+        read_volume(tmp_path, series_uid=scout.series_uid)
     with pytest.raises(DicomSeriesError) as error:
         read_volume(tmp_path)
     message = str(error.value)
@@ -79,6 +88,10 @@ def test_several_series_in_a_folder_are_listed_and_one_is_picked_by_uid(tmp_path
     np.testing.assert_array_equal(array, image[:20])
     with pytest.raises(DicomSeriesError, match=r"holds no series 1\.2\.3"):
         read_volume(tmp_path, series_uid="1.2.3")
+    exam = tmp_path.parent / f"{tmp_path.name}-exam"
+    shutil.copytree(tmp_path / "a", exam / "a")
+    shutil.copytree(localizer, exam / "localizer")
+    np.testing.assert_array_equal(read_volume(exam)[0], image)  # the scout beside the scan is no choice to make
 
 
 def edit_headers(folder: Path, change) -> None:

@@ -116,7 +116,7 @@ def scans_in(argument: str | Path, filters: dict[str, str] | None = None) -> lis
         from .dicomweb import DicomWebServer
 
         every = DicomWebServer.from_argument(str(argument)).image_series(filters or {})
-        return [(series.series_uid, series) for series in every]
+        return [(series.series_uid, series) for series in every if series.is_volume]
     folder = Path(argument)
     if not folder.is_dir():
         raise FileNotFoundError(f"{str(folder)!r} is not a folder; give the folder holding the scans to rank.")
@@ -130,13 +130,14 @@ def scans_in(argument: str | Path, filters: dict[str, str] | None = None) -> lis
     if (folder / "dataset.json").is_file() or any(layout.recognizes(folder) for layout in CASE_LAYOUTS[:-1]):
         dataset = open_dataset(folder)
         return [(case.case_id, case.image) for case in dataset.training_cases]
-    every = find_series(folder) if DicomDataset.recognizes(folder) else []
-    if not every:
+    # a localizer or a screenshot is a series too, but no volume to rank
+    volumes = [series for series in find_series(folder) if series.is_volume] if DicomDataset.recognizes(folder) else []
+    if not volumes:
         raise FileNotFoundError(
             f"{str(folder)!r} holds no volume ({', '.join(VOLUME_SUFFIXES)}), no dataset layout (MSD, ACDC, KiTS19, "
-            "LiTS, ATLAS) and no DICOM image series."
+            "LiTS, ATLAS) and no DICOM series of two slices or more."
         )
-    return [(series.series_uid, series) for series in every]
+    return [(series.series_uid, series) for series in volumes]
 
 
 def _empty_labels(shape):

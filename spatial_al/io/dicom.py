@@ -63,6 +63,7 @@ class DicomSeries:
         description, modality: SeriesDescription and Modality ("" where absent).
         files: the image files, sorted along the slice normal (single-frame: ``files[k]`` is array slice k).
         headers: their datasets without pixel data, in the same order (the source images a DICOM-SEG references).
+        problem: why the files cannot be ordered into one volume (raised when it is read), None when they can.
     """
 
     series_uid: str
@@ -72,6 +73,7 @@ class DicomSeries:
     modality: str
     files: tuple[Path, ...]
     headers: tuple  # pydicom Datasets
+    problem: str | None = None
 
     @property
     def is_multiframe(self) -> bool:
@@ -81,8 +83,15 @@ class DicomSeries:
     def n_slices(self) -> int:
         return int(self.headers[0].NumberOfFrames) if self.is_multiframe else len(self.headers)
 
+    @property
+    def is_volume(self) -> bool:
+        """Whether the files can be ordered into one volume of at least two slices (its grid is checked when read)."""
+        return self.problem is None and self.n_slices > 1
+
     def geometry(self) -> Geometry:
         """The grid :meth:`read` returns, from the headers alone (no pixel data read)."""
+        if self.problem is not None:
+            raise DicomSeriesError(self.problem)
         if not self.is_multiframe:
             return single_frame_geometry(self.headers, self.series_uid)
         import highdicom
@@ -99,9 +108,9 @@ class DicomSeries:
 
     def read(self) -> tuple[np.ndarray, Geometry]:
         """The volume (K, J, I) and its geometry; the pixel values are modality values (e.g. Hounsfield units)."""
+        geometry = self.geometry()
         if self.is_multiframe:
             return _read_multiframe(self.files[0])
-        geometry = single_frame_geometry(self.headers, self.series_uid)
         import SimpleITK as sitk
 
         reader = sitk.ImageSeriesReader()
@@ -195,15 +204,21 @@ def newest_segmentations(roots: Sequence[Path]) -> dict[str, tuple[Path, object]
 
 
 def _series(uid: str, members: list[tuple[Path, object]]) -> DicomSeries:
+    """The series of ``members``, sorted along the normal; one that cannot be (a localizer's three orientations,
+    missing positions) keeps its problem for when it is read, so the folder's other series stay readable."""
     first = members[0][1]
     multiframe = [file for file, header in members if int(getattr(header, "NumberOfFrames", 1) or 1) > 1]
+    ordered, problem = members, None
     if multiframe and len(members) > 1:
-        raise DicomSeriesError(
+        problem = (
             f"Series {uid} holds {len(members)} files of which {len(multiframe)} are multi-frame images; a volume is "
-            "one multi-frame file or a stack of single-frame files. Keep one file of the series (--series picks "
-            "among series, not files)."
+            "one multi-frame file or a stack of single-frame files. Keep one file of the series."
         )
-    ordered = members if multiframe else sort_along_normal(members, uid)
+    elif not multiframe:
+        try:
+            ordered = sort_along_normal(members, uid)
+        except DicomSeriesError as error:
+            problem = str(error)
     return DicomSeries(
         series_uid=uid,
         study_uid=str(getattr(first, "StudyInstanceUID", "")),
@@ -212,6 +227,7 @@ def _series(uid: str, members: list[tuple[Path, object]]) -> DicomSeries:
         modality=str(getattr(first, "Modality", "")),
         files=tuple(file for file, _ in ordered),
         headers=tuple(header for _, header in ordered),
+        problem=problem,
     )
 
 
@@ -349,10 +365,11 @@ def kji_volume_geometry(geometry: Geometry, frame_of_reference_uid: str):
 
 
 def choose_series(path: str | Path, series_uid: str | None = None) -> DicomSeries:
-    """The one series of a DICOM folder, or the one with ``series_uid``.
+    """The one volume of a DICOM folder (a localizer or a single screenshot beside it is not one), or the series with
+    ``series_uid``.
 
     Raises:
-        DicomSeriesError: no image series, an unknown UID, or several series and no UID (the message lists them).
+        DicomSeriesError: no image series, an unknown UID, or several volumes and no UID (the message lists them).
     """
     every = find_series(path)
     if not every:
@@ -366,8 +383,14 @@ def choose_series(path: str | Path, series_uid: str | None = None) -> DicomSerie
             if series.series_uid == series_uid:
                 return series
         raise DicomSeriesError(f"{str(path)!r} holds no series {series_uid}; it holds:\n{listing}")
-    if len(every) > 1:
-        raise DicomSeriesError(
-            f"{str(path)!r} holds {len(every)} image series; choose one with --series UID (series_uid=...):\n{listing}"
-        )
-    return every[0]
+    volumes = [series for series in every if series.is_volume]
+    if len(volumes) == 1:
+        return volumes[0]
+    if len(every) == 1:
+        return every[0]  # reading it says what keeps it from being a volume
+    if volumes:
+        listing = "\n".join(f"  {series.summary()}" for series in volumes)
+    raise DicomSeriesError(
+        f"{str(path)!r} holds {len(volumes) or len(every)} image series; choose one with --series UID "
+        f"(series_uid=...):\n{listing}"
+    )
