@@ -32,6 +32,7 @@ CACHE_VARIABLE = "SPATIAL_AL_DICOMWEB_CACHE"
 CONFIG_VARIABLE = "SPATIAL_AL_DICOMWEB_CONFIG"
 TOKEN_VARIABLE = "SPATIAL_AL_DICOMWEB_TOKEN"
 USER_VARIABLE, PASSWORD_VARIABLE = "SPATIAL_AL_DICOMWEB_USER", "SPATIAL_AL_DICOMWEB_PASSWORD"
+NOT_IMAGE_MODALITIES = {"SEG", "SR", "KO", "PR", "RTSTRUCT", "RTPLAN", "RTRECORD", "REG", "DOC", "PLAN"}
 # DICOM JSON tags read from QIDO answers
 STUDY_UID, SERIES_UID, SOP_UID = "0020000D", "0020000E", "00080018"
 MODALITY, DESCRIPTION, INSTANCE_COUNT = "00080060", "0008103E", "00201209"
@@ -132,8 +133,9 @@ class DicomWebServer:
         )
 
     def image_entries(self, filters: Mapping[str, str]) -> list[dict]:
-        """QIDO-RS answers for the series matching ``filters`` that are images (SEGs left out)."""
-        return [entry for entry in self.find_series(filters) if qido_value(entry, MODALITY) != "SEG"]
+        """QIDO-RS answers for the series matching ``filters`` that hold images (segmentations, reports, key
+        objects, presentation states and RT objects left out)."""
+        return [entry for entry in self.find_series(filters) if qido_value(entry, MODALITY) not in NOT_IMAGE_MODALITIES]
 
     def series(self, filters: Mapping[str, str]) -> DicomSeries:
         """The one image series matching ``filters``, retrieved into the cache (only instances not cached yet).
