@@ -110,6 +110,9 @@ class AnnotationApp(TrameApp):
         self._paintOneSliceAtATime()
         self._buildPanel()
         self._bindControllers()
+        self.state.change("sal_volume_rendering")(
+            lambda sal_volume_rendering, **_: self._showVolumeRendering(sal_volume_rendering)
+        )
         self.openCase(cases[0].name)
         self._fitViewsOnceSized()
 
@@ -139,6 +142,7 @@ class AnnotationApp(TrameApp):
                 "sal_method": "sdf",
                 "sal_most_confident": 0,
                 "sal_auto_update": True,
+                "sal_volume_rendering": False,
                 "sal_has_preview": False,
                 "sal_can_undo": False,
                 "sal_message": "",
@@ -198,6 +202,12 @@ class AnnotationApp(TrameApp):
         if self.session is not None and sliceNode is not None:
             self.state.sal_view_slice = self.session.sliceShown(sliceNode)
 
+    def _showVolumeRendering(self, visible: bool) -> None:
+        """Volume rendering in the 3D view, off by default: without a GPU (Mesa's llvmpipe) each render of it takes
+        long enough to make the first view and every scene change seconds slower (see README, In the browser)."""
+        if self.session is not None:
+            self.slicer.volume_rendering.get_vr_display_node(self.session.volumeNode).SetVisibility(bool(visible))
+
     def _fitViewsOnceSized(self):
         """Fit each view to the volume once the page has given it its size: the first case opens before any page
         connects, when a view is still 300 x 300, so the fit made then zooms the axial slice far in once the page
@@ -247,6 +257,9 @@ class AnnotationApp(TrameApp):
         self.session = AnnotationSession(self.slicer.scene, self.cases[name], self.output)
         self.session.observeEdits(self._onSegmentationEdited)
         self.slicer.display_manager.show_volume(self.session.volumeNode, do_reset_views=True)
+        self._showVolumeRendering(self.state.sal_volume_rendering)
+        for view in self.slicer.view_manager.get_slice_views():
+            view.set_visible_in_3d(True)  # the 3D view shows where the three slices are
         self.viewer._load_files_logic.volume_loaded(self.session.volumeNode)  # trame-slicer's "volume loaded" signal
         self._observeViewSlice()
         self.state.sal_case = name
@@ -427,6 +440,14 @@ class AnnotationApp(TrameApp):
                 self._messageArea()
 
     def _casePicker(self):
+        v.VSwitch(
+            label="Volume rendering in 3D (slow without a GPU)",
+            v_model=("sal_volume_rendering",),
+            density="compact",
+            hide_details=True,
+            color="primary",
+            raw_attrs=['data-testid="volume-rendering"'],
+        )
         v.VSelect(
             label="Case",
             items=("sal_cases",),
