@@ -61,6 +61,18 @@ def numberField(label: str, name: str, minimum: int, testid: str, **props):
     )
 
 
+def switch(label: str, name: str, testid: str):
+    """An on/off switch bound to state ``sal_<name>``."""
+    return v.VSwitch(
+        label=label,
+        v_model=(f"sal_{name}",),
+        density="compact",
+        hide_details=True,
+        color="primary",
+        raw_attrs=[f'data-testid="{testid}"'],
+    )
+
+
 def namedChoice(label: str, name: str):
     """A list of the names in state ``sal_<name>s``, bound to ``sal_<name>``, with the chosen one's one-line
     explanation (``sal_<name>_help``) below it."""
@@ -440,14 +452,7 @@ class AnnotationApp(TrameApp):
                 self._messageArea()
 
     def _casePicker(self):
-        v.VSwitch(
-            label="Volume rendering in 3D (slow without a GPU)",
-            v_model=("sal_volume_rendering",),
-            density="compact",
-            hide_details=True,
-            color="primary",
-            raw_attrs=['data-testid="volume-rendering"'],
-        )
+        switch("Volume rendering in 3D (slow without a GPU)", "volume_rendering", "volume-rendering")
         v.VSelect(
             label="Case",
             items=("sal_cases",),
@@ -504,14 +509,7 @@ class AnnotationApp(TrameApp):
         with v.VCard(title="Spatial Propagation", variant="flat", density="compact"), v.VCardText():
             namedChoice("Method", "method")
             numberField("Keep N most confident (0: all)", "most_confident", 0, "most-confident", classes="mt-2")
-            v.VSwitch(
-                label="Update the preview after each edit (fast methods)",
-                v_model=("sal_auto_update",),
-                density="compact",
-                hide_details=True,
-                color="primary",
-                raw_attrs=['data-testid="auto-update"'],
-            )
+            switch("Update the preview after each edit (fast methods)", "auto_update", "auto-update")
             with html.Div(classes="d-flex flex-wrap ga-2"):
                 actionButton("Preview", "sal_preview", "preview")
                 actionButton("Apply", "sal_apply", "apply", disabled=("!sal_has_preview",))
