@@ -53,10 +53,8 @@ class Case:
 
         server = DicomWebServer.from_argument(self.server)
         series = server.series({"StudyInstanceUID": self.study_uid, "SeriesInstanceUID": self.series_uid})
-        segmentations = server.segmentations_of(series)
-        return replace(
-            self, image=series.files[0], series=series, segmentation=segmentations[0] if segmentations else None
-        )
+        segmentation = server.newest_segmentation_of(series)
+        return replace(self, image=series.files[0], series=series, segmentation=segmentation)
 
     @property
     def source(self) -> Path | DicomSeries:

@@ -719,10 +719,16 @@ def test_train_resumes_after_an_interrupt_to_the_same_round(small_files, tmp_pat
     model = tmp_path / "model.pt"
     train = ["train", image, labels, "--annotated", "0,4,9", "--option", "augment=False", "--device", "cpu"]
     train += ["--option", "iterations_per_epoch=2"]
-    # 30 epochs: the first checkpoint (epoch 5) comes seconds before the end even on a loaded machine, where 12 epochs
-    # could end before the interrupt reached them (seen once in CI with another job on both cores)
-    command = [sys.executable, "-m", "spatial_al.cli", *train, "--max-epochs", "30", "--output", str(model)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    command = [sys.executable, "-m", "spatial_al.cli", *train, "--max-epochs", "12", "--output", str(model)]
+    # Ctrl+C as a terminal sends it: a test run started in the background (`make test &`) ignores SIGINT, and its
+    # children would inherit that and train to the end
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 120
     while not model.exists() and time.monotonic() < deadline:
         time.sleep(0.1)

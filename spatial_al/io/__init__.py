@@ -90,13 +90,13 @@ def newest_segmentation_on_server(argument: str, source: Path | DicomSeries) -> 
 
     if not isinstance(source, DicomSeries):
         raise ValueError(f"A segmentation from {argument} is a DICOM-SEG of a DICOM series; the image is not one.")
-    found = DicomWebServer.from_argument(argument).segmentations_of(source)
-    if not found:
+    found = DicomWebServer.from_argument(argument).newest_segmentation_of(source)
+    if found is None:
         raise FileNotFoundError(
             f"The DICOMweb server {argument[len('dicomweb:') :]} holds no DICOM-SEG of series {source.series_uid}; "
             "give the segmentation as a file, or store one there first."
         )
-    return found[0]
+    return found
 
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")

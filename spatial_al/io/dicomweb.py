@@ -23,7 +23,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ..files import atomic_path
-from .dicom import SEGMENTATION_STORAGE, DicomSeries, DicomSeriesError, choose_series, require_dicom_libraries
+from .dicom import DicomSeries, DicomSeriesError, choose_series, newest_segmentations, require_dicom_libraries
 
 SCHEME = "dicomweb:"
 TIMEOUT_SECONDS = 30.0
@@ -206,23 +206,11 @@ class DicomWebServer:
                     folders.add(self.retrieve(study, str(item.SeriesInstanceUID)))
         return sorted(folders)
 
-    def segmentations_of(self, series: DicomSeries) -> list[Path]:
-        """Cached files of the DICOM-SEGs in ``series``' study that reference it, newest first."""
-        import pydicom
-
+    def newest_segmentation_of(self, series: DicomSeries) -> Path | None:
+        """The cached file of the newest DICOM-SEG in ``series``' study that references it (None when none does)."""
         found = self.find_series({"StudyInstanceUID": series.study_uid, "Modality": "SEG"})
-        files = []
-        for entry in found:
-            folder = self.retrieve(series.study_uid, qido_value(entry, SERIES_UID))
-            for path in folder.glob("*.dcm"):
-                header = pydicom.dcmread(path, stop_before_pixels=True)
-                referenced = getattr(header, "ReferencedSeriesSequence", [])
-                if header.SOPClassUID == SEGMENTATION_STORAGE and any(
-                    item.SeriesInstanceUID == series.series_uid for item in referenced
-                ):
-                    stamp = f"{getattr(header, 'ContentDate', '')}{getattr(header, 'ContentTime', '')}"
-                    files.append((stamp, path))
-        return [path for _, path in sorted(files, reverse=True)]
+        folders = [self.retrieve(series.study_uid, qido_value(entry, SERIES_UID)) for entry in found]
+        return newest_segmentations(folders).get(series.series_uid, (None, None))[0]
 
     def store(self, path: str | Path) -> str:
         """STOW-RS one DICOM file; returns its SOPInstanceUID.
