@@ -19,6 +19,7 @@ ORTHANC_CANDIDATES = ("/usr/sbin/Orthanc", "/usr/bin/Orthanc")
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 USER, PASSWORD = "radiology", "s3cret-for-tests"
 AE_TITLE = "ORTHANC"
+CLIENT_AE_TITLE = "SPATIALAL"  # the only DICOM client Orthanc answers: this AE title, from 127.0.0.1
 
 
 def orthanc_executable() -> str | None:
@@ -33,8 +34,9 @@ def free_port() -> int:
 
 
 class OrthancServer:
-    """Orthanc on 127.0.0.1 with basic authentication (``USER``/``PASSWORD``), DICOMweb at ``/dicom-web``, and a
-    DICOM port that answers C-FIND and C-GET from any calling AE (loopback only)."""
+    """Orthanc with basic authentication (``USER``/``PASSWORD``) and DICOMweb at ``/dicom-web``, answering HTTP from
+    127.0.0.1 only, and DICOM (C-STORE, C-FIND, C-GET) only from ``CLIENT_AE_TITLE`` at 127.0.0.1. Orthanc 1.10
+    cannot bind its ports to the loopback address alone: it refuses everyone else instead."""
 
     def __init__(self, folder: Path):
         self.folder = folder
@@ -61,9 +63,10 @@ class OrthancServer:
             "RemoteAccessAllowed": False,
             "AuthenticationEnabled": True,
             "RegisteredUsers": {USER: PASSWORD},
-            "DicomAlwaysAllowFind": True,
-            "DicomAlwaysAllowGet": True,
-            "DicomAlwaysAllowStore": True,
+            "DicomAlwaysAllowEcho": False,
+            "DicomAlwaysAllowStore": False,
+            "DicomCheckModalityHost": True,
+            "DicomModalities": {"tests": {"AET": CLIENT_AE_TITLE, "Host": "127.0.0.1", "Port": free_port()}},
             "Plugins": [str(DICOMWEB_PLUGIN)],
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
         }

@@ -19,7 +19,7 @@ from spatial_al.cli import main
 from spatial_al.data import chest_ct_files
 from spatial_al.data.dicom_series import FICTITIOUS_PATIENT, write_ct_series
 from spatial_al.io import choose_series, dicomweb, read_segmentation, read_volume, write_segmentation
-from Testing.pacs import AE_TITLE, PASSWORD, USER, OrthancServer, free_port, orthanc_executable
+from Testing.pacs import AE_TITLE, CLIENT_AE_TITLE, PASSWORD, USER, OrthancServer, free_port, orthanc_executable
 
 pytestmark = pytest.mark.skipif(
     orthanc_executable() is None or shutil.which("storescu") is None,
@@ -46,7 +46,7 @@ def pacs(tmp_path_factory, study):
     try:
         files = [str(path) for path in sorted(study.rglob("*.dcm"))]
         subprocess.run(
-            ["storescu", "-R", "-aec", AE_TITLE, "127.0.0.1", str(server.dicom_port), *files],
+            ["storescu", "-R", "-aet", CLIENT_AE_TITLE, "-aec", AE_TITLE, "127.0.0.1", str(server.dicom_port), *files],
             check=True,
             capture_output=True,
         )
@@ -69,7 +69,7 @@ def fetch_with_getscu(server: OrthancServer, study_uid: str, series_uid: str, fo
     folder.mkdir(parents=True)
     subprocess.run(
         [
-            "getscu", "-aec", AE_TITLE, "-S", "127.0.0.1", str(server.dicom_port),
+            "getscu", "-aet", CLIENT_AE_TITLE, "-aec", AE_TITLE, "-S", "127.0.0.1", str(server.dicom_port),
             "-k", "QueryRetrieveLevel=SERIES", "-k", f"StudyInstanceUID={study_uid}",
             "-k", f"SeriesInstanceUID={series_uid}", "-od", str(folder),
         ],
@@ -230,3 +230,11 @@ def test_the_web_session_opens_a_series_from_the_pacs_and_save_stores_its_seg_th
     uids = {instance["MainDicomTags"]["SOPInstanceUID"] for instance in stored}
     assert saved.stored_uid in uids
     assert pydicom.dcmread(saved.dicom_seg, stop_before_pixels=True).SOPInstanceUID == saved.stored_uid
+
+
+def test_the_test_pacs_answers_dicom_only_from_its_client(pacs, study):
+    one = str(next((study / "ct").iterdir()))
+    stranger = ["storescu", "-aet", "STRANGER", "-aec", AE_TITLE, "127.0.0.1", str(pacs.dicom_port), one]
+    assert subprocess.run(stranger, capture_output=True).returncode != 0
+    known = ["storescu", "-aet", CLIENT_AE_TITLE, "-aec", AE_TITLE, "127.0.0.1", str(pacs.dicom_port), one]
+    assert subprocess.run(known, capture_output=True).returncode == 0
