@@ -206,9 +206,12 @@ def test_a_pacs_is_a_cohort_of_its_segmented_series_and_a_set_of_scans_to_rank(p
     assert volume.image.shape == (34, 128, 128) and np.count_nonzero(volume.labels) > 0
 
     ranking = tmp_path / "scans.csv"
-    arguments = ["rank-volumes", address, "--qido", "Modality=CT", "--strategy", "random", "-k", "1"]
-    assert main([*arguments, "--output", str(ranking)]) == 0
+    patient = FICTITIOUS_PATIENT["PatientID"]
+    arguments = ["rank-volumes", address, "--qido", "Modality=CT", "--qido", f"PatientID={patient}"]
+    assert main([*arguments, "--strategy", "random", "-k", "1", "--output", str(ranking)]) == 0
     assert ranking.read_text().splitlines()[1].split(",")[1] == ct.series_uid
+    record = ranking.with_name("scans.csv.run.json").read_text()
+    assert patient not in record and "PatientID=<withheld>" in record  # a search may name a patient, no record does
 
 
 def test_the_web_session_opens_a_series_from_the_pacs_and_save_stores_its_seg_there(

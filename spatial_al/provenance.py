@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -107,12 +108,25 @@ def write_json(path: str | Path, content: dict[str, Any]) -> Path:
     return write_text_atomic(path, json.dumps(content, indent=2, default=_json_default, allow_nan=False) + "\n")
 
 
+PATIENT_ATTRIBUTE = re.compile(r"^\s*(Patient\w*|0010[0-9A-Fa-f]{4})\s*=")
+
+
+def without_patient_values(configuration: dict[str, Any]) -> dict[str, Any]:
+    """``configuration`` with the value of every ``--qido`` filter on a patient attribute (``PatientName=Doe*``,
+    ``00100020=...``) replaced by ``<withheld>``: no record names a patient, even one a search named."""
+    filters = configuration.get("qido")
+    if not filters:
+        return configuration
+    kept = [f"{pair.partition('=')[0]}=<withheld>" if PATIENT_ATTRIBUTE.match(pair) else pair for pair in filters]
+    return {**configuration, "qido": kept}
+
+
 def run_record(command: str, configuration: dict[str, Any], results: dict[str, Any], timer: Timer) -> dict[str, Any]:
-    """The JSON-ready record of one run."""
+    """The JSON-ready record of one run (DICOMweb search filters on patient attributes kept by name only)."""
     return {
         "command": command,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "configuration": configuration,
+        "configuration": without_patient_values(configuration),
         "results": results,
         "seconds": timer.seconds,
         "environment": environment(),
