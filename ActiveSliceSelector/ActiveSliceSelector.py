@@ -155,7 +155,13 @@ class ActiveSliceSelectorWidget(SessionWidgetMixin, ScriptedLoadableModuleWidget
     def onStrategyChanged(self, name) -> None:
         if self._parameterNode and name:
             self._parameterNode.strategy = name
-            self.ui.strategyHelpLabel.text = self.choiceHelp(self.ui.strategyComboBox)
+            self.showStrategyHelp()
+
+    def showStrategyHelp(self) -> None:
+        """The chosen strategy's description, and what ranking the chosen volume with it should take here."""
+        node = self._parameterNode
+        cost = self.logic.rankingCost(node.inputVolume, node.sliceAxis, node.strategy) if node else ""
+        self.ui.strategyHelpLabel.text = "\n".join(filter(None, [self.choiceHelp(self.ui.strategyComboBox), cost]))
 
     def updateGUIFromParameterNode(self, caller=None, event=None) -> None:
         node = self._parameterNode
@@ -187,6 +193,7 @@ class ActiveSliceSelectorWidget(SessionWidgetMixin, ScriptedLoadableModuleWidget
             self.ui.modelPathLineEdit.currentPath = node.modelPath
         if node and node.strategy and self.ui.strategyComboBox.currentText != node.strategy:
             self.ui.strategyComboBox.setCurrentText(node.strategy)  # a reloaded scene's choice
+        self.showStrategyHelp()  # the volume or its slice axis may have changed
 
     def showStatus(self, text) -> None:
         self.ui.statusLabel.text = text
@@ -213,14 +220,17 @@ class ActiveSliceSelectorWidget(SessionWidgetMixin, ScriptedLoadableModuleWidget
             )
 
         def showRanking(result):
-            ranking, tableNode = result
-            node.queriedSlices = tableNode  # the module's parameter node, shown or not
-            self._currentSlice = None
-            self.showStatus(_("{count} slices to annotate, best first.").format(count=len(ranking)))
-            self.onStepQueriedSlice(+1, node)
+            self.showRanking(node, *result)
 
         inBackground = self.logic.rankingTakesLong(node.strategy, node.modelPath)
         self.runJob(self.ui.rankButton, _("Ranking failed."), rankingJob, showRanking, inBackground)
+
+    def showRanking(self, node, ranking, tableNode, before="") -> None:
+        """Show a new ranking: its table in the panel, the status (after ``before``), the view on its first slice."""
+        node.queriedSlices = tableNode  # the module's parameter node, shown or not
+        self._currentSlice = None
+        self.showStatus(before + _("{count} slices to annotate, best first.").format(count=len(ranking)))
+        self.onStepQueriedSlice(+1, node)
 
     def onRankVolumes(self) -> None:
         node = self._parameterNode
@@ -247,17 +257,26 @@ class ActiveSliceSelectorWidget(SessionWidgetMixin, ScriptedLoadableModuleWidget
     def onUpdateModel(self) -> None:
         node = self._parameterNode
 
-        def trainingJob():
-            return self.logic.updateModelJob(
-                node.inputVolume, node.segmentation, self.selectedSegmentIds(), node.modelPath, sliceAxis=node.sliceAxis
+        def trainingJob():  # the panel's strategy ranks with the new model before the worker exits
+            return self.logic.updateModelAndRankJob(
+                node.inputVolume,
+                node.segmentation,
+                self.selectedSegmentIds(),
+                node.modelPath,
+                node.strategy,
+                self.logic.budgetInSlices(node.inputVolume, node.sliceAxis, node.budget, node.budgetUnit),
+                sliceAxis=node.sliceAxis,
+                seed=node.seed,
+                tableNode=node.queriedSlices,
+                **self.logic.spacingOptions(node.strategy, node.minSpacing),
             )
 
-        def showSummary(summary):
-            self.showStatus(
-                _("Model updated (round {round}, {steps} steps, loss {loss:.3f}).").format(
-                    round=summary.round_index, steps=summary.steps, loss=summary.history[-1]["train_loss"]
-                )
+        def showSummary(result):
+            summary, ranking, tableNode = result
+            updated = _("Model updated (round {round}, {steps} steps, loss {loss:.3f}). ").format(
+                round=summary.round_index, steps=summary.steps, loss=summary.history[-1]["train_loss"]
             )
+            self.showRanking(node, ranking, tableNode, before=updated)
 
         self.runJob(self.ui.updateModelButton, _("Updating the model failed."), trainingJob, showSummary, True)
 
@@ -510,6 +529,25 @@ class ActiveSliceSelectorLogic(ScriptedLoadableModuleLogic):
         return [node for node in nodes if not node.IsA("vtkMRMLLabelMapVolumeNode")]
 
     @staticmethod
+    def rankingCost(volumeNode, sliceAxis, strategy, device="auto"):
+        """What ranking ``volumeNode``'s slices along ``sliceAxis`` with ``strategy`` should take on ``device``, in
+        words, from the package's benchmark figures (see :mod:`spatial_al.selection.costs`); "" without a volume
+        or before the dependencies are installed."""
+        try:
+            from spatial_al.device import resolve_device
+            from spatial_al.selection.costs import cost_note
+        except ImportError:
+            return ""
+        from SpatialALSlicerLib import MRMLAdapter
+
+        if volumeNode is None or volumeNode.GetImageData() is None or not strategy:
+            return ""
+        shape = MRMLAdapter.volumeGeometry(volumeNode).shape
+        axis = MRMLAdapter.sliceAxisIndex(volumeNode, sliceAxis)
+        sliceShape = tuple(n for index, n in enumerate(shape) if index != axis)
+        return cost_note(strategy, shape[axis], sliceShape, resolve_device(device).type)
+
+    @staticmethod
     def rankingUsesModel(strategy, modelPath):
         """Whether ranking with ``strategy`` loads the model at ``modelPath`` (it reads one and one is given)."""
         from spatial_al.selection import STRATEGIES, strategy_info
@@ -563,6 +601,53 @@ class ActiveSliceSelectorLogic(ScriptedLoadableModuleLogic):
         return ModelLogic.updateModelJob(
             volumeNode, segmentationNode, segmentIds, modelPath, sliceAxis=sliceAxis, **options
         )
+
+    @requiresDependencies
+    def updateModelAndRank(self, *arguments, progress=None, **keywords):
+        """:meth:`updateModel`, then :meth:`rankSlices` with the model just trained, in this process; the arguments
+        are those of :meth:`updateModelAndRankJob`. Returns (``TrainingSummary``, ``RankingResult``, table node)."""
+        return self.updateModelAndRankJob(*arguments, **keywords).runHere(progress)
+
+    @requiresDependencies
+    def updateModelAndRankJob(
+        self,
+        volumeNode,
+        segmentationNode,
+        segmentIds,
+        modelPath,
+        strategy,
+        budget,
+        sliceAxis="axial",
+        trainingOptions=None,
+        **rankingKeywords,
+    ):
+        """Training as :meth:`updateModelJob` (with ``trainingOptions``), then the ranking of :meth:`rankingJob` (with
+        ``strategy``, ``budget`` and ``rankingKeywords``) by the model just trained, as one background job: the
+        queried slices arrive with the model. Its result is (``TrainingSummary``, ``RankingResult``, table node)."""
+        from SpatialALSlicerLib import ModelLogic
+        from SpatialALSlicerLib.BackgroundWork import BackgroundJob
+
+        training = ModelLogic.updateModelJob(
+            volumeNode, segmentationNode, segmentIds, modelPath, sliceAxis=sliceAxis, **(trainingOptions or {})
+        )
+        ranking = self.rankingJob(
+            volumeNode,
+            segmentationNode,
+            segmentIds,
+            strategy,
+            budget,
+            sliceAxis,
+            modelPath=modelPath,
+            **rankingKeywords,
+        )
+        rankingArguments = {key: value for key, value in ranking.arguments.items() if key != "model_path"}
+
+        def apply(result):
+            summary, ranked = result
+            return (training.apply(summary), *ranking.apply(ranked))
+
+        arguments = {"training": training.arguments, "ranking": rankingArguments}
+        return BackgroundJob("train_and_rank", arguments, apply, "Training and ranking")
 
     @requiresDependencies
     def predictSegmentation(self, *arguments, progress=None, **keywords):

@@ -5,7 +5,7 @@ from pathlib import Path
 from spatial_al.volume import SliceStatus
 
 from . import MRMLAdapter
-from .HeadlessScene import HeadlessScene, saveSceneBundle
+from .HeadlessScene import HeadlessScene, loadSceneBundle, saveSceneBundle
 
 STATUS_NAMES = {
     SliceStatus.UNLABELED: MRMLAdapter.STATUS_TO_ANNOTATE,
@@ -61,3 +61,21 @@ def writeSessionScene(session, path):
     headless, *_ = buildSessionScene(session)
     saveSceneBundle(headless.scene, path)
     return Path(path)
+
+
+def writeImageScene(image, segmentation, path):
+    """Write a volume ``image`` (K, J, I) and its ``segmentation`` (on the same grid) as a Slicer bundle (``.mrb``)."""
+    headless = HeadlessScene()
+    volumeNode = MRMLAdapter.addVolumeNode(headless.scene, image, segmentation.geometry, "Image")
+    MRMLAdapter.addSegmentationNode(headless.scene, segmentation, volumeNode, "Segmentation")
+    saveSceneBundle(headless.scene, path)
+
+
+def readSceneSegmentation(path):
+    """The first segmentation of a bundle (``.mrb``), as a backend ``Segmentation`` on its first volume's grid."""
+    scene = loadSceneBundle(path).scene
+    volumeNode = scene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+    segmentationNode = scene.GetFirstNodeByClass("vtkMRMLSegmentationNode")
+    if volumeNode is None or segmentationNode is None:
+        raise OSError(f"The bundle {str(path)!r} holds no volume with a segmentation.")
+    return MRMLAdapter.segmentationFromNode(segmentationNode, volumeNode)

@@ -142,6 +142,7 @@ class AnnotationApp(TrameApp):
                 "sal_case": None,
                 "sal_strategies": [{"title": name, "value": name} for name, _ in strategies],
                 "sal_strategy_help": dict(strategies),
+                "sal_strategy_cost": {},
                 "sal_strategy": "fixed_interval",
                 "sal_budget": 10,
                 "sal_min_spacing": 0,
@@ -274,6 +275,7 @@ class AnnotationApp(TrameApp):
             view.set_visible_in_3d(True)  # the 3D view shows where the three slices are
         self.viewer._load_files_logic.volume_loaded(self.session.volumeNode)  # trame-slicer's "volume loaded" signal
         self._observeViewSlice()
+        self.state.sal_strategy_cost = self.session.rankingCosts()
         self.state.sal_case = name
         self.report(f"Opened {name}: rank the slices to annotate, or draw and propagate.")
 
@@ -395,11 +397,21 @@ class AnnotationApp(TrameApp):
 
     def updateModel(self):
         path = self.modelPath
+        strategy, budget, spacing = self.state.sal_strategy, int(self.state.sal_budget), int(self.state.sal_min_spacing)
 
         def finished(summary):
-            self.report(f"Model updated: {path.name} ({summary})", "success")
+            rows = self.session.queriedSlices()
+            self.session.jumpTo(rows[0]["slice"])
+            loss = summary.history[-1]["train_loss"]
+            self.report(
+                f"Model updated: {path.name} (round {summary.round_index}, {summary.steps} steps, loss {loss:.3f}); "
+                f"{len(rows)} slices to annotate ({strategy}), the views show slice {rows[0]['slice']}.",
+                "success",
+            )
 
-        self.startJob("Updating the model", lambda: self.session.updateModelJob(path), finished)
+        self.startJob(
+            "Updating the model", lambda: self.session.updateModelJob(path, strategy, budget, spacing), finished
+        )
 
     def predict(self):
         path = self.modelPath
@@ -470,7 +482,7 @@ class AnnotationApp(TrameApp):
                 items=("sal_strategies",),
                 v_model=("sal_strategy",),
                 density="compact",
-                hint=("sal_strategy_help[sal_strategy]",),
+                hint=("sal_strategy_help[sal_strategy] + ' ' + (sal_strategy_cost[sal_strategy] || '')",),
                 persistent_hint=True,
                 raw_attrs=['data-testid="strategy"'],
             )

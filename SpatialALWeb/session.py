@@ -111,6 +111,12 @@ class AnnotationSession:
         job.apply = keepTable
         return job
 
+    def rankingCosts(self) -> dict[str, str]:
+        """Strategy name -> what ranking this case with it should take here, in words (from benchmark figures)."""
+        return {
+            name: self.selector.rankingCost(self.volumeNode, self.axis, name) for name, _ in self.selector.strategies()
+        }
+
     def rankingTakesLong(self, strategy: str, modelPath: str = "") -> bool:
         """Whether ranking with ``strategy`` runs a network (then in a background process)."""
         return self.selector.rankingTakesLong(strategy, modelPath)
@@ -222,11 +228,30 @@ class AnnotationSession:
 
     # -- model -------------------------------------------------------------------------------------------------------
 
-    def updateModelJob(self, modelPath: Path, **options):
-        """The model update (train, or fine-tune the checkpoint at ``modelPath``) as a background job, not started."""
-        return self.selector.updateModelJob(
-            self.volumeNode, self.segmentationNode, None, str(modelPath), self.axis, **options
+    def updateModelJob(self, modelPath: Path, strategy: str, budget: int, minSpacing: int = 0, **options):
+        """The model update (train, or fine-tune the checkpoint at ``modelPath``) then the ranking of ``budget``
+        slices with ``strategy`` by the new model, as one background job, not started: the queried slices arrive
+        with the model. Its result is the training summary; the ranking fills the queried-slices table."""
+        job = self.selector.updateModelAndRankJob(
+            self.volumeNode,
+            self.segmentationNode,
+            None,
+            str(modelPath),
+            strategy,
+            int(budget),
+            self.axis,
+            options,
+            tableNode=self.tableNode,
+            **self.selector.spacingOptions(strategy, minSpacing),
         )
+        writeResults = job.apply
+
+        def keepTable(result):
+            summary, _, self.tableNode = writeResults(result)
+            return summary
+
+        job.apply = keepTable
+        return job
 
     def predictionJob(self, modelPath: Path):
         return self.selector.predictionJob(self.volumeNode, str(modelPath))

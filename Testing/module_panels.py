@@ -71,12 +71,16 @@ class TableView:
         self.node, self.resets = node, self.resets + 1
 
 
-class ComboBox:  # Qt's property names
+class ComboBox:  # Qt's property names; items carry no data (no tooltips)
     def __init__(self, text=""):
         self.currentText = text
+        self.currentIndex = 0
 
     def setCurrentText(self, text):
         self.currentText = text
+
+    def itemData(self, index, role):
+        return None
 
 
 def progress_bar():
@@ -131,6 +135,7 @@ def selector_panel(module, parameterNode, monkeypatch):
         strategyComboBox=ComboBox("random"),
         modelPathLineEdit=types.SimpleNamespace(currentPath=""),
         statusLabel=types.SimpleNamespace(text=""),
+        strategyHelpLabel=types.SimpleNamespace(text=""),
         progressBar=progress_bar(),
         segmentsTableView=types.SimpleNamespace(selectedSegmentIDs=lambda: []),
     )

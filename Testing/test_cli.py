@@ -386,6 +386,33 @@ def test_train_then_fine_tune_then_predict_round_trip(small_files, tmp_path, cap
     assert set(np.unique(np.asarray(nibabel.load(label_map).dataobj)).tolist()) <= {0, 1, 2}
 
 
+def test_train_with_rank_hands_back_the_ranking_by_the_model_just_trained(small_files, tmp_path, capsys):
+    image, labels = small_files
+    model, queried = tmp_path / "model.pt", tmp_path / "model.queried.csv"
+    common = ["--annotated", "0,4,8", "--max-epochs", "1", "--option", "augment=False", "--device", "cpu"]
+    train = ["train", image, labels, *common, "--output", str(model)]
+    assert main([*train, "--rank", "entropyy"]) == 2  # refused before any training
+    assert "Did you mean 'entropy'" in capsys.readouterr().err and not model.exists()
+    assert main([*train, "--rank", "entropy", "--budget", "8"]) == 2
+    assert "larger than the 7 slices left" in capsys.readouterr().err and not model.exists()
+
+    assert main([*train, "--rank", "entropy", "--budget", "3"]) == 0
+    captured = capsys.readouterr()
+    assert "entropy: under a second on cpu" in captured.err and "to annotate next (entropy)" in captured.out
+    with queried.open() as handle:
+        rows = list(csv.DictReader(handle))
+    slices = [int(row["slice"]) for row in rows]
+    assert len(slices) == 3 and not {0, 4, 8} & set(slices)
+    record = json.loads((tmp_path / "model.queried.csv.run.json").read_text())
+    assert record["results"]["ranking"]["slices"] == slices and "rank" in record["seconds"]
+
+    again = tmp_path / "again.csv"
+    ranked = ["rank", image, "--labels", labels, "--annotated", "0,4,8", "--strategy", "entropy", "--budget", "3"]
+    assert main([*ranked, "--model", str(model), "--device", "cpu", "--output", str(again), "--quiet"]) == 0
+    with again.open() as handle:
+        assert [int(row["slice"]) for row in csv.DictReader(handle)] == slices  # the checkpoint ranks the same
+
+
 def test_train_and_predict_errors_name_the_fix(small_files, tmp_path, capsys):
     image, labels = small_files
     model = tmp_path / "model.pt"
@@ -458,6 +485,23 @@ def test_benchmark_ranking_times_each_strategy_and_writes_json(tmp_path, capsys)
     assert "strided_blocks" in capsys.readouterr().out
     assert main(["benchmark", "ranking", "--strategies", "entropyy", "--output", str(output)]) == 2
     assert "Did you mean 'entropy'" in capsys.readouterr().err
+
+
+def test_benchmark_files_writes_reads_back_and_compares_every_file(tmp_path, capsys):
+    output = tmp_path / "files.json"
+    assert main(["benchmark", "files", "--shape", "12x40x48", "--output", str(output), "--quiet"]) == 0
+    record = json.loads(output.read_text())
+    rows = record["results"]["rows"]
+    kinds = ("organs", "prediction")
+    assert [(r["label_map"], r["file"]) for r in rows] == [
+        (k, f) for k in kinds for f in (".seg.nrrd", ".nii.gz", ".mrb")
+    ]
+    assert all(r["read_equals_written"] and r["megabytes"] > 0 and r["write_s"] > 0 for r in rows)
+    assert all(("slicerio_read_s" in r) == (r["file"] == ".seg.nrrd") for r in rows)
+    assert record["configuration"]["shape"] == [12, 40, 48] and "device" not in record["configuration"]
+    assert "prediction         .mrb" in capsys.readouterr().out
+    assert main(["benchmark", "files", "--label-maps", "organ", "--no-scene", "--output", str(output)]) == 2
+    assert "use one of organs, prediction" in capsys.readouterr().err
 
 
 def test_benchmark_ranking_passes_each_strategy_its_options(tmp_path, capsys):

@@ -403,6 +403,39 @@ def test_long_work_runs_in_a_worker_process_with_progress_then_writes_the_scene(
     np.testing.assert_array_equal(here.confidence, outcome.confidence)  # the same job, run in this process
 
 
+def test_update_model_hands_back_the_ranking_by_the_new_model_from_the_same_worker(slicer_modules, headless, tmp_path):
+    """ "Update model" trains and ranks in one background process: the queried slices arrive with the model, the same
+    as ranking afterwards with the checkpoint written, and the table and planes are in the scene."""
+    from conftest import TINY_UNET
+
+    from spatial_al.progress import RecordingProgress
+    from SpatialALSlicerLib import MRMLAdapter
+    from SpatialALSlicerLib.BackgroundWork import FINISHED
+
+    volume, segmentation, stack = chest_ct_nodes(headless.scene)
+    lungs = [s.segment_id for s in stack.segments if s.name.endswith("lung")]
+    selector = slicer_modules["ActiveSliceSelector"].ActiveSliceSelectorLogic()
+    selector.markAnnotated(volume, segmentation, lungs, [5, 15, 25], "axial")
+    model = str(tmp_path / "lungs.pt")
+    training = {"preset": tiny_preset(TINY_UNET), "max_epochs": 1, "iterations_per_epoch": 2, "augment": False}
+    job = selector.updateModelAndRankJob(
+        volume, segmentation, lungs, model, "entropy", 4, "axial", training | {"device": "cpu"}, device="cpu"
+    )
+    progress = RecordingProgress()
+    assert job.start().wait(progress) == FINISHED, job.error
+    summary, ranking, table = job.finish()
+
+    assert summary.annotated_slices == [5, 15, 25] and summary.steps == 2
+    assert len(ranking) == 4 and not {5, 15, 25} & set(ranking.slices.tolist())
+    again, _ = selector.rankSlices(volume, segmentation, lungs, "entropy", 4, modelPath=model, device="cpu")
+    assert again.slices.tolist() == ranking.slices.tolist()
+    np.testing.assert_allclose(again.scores, ranking.scores, rtol=1e-5)
+    rows = MRMLAdapter.queriedSlicesFromTable(table)
+    assert [row["slice"] for row in rows] == ranking.slices.tolist()
+    messages = [message for _, _, message in progress.reports]  # the worker reported training, then ranking
+    assert any("epoch 1" in message for message in messages) and messages[-1].startswith("entropy")
+
+
 def test_a_cancelled_job_stops_writes_nothing_and_a_failed_one_says_why(slicer_modules, headless, tmp_path):
     from conftest import TINY_UNET
 
@@ -502,11 +535,13 @@ def test_the_selector_panel_follows_a_reloaded_scene_and_keeps_its_table_view(sl
     scans = headless.scene.AddNewNodeByClass("vtkMRMLTableNode")
     parameters = ParameterNode(
         inputVolume=volume, segmentation=segmentation, queriedSlices=table, modelPath="", strategy="entropy",
-        volumeRanking=scans,
+        volumeRanking=scans, sliceAxis="axial",
     )  # fmt: skip
     panel = selector_panel(slicer_modules["ActiveSliceSelector"], parameters, monkeypatch)
     panel.updateGUIFromParameterNode()
     assert panel.ui.strategyComboBox.currentText == "entropy"  # the parameter node's choice, e.g. after a reload
+    cost = panel.ui.strategyHelpLabel.text.splitlines()[-1]  # what ranking this CT (34 x 128 x 128) should take
+    assert cost.startswith("entropy: under a second on cpu") and "scaled to 34 slices of 128 x 128" in cost
     for _ in range(3):  # every parameter change calls this; the table view keeps its node (and its selection)
         panel.updateGUIFromParameterNode()
     assert panel.ui.queriedSlicesTableView.resets == 1 and panel.ui.queriedSlicesTableView.node is table

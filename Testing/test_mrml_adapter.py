@@ -16,7 +16,8 @@ import vtk
 
 import spatial_al
 from spatial_al.annotation_record import RECORD_TAGS, TAG_ANNOTATED
-from spatial_al.volume import Geometry
+from spatial_al.io.segmentation import Segmentation
+from spatial_al.volume import Geometry, Segment
 from SpatialALSlicerLib import HeadlessScene, MRMLAdapter
 from SpatialALSlicerLib.MRMLAdapter import MRMLInputError
 
@@ -292,6 +293,52 @@ def _segment_voxels_ijk(data, info):
     voxels = np.asarray(data["voxels"])
     layer = voxels[info.get("layer", 0)] if voxels.ndim == 4 else voxels
     return layer == info["labelValue"]
+
+
+@pytest.mark.parametrize("transformed", [False, True], ids=["volume in place", "volume under a transform"])
+def test_added_segmentation_node_keeps_every_segment_its_layer_id_color_and_tags(headless, transformed):
+    """Layers go in as whole labelmaps: label values need not be 1..N, overlaps across layers stay overlaps, and
+    every segment reads back alone (through Slicer's per-segment read) with its own voxels, ID, name, colour, tags."""
+    volumeNode, _, geometry = add_volume(headless.scene)
+    if transformed:
+        transform = headless.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+        transform.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(np.array(
+            [[1, 0, 0, 4.5], [0, 1, 0, -2.0], [0, 0, 1, 7.0], [0, 0, 0, 1]], float)))  # fmt: skip
+        volumeNode.SetAndObserveTransformNodeID(transform.GetID())
+    layers = np.zeros((2, *SHAPE_KJI), np.uint8)
+    first, second = random_mask(SHAPE_KJI, seed=21, fraction=0.4), random_mask(SHAPE_KJI, seed=22, fraction=0.4)
+    layers[0][first] = 3
+    layers[0][second & ~first] = 7
+    overlapping = random_mask(SHAPE_KJI, seed=23, fraction=0.3)
+    layers[1][overlapping] = 2
+    segments = (
+        Segment("liver", 3, 0, (0.8, 0.3, 0.2), "liver_id", {TAG_ANNOTATED: "0,4"}),
+        Segment("spleen", 7, 0, (0.1, 0.5, 0.9), "spleen_id"),
+        Segment("tumour", 2, 1, None, "tumour_id", {TAG_ANNOTATED: "2"}),
+        Segment("empty", 9, 0, (0.2, 0.2, 0.2), "empty_id"),
+    )
+    segmentation = Segmentation(layers, segments, geometry)
+
+    node = MRMLAdapter.addSegmentationNode(headless.scene, segmentation, volumeNode, "Added")
+
+    assert MRMLAdapter.segmentIdsOrAll(node) == ["liver_id", "spleen_id", "tumour_id", "empty_id"]
+    for segment in segments:
+        expected = layers[segment.layer] == segment.label_value
+        read = MRMLAdapter.segmentMaskInVolumeGrid(node, segment.segment_id, volumeNode)
+        assert np.array_equal(read, expected), (segment.name, read.sum(), expected.sum(), (read & expected).sum())
+        stored = node.GetSegmentation().GetSegment(segment.segment_id)
+        assert stored.GetName() == segment.name
+        if segment.color is not None:
+            np.testing.assert_allclose(stored.GetColor(), segment.color, atol=1e-6)
+        assert MRMLAdapter.segmentTags(node, segment.segment_id).get(TAG_ANNOTATED) == segment.tags.get(TAG_ANNOTATED)
+    assert headless.scene.GetNodesByClass("vtkMRMLLabelMapVolumeNode").GetNumberOfItems() == 0  # nothing left over
+
+
+def test_added_segmentation_node_on_another_grid_is_refused(headless):
+    volumeNode, _, geometry = add_volume(headless.scene)
+    wrong = Segmentation(np.zeros((1, 3, 4, 5), np.uint8), (Segment("a", 1),), geometry)
+    with pytest.raises(MRMLInputError, match=r"shape \(3, 4, 5\); the volume's grid is \(9, 14, 17\)"):
+        MRMLAdapter.addSegmentationNode(headless.scene, wrong, volumeNode, "Wrong")
 
 
 @pytest.mark.parametrize("overlapping", [False, True], ids=["disjoint segments", "overlapping segments"])

@@ -256,6 +256,7 @@ def command_rank_volumes(args: argparse.Namespace) -> None:
 def command_rank(args: argparse.Namespace) -> None:
     from .learning import select_segments
     from .selection import rank
+    from .selection.costs import cost_note
 
     output = writable_output(args.output)
     refuse_overwriting_inputs(output, [args.image, args.labels, args.model])
@@ -274,6 +275,9 @@ def command_rank(args: argparse.Namespace) -> None:
         named_tags = {segment.name: segment.tags for segment in segments}
         pseudo_labeled = recorded_slices(named_tags, stack.slice_axis, "propagated", stack.n_slices) or []
     options = parse_options(args.option)
+    if not args.quiet:
+        device_kind = device.type if device is not None else "cpu"
+        print(cost_note(args.strategy, stack.n_slices, stack.slice_shape, device_kind), file=sys.stderr)
     with timer("rank"), TqdmProgress("ranking", disable=args.quiet) as bar:
         ranking = rank(
             stack.image,
@@ -445,6 +449,7 @@ def command_train(args: argparse.Namespace) -> None:
     )
     training = base.with_options(**changes)
     segment_names = [name.strip() for name in args.segments.split(",")] if args.segments else None
+    ranking_output = check_ranking_after_training(args, output, stack.n_slices - len(annotated))
     with timer("train"), TqdmProgress("training", disable=args.quiet) as bar:
         outcome = train_on_stack(
             stack,
@@ -477,7 +482,14 @@ def command_train(args: argparse.Namespace) -> None:
         "validation_slices": outcome.validation_slices,
         "history": history,
     }
+    if ranking_output is not None:
+        ranking = rank_after_training(args, stack, outcome, segment_names, pseudo_slices, timer)
+        ranking.write_csv(ranking_output)
+        results["ranking"] = {"output": str(ranking_output), "slices": ranking.slices, "scores": ranking.scores}
     write_json(run_record_path(output), run_record("spatial-al train", configuration, results, timer))
+    if ranking_output is not None:
+        write_json(run_record_path(ranking_output), run_record("spatial-al train", configuration, results, timer))
+        print(f"Wrote {ranking_output}: slices {', '.join(map(str, ranking.slices))} to annotate next ({args.rank})")
     last = history[-1]
     model_config = outcome.model.config
     print(
@@ -485,6 +497,48 @@ def command_train(args: argparse.Namespace) -> None:
         f"{results['round']}, {results['epochs']} epochs, last train loss {last['train_loss']:.4f}"
         + (f", validation loss {last['validation_loss']:.4f}" if last["validation_loss"] is not None else "")
     )
+
+
+def check_ranking_after_training(args: argparse.Namespace, model_output: Path, left: int) -> Path | None:
+    """Where ``train --rank`` writes its ranking (None without ``--rank``); a strategy, budget or output that cannot
+    work fails here, before any training."""
+    if args.rank is None:
+        return None
+    from .selection import STRATEGIES
+
+    STRATEGIES.get(args.rank)  # an unknown name fails with the closest valid one
+    if args.budget > left:
+        raise CommandLineError(f"--budget {args.budget} is larger than the {left} slices left unannotated.")
+    ranking_output = writable_output(args.ranking_output or model_output.with_suffix(".queried.csv"))
+    if ranking_output.suffix != ".csv":
+        raise CommandLineError(f"--ranking-output {str(ranking_output)!r}: the ranking is a .csv file.")
+    refuse_overwriting_inputs(ranking_output, [args.image, args.segmentation, args.pseudo, args.resume, model_output])
+    return ranking_output
+
+
+def rank_after_training(args, stack, outcome, segment_names, pseudo_slices, timer):
+    """The ranking ``train --rank`` asks for, by the model just trained (in memory, on its training device)."""
+    from .learning import select_segments
+    from .selection import rank
+    from .selection.costs import cost_note
+
+    if not args.quiet:
+        print(cost_note(args.rank, stack.n_slices, stack.slice_shape, outcome.trainer.device.type), file=sys.stderr)
+    with timer("rank"), TqdmProgress("ranking", disable=args.quiet) as bar:
+        return rank(
+            stack.image,
+            args.rank,
+            args.budget,
+            labels=stack.label_layers,
+            annotated=outcome.annotated_slices,
+            axis=stack.slice_axis,
+            model=outcome.model,
+            seed=outcome.trainer.config.seed,
+            progress=bar,
+            segments=select_segments(stack.segments, segment_names),
+            pseudo_labeled=pseudo_slices or (),
+            device=outcome.trainer.device,
+        )
 
 
 def command_predict(args: argparse.Namespace) -> None:
@@ -522,9 +576,14 @@ def command_benchmark(args: argparse.Namespace) -> None:
     output = writable_output(args.output or f"benchmark-{args.name}.json")
     names = [name.strip() for name in args.names.split(",")] if args.names else None
     timer = Timer()
-    device = resolve_device(args.device)
+    device = resolve_device(args.device) if hasattr(args, "device") else None  # files: no device
     with timer("benchmark"), TqdmProgress("benchmark", disable=args.quiet) as bar:
-        if args.name == "throughput":
+        if args.name == "files":
+            from .benchmarks.files import format_table, measure_files
+
+            rows = measure_files(names, args.shape, None if args.no_scene else scene_files(), progress=bar)
+            title = f"Files of a {'x'.join(map(str, args.shape))} label map, written and read back:"
+        elif args.name == "throughput":
             from .benchmarks.throughput import format_table, measure_throughput
 
             rows = measure_throughput(names, device, args.size, args.batch_size, args.batches, progress=bar)
@@ -556,7 +615,7 @@ def command_benchmark(args: argparse.Namespace) -> None:
                 precision=args.precision, options=strategy_options(args.option),
             )  # fmt: skip
             title = f"Ranking latency on {device} ({args.slices}x{args.size}x{args.size}, budget {args.budget}):"
-    configuration = {**vars(args), "device": str(device)}
+    configuration = vars(args) | ({"device": str(device)} if device is not None else {})
     configuration.pop("handler")
     write_json(output, run_record(f"spatial-al benchmark {args.name}", configuration, {"rows": rows}, timer))
     print(title)
@@ -590,6 +649,16 @@ def command_web(args: argparse.Namespace) -> None:
     if args.study:
         filters["StudyInstanceUID"] = args.study
     serve(args.data, args.segmentation, args.output, args.host, args.port, filters)
+
+
+def scene_files():
+    """Slicer's ``.mrb`` writer and reader for ``benchmark files``, or None (said on stderr) without slicer-core."""
+    try:
+        from SpatialALSlicerLib.SessionScene import readSceneSegmentation, writeImageScene
+    except ImportError as error:
+        print(f".mrb skipped: Slicer's MRML classes are not installed ({error}).", file=sys.stderr)
+        return None
+    return writeImageScene, readSceneSegmentation
 
 
 def command_demo(args: argparse.Namespace) -> None:
@@ -855,6 +924,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, help="random seed (default 0)")
     train.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     train.add_argument("--output", required=True, help="checkpoint to write (.pt); rewritten as training improves")
+    train.add_argument(
+        "--rank", metavar="STRATEGY", help="then rank the slices to annotate next with the model just trained"
+    )
+    train.add_argument("--budget", type=positive_int, default=10, help="slices --rank picks (default 10)")
+    train.add_argument("--ranking-output", help="the ranking's .csv (default: OUTPUT with .queried.csv)")
     add_volume_arguments(train)
     train.set_defaults(handler=command_train)
 
@@ -873,7 +947,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(handler=command_predict)
 
     benchmark = commands.add_parser("benchmark", help="speed figures: prints a table, writes JSON")
-    kinds = benchmark.add_subparsers(dest="name", required=True, metavar="{throughput,ranking,training,propagation}")
+    kinds = benchmark.add_subparsers(
+        dest="name", required=True, metavar="{throughput,ranking,training,propagation,files}"
+    )
     throughput = kinds.add_parser("throughput", help="training and inference slices per second of each preset")
     throughput.add_argument("--presets", dest="names", help="comma-separated presets (default: all)")
     throughput.add_argument("--batches", type=int, default=3, help="timed batches after one warm-up (default 3)")
@@ -918,10 +994,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     propagation.add_argument("--no-speed", action="store_true", help="skip the large synthetic label map")
     propagation.add_argument("--no-frog", action="store_true", help="skip pyvista's frog tissue label map")
+    files = kinds.add_parser("files", help="seconds to write and read .seg.nrrd, label maps and .mrb of a large volume")
+    files.add_argument("--label-maps", dest="names", help="comma-separated: organs, prediction (default both)")
+    files.add_argument(
+        "--shape", type=volume_shape, default=(300, 512, 512), help="slices x rows x columns (default 300x512x512)"
+    )
+    files.add_argument("--no-scene", action="store_true", help="leave out the .mrb scene bundle")
     for measurement in (throughput, ranking):
         measurement.add_argument("--size", type=positive_int, default=256, help="slice size in pixels (default 256)")
     for measurement in (throughput, ranking, training, propagation):
         measurement.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    for measurement in (throughput, ranking, training, propagation, files):
         measurement.add_argument("--output", help="JSON file to write (default benchmark-NAME.json)")
         measurement.add_argument("--quiet", action="store_true", help="no progress bar")
         add_threads_argument(measurement)

@@ -112,6 +112,21 @@ def propagate_job(*, progress: ProgressReporter | None = None, **arguments):
     return propagate_layers(progress=progress, **with_model(arguments))
 
 
+def train_and_rank_job(
+    *, training: dict[str, Any], ranking: dict[str, Any], progress: ProgressReporter | None = None
+) -> tuple[Any, Any]:
+    """Training (the arguments of :func:`train_job`), then the ranking of the pool (those of :func:`rank_job`, without
+    a model) with the model just trained, in one process: the queried slices arrive with the model, with no second
+    process to start and no checkpoint to load. Returns (:class:`~spatial_al.learning.TrainingSummary`,
+    :class:`~spatial_al.selection.RankingResult`)."""
+    from .learning import train_on_stack
+    from .selection import rank
+
+    outcome = train_on_stack(progress=progress, **training)
+    ranked = rank(progress=progress, **ranking | {"model": outcome.model, "device": outcome.trainer.device})
+    return outcome.summary(), ranked
+
+
 def rank_volumes_job(*, progress: ProgressReporter | None = None, **arguments):
     """:func:`spatial_al.rank_volumes` (``model_path`` loads the model); returns the
     :class:`~spatial_al.selection.volumes.VolumeRanking`."""
@@ -124,6 +139,7 @@ JOBS: dict[str, Callable[..., Any]] = {
     "train": train_job,
     "predict": predict_job,
     "rank": rank_job,
+    "train_and_rank": train_and_rank_job,
     "rank_volumes": rank_volumes_job,
     "propagate": propagate_job,
 }

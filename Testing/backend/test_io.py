@@ -4,6 +4,7 @@ import json
 import re
 
 import nibabel
+import nrrd
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -103,6 +104,28 @@ def test_overlapping_segments_keep_their_layers(tmp_path):
     np.testing.assert_array_equal(again.label_layers, segmentation.label_layers)
     with pytest.raises(ValueError, match="overlapping"):
         write_segmentation(tmp_path / "overlap.nrrd", segmentation)
+
+
+def test_seg_nrrd_extents_are_each_segments_bounding_box_in_ijk(tmp_path):
+    """Slicer's SegmentN_Extent (i0 i1 j0 j1 k0 k1, inclusive), against np.nonzero, for label values that are not
+    1..N, a second layer and an empty segment; the file keeps gzip encoding."""
+    layers = np.zeros((2, *GEOMETRY.shape), np.uint8)
+    layers[0] = label_map()
+    layers[1, 2:5, 1, 4:9] = 2
+    segments = (Segment("a", 3), Segment("b", 7), Segment("c", 2, layer=1), Segment("empty", 5))
+    path = write_segmentation(tmp_path / "extents.seg.nrrd", Segmentation(layers, segments, GEOMETRY))
+    header = nrrd.read_header(str(path))
+    assert header["encoding"] == "gzip"
+    for index, segment in enumerate(segments):
+        written = [int(value) for value in header[f"Segment{index}_Extent"].split()]
+        k, j, i = np.nonzero(layers[segment.layer] == segment.label_value)
+        expected = [0, -1, 0, -1, 0, -1] if k.size == 0 else [i.min(), i.max(), j.min(), j.max(), k.min(), k.max()]
+        assert written == expected, segment.name
+    again = read_segmentation(path)
+    assert [(s.name, s.label_value, s.layer) for s in again.segments] == [
+        (s.name, s.label_value, s.layer) for s in segments
+    ]
+    np.testing.assert_array_equal(again.label_layers, layers)
 
 
 def test_cropped_segmentation_is_padded_onto_the_image_grid():

@@ -226,3 +226,26 @@ def test_fixed_interval_from_a_budget_no_whole_step_fits_spreads_gaps_within_one
     ranking = spatial_al.rank(IMAGE, "fixed_interval", 11)  # 34 slices: 3.3 slices apart
     gaps = np.diff(ranking.slices)
     assert len(ranking.slices) == 11 and ranking.slices[[0, -1]].tolist() == [0, 33] and set(gaps) == {3, 4}
+
+
+def test_ranking_costs_ship_the_committed_benchmark_figures_scaled_by_voxels():
+    import json
+    from pathlib import Path
+
+    from spatial_al.selection.costs import cost_note, costs_from_benchmark, estimated_seconds, shipped_costs
+
+    benchmarks = Path(__file__).parents[2] / "docs" / "results" / "benchmarks"
+    for kind, entry in shipped_costs().items():
+        record = json.loads((benchmarks / Path(entry["benchmark"]).name).read_text())
+        assert costs_from_benchmark(record, entry["machine"], entry["benchmark"]) == entry, kind
+    measured = shipped_costs()["cpu"]["seconds"]["mc_dropout"]
+    assert estimated_seconds("mc_dropout", 300, (256, 256), "cpu") == pytest.approx(measured)
+    assert estimated_seconds("mc_dropout", 150, (512, 512), "cpu") == pytest.approx(2 * measured)
+    assert estimated_seconds("mc_dropout", 300, (256, 256), "mps") is None
+    assert estimated_seconds("no_such_strategy", 300, (256, 256), "cpu") is None
+    note = cost_note("mc_dropout", 150, (512, 512), "cpu")
+    assert (
+        note.startswith(f"mc_dropout: about {2 * measured / 60:.0f} min on cpu") and "150 slices of 512 x 512" in note
+    )
+    assert cost_note("random", 300, (256, 256), "cpu").startswith("random: under a second")
+    assert "no timing figures for mps" in cost_note("entropy", 300, (256, 256), "mps")

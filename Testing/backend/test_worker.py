@@ -39,5 +39,5 @@ def test_a_failing_job_says_why_and_writes_nothing(tmp_path):
     status, events = run_worker(tmp_path)
     assert status == 1 and "Did you mean 'entropy'" in events[-1]["failed"]
     assert not (tmp_path / "result.pkl").exists()
-    with pytest.raises(ValueError, match="the jobs are train, predict, rank, rank_volumes, propagate"):
+    with pytest.raises(ValueError, match="the jobs are train, predict, rank, train_and_rank, rank_volumes, propagate"):
         run_job("segment", {})

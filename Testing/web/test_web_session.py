@@ -96,6 +96,28 @@ def test_the_loop_on_the_modules_logic_writes_files_an_independent_reader_agrees
     assert saved.scene.stat().st_size > 0
 
 
+def test_update_model_fills_the_queried_slices_by_the_new_model_and_costs_are_said_first(headless, tmp_path):
+    from conftest import TINY_UNET
+
+    from spatial_al.models import preset_config
+    from SpatialALWeb.session import AnnotationSession
+
+    case = demoCase(tmp_path / "output")
+    session = AnnotationSession(headless.scene, case, tmp_path / "output")
+    costs = session.rankingCosts()
+    assert costs["random"].startswith("random: under a second on cpu") and "mc_dropout: about" in costs["mc_dropout"]
+    model = tmp_path / "output" / "model.pt"
+    training = {"preset": preset_config("unet-small", features=TINY_UNET), "max_epochs": 1, "iterations_per_epoch": 2}
+    summary = session.updateModelJob(model, "entropy", 4, 2, augment=False, device="cpu", **training).runHere()
+    assert summary.annotated_slices == [0, 11, 22, 33] and model.is_file()
+    rows = session.queriedSlices()
+    slices = [row["slice"] for row in rows]
+    assert len(rows) == 4 and {row["strategy"] for row in rows} == {"entropy"}
+    assert not {0, 11, 22, 33} & set(slices) and np.diff(sorted(slices)).min() >= 2  # min spacing 2
+    session.rankingJob("fixed_interval", 3).runHere()  # the same table is reused for the next ranking
+    assert [row["strategy"] for row in session.queriedSlices()] == ["fixed_interval"] * 3
+
+
 def test_a_dicom_folder_lists_its_series_and_save_writes_a_dicom_seg_of_the_same_voxels(headless, tmp_path):
     from spatial_al.data import chest_ct_files
     from spatial_al.data.dicom_series import write_ct_series

@@ -256,44 +256,67 @@ def write_segmentation(path: str | Path, segmentation: Segmentation, source: Dic
     return path
 
 
+# gzip level of the .seg.nrrd written: level 1 compresses a 300 x 512 x 512 label map in 0.2 s (smooth organs) to
+# 1.1 s (a noisy prediction), where level 9 (slicerio's default) takes 2 s and 200 s; files are at most 3x larger.
+SEG_NRRD_GZIP_LEVEL = 1
+
+
+def segment_extents_ijk(label_layers: np.ndarray, segments: Sequence[Segment]) -> list[list[int]]:
+    """Each segment's voxel extent as Slicer's ``SegmentN_Extent`` writes it: ``[i0, i1, j0, j1, k0, k1]``, inclusive,
+    ``[0, -1, 0, -1, 0, -1]`` for an empty segment.
+
+    Args:
+        label_layers: (L, K, J, I) label values.
+    """
+    from scipy import ndimage
+
+    boxes_by_layer = {
+        layer: ndimage.find_objects(label_layers[layer]) for layer in {segment.layer for segment in segments}
+    }  # one pass over each layer, every label's bounding box (K, J, I slices; None where absent)
+    extents = []
+    for segment in segments:
+        boxes = boxes_by_layer[segment.layer]
+        box = boxes[segment.label_value - 1] if 0 < segment.label_value <= len(boxes) else None
+        if box is None:
+            extents.append([0, -1, 0, -1, 0, -1])
+        else:
+            extents.append([bound for axis in reversed(box) for bound in (axis.start, axis.stop - 1)])
+    return extents
+
+
 def _write_seg_nrrd(path: Path, segmentation: Segmentation) -> Path:
     import slicerio
 
     layers = segmentation.label_layers
-    voxels_ijk = layers.transpose(0, 3, 2, 1)
-    segments = []
-    for index, segment in enumerate(segmentation.segments):
+    for segment in segmentation.segments:
         for key, value in segment.tags.items():
             if SEGMENT_TAG_FORBIDDEN in f"{key}{value}" or ":" in key:
                 raise ValueError(f"Segment tag {key!r} of {segment.name!r} contains '|' (or ':' in its key).")
-        mask_ijk = voxels_ijk[segment.layer] == segment.label_value
-        if mask_ijk.any():
-            nonzero = np.nonzero(mask_ijk)
-            extent = [int(v) for axis in nonzero for v in (axis.min(), axis.max())]
-        else:
-            extent = [0, -1, 0, -1, 0, -1]
-        segments.append(
-            {
-                "id": segment.segment_id or f"Segment_{index + 1}",
-                "name": segment.name,
-                "color": list(segment_color(segmentation.segments, index)),
-                "labelValue": segment.label_value,
-                "layer": segment.layer,
-                "extent": extent,
-                "tags": dict(segment.tags),
-            }
-        )
-    voxels = voxels_ijk.astype(smallest_label_dtype(int(layers.max(initial=0))))
+    extents = segment_extents_ijk(layers, segmentation.segments)
+    segments = [
+        {
+            "id": segment.segment_id or f"Segment_{index + 1}",
+            "name": segment.name,
+            "color": list(segment_color(segmentation.segments, index)),
+            "labelValue": segment.label_value,
+            "layer": segment.layer,
+            "extent": extent,
+            "tags": dict(segment.tags),
+        }
+        for index, (segment, extent) in enumerate(zip(segmentation.segments, extents, strict=True))
+    ]
+    voxels_ijk = layers.astype(smallest_label_dtype(int(layers.max(initial=0))), copy=False).transpose(0, 3, 2, 1)
     slicerio.write_segmentation(
         str(path),
         {
-            "voxels": voxels if voxels.shape[0] > 1 else voxels[0],
+            "voxels": voxels_ijk if voxels_ijk.shape[0] > 1 else voxels_ijk[0],
             "ijkToLPS": segmentation.geometry.ijk_to_lps,
             "segments": segments,
             "containedRepresentationNames": ["Binary labelmap"],
             "masterRepresentation": "Binary labelmap",
             "referenceImageExtentOffset": [0, 0, 0],
         },
+        compression_level=SEG_NRRD_GZIP_LEVEL,
     )
     return path
 
