@@ -408,7 +408,10 @@ def test_train_with_rank_hands_back_the_ranking_by_the_model_just_trained(small_
 
     again = tmp_path / "again.csv"
     ranked = ["rank", image, "--labels", labels, "--annotated", "0,4,8", "--strategy", "entropy", "--budget", "3"]
-    assert main([*ranked, "--model", str(model), "--device", "cpu", "--output", str(again), "--quiet"]) == 0
+    assert main([*ranked, "--device", "cpu", "--output", str(again)]) == 2  # no model: refused, no cost said
+    assert "entropy: " not in (refused := capsys.readouterr().err) and "needs a trained model" in refused
+    assert main([*ranked, "--model", str(model), "--device", "cpu", "--output", str(again)]) == 0
+    assert "entropy: under a second on cpu" in capsys.readouterr().err
     with again.open() as handle:
         assert [int(row["slice"]) for row in csv.DictReader(handle)] == slices  # the checkpoint ranks the same
 

@@ -255,7 +255,7 @@ def command_rank_volumes(args: argparse.Namespace) -> None:
 
 def command_rank(args: argparse.Namespace) -> None:
     from .learning import select_segments
-    from .selection import rank
+    from .selection import STRATEGIES, rank, strategy_info
     from .selection.costs import cost_note
 
     output = writable_output(args.output)
@@ -275,7 +275,8 @@ def command_rank(args: argparse.Namespace) -> None:
         named_tags = {segment.name: segment.tags for segment in segments}
         pseudo_labeled = recorded_slices(named_tags, stack.slice_axis, "propagated", stack.n_slices) or []
     options = parse_options(args.option)
-    if not args.quiet:
+    info = strategy_info(STRATEGIES.get(args.strategy))
+    if not args.quiet and (model is not None or info.model is None or info.model_optional):  # else refused below
         device_kind = device.type if device is not None else "cpu"
         print(cost_note(args.strategy, stack.n_slices, stack.slice_shape, device_kind), file=sys.stderr)
     with timer("rank"), TqdmProgress("ranking", disable=args.quiet) as bar:

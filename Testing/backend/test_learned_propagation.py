@@ -299,6 +299,38 @@ def test_auto_picks_per_gap_from_the_scores_at_its_ends_then_anywhere_then_by_wi
     assert choices == {(0, 10): "sdf", (10, 20): "sli2vol", (20, 30): "sli2vol", (30, 39): "sdf"}
     unscored = PropagationTask(layers, (), np.array([0, 5, 20]), np.array([1.0, 1.0, 1.0]))
     assert choose_per_gap(unscored, {"sdf": {}, "sli2vol": {}}) == {(0, 5): "sdf", (5, 20): "sli2vol"}  # 7.5 mm
+    narrow = PropagationTask(layers, (), np.array([0, 7, 14, 30]), np.array([1.0, 1.0, 1.0]))  # 7 mm, 7 mm, 16 mm
+    favouring_sli2vol = {"sdf": {7: 0.5, 14: 0.5}, "sli2vol": {7: 0.9, 14: 0.9}}
+    assert choose_per_gap(narrow, favouring_sli2vol) == {(0, 7): "sli2vol", (7, 14): "sli2vol", (14, 30): "sli2vol"}
+    chosen = choose_per_gap(narrow, favouring_sli2vol, sdf_gap_mm=7.5)
+    assert chosen == {(0, 7): "sdf", (7, 14): "sdf", (14, 30): "sli2vol"}
+
+
+def test_auto_runs_sdf_alone_and_untested_when_every_gap_is_below_sdf_gap_mm(moving_stack, monkeypatch):
+    from spatial_al.propagation import auto
+
+    def no_test(*arguments):
+        raise AssertionError("the held-out test ran")
+
+    monkeypatch.setattr(auto, "held_out_scores", no_test)
+    labels, annotated = moving_stack.label_layers[0], [0, 3, 6, 9, 12]
+    for spacing, threshold in (((2.5, 1, 1), 7.5), ((2.0, 1, 1), 0.0)):  # 7.5 mm gaps, or every gap, are judged
+        with pytest.raises(AssertionError, match="held-out test ran"):
+            spatial_al.propagate(labels, annotated, "auto", moving_stack.image, spacing, sdf_gap_mm=threshold)
+    reports = RecordingProgress()
+    narrow = spatial_al.propagate(
+        labels, annotated, "auto", moving_stack.image, (2.0, 1, 1), progress=reports, sdf_gap_mm=7.5
+    )  # 6 mm gaps
+    sdf = spatial_al.propagate(labels, annotated, "sdf", moving_stack.image, spacing=(2.0, 1, 1))
+    messages = [message for _, _, message in reports.reports]
+    assert "auto chose 0-3: sdf, 3-6: sdf, 6-9: sdf, 9-12: sdf" in messages
+    assert auto.reported_choices(messages) == {"sdf": 4}
+    assert auto.reported_choices([auto.choice_report({(0, 4): "sli2vol", (4, 9): "sdf"}), "other"]) == {
+        "sli2vol": 1,
+        "sdf": 1,
+    }
+    np.testing.assert_array_equal(narrow.labels, sdf.labels)
+    np.testing.assert_array_equal(narrow.confidence, sdf.confidence)
 
 
 def test_auto_fills_each_gap_with_the_chosen_methods_result(moving_stack, monkeypatch):
@@ -306,7 +338,7 @@ def test_auto_fills_each_gap_with_the_chosen_methods_result(moving_stack, monkey
 
     labels, annotated = moving_stack.label_layers[0], [0, 6, 12, 18]
     monkeypatch.setattr(
-        auto, "choose_per_gap", lambda task, scores: {(0, 6): "sli2vol", (6, 12): "sdf", (12, 18): "sdf"}
+        auto, "choose_per_gap", lambda task, scores, sdf_gap_mm: {(0, 6): "sli2vol", (6, 12): "sdf", (12, 18): "sdf"}
     )
     result = spatial_al.propagate(labels, annotated, "auto", moving_stack.image, sli2vol_options={"steps": 20})
     sdf = spatial_al.propagate(labels, annotated, "sdf", moving_stack.image)

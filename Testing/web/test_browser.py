@@ -207,6 +207,7 @@ def test_a_name_leading_out_of_the_data_folder_is_refused_in_the_page(app_page, 
 def test_a_model_strategy_without_a_model_is_a_message_and_the_server_stays_up(app_page):
     page = app_page
     page.evaluate("() => window.trame.state.set('sal_strategy', 'entropy')")
+    page.wait_for_function("() => document.body.innerText.includes('entropy: under a second on cpu')")  # the cost
     text = press(page, "rank", "Ranking failed")
     assert "model" in text and "Traceback" not in page.inner_text("body")
     page.evaluate("() => window.trame.state.set('sal_strategy', 'fixed_interval')")

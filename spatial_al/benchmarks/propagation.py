@@ -21,8 +21,9 @@ from scipy.ndimage import gaussian_filter
 
 from ..io.segmentation import Segmentation
 from ..metrics import dice
-from ..progress import ProgressReporter, report
+from ..progress import ProgressReporter, RecordingProgress, report
 from ..propagation import PROPAGATORS, propagate
+from ..propagation.auto import reported_choices
 from ..propagation.sli2vol import forget_trained_networks
 from ..selection.cold_start import centred_offset
 from ..session import annotation_only
@@ -115,6 +116,7 @@ def measure_stack(
             if info.model is not None and model is None:
                 model, train_seconds = train_benchmark_model(stack, annotated, device, train_epochs)
             forget_trained_networks()  # each method starts cold, as a user's first propagation of a scan does
+            reports = RecordingProgress()
             started = time.perf_counter()
             result = propagate(
                 annotation.label_layers,
@@ -126,6 +128,7 @@ def measure_stack(
                 segments=stack.segments,
                 model=model if info.model else None,
                 device=device,
+                progress=reports,
             )
             seconds = time.perf_counter() - started
             masks = {s.identifier: result.labels[s.layer] == s.label_value for s in stack.segments}
@@ -139,6 +142,7 @@ def measure_stack(
                     "train_seconds": round(train_seconds, 3) if info.model else None,
                     "dice": round(mean_dice(stack, masks, evaluated), 4),
                 }
+                | ({"choices": dict(reported_choices(m for _, _, m in reports.reports))} if method == "auto" else {})
             )
             report(progress, len(rows), len(intervals) * len(runnable), f"{dataset}: {method}, interval {interval}")
     return rows
