@@ -46,6 +46,26 @@ def test_blocks_are_filled_from_their_two_end_slices_by_the_papers_sdf(parts, tm
         np.testing.assert_array_equal(pseudo[:, alone], blends[:, alone])  # ... and wherever no other class competes
 
 
+def test_blocks_whose_end_slices_are_empty_get_empty_pseudo_labels_and_the_study_goes_on(parts, tmp_path):
+    """A structure that spans a fraction of the slices leaves whole blocks empty: their interpolation is empty
+    (the paper's interpolation of two empty masks), not an error that stops the study."""
+    session = session_for(parts, tmp_path, "Blocks5-random-SDF")
+    subject = session.training_subjects[0]
+    empty = np.zeros_like(np.asarray(subject.targets))  # multi-hot (S, C, H, W): no structure on any slice
+    session.training_subjects[0] = type(subject)(**{**vars(subject), "targets": empty})
+    state = SessionState(1, {s.name: [2, 6] for s in session.training_subjects})
+    made = session.interpolate_blocks(state, [[0, 2, 6]])
+    assert made == [(subject.name, k) for k in (3, 4, 5)]
+    for k in (3, 4, 5):
+        pseudo = state.pseudo[subject.name][k]
+        assert pseudo.shape == empty.shape[1:] and not pseudo.any()  # no structure
+    state = SessionState(1, {s.name: [2, 6] for s in session.training_subjects})
+    made = session.interpolate_volumes(state)  # the MIDL study's interpolation between annotated slices, likewise
+    assert {(name, k) for name, k in made} == {(s.name, k) for s in session.training_subjects for k in (3, 4, 5)}
+    assert not any(state.pseudo[subject.name][k].any() for k in (3, 4, 5))
+    assert any(state.pseudo[s.name][4].any() for s in session.training_subjects[1:])  # the others hold structures
+
+
 def test_the_oracle_reveals_queried_slices_and_their_pseudo_labels_give_way(parts, tmp_path):
     from spatial_al.selection import RankingResult
 

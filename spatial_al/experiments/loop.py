@@ -488,19 +488,23 @@ class Session:
             position += last - first + 1
         known = np.zeros_like(label_map)
         known[ends] = label_map[ends]  # the interpolation reads the revealed end slices only
-        result = propagate(
-            known,
-            ends,
-            self.arm.propagation,
-            spacing=blocks[0][0].spacing,
-            segments=self.segments,
-            seed=self.spec.seed,
-            **self.arm.propagation_options,
+        filled_blocks = (
+            propagate(
+                known,
+                ends,
+                self.arm.propagation,
+                spacing=blocks[0][0].spacing,
+                segments=self.segments,
+                seed=self.spec.seed,
+                **self.arm.propagation_options,
+            ).labels
+            if known.any()
+            else known  # every end slice empty: the interpolation of empty masks is empty, and the study goes on
         )
         made, position = [], 0
         for subject, first, last in blocks:
             for offset in range(1, last - first):
-                filled = result.labels[position + offset][None]
+                filled = filled_blocks[position + offset][None]
                 mask = one_hot_prediction(filled, len(self.classes))[0].astype(np.uint8)
                 state.pseudo.setdefault(subject.name, {})[first + offset] = mask
                 made.append((subject.name, first + offset))
@@ -521,20 +525,24 @@ class Session:
                 continue
             known = np.zeros((subject.n_slices, *subject.image.shape[1:]), np.uint8)
             known[annotated] = class_indices(np.asarray(subject.targets[annotated]))  # the revealed slices only
-            result = propagate(
-                known,
-                annotated,
-                self.arm.propagation,
-                image=np.asarray(subject.image),
-                spacing=subject.spacing,
-                segments=self.segments,
-                device=self.device,
-                seed=self.spec.seed,
-                **self.arm.propagation_options,
+            filled = (
+                propagate(
+                    known,
+                    annotated,
+                    self.arm.propagation,
+                    image=np.asarray(subject.image),
+                    spacing=subject.spacing,
+                    segments=self.segments,
+                    device=self.device,
+                    seed=self.spec.seed,
+                    **self.arm.propagation_options,
+                ).labels
+                if known.any()
+                else known  # every annotated slice empty: nothing to carry, the slices between stay empty
             )
             for index in inside:
                 state.pseudo.setdefault(subject.name, {})[index] = one_hot_prediction(
-                    result.labels[index][None], len(self.classes)
+                    filled[index][None], len(self.classes)
                 )[0].astype(np.uint8)
                 made.append((subject.name, index))
         return made
