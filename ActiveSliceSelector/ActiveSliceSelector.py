@@ -439,9 +439,13 @@ class ActiveSliceSelectorLogic(ScriptedLoadableModuleLogic):
             table = tableNode or volumeNode.GetScene().AddNewNodeByClass(
                 "vtkMRMLTableNode", f"Queried slices ({volumeNode.GetName()})"
             )
-            MRMLAdapter.writeQueriedSlicesTable(
-                table, ranking, [MRMLAdapter.STATUS_TO_ANNOTATE] * len(ranking), volumeNode
-            )
+            # Re-read at apply: a slice marked annotated while the job ran (a model update takes minutes) says so.
+            nowAnnotated = set(MRMLAdapter.recordedAnnotatedSlices(segmentationNode, segmentIds, axis))
+            statuses = [
+                MRMLAdapter.STATUS_ANNOTATED if int(index) in nowAnnotated else MRMLAdapter.STATUS_TO_ANNOTATE
+                for index in ranking.slices
+            ]
+            MRMLAdapter.writeQueriedSlicesTable(table, ranking, statuses, volumeNode)
             MRMLAdapter.recordRankedOn(table, volumeNode, segmentationNode, segmentIds, axis)
             self._replacePlanes(table, volumeNode, axis, ranking.slices if showPlanes else [])
             logging.info(f"Ranked {len(ranking)} slices with {strategy}: {ranking.slices.tolist()}")

@@ -436,6 +436,26 @@ def test_update_model_hands_back_the_ranking_by_the_new_model_from_the_same_work
     assert any("epoch 1" in message for message in messages) and messages[-1].startswith("entropy")
 
 
+def test_a_slice_marked_annotated_while_a_ranking_ran_is_listed_as_annotated(slicer_modules, headless):
+    from SpatialALSlicerLib import MRMLAdapter
+    from SpatialALSlicerLib.BackgroundWork import FINISHED
+
+    volume, segmentation, stack = chest_ct_nodes(headless.scene)
+    lungs = [s.segment_id for s in stack.segments if s.name.endswith("lung")]
+    selector = slicer_modules["ActiveSliceSelector"].ActiveSliceSelectorLogic()
+    selector.markAnnotated(volume, segmentation, lungs, [5, 15, 25], "axial")
+    expected, _ = selector.rankSlices(volume, segmentation, lungs, "fixed_interval", 3, interval=10)
+    job = selector.rankingJob(volume, segmentation, lungs, "fixed_interval", 3, interval=10).start()
+    assert job.wait() == FINISHED, job.error
+    marked = int(expected.slices[0])
+    selector.markAnnotated(volume, segmentation, lungs, [marked], "axial")  # drawn and marked meanwhile
+    ranking, table = job.finish()
+    assert ranking.slices.tolist() == expected.slices.tolist()
+    statuses = {row["slice"]: row["status"] for row in MRMLAdapter.queriedSlicesFromTable(table)}
+    assert statuses[marked] == MRMLAdapter.STATUS_ANNOTATED
+    assert [statuses[int(k)] for k in expected.slices[1:]] == [MRMLAdapter.STATUS_TO_ANNOTATE] * 2
+
+
 def test_a_cancelled_job_stops_writes_nothing_and_a_failed_one_says_why(slicer_modules, headless, tmp_path):
     from conftest import TINY_UNET
 
