@@ -130,12 +130,12 @@ def make_labeled_stack():
     return SliceStack(image, labels, segments, Geometry(labels.shape, spacing=(0.8, 0.8, 2.0)))
 
 
-def synthetic_case(rng, shape=(12, 24, 20)):
-    """(image float32, labels uint8), KJI: an ellipsoid of label 1 with a core of label 2, brighter than a noisy
-    background, its centre shifted at random."""
+def synthetic_case(rng, shape=(12, 24, 20), k_radius=4.0):
+    """(image float32, labels uint8), KJI: an ellipsoid of label 1 (``k_radius`` slices from its centre along K) with
+    a core of label 2, brighter than a noisy background, its centre shifted at random."""
     k, j, i = np.mgrid[: shape[0], : shape[1], : shape[2]]
     centre = np.array(shape) / 2 + rng.uniform(-2, 2, 3)
-    distance = ((k - centre[0]) / 4) ** 2 + ((j - centre[1]) / 6) ** 2 + ((i - centre[2]) / 5) ** 2
+    distance = ((k - centre[0]) / k_radius) ** 2 + ((j - centre[1]) / 6) ** 2 + ((i - centre[2]) / 5) ** 2
     labels = np.where(distance <= 1, 1, 0).astype(np.uint8)
     labels[distance <= 0.3] = 2
     return (labels * 40.0 + rng.normal(0, 5, shape)).astype(np.float32), labels
@@ -174,10 +174,10 @@ def write_challenge_folder(root, layout, cases=4, shape=(12, 24, 20)):
     return root
 
 
-def write_msd_folder(root, cases=5, shape=(12, 24, 20), channels=None, missing_label=None):
+def write_msd_folder(root, cases=5, shape=(12, 24, 20), channels=None, missing_label=None, k_radius=4.0):
     """An MSD task folder (dataset.json, imagesTr/, labelsTr/ as NIfTI) of ``cases`` subjects: an ellipsoid of label 1
-    with a core of label 2, brighter than a noisy background, shifted per case; 4D images when ``channels`` is set.
-    ``missing_label`` names a case whose label file is not written."""
+    (:func:`synthetic_case`) with a core of label 2, brighter than a noisy background, shifted per case; 4D images
+    when ``channels`` is set. ``missing_label`` names a case whose label file is not written."""
     import json
 
     import SimpleITK as sitk
@@ -188,7 +188,7 @@ def write_msd_folder(root, cases=5, shape=(12, 24, 20), channels=None, missing_l
     rng = np.random.default_rng(0)
     training = []
     for case in range(cases):
-        image, labels = synthetic_case(rng, shape)
+        image, labels = synthetic_case(rng, shape, k_radius)
         name = f"case_{case:03d}"
         if channels:
             volume = sitk.JoinSeries([sitk.GetImageFromArray(image * (c + 1)) for c in range(channels)])

@@ -705,7 +705,7 @@ def command_experiment(args: argparse.Namespace) -> None:
         list_registry(PROTOCOLS)
         return
     if args.action == "report":
-        from .experiments.report import write_report
+        from .experiments.units import write_report
 
         print(f"Wrote the report into {write_report(args.study)}")
         return

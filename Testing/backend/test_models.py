@@ -139,6 +139,29 @@ def test_unet_plus_plus_and_attention_unet_regroup_monais_networks_without_chang
     assert outputs.refined.shape == (2, 3, 32, 32) and outputs.distance.shape == (2, 2, 32, 32)
 
 
+@pytest.mark.parametrize(("spatial_dims", "shape"), [(3, (1, 1, 16, 32, 48)), (2, (2, 1, 32, 48))])
+def test_residual_unet_regroups_monais_unet_with_residual_units_without_changing_it(spatial_dims, shape):
+    from monai.networks.nets import UNet
+
+    config = preset_config("resunet3d-small", class_names=CLASSES, spatial_dims=spatial_dims)
+    torch.manual_seed(0)
+    model = SegmentationModel(config).eval()
+    torch.manual_seed(0)  # the same construction, so the same initial weights
+    original = UNet(spatial_dims, 1, 3, channels=config.features, strides=(2, 2, 2, 2), num_res_units=2, dropout=0.2)
+    images = torch.randn(shape)
+    with torch.no_grad():
+        features = model.encode(images)
+        assert torch.allclose(model(images), original.eval()(images), atol=1e-6)
+    assert [f.shape[1] for f in features] == list(config.features)
+    assert [f.shape[-1] for f in features] == [24, 12, 6, 3, 3]  # the bottom unit keeps its input's size
+    dropout = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert len(dropout) > 10 and model.encoder_has_dropout  # every residual unit samples under MC dropout
+    with pytest.raises(ValueError, match="5 level widths"):
+        preset_config("resunet3d-small", features=TINY_UNET)
+    with pytest.raises(ValueError, match="does not have"):
+        preset_config("resunet3d-small", spatial_dims=2, star=True)
+
+
 def test_architecture_and_encoder_names_monai_lacks_are_refused_with_the_closest_one():
     with pytest.raises(ValueError, match="did you mean 'attention_unet'"):
         preset_config("unet-small", architecture="attention-unet")

@@ -63,6 +63,7 @@ def test_hd95_is_undefined_when_a_mask_is_empty_and_summarize_counts_the_defined
     assert summary["hd95_mm"] == pytest.approx(np.mean(first["hd95_mm"]))
     assert summary["dice_3d"] == pytest.approx(np.mean(first["dice_3d"] + second["dice_3d"]))
     assert summary["per_class"]["dice_2d"]["b"] == pytest.approx((first["dice_2d"][1] + second["dice_2d"][1]) / 2)
+    assert summary["per_volume"]["dice_3d"] == pytest.approx([np.mean(first["dice_3d"]), 0.0])  # for paired tests
 
 
 def test_pooled_dice_averages_the_classes_present():

@@ -62,6 +62,7 @@ def test_the_smoke_study_annotates_whole_volumes_k_per_round(demo_study):
 def test_the_proxy_arm_starts_from_the_volume_its_proxy_model_is_least_sure_of_and_from_its_weights(demo_study):
     from spatial_al.experiments.cohort import Cohort
     from spatial_al.experiments.loop import run_folder
+    from spatial_al.models import ModelConfig, SegmentationModel
     from spatial_al.models.volume_inference import volume_uncertainty
     from spatial_al.training.checkpoint import load_model
 
@@ -83,7 +84,11 @@ def test_the_proxy_arm_starts_from_the_volume_its_proxy_model_is_least_sure_of_a
     assert first == {max(entropy, key=entropy.get)}
     initialisation = record["encoder_initialisation"]
     assert initialisation["weights"] == "the proxy model (proxy.pt)"
-    assert initialisation["not_copied"] == ["backbone.head.bias", "backbone.head.weight"]  # 2 classes vs 5
+    model = SegmentationModel(ModelConfig.from_json(json.dumps(record["model_config"])))
+    mismatched = sorted(
+        name for name, value in model.state_dict().items() if value.shape != proxy.state_dict()[name].shape
+    )  # the output layers: 2 channels against 3 (background, two lungs)
+    assert initialisation["not_copied"] == mismatched and all(n.startswith("backbone.head.") for n in mismatched)
 
 
 def test_the_semi_supervised_arm_trains_a_second_stage_on_noisy_labels_of_unannotated_volumes(demo_study):
@@ -119,7 +124,7 @@ def test_the_study_reads_an_msd_task03_folder_with_its_protocol_entry(tmp_path):
     ("config", "message"),
     [
         ({"query_volumes": 9}, "is larger than the 3 training volumes of the unlabeled pool; lower it to at most 3"),
-        ({"preset": "unet-small", "model": {}}, "is 2D; set preset to unet3d or unet3d-small"),
+        ({"preset": "unet-small", "model": {"features": [4, 8, 16, 32, 32, 4]}}, "is 2D; set preset to a 3D one"),
         ({"arms": {"Random": {"strategy": "entropie"}}}, "Did you mean 'entropy'?"),
         ({"proxy": {"window": [100, 1500]}}, "reaches outside data.window [-1000.0, 1000.0]"),
         ({"proxy": {"window": [150, 100]}}, "swap the bounds"),
@@ -144,8 +149,8 @@ def test_a_slice_study_refuses_the_semi_supervised_stage(tmp_path, capsys):
 
 
 def test_a_run_cancelled_in_its_semi_supervised_stage_resumes_to_the_same_result(tmp_path):
-    from spatial_al.experiments.loop import run_session
     from spatial_al.experiments.runner import StudyRequest, prepare_study
+    from spatial_al.experiments.units import run_session
     from spatial_al.progress import OperationCancelled
 
     (tmp_path / "longer.json").write_text(json.dumps({"training": {"max_epochs": 2, "checkpoint_every": 1}}))
@@ -177,3 +182,50 @@ def test_a_run_cancelled_in_its_semi_supervised_stage_resumes_to_the_same_result
     for mine, theirs in zip(resumed["rounds"], whole["rounds"], strict=True):
         assert mine["metrics"] == theirs["metrics"] and mine.get("queried") == theirs.get("queried")
         assert mine["training"]["noisy_labels"] == theirs["training"]["noisy_labels"]
+
+
+def smoke_spec(tmp_path, arm, config=None):
+    from spatial_al.experiments.runner import StudyRequest, prepare_study
+
+    request = StudyRequest("nath", "demo", tmp_path / "study", "smoke", config, [arm], 1, "cpu", cache=tmp_path / "c")
+    return next(run for run in prepare_study(request).runs if run.arm == arm)
+
+
+@pytest.mark.parametrize(("round_weights", "restarts"), [("initial", True), ("fine_tune", False)])
+def test_each_round_trains_from_the_runs_first_weights_as_algorithm_1_line_7_says(tmp_path, round_weights, restarts):
+    from spatial_al.experiments.volume_loop import VolumeSession
+    from spatial_al.training import save_checkpoint
+
+    (tmp_path / "weights.json").write_text(json.dumps({"round_weights": round_weights}))
+    spec = smoke_spec(tmp_path, "Proxy+Variance", tmp_path / "weights.json")
+    session = VolumeSession(spec)
+    state = session.initial_selection()  # trains the proxy model, M_p
+    session.restore_trainer(state)
+    first = {name: value.clone() for name, value in session.model.state_dict().items()}
+    assert session.encoder_init["weights"] == "the proxy model (proxy.pt)"
+    with torch.no_grad():  # round 0's supervised training, M_s, moves every weight
+        for parameter in session.model.parameters():
+            parameter.add_(0.5)
+    session.trainer.state.finished = True
+    save_checkpoint(spec.folder / "model.pt", session.model, session.trainer)
+    state.round_index = 1
+    later = VolumeSession(spec)
+    assert later.restore_trainer(state) is False
+    weights = later.model.state_dict()
+    same = [torch.equal(weights[name], first[name]) for name in first if first[name].is_floating_point()]
+    assert all(same) if restarts else not any(same)
+    assert later.trainer.state.round_index == 1
+
+
+def test_the_proxy_rank_arm_annotates_volumes_in_the_proxy_models_order_every_round(tmp_path):
+    from spatial_al.experiments.units import run_session
+
+    spec = smoke_spec(tmp_path, "ProxyRank")
+    record = run_session(spec)
+    scores = json.loads((spec.folder / "proxy_ranking.json").read_text())
+    assert set(scores) == set(spec.split.training)
+    order = sorted(scores, key=lambda name: (-scores[name], name))
+    names, _ = annotated_volumes(tmp_path / "study", "ProxyRank")
+    assert names == set(order[:2])  # round 0 took the first, round 1 the second, in the proxy model's order
+    assert record["rounds"][0]["queried"] == [[order[1], round(scores[order[1]], 8)]]
+    assert spec.config.proxy.measure == "variance" and record["config"]["round_weights"] == "initial"

@@ -50,9 +50,9 @@ def test_the_smoke_study_queries_percent_budgets_from_one_random_start_with_the_
     )
 
     table = (demo_study / "report" / "table.md").read_text()
-    assert "| strategy | 9 % | 18 % | max(p) | S% |" in table and "| SBC-AL w/o SFP |" in table
+    assert "| strategy | 10 % | 20 % | max(p) | S% |" in table and "| SBC-AL w/o SFP |" in table
     first_column = [line.split("|")[2].strip() for line in table.splitlines() if line.startswith("| SBC-AL |")]
-    assert first_column and first_column[0] != "–"  # the first round sits at the nominal 9 % within half a slice
+    assert first_column and first_column[0] != "–"  # the first round sits at the nominal 10 % within half a slice
     ablation = (demo_study / "report" / "ablation.md").read_text()
     assert "| SFP ✗, ASR ✓ | SBC-AL w/o SFP |" in ablation and "| SFP ✓, ASR ✓ (SBC-AL) | SBC-AL |" in ablation
 

@@ -7,8 +7,8 @@ Python entry.
 
 from .config import ConfigError, ExperimentConfig
 from .protocols import PROTOCOLS, resolve_config
-from .report import write_report
 from .runner import StudyRequest, run_study
+from .units import write_report
 
 __all__ = [
     "PROTOCOLS",

@@ -23,6 +23,7 @@ ARM_STRATEGY = "arm"  # initial.strategy: each arm's own strategy picks its roun
 INTENSITY_MODES = ("zscore", "window")
 CURVE_AXES = ("percent", "round", "grid", "volumes")
 QUERY_UNITS = ("slice", "volume")
+ROUND_WEIGHTS = ("fine_tune", "initial")
 
 
 @dataclass(frozen=True)
@@ -199,10 +200,13 @@ class ProxyConfig:
         window: [low, high] in the source's units (Hounsfield units for CT). The paper's "W:50 L:125" (width 50,
             level 125) is [100, 150]. It must lie inside ``data.window``, the cached intensities' range.
         max_epochs: the proxy model's epochs (of ``training.iterations_per_epoch`` steps).
+        measure: the proxy model's uncertainty ("variance" or "entropy") that orders the volumes of a
+            ``proxy_rank`` arm (the paper does not say which; variance here).
     """
 
     window: list[float] = field(default_factory=lambda: [100.0, 150.0])
     max_epochs: int = 100
+    measure: str = "variance"
 
     def __post_init__(self):
         if len(self.window) != 2 or self.window[0] >= self.window[1]:
@@ -211,6 +215,8 @@ class ProxyConfig:
             )
         if self.max_epochs < 1:
             raise ConfigError(f"proxy.max_epochs must be at least 1, got {self.max_epochs}.")
+        if self.measure not in ("variance", "entropy"):
+            raise ConfigError(f"proxy.measure must be variance or entropy, got {self.measure!r}.")
 
 
 @dataclass(frozen=True)
@@ -279,6 +285,9 @@ class ExperimentConfig:
         mc_samples: m, the MC-dropout passes of a volume study's uncertainty.
         noisy_label_threshold: tau of the semi-supervised stage's noisy labels.
         proxy: the proxy task of a volume study's proxy arms.
+        round_weights: what each round's training starts from: "fine_tune" (the last round's weights: the slice
+            studies) or "initial" (the run's first weights every round: the proxy model for a proxy arm, the seed's
+            random initialisation otherwise; Nath et al.'s Algorithm 1, line 7: "M_s = Supervised Training on M_p").
     """
 
     protocol: str
@@ -308,10 +317,13 @@ class ExperimentConfig:
     mc_samples: int = 10
     noisy_label_threshold: float = 0.9
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    round_weights: str = "fine_tune"
 
     def __post_init__(self):
         if self.unit not in QUERY_UNITS:
             raise ConfigError(f"unit must be one of {', '.join(QUERY_UNITS)}, got {self.unit!r}.")
+        if self.round_weights not in ROUND_WEIGHTS:
+            raise ConfigError(f"round_weights must be one of {', '.join(ROUND_WEIGHTS)}, got {self.round_weights!r}.")
         if self.mc_samples < 2:
             raise ConfigError(f"mc_samples must be at least 2 (MC dropout compares passes), got {self.mc_samples}.")
         if not 0 < self.noisy_label_threshold <= 1:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,6 @@ import numpy as np
 
 from ..files import atomic_path
 from ..progress import ProgressReporter, report
-from ..provenance import Timer, environment, write_json
 from ..volume import Segment
 from .cohort import Cohort, Split, Subject
 from .config import ArmConfig, ConfigError, ExperimentConfig, InitialConfig
@@ -312,6 +310,8 @@ class Session:
             return True
         if trained.round_index == round_index - 1 and trained.finished:
             self.trainer.next_round()
+            if self.config.round_weights == "initial":  # Nath et al.: every round trains from M_p, not from M_s
+                self.model.load_state_dict(self.new_model().state_dict())
         elif trained.round_index == round_index and trained.finished:  # stage 1 ended, stage 2 not begun
             trained.start_stage(final)
         elif trained.round_index == round_index:
@@ -630,115 +630,6 @@ class Session:
         percent = 100.0 * state.labeled_count() / self.pool_slices
         budget = self.config.budget_percent
         return (budget is not None and percent >= budget - 1e-9) or state.labeled_count() >= self.pool_slices
-
-
-def session_class(config: ExperimentConfig) -> type[Session]:
-    """The session of a protocol: slices queried (:class:`Session`) or whole volumes
-    (:class:`~spatial_al.experiments.volume_loop.VolumeSession`)."""
-    if config.unit == "volume":
-        from .volume_loop import VolumeSession
-
-        return VolumeSession
-    return Session
-
-
-def run_session(spec: RunSpec, progress: ProgressReporter | None = None) -> dict[str, Any]:
-    """Run (or continue) one run to its end; returns its record (also written to ``run.json``).
-
-    A finished run is read back, not repeated. Progress reports one step per phase of each round; cancelling stops
-    at the next step, and the run continues from its last saved state when started again.
-    """
-    import torch
-
-    folder = Path(spec.folder)
-    record_path = folder / RUN_FILE
-    if record_path.is_file():
-        record = json.loads(record_path.read_text())
-        if record.get("status") == "finished":
-            return record
-    folder.mkdir(parents=True, exist_ok=True)
-    if spec.threads is not None:
-        torch.set_num_threads(spec.threads)
-    phases = RoundProgress(progress)
-    session = session_class(spec.config)(spec, phases)
-    state_path = folder / STATE_FILE
-    interpolation_seconds = None
-    if state_path.is_file():
-        state = SessionState.load(state_path)
-    else:
-        state = session.initial_selection()
-        if session.arm.pseudo_labels == "volume_interpolation":
-            interpolating = time.perf_counter()
-            session.interpolate_volumes(state)
-            interpolation_seconds = round(time.perf_counter() - interpolating, 4)
-        state.save(state_path)
-    phases.last_round = session.expected_rounds(state)
-    started = time.perf_counter()
-    while True:
-        timer = Timer()
-        round_index = state.round_index
-        phases.start(round_index, "training")
-        with timer("train"):
-            training = session.train(state)
-        phases.start(round_index, "evaluating")
-        with timer("evaluate"):
-            metrics = session.evaluate()
-        record: dict[str, Any] = {
-            "round": round_index,
-            "labeled_slices": state.labeled_count(),
-            "labeled_percent": 100.0 * state.labeled_count() / session.pool_slices,
-            "pseudo_labeled_slices": state.pseudo_count(),
-            **session.round_details(state),
-            "metrics": metrics,
-            "training": training,
-        }
-        done = session.finished(state)
-        if not done:
-            count = session.query_count(state)
-            phases.start(round_index, "querying")
-            with timer("query"):
-                ranking = session.query(state, count)
-            record["queried"] = session.reveal(state, ranking)
-            phases.start(round_index, "pseudo-labels")
-            with timer("pseudo_labels"):
-                made = session.make_pseudo_labels(state, ranking)
-            record["pseudo_label_dice"] = session.pseudo_label_dice(state, made) if made or state.pseudo else None
-        if round_index == 0 and session.arm.pseudo_labels == "volume_interpolation":
-            filled = [(name, index) for name, masks in state.pseudo.items() for index in masks]
-            record["pseudo_label_dice"] = session.pseudo_label_dice(state, filled)
-            record["interpolation_seconds"] = interpolation_seconds  # None when a resumed run did it before
-        record["seconds"] = timer.seconds
-        write_json(folder / "rounds" / f"round-{round_index:03d}.json", record)
-        state.rounds.append(record)
-        state.round_index += 1
-        state.save(state_path)
-        if done:
-            break
-    phases.last_round = state.round_index - 1
-    phases.finish()
-    result = {
-        "status": "finished",
-        "protocol": spec.config.protocol,
-        "study": spec.provenance,
-        "arm": spec.arm,
-        "arm_config": asdict(session.arm),
-        "seed": spec.seed,
-        "reference": spec.reference,
-        "device": str(session.device),
-        "threads": spec.threads,
-        "split": spec.split.to_dict(),
-        "pool_slices": session.pool_slices,
-        "classes": session.classes,
-        "model_config": json.loads(session.model.config.to_json()),
-        "encoder_initialisation": session.encoder_init,
-        "training_config": json.loads(session.training.to_json()),
-        "config": spec.config.to_dict(),
-        "rounds": state.rounds,
-        "seconds_this_process": round(time.perf_counter() - started, 2),
-        "environment": environment(),
-    }
-    write_json(record_path, result)
-    return result
 
 
 def run_folder(study: Path, arm: str, seed: int) -> Path:

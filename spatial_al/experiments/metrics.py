@@ -88,8 +88,10 @@ def summarize(per_volume: Sequence[dict[str, list[float | None]]], class_names: 
 
     HD95 is averaged over the (volume, class) pairs where it is defined; ``hd95_defined`` says how many.
     ``dice_batched`` and ``iou_batched`` pool the pixel counts of every test volume first (:func:`pooled_scores`).
+    ``per_volume`` holds each volume's ``dice_3d`` (mean over its classes), in the order of ``per_volume``, for
+    paired tests between arms.
     """
-    summary: dict = {"per_class": {}}
+    summary: dict = {"per_class": {}, "per_volume": {}}
     counts = np.sum([m["counts"] for m in per_volume], axis=0)  # (3, C)
     summary["dice_batched"], summary["iou_batched"] = pooled_scores(counts)
     per_class = [pooled_scores(counts[:, [c]]) for c in range(len(class_names))]
@@ -105,6 +107,10 @@ def summarize(per_volume: Sequence[dict[str, list[float | None]]], class_names: 
         }
         if name == "hd95_mm":
             summary["hd95_defined"] = int(defined.sum())
+        if name == "dice_3d":
+            summary["per_volume"][name] = [
+                float(np.nanmean(row)) if ok.any() else None for row, ok in zip(values, defined, strict=True)
+            ]
     return summary
 
 

@@ -6,6 +6,7 @@ paper's (mean ± sample std over seeds) as Markdown and CSV, learning curves and
   percent at which a run first reaches the fully supervised Dice of its seed, interpolated between rounds), and the
   fully supervised reference as the last row (100 %).
 - ``ablation.md``: the protocol's ablation rows with their pseudo-label Dice.
+- ``wilcoxon.md``: every pair of arms compared by the Wilcoxon signed-rank test on the test volumes' Dice.
 - ``pseudo_labels.md`` (and ``pseudo_labels_by_block.md`` for strided blocks): pseudo-label Dice against the hidden
   truth, the mean over rounds of each round's new pseudo-labels and the final Dice of every held one.
 - ``curves.png``: the table's metric against percent labeled (or round), one line per strategy, ±1 std band;
@@ -66,16 +67,35 @@ def curve(record: dict[str, Any], metric: str) -> tuple[list[float], list[float]
     )
 
 
+def run_value(record: dict[str, Any], source: dict[str, Any], metric: str, reference: float | None) -> float | None:
+    """One value of a run: ``source`` is {"percent": P} (the metric at P % labeled, interpolated between rounds; the
+    end value up to half a slice beyond an end), {"round": R}, {"column": "max(p)"} (the best over its rounds) or
+    {"column": "S%"} (the percent that first reaches ``reference``), {"column": "reference"} (the fully supervised
+    value of its seed); None where the run has none (a percent outside its curve, a round it did not reach, no
+    reference, S% never reached)."""
+    percents, values = curve(record, metric)
+    if "percent" in source:
+        first = record["rounds"][0]
+        half_slice = 0.5 * first["labeled_percent"] / first["labeled_slices"] if first["labeled_slices"] else 0.0
+        return value_at(percents, values, source["percent"], reach=half_slice)
+    if "round" in source:
+        return {r["round"]: r["metrics"][metric] for r in record["rounds"]}.get(source["round"])
+    if source.get("column") == "max(p)":
+        return float(max(values))
+    if source.get("column") == "S%":
+        return percent_to_reach(percents, values, reference) if reference is not None else None
+    if source.get("column") == "reference":
+        return reference
+    raise ValueError(f"Unknown value {source!r} of a run; use percent, round, or column max(p), S% or reference.")
+
+
 def run_columns(record: dict[str, Any], report: dict[str, Any], reference: float | None) -> dict[str, float | None]:
     """One run's values of the main table's columns."""
     metric = report["metric"]
-    percents, values = curve(record, metric)
     columns: dict[str, float | None] = {}
     if report["curve_axis"] == "percent":
-        first = record["rounds"][0]
-        half_slice = 50.0 * first["labeled_percent"] / first["labeled_slices"] if first["labeled_slices"] else 0.0
         for percent in report["percents"]:
-            columns[f"{percent:g} %"] = value_at(percents, values, percent, reach=half_slice)
+            columns[f"{percent:g} %"] = run_value(record, {"percent": percent}, metric, reference)
     elif report["curve_axis"] == "volumes":
         by_round = {r["round"]: r for r in record["rounds"]}
         for round_index in report["rounds"]:
@@ -83,11 +103,10 @@ def run_columns(record: dict[str, Any], report: dict[str, Any], reference: float
                 count = by_round[round_index]["labeled_volumes"]
                 columns[f"{count} volume{'' if count == 1 else 's'}"] = by_round[round_index]["metrics"][metric]
     else:
-        by_round = {r["round"]: r["metrics"][metric] for r in record["rounds"]}
         for round_index in report["rounds"]:
-            columns[f"round {round_index}"] = by_round.get(round_index)
-    columns["max(p)"] = float(max(values))
-    columns["S%"] = percent_to_reach(percents, values, reference) if reference is not None else None
+            columns[f"round {round_index}"] = run_value(record, {"round": round_index}, metric, reference)
+    for column in ("max(p)", "S%"):
+        columns[column] = run_value(record, {"column": column}, metric, reference)
     return columns
 
 
@@ -156,40 +175,66 @@ def main_table(runs, report, order, title: str) -> tuple[str, str]:
     return text, csv_text(["strategy", "description", "column", "mean", "std", "runs"], csv_rows)
 
 
-def write_report(study: str | Path) -> Path:
-    """Write the report of the study in ``study`` into ``study/report`` from its finished runs; returns that folder.
-
-    Raises:
-        FileNotFoundError: the folder holds no finished run.
-    """
-    study = Path(study)
-    runs = read_runs(study)
-    if not runs:
-        raise FileNotFoundError(f"{str(study)!r} holds no finished run (runs/*/seed-*/run.json); run the study first.")
-    any_record = next(iter(runs.values()))[0]
-    config = any_record["config"]
+def write_curve_report(runs: dict[str, list[dict[str, Any]]], config: dict[str, Any], folder: Path, title: str) -> None:
+    """The report of a study with learning curves (``curve_axis`` percent, round or volumes) into ``folder``: the
+    main table, the pseudo-label tables, the ablation and the figures."""
     report = config["report"]
     order = list(config["arms"])
-    folder = study / "report"
-    study_file = study / "study.json"
-    provenance = any_record.get("study") or (json.loads(study_file.read_text()) if study_file.is_file() else {})
-    title = provenance.get("title", config["protocol"])
-    if provenance:
-        title += f"\n\n{provenance['paper']}. Data: {provenance['source']}; scale {provenance['scale']}."
-    if report["curve_axis"] == "grid":
-        from .grid_report import write_grid_report
-
-        write_grid_report(runs, config, folder, title)
-        return folder
     table, table_csv = main_table(runs, report, order, title)
     write_text_atomic(folder / "table.md", table)
     write_text_atomic(folder / "table.csv", table_csv)
     write_pseudo_label_tables(runs, order, folder)
     if report.get("ablation"):
         write_ablation(runs, report, folder)
+    write_paired_tests(runs, order, folder)
     plot_curves(runs, report, order, folder / "curves.png")
     plot_pseudo_labels(runs, order, folder / "pseudo_labels.png")
-    return folder
+
+
+def last_round_volume_dice(record: dict[str, Any]) -> dict[tuple[int, int], float]:
+    """Each test volume's 3D Dice after the run's last round, keyed by (seed, test volume index); empty for a record
+    written before per-volume values were kept."""
+    values = record["rounds"][-1]["metrics"].get("per_volume", {}).get("dice_3d", [])
+    return {(record["seed"], index): value for index, value in enumerate(values) if value is not None}
+
+
+def wilcoxon_p(first: dict, second: dict) -> tuple[float | None, float, int]:
+    """(two-sided p of the Wilcoxon signed-rank test, median difference first - second, pairs) over the keys both
+    share; p is None with fewer than 2 pairs or no difference at all."""
+    from scipy.stats import wilcoxon
+
+    keys = sorted(set(first) & set(second))
+    differences = np.array([first[k] - second[k] for k in keys])
+    if len(keys) < 2 or not np.any(differences):
+        return None, float(np.median(differences)) if keys else 0.0, len(keys)
+    return float(wilcoxon(differences).pvalue), float(np.median(differences)), len(keys)
+
+
+def write_paired_tests(runs: dict[str, list[dict[str, Any]]], order: Sequence[str], folder: Path) -> None:
+    """``wilcoxon.md``: every pair of arms compared by the Wilcoxon signed-rank test on their test volumes' 3D Dice
+    after the last round, paired by seed and volume (Nath et al.'s test, between all settings)."""
+    arms = [a for a in order if a in runs]
+    scores = {arm: {k: v for record in runs[arm] for k, v in last_round_volume_dice(record).items()} for arm in arms}
+    arms = [arm for arm in arms if scores[arm]]
+    if len(arms) < 2:
+        return
+    rows = []
+    for arm in arms:
+        cells = []
+        for other in arms:
+            if other == arm:
+                cells.append("–")
+                continue
+            p_value, median, pairs = wilcoxon_p(scores[arm], scores[other])
+            sign = "+" if median > 0 else "-" if median < 0 else "="
+            cells.append(f"{sign} (n={pairs})" if p_value is None else f"{p_value:.3g} {sign}")
+        rows.append([arm, *cells])
+    text = (
+        "# Paired tests between arms\n\nTwo-sided p of the Wilcoxon signed-rank test on the test volumes' 3D Dice "
+        "after each run's last round, paired by seed and volume (scipy.stats.wilcoxon); + / -: the row's median "
+        "difference to the column is above / below 0. No correction for the number of pairs.\n\n"
+    )
+    write_text_atomic(folder / "wilcoxon.md", text + markdown_table(["row vs column", *arms], rows))
 
 
 def write_pseudo_label_tables(runs, order, folder: Path) -> None:

@@ -27,8 +27,9 @@ from ..provenance import environment, write_json
 from ..threads import choose_threads
 from .cohort import Cohort, Split, build_cohort, open_source, resolve_classes, split_subjects
 from .config import ARM_STRATEGY, ConfigError, ExperimentConfig
-from .loop import REFERENCE_ARM, RunSpec, arm_model_config, initial_slices, run_folder, run_session
+from .loop import REFERENCE_ARM, RunSpec, arm_model_config, initial_slices, run_folder
 from .protocols import resolve_config
+from .units import run_session, write_report
 
 STUDY_FILE = "study.json"
 
@@ -141,10 +142,13 @@ def check_components(config: ExperimentConfig, arms: list[str]) -> None:
 
 
 def check_volume_study(config: ExperimentConfig, arms: list[str]) -> None:
-    """A volume study's arms rank volumes (:data:`~spatial_al.selection.volumes.VOLUME_STRATEGIES`) with a 3D model on
-    3D patches; a proxy arm's window lies inside the cohort's CT window."""
+    """A volume study's arms rank volumes (:data:`~spatial_al.selection.volumes.VOLUME_STRATEGIES`, or proxy_rank: the
+    proxy model's order every round) with a 3D model on 3D patches; a proxy arm's window lies inside the cohort's CT
+    window."""
     from ..selection.volumes import VOLUME_STRATEGIES
-    from .volume_loop import cached_window
+    from .volume_loop import PROXY_RANK, cached_window
+
+    strategies = (*VOLUME_STRATEGIES, PROXY_RANK)
 
     patch = config.training_config(0).patch_size
     if patch is None or len(patch) != 3:
@@ -154,19 +158,19 @@ def check_volume_study(config: ExperimentConfig, arms: list[str]) -> None:
         )
     for name in arms:
         arm = config.arms[name]
-        if arm.strategy not in VOLUME_STRATEGIES:
-            closest = difflib.get_close_matches(arm.strategy, VOLUME_STRATEGIES, n=1, cutoff=0.0)
+        if arm.strategy not in strategies:
+            closest = difflib.get_close_matches(arm.strategy, strategies, n=1, cutoff=0.0)
             raise ConfigError(
                 f"arms.{name}: {arm.strategy!r} is not a volume strategy. Did you mean {closest[0]!r}? Volume "
-                f"strategies: {', '.join(VOLUME_STRATEGIES)}."
+                f"strategies: {', '.join(strategies)}."
             )
         if arm.pseudo_labels != "none":
             raise ConfigError(f"arms.{name}: a volume study makes no slice pseudo-labels; drop pseudo_labels.")
         model = arm_model_config(config, arm, ("class",))
         if model.spatial_dims != 3:
             raise ConfigError(
-                f"arms.{name}: a volume study trains a 3D model, and {model.describe()} is 2D; set preset to "
-                "unet3d or unet3d-small."
+                f"arms.{name}: a volume study trains a 3D model, and {model.describe()} is 2D; set preset to a 3D "
+                "one (resunet3d, resunet3d-small, unet3d, unet3d-small)."
             )
         if arm.strategy.startswith("proxy_"):
             try:
@@ -329,8 +333,6 @@ def writable_study_folder(output: str | Path) -> Path:
 
 def run_locked_study(request: StudyRequest, quiet: bool) -> Path:
     """:func:`run_study` once this process holds the study folder."""
-    from .report import write_report
-
     started = time.perf_counter()
     with TqdmProgress("preparing the cohort", disable=quiet) as bar:
         study = prepare_study(request, bar)

@@ -22,11 +22,14 @@ import numpy as np
 
 from ..files import atomic_path
 from ..progress import report
+from ..provenance import write_json
 from .cohort import Subject
 from .loop import CHECKPOINT_FILE, VOLUME_DRAW, Session, SessionState, round_seed
 from .metrics import overlap_counts, pooled_scores, summarize, volume_metrics
 
 PROXY_FILE = "proxy.pt"
+PROXY_RANKING_FILE = "proxy_ranking.json"  # every training volume's proxy uncertainty, the cold start's scores
+PROXY_RANK = "proxy_rank"  # the arm strategy that annotates volumes in the proxy model's order, every round
 NOISY_FOLDER = "noisy"
 
 
@@ -122,6 +125,13 @@ class VolumeSession(Session):
     @property
     def proxy_arm(self) -> bool:
         return self.arm.strategy.startswith("proxy_")
+
+    @property
+    def proxy_measure(self) -> str:
+        """The proxy model's uncertainty that makes a proxy arm's cold start (and a proxy_rank arm's every query)."""
+        return (
+            self.config.proxy.measure if self.arm.strategy == PROXY_RANK else self.arm.strategy.removeprefix("proxy_")
+        )
 
     def final_stage(self, state: SessionState) -> str:
         semi_supervised = self.arm.semi_supervised and self.unlabeled(state)
@@ -227,6 +237,12 @@ class VolumeSession(Session):
         return VolumeQuery(names, scores)
 
     def query(self, state: SessionState, count: int) -> VolumeQuery:
+        """The ``count`` unannotated volumes of highest uncertainty under this round's model; for a proxy_rank arm,
+        the next ones in the proxy model's order (no uncertainty computed again: the paper's "ProxyRank")."""
+        if self.arm.strategy == PROXY_RANK:
+            proxy_scores = json.loads((self.spec.folder / PROXY_RANKING_FILE).read_text())
+            scores = {s.name: proxy_scores[s.name] for s in self.unlabeled(state)}
+            return VolumeQuery(sorted(scores, key=lambda name: (-scores[name], name))[:count], scores)
         measure = self.arm.strategy.removeprefix("proxy_")
         seed = round_seed(self.spec.seed, state.round_index)
         return self.choose(self.unlabeled(state), count, measure, self.model, seed)
@@ -248,8 +264,9 @@ class VolumeSession(Session):
             return SessionState(0, {s.name: list(range(s.n_slices)) for s in subjects})
         count = min(self.config.query_volumes, len(subjects))
         if self.proxy_arm:
-            measure = self.arm.strategy.removeprefix("proxy_")
-            chosen = self.choose(subjects, count, measure, self.proxy_model(), self.spec.seed).names
+            ranking = self.choose(subjects, count, self.proxy_measure, self.proxy_model(), self.spec.seed)
+            write_json(self.spec.folder / PROXY_RANKING_FILE, ranking.scores)
+            chosen = ranking.names
         else:
             order = np.random.default_rng([self.spec.seed, VOLUME_DRAW]).permutation(len(subjects))
             chosen = [subjects[i].name for i in order[:count]]

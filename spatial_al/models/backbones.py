@@ -19,6 +19,8 @@ from torch import nn
 
 from .config import ModelConfig
 
+RESIDUAL_UNITS = 2  # per block of a residual_unet (MONAI's UNet num_res_units)
+
 
 class BasicUNetEncoder(nn.Module):
     """Encoder blocks run in order (``conv_0`` and ``down_1..4`` of a MONAI ``BasicUNet``); returns every block's
@@ -48,6 +50,36 @@ class BasicUNetDecoder(nn.Module):
         for block, skip in zip(self.blocks, reversed(features[:-1]), strict=True):
             x = block(x, skip)
         return x
+
+
+class ResidualUNetDecoder(nn.Module):
+    """The up-sampling path of a MONAI ``UNet`` (residual units) without its top layer: each level's up layer reads
+    its encoder level concatenated with the level below (MONAI's ``SkipConnection``: input first); returns
+    [x0, up_1(...)] concatenated, the input of the top layer (the head, which up-samples it to the input's
+    resolution): (B, 2 x features[0], H / 2, W / 2), half the resolution the other decoders give."""
+
+    def __init__(self, up_layers: list[nn.Module]):
+        super().__init__()
+        self.up_layers = nn.ModuleList(up_layers)  # deepest first, the top layer excluded
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        x = features[-1]
+        for layer, skip in zip(self.up_layers, reversed(features[1:-1]), strict=True):
+            x = layer(torch.cat([skip, x], dim=1))
+        return torch.cat([features[0], x], dim=1)
+
+
+def residual_unet_levels(unet: nn.Module) -> tuple[list[nn.Module], list[nn.Module], nn.Module]:
+    """(down layers and the bottom layer, finest first; up layers below the top, deepest first; the top up layer)
+    of a MONAI ``UNet``, whose ``model`` nests Sequential(down, SkipConnection(level below), up) per level."""
+    downs, ups, level = [], [], unet.model
+    while True:
+        down, skip, up = level
+        downs.append(down)
+        ups.append(up)
+        level = skip.submodule
+        if not (isinstance(level, nn.Sequential) and len(level) == 3):
+            return [*downs, level], ups[:0:-1], ups[0]
 
 
 class UNetPlusPlusDecoder(nn.Module):
@@ -143,7 +175,7 @@ class EncoderDecoder(nn.Module):
 
 def build_backbone(config: ModelConfig) -> EncoderDecoder:
     """The encoder-decoder of ``config`` (random initialisation; no weights are downloaded)."""
-    from monai.networks.nets import AttentionUnet, BasicUNet, BasicUNetPlusPlus, FlexibleUNet
+    from monai.networks.nets import AttentionUnet, BasicUNet, BasicUNetPlusPlus, FlexibleUNet, UNet
 
     widths = tuple(config.features[:5])
     if config.architecture == "unet_plus_plus":
@@ -168,6 +200,21 @@ def build_backbone(config: ModelConfig) -> EncoderDecoder:
         blocks, layers = attention_unet_levels(unet)
         encoder, decoder = BasicUNetEncoder(blocks), AttentionUNetDecoder(layers)
         return EncoderDecoder(encoder, decoder, unet.model[2], widths, widths[0], 16)
+    if config.architecture == "residual_unet":
+        # Nath et al.'s U-Net "with residual blocks at every level": MONAI's UNet with two residual units per block,
+        # dropout in every unit (MC-dropout samples encoder and decoder)
+        unet = UNet(
+            spatial_dims=config.spatial_dims,
+            in_channels=config.in_channels,
+            out_channels=config.out_channels,
+            channels=config.features,
+            strides=(2,) * (len(config.features) - 1),
+            num_res_units=RESIDUAL_UNITS,
+            dropout=config.dropout,
+        )
+        blocks, up_layers, top = residual_unet_levels(unet)
+        decoder = ResidualUNetDecoder(up_layers)
+        return EncoderDecoder(BasicUNetEncoder(blocks), decoder, top, widths, 2 * config.features[0], 16)
     if config.architecture == "unet":
         unet = BasicUNet(
             spatial_dims=config.spatial_dims,

@@ -9,7 +9,8 @@ from typing import Any
 
 from ..registry import Registry
 
-ARCHITECTURES = ("unet", "unet_plus_plus", "attention_unet", "resnet_unet")
+VOLUME_ARCHITECTURES = ("unet", "residual_unet")  # those built with spatial_dims=3
+ARCHITECTURES = ("unet", "unet_plus_plus", "attention_unet", "resnet_unet", "residual_unet")
 HEADS = ("softmax", "sigmoid")
 # FlexibleUNet's ResNet encoders (monai.networks.nets.resnet), listed here so a configuration is checked without MONAI
 RESNET_BACKBONES = ("resnet10", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet200")
@@ -23,13 +24,15 @@ class ModelConfig:
         architecture: "unet" (MONAI ``BasicUNet`` split into encoder and decoder), "unet_plus_plus" (MONAI
             ``BasicUNetPlusPlus``, nested skips, no deep supervision), "attention_unet" (MONAI ``AttentionUnet``,
             attention-gated skips; ``features[:5]`` are its channels) or "resnet_unet" (MONAI ``FlexibleUNet`` with a
-            ResNet encoder, random initialisation).
+            ResNet encoder, random initialisation) or "residual_unet" (MONAI ``UNet``, two residual units per block,
+            ``features`` its 5 level widths: Nath et al.'s network).
         class_names: one name per foreground class (the segments the model was trained on), in output order.
         class_colors: RGB in [0, 1] per class, for writing predictions as a segmentation.
         head: "softmax" (mutually exclusive classes; output channel 0 is background) or "sigmoid" (one
             independent channel per class, for overlapping segments).
         in_channels: image channels per slice.
-        features: ``BasicUNet`` widths (6 values: 5 encoder levels, 4 down-samplings, then the last decoder level).
+        features: ``BasicUNet`` widths (6 values: 5 encoder levels, 4 down-samplings, then the last decoder level);
+            a residual_unet's 5 level widths.
         backbone: ``FlexibleUNet`` encoder name (resnet10 ... resnet200).
         decoder_channels: ``FlexibleUNet`` decoder widths (5 values).
         dropout: dropout probability in every convolution block (> 0 enables MC-dropout sampling).
@@ -79,6 +82,13 @@ class ModelConfig:
             raise ValueError(f"Unknown head {self.head!r}; use softmax (exclusive classes) or sigmoid (overlapping).")
         if self.architecture in ("unet", "unet_plus_plus", "attention_unet") and len(self.features) != 6:
             raise ValueError(f"A {self.architecture} needs 6 feature widths (BasicUNet's), got {self.features}.")
+        if self.architecture == "residual_unet" and len(self.features) != 5:
+            raise ValueError(f"A residual_unet needs 5 level widths (4 down-samplings), got {self.features}.")
+        if self.architecture == "residual_unet" and (self.star or self.structure_heads):
+            raise ValueError(
+                "STAR and SBC-AL's modules read decoder features at the input's resolution, which a residual_unet "
+                "(its top layer up-samples) does not have; use unet, resnet_unet or their presets."
+            )
         if self.class_colors and len(self.class_colors) != len(self.class_names):
             raise ValueError("class_colors needs one colour per class name.")
         if not 0.0 <= self.dropout < 1.0:
@@ -90,10 +100,12 @@ class ModelConfig:
             )
         if self.spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {self.spatial_dims}.")
-        if self.spatial_dims == 3 and (self.architecture != "unet" or self.star or self.structure_heads):
+        if self.spatial_dims == 3 and (
+            self.architecture not in VOLUME_ARCHITECTURES or self.star or self.structure_heads
+        ):
             raise ValueError(
-                "A 3D model is a plain unet (MONAI BasicUNet): STAR, SBC-AL's modules and the other architectures "
-                "are 2D; use a 2D preset for them, or unet3d / unet3d-small."
+                "A 3D model is a plain unet (MONAI BasicUNet) or residual_unet (MONAI UNet): STAR, SBC-AL's modules "
+                "and the other architectures are 2D; use a 2D preset for them, or a 3D one (resunet3d, unet3d, ...)."
             )
         if self.attention_grid < 1:
             raise ValueError(f"attention_grid must be at least 1, got {self.attention_grid}.")
@@ -197,6 +209,17 @@ _preset(
     "unet3d",
     "3D U-Net (MONAI BasicUNet), 32 initial features, dropout 0.2 in every level (Nath et al.'s setting)",
     ModelConfig(features=(32, 32, 64, 128, 256, 32), dropout=0.2, spatial_dims=3),
+)
+
+_preset(
+    "resunet3d-small",
+    "3D U-Net with residual units (MONAI UNet), 8 initial features, dropout 0.2 in every unit: the CPU 3D model",
+    ModelConfig(architecture="residual_unet", features=(8, 16, 32, 64, 128), dropout=0.2, spatial_dims=3),
+)
+_preset(
+    "resunet3d",
+    "3D U-Net with residual units at every level (MONAI UNet), 16 initial features, dropout 0.2 (Nath et al.)",
+    ModelConfig(architecture="residual_unet", features=(16, 32, 64, 128, 256), dropout=0.2, spatial_dims=3),
 )
 
 DEFAULT_PRESET = "unet-small"
