@@ -207,7 +207,8 @@ def test_kcenter_greedy_picks_the_farthest_point_each_time(labeled_stack):
     assert (np.diff(ranking.scores) <= 1e-9).all()  # each pick is no farther than the one before
 
 
-def test_distance_representative_first_pick_is_farthest_on_average_in_pca_space(labeled_stack):
+@pytest.mark.parametrize("form", ["paper", "greedy"])
+def test_distance_representative_picks_the_farthest_on_average_in_pca_space(labeled_stack, form):
     from sklearn.decomposition import PCA
 
     model = tiny_model()
@@ -215,12 +216,20 @@ def test_distance_representative_first_pick_is_farthest_on_average_in_pca_space(
     everything = np.concatenate(
         [pooled_features(model, labeled_stack, annotated), pooled_features(model, labeled_stack, slices)]
     )
-    normalized = (everything - everything.min(0)) / (everything.max(0) - everything.min(0) + 1e-10)
-    reduced = PCA(n_components=5, svd_solver="full").fit_transform(normalized)
-    mean_distance = cdist(reduced[3:], reduced[:3]).mean(1)
-    ranking = ranked(labeled_stack, "distance_representative", 2, model, annotated=annotated, dimensions=5)
+    if form == "greedy":
+        everything = (everything - everything.min(0)) / (everything.max(0) - everything.min(0) + 1e-10)
+    reduced = PCA(n_components=5, svd_solver="full").fit_transform(everything)
+    mean_distance = cdist(reduced[3:], reduced[:3]).mean(1)  # s(x), the paper's score
+    ranking = ranked(labeled_stack, "distance_representative", 3, model, annotated=annotated, dimensions=5, form=form)
     assert ranking.slices[0] == slices[np.argmax(mean_distance)]
     assert ranking.scores[0] == pytest.approx(mean_distance.max(), rel=1e-6)
+    if form == "paper":  # scored once: the top three s(x), in order
+        assert ranking.slices.tolist() == [int(slices[i]) for i in np.argsort(-mean_distance)[:3]]
+        assert ranking.scores == pytest.approx(np.sort(mean_distance)[::-1][:3], rel=1e-6)
+    else:  # the first pick joins the references: the second is farthest on average from all four
+        second = cdist(reduced[3:], np.concatenate([reduced[:3], reduced[3:][[np.argmax(mean_distance)]]])).mean(1)
+        second[np.argmax(mean_distance)] = -np.inf
+        assert ranking.slices[1] == slices[np.argmax(second)]
 
 
 def test_distance_representative_needs_annotated_slices(labeled_stack):

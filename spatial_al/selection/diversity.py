@@ -49,15 +49,16 @@ def slice_features(context: RankingContext, positions: np.ndarray | None = None)
     return PoolFeatures(candidates[order], annotated)
 
 
-def reduce_features(features: np.ndarray, dimensions: int = 10) -> np.ndarray:
-    """Min-max normalise each feature over the slices, then PCA to ``dimensions`` ("Less Is More"): (n, D) ->
-    (n, min(dimensions, n, D))."""
+def reduce_features(features: np.ndarray, dimensions: int = 10, normalize: bool = True) -> np.ndarray:
+    """PCA to ``dimensions`` ("Less Is More"), each feature min-max normalised over the slices first unless
+    ``normalize`` is False: (n, D) -> (n, min(dimensions, n, D))."""
     from sklearn.decomposition import PCA
 
-    low, high = features.min(0, keepdims=True), features.max(0, keepdims=True)
-    normalized = (features - low) / (high - low + 1e-10)
-    components = min(dimensions, *normalized.shape)
-    return PCA(n_components=components, svd_solver="full").fit_transform(normalized)
+    if normalize:
+        low, high = features.min(0, keepdims=True), features.max(0, keepdims=True)
+        features = (features - low) / (high - low + 1e-10)
+    components = min(dimensions, *features.shape)
+    return PCA(n_components=components, svd_solver="full").fit_transform(features)
 
 
 def greedy_picks(
@@ -131,10 +132,12 @@ def kcenter_greedy(context: RankingContext) -> Picks:
     return greedy_k_center(context, features.candidates, features.annotated)
 
 
-def reduced_pool_features(context: RankingContext, dimensions: int) -> tuple[np.ndarray, np.ndarray]:
+def reduced_pool_features(
+    context: RankingContext, dimensions: int, normalize: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """PCA-reduced features of the candidates (n, d) and the annotated slices (m, d), reduced together."""
     features = slice_features(context)
-    reduced = reduce_features(np.concatenate([features.annotated, features.candidates]), dimensions)
+    reduced = reduce_features(np.concatenate([features.annotated, features.candidates]), dimensions, normalize)
     return reduced[len(features.annotated) :], reduced[: len(features.annotated)]
 
 
@@ -148,18 +151,25 @@ def require_annotated(context: RankingContext, strategy: str) -> None:
 
 @STRATEGIES.register("distance_representative")
 @uses_model()
-def distance_representative(context: RankingContext, *, dimensions: int = 10, metric: str = "euclidean") -> Picks:
+def distance_representative(
+    context: RankingContext, *, dimensions: int = 10, metric: str = "euclidean", form: str = "paper"
+) -> Picks:
     """Slices farthest on average from the annotated set in reduced feature space ("Less Is More").
 
-    Features are min-max normalised and reduced by PCA to ``dimensions``; each pick joins the annotated set
-    before the next is scored. Score = mean distance to the annotated (and already picked) slices.
+    ``form="paper"``: s(x) = (1/N) sum_i d(f_i, f_x) over the N annotated slices, with f the max-pooled bottleneck
+    reduced by PCA to ``dimensions``, scored once; the highest s are picked. ``form="greedy"``: the features are
+    min-max normalised before the PCA and each pick joins the annotated set before the next is scored (a batch
+    spreads out instead of piling up in one far region).
 
     Keyword Args:
         dimensions: PCA components (10 in the paper).
         metric: a ``scipy.spatial.distance.cdist`` metric (euclidean, cosine, ...).
+        form: "paper" or "greedy".
     """
     require_annotated(context, "distance_representative")
-    candidates, annotated = reduced_pool_features(context, dimensions)
+    if form not in ("paper", "greedy"):
+        raise ValueError(f"distance_representative form must be 'paper' or 'greedy', got {form!r}.")
+    candidates, annotated = reduced_pool_features(context, dimensions, normalize=form == "greedy")
     distance_sum = cdist(candidates, annotated, metric).sum(1)
     references = [len(annotated)]
 
@@ -169,8 +179,9 @@ def distance_representative(context: RankingContext, *, dimensions: int = 10, me
         return row, float(mean_distance[row])
 
     def join_references(row: int) -> None:
-        distance_sum[:] += cdist(candidates, candidates[row : row + 1], metric)[:, 0]
-        references[0] += 1
+        if form == "greedy":
+            distance_sum[:] += cdist(candidates, candidates[row : row + 1], metric)[:, 0]
+            references[0] += 1
 
     return greedy_picks(context, len(candidates), farthest_on_average, join_references)
 
