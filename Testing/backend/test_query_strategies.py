@@ -243,15 +243,23 @@ def test_cluster_representative_in_one_cluster_scores_its_unlabeled_share(labele
     np.testing.assert_allclose(ranking.scores, [1 - 2 / 10, 1 - 3 / 10, 1 - 4 / 10])
 
 
-def test_bal_picks_spread_out_slices_among_the_most_uncertain(labeled_stack):
-    model = tiny_model()
+@pytest.mark.parametrize("measure", ["bald", "least_confidence"])
+def test_bal_picks_spread_out_slices_among_the_most_uncertain(labeled_stack, measure):
+    model = tiny_model(dropout=0.3)
     slices = candidates()
-    p = probabilities(model, labeled_stack, slices)
-    uncertainty = 1 - np.abs(p - 1 / 3).mean(axis=(1, 2, 3)) / (2 / 3)
-    exact = ranked(labeled_stack, "bal", 3, model, shortlist_factor=1)
+    if measure == "bald":  # Bayesian: MC-dropout mutual information with the derived seed (as mc_dropout's test)
+        seed = int(np.random.default_rng(5).integers(0, 2**31 - 1, size=slices.size + 1)[0])
+        inputs = model_inputs(labeled_stack, slices)
+        statistics = SlicePredictor(model, CPU).mc_dropout(inputs, samples=4, seed=seed)
+        uncertainty = statistics.mutual_information.mean((1, 2)).numpy()
+    else:  # the form before issue 25: one prediction's least confidence
+        p = probabilities(model, labeled_stack, slices)
+        uncertainty = 1 - np.abs(p - 1 / 3).mean(axis=(1, 2, 3)) / (2 / 3)
+    options = {"measure": measure, "samples": 4, "seed": 5}
+    exact = ranked(labeled_stack, "bal", 3, model, shortlist_factor=1, **options)
     assert set(exact.slices) == set(expected_top(uncertainty, slices, 3))
     shortlist = expected_top(uncertainty, slices, 6)
-    spread = ranked(labeled_stack, "bal", 3, model, shortlist_factor=2)
+    spread = ranked(labeled_stack, "bal", 3, model, shortlist_factor=2, **options)
     assert set(spread.slices) <= set(shortlist)
     features = pooled_features(model, labeled_stack, shortlist)
     centers = pooled_features(model, labeled_stack, (0, 9))

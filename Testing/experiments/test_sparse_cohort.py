@@ -41,3 +41,7 @@ def test_every_protocols_smoke_study_finishes_on_structures_that_span_a_third_of
         for metrics in (r["metrics"] for r in record["rounds"]):
             assert 0.0 <= metrics["dice_3d"] <= 1.0
     assert (output / "report" / "paper.md").is_file()
+    if protocol == "star":  # on mostly empty slices, how many of STAR's pseudo-labels hold foreground is reported
+        made = [r["pseudo_label_dice"] for r in records["STAR"]["rounds"] if r.get("pseudo_label_dice")]
+        assert made and all(0 <= m["new_foreground_truth"] <= 1 for m in made)
+        assert "with foreground (pseudo-label)" in (output / "report" / "pseudo_labels.md").read_text()

@@ -59,7 +59,7 @@ def records(study):
 def test_the_star_smoke_study_writes_tables_curves_and_run_records(star_study):
     report = star_study / "report"
     table = (report / "table.md").read_text()
-    for row in ("| Rand |", "| STAR |", "| Sim+CEAL |", "| Full (100 % labeled) |"):
+    for row in ("| Rand |", "| STAR |", "| Sim+CEAL |", "| Rand (STAR network) |", "| Full (100 % labeled) |"):
         assert row in table
     assert "| strategy | 12 % | 15 % | max(p) | S% |" in table
     assert {"table.csv", "ablation.md", "pseudo_labels.md", "curves.png", "pseudo_labels.png"} <= {
@@ -73,6 +73,10 @@ def test_the_star_smoke_study_writes_tables_curves_and_run_records(star_study):
     star = runs[("STAR", "seed-0")]
     assert star["status"] == "finished" and star["device"] == "cpu" and star["environment"]["versions"]["torch"]
     assert star["model_config"]["star"] and not runs[("Rand", "seed-0")]["model_config"]["star"]
+    control = runs[("Rand_(STAR_network)", "seed-0")]  # the STAR network without its queries and pseudo-labels
+    assert control["model_config"] == star["model_config"]
+    assert all(r["pseudo_labeled_slices"] == 0 for r in control["rounds"])
+    assert control["rounds"][0]["metrics"] == star["rounds"][0]["metrics"]  # same slices, network and seed
     assert star["training_config"]["reinitialize_labeled_encoder"] and star["split"] == study["split"]
     pool = sum(slices[name] for name in study["split"]["training"])
     first = sum(-(-slices[name] // 10) for name in study["split"]["training"])  # every 10th slice of each volume
@@ -81,6 +85,12 @@ def test_the_star_smoke_study_writes_tables_curves_and_run_records(star_study):
     assert rounds[1]["labeled_percent"] == pytest.approx(100 * (first + 6) / pool)
     assert all(len(r["queried"]) == 6 and r["pseudo_label_dice"]["new"] is not None for r in rounds[:-1])
     assert rounds[1]["pseudo_labeled_slices"] == 6  # STAR's top-q pseudo-labels, chosen afresh every round
+    for made in (r["pseudo_label_dice"] for r in rounds[:-1]):
+        assert 0 <= made["new_foreground_predicted"] <= 1 and 0 <= made["new_foreground_truth"] <= 1
+        if made["new_foreground_dice"] is None:  # every new pseudo-label empty, in the truth too: Dice 1, says nothing
+            assert made["new"] == 1.0 and made["new_foreground_predicted"] == made["new_foreground_truth"] == 0
+        else:  # slices empty in both add nothing to a pooled Dice
+            assert made["new_foreground_dice"] == pytest.approx(made["new"])
     for r in rounds:
         assert set(r["metrics"]) >= {"dice_2d", "dice_3d", "iou_3d", "hd95_mm", "per_class"}
         assert set(r["seconds"]) >= {"train", "evaluate"}

@@ -549,16 +549,29 @@ class Session:
 
     def pseudo_label_dice(self, state: SessionState, made: list[tuple[str, int]]) -> dict[str, float | None]:
         """Dice of this round's new pseudo-labels, and Dice and IoU of every pseudo-label held now, against the
-        hidden truth (pooled over their slices)."""
+        hidden truth (pooled over their slices; 1 when every slice is empty in both). For the new ones also: the share
+        holding foreground in the pseudo-label and in the truth, and their Dice over the slices where either holds
+        foreground (None when none does: empty pseudo-labels of empty slices say nothing of the rule's quality)."""
+
+        def pseudo_label(pair: tuple[str, int]) -> np.ndarray:
+            return state.pseudo[pair[0]][pair[1]]
+
+        def truth(pair: tuple[str, int]) -> np.ndarray:
+            return np.asarray(self.cohort[pair[0]].targets[pair[1]])
 
         def overlap_of(pairs) -> tuple[float | None, float | None]:
-            return pooled_overlap(
-                [state.pseudo[name][index] for name, index in pairs],
-                [np.asarray(self.cohort[name].targets[index]) for name, index in pairs],
-            )
+            return pooled_overlap([pseudo_label(p) for p in pairs], [truth(p) for p in pairs])
 
         held = overlap_of([(name, index) for name, masks in state.pseudo.items() for index in masks])
-        return {"new": overlap_of(made)[0], "held": held[0], "held_iou": held[1]}
+        with_foreground = [pair for pair in made if pseudo_label(pair).any() or truth(pair).any()]
+        return {
+            "new": overlap_of(made)[0],
+            "held": held[0],
+            "held_iou": held[1],
+            "new_foreground_predicted": float(np.mean([pseudo_label(p).any() for p in made])) if made else None,
+            "new_foreground_truth": float(np.mean([truth(p).any() for p in made])) if made else None,
+            "new_foreground_dice": overlap_of(with_foreground)[0] if with_foreground else None,
+        }
 
     def initial_selection(self) -> SessionState:
         """Round 0's cold-start annotation: the protocol's strategy on the pool, or its grid on every volume."""

@@ -30,6 +30,7 @@ from ..files import atomic_path, write_text_atomic
 from .loop import REFERENCE_ARM
 from .metrics import percent_to_reach, value_at
 
+FOREGROUND_KEYS = ("new_foreground_predicted", "new_foreground_truth", "new_foreground_dice")
 METRIC_NAMES = {"dice_2d": "Dice (mean of 2D slice Dice)", "dice_3d": "Dice (3D, per volume)", "iou_3d": "IoU (3D)"}
 
 
@@ -143,9 +144,16 @@ def csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def pseudo_label_values(record: dict[str, Any]) -> tuple[float | None, float | None]:
     """(mean over rounds of each round's new pseudo-label Dice, the Dice of every pseudo-label held at the end)."""
     rounds = [r for r in record["rounds"] if r.get("pseudo_label_dice")]
-    new = [r["pseudo_label_dice"]["new"] for r in rounds if r["pseudo_label_dice"]["new"] is not None]
     held = rounds[-1]["pseudo_label_dice"]["held"] if rounds else None
-    return (float(np.mean(new)) if new else None), held
+    return round_mean(record, "new"), held
+
+
+def round_mean(record: dict[str, Any], key: str) -> float | None:
+    """The mean over a run's rounds of one value of their new pseudo-labels (``pseudo_label_dice[key]``), over the
+    rounds where it is defined; None where it never is (or the record predates the value)."""
+    values = [r["pseudo_label_dice"].get(key) for r in record["rounds"] if r.get("pseudo_label_dice")]
+    defined = [v for v in values if v is not None]
+    return float(np.mean(defined)) if defined else None
 
 
 def main_table(runs, report, order, title: str) -> tuple[str, str]:
@@ -250,7 +258,8 @@ def write_pseudo_label_tables(runs, order, folder: Path) -> None:
         rule = arm_config["pseudo_labels"] + (
             f" ({arm_config['propagation']})" if arm_config["pseudo_labels"] == "interpolation" else ""
         )
-        rows.append([arm, rule, new, held])
+        foreground = [mean_std([round_mean(r, key) for r in runs[arm]], 2) for key in FOREGROUND_KEYS]
+        rows.append([arm, rule, new, held, *foreground])
         if arm_config["strategy"] == "strided_blocks" and arm_config["pseudo_labels"] == "interpolation":
             order_name = arm_config["options"].get("blocks", "random")
             by_block[(arm_config["propagation"], order_name)][arm_config["options"].get("block_size", 5)] = held
@@ -259,9 +268,13 @@ def write_pseudo_label_tables(runs, order, folder: Path) -> None:
     text = (
         "# Pseudo-label Dice against the hidden ground truth\n\n"
         "`new`: mean over rounds of the Dice of the pseudo-labels made that round; `held`: the Dice of every "
-        "pseudo-label held at the end of the run (pooled over slices, mean over classes); mean ± std over seeds.\n\n"
+        "pseudo-label held at the end of the run (pooled over slices, mean over classes; 1 when all are empty in "
+        "both); then, for the new ones, the share holding foreground in the pseudo-label and in the truth, and their "
+        "Dice over the slices where either holds foreground (a rule that pseudo-labels empty slices scores 1 on `new` "
+        "and says nothing); each a mean over rounds, then mean ± std over seeds.\n\n"
     )
-    write_text_atomic(folder / "pseudo_labels.md", text + markdown_table(["strategy", "rule", "new", "held"], rows))
+    header = ["strategy", "rule", "new", "held", "with foreground (pseudo-label)", "(truth)", "new, foreground slices"]
+    write_text_atomic(folder / "pseudo_labels.md", text + markdown_table(header, rows))
     if by_block:
         sizes = sorted({size for values in by_block.values() for size in values})
         block_rows = [

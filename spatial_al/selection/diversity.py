@@ -14,7 +14,7 @@ from scipy.spatial.distance import cdist
 
 from ..progress import report
 from .base import STRATEGIES, Picks, RankingContext, uses_model
-from .uncertainty import probability_measure, score_pool, slice_chunks
+from .uncertainty import MC_DROPOUT_MEASURES, mc_dropout_scorer, probability_measure, score_pool, slice_chunks
 
 
 @dataclass
@@ -224,20 +224,28 @@ def cluster_representative(context: RankingContext, *, dimensions: int = 10, ban
 
 @STRATEGIES.register("bal")
 @uses_model(default_per_volume=1)
-def bal(context: RankingContext, *, measure: str = "least_confidence", shortlist_factor: int = 5) -> Picks:
-    """Uncertainty, then diversity: the most uncertain slices, thinned to a spread-out set by k-center greedy.
+def bal(context: RankingContext, *, measure: str = "bald", samples: int = 10, shortlist_factor: int = 5) -> Picks:
+    """Bayesian uncertainty, then diversity (STAR's "hybrid" BAL): the slices of highest MC-dropout BALD, thinned to
+    a spread-out set by k-center greedy.
 
     The ``shortlist_factor * budget`` most uncertain candidates are shortlisted; core-set picks among them (from
     the annotated slices as centers) avoid querying near-duplicates of one uncertain region. Score = the slice's
     uncertainty.
 
     Keyword Args:
-        measure: least_confidence, entropy, shannon or margin.
+        measure: an MC-dropout measure (bald, variance, std: ``samples`` passes with dropout on) or, without the
+            Bayesian part, a measure of one prediction (least_confidence, entropy, shannon, margin: the form this
+            strategy had before issue 25).
+        samples: MC-dropout passes (>= 2) of the MC-dropout measures.
         shortlist_factor: shortlist size as a multiple of the budget (>= 1).
     """
     if shortlist_factor < 1:
         raise ValueError(f"shortlist_factor must be at least 1, got {shortlist_factor}.")
-    uncertainty = score_pool(context, probability_measure(measure), f"uncertainty ({measure})")
+    if measure in MC_DROPOUT_MEASURES:
+        scorer = mc_dropout_scorer(context, samples, measure)
+        uncertainty = score_pool(context, scorer, f"MC-dropout {measure} ({samples} samples)")
+    else:
+        uncertainty = score_pool(context, probability_measure(measure), f"uncertainty ({measure})")
     shortlist = np.sort(np.argsort(-uncertainty, kind="stable")[: shortlist_factor * context.budget])
     features = slice_features(context, shortlist)
     picks = greedy_k_center(context, features.candidates, features.annotated, positions=shortlist)
