@@ -312,9 +312,11 @@ def hausdorff(a, b):
     return max(directed_hausdorff(points_a, points_b)[0], directed_hausdorff(points_b, points_a)[0])
 
 
-@pytest.mark.parametrize("form", ["paper", "normalized"])
-def test_sbc_consistency_against_an_independent_computation(labeled_stack, form):
-    model = tiny_model("sbc-small")
+@pytest.mark.parametrize(
+    ("form", "scale"), [("paper", "pixels"), ("paper", "normalized"), ("normalized", "normalized")]
+)
+def test_sbc_consistency_against_an_independent_computation(labeled_stack, form, scale):
+    model = tiny_model("sbc-small", distance_scale=scale)
     slices = candidates()
     with torch.no_grad():
         outputs = model.structure_outputs(model_inputs(labeled_stack, slices))
@@ -326,11 +328,14 @@ def test_sbc_consistency_against_an_independent_computation(labeled_stack, form)
         structure, boundary = [], []
         for c in range(2):
             a, b = coarse[n] == c + 1, refined[n] == c + 1
-            expected_map = distance_targets((b if form == "paper" else a)[None])[0]
+            expected_map = distance_targets((b if form == "paper" else a)[None], scale)[0]
             dot = (expected_map * distance[n, c]).sum()
             norms = np.linalg.norm(expected_map) * np.linalg.norm(distance[n, c])
             q_cos = dot / norms if norms else float(not expected_map.any() and not distance[n, c].any())
-            total = (expected_map**2).sum() + (distance[n, c] ** 2).sum()
+            if form == "paper":  # the paper's Dice of the two maps, as printed: 2 sum(ab) / (sum a + sum b)
+                total = expected_map.sum() + distance[n, c].sum()
+            else:  # V-Net's soft Dice, squares in the denominator
+                total = (expected_map**2).sum() + (distance[n, c] ** 2).sum()
             q_dice = 2 * dot / total if total else 1.0
             one_empty_distance = 0.0 if a.any() == b.any() else diagonal  # both empty: 0; one empty: the diagonal
             pixels = hausdorff(a, b) if a.any() and b.any() else one_empty_distance
@@ -369,7 +374,10 @@ def test_the_papers_sbc_score_and_the_normalized_one_rank_a_constructed_pair_opp
     normalized = structure_boundary_scores(outputs, "softmax", (0.8, 0.2, 0.6, 0.4), "normalized")
     # the paper's Hausdorff distance in pixels outweighs a wrong structure map; normalised, the structure term wins
     assert paper[1] > paper[0] and normalized[0] > normalized[1]
-    assert paper[1] == pytest.approx(0.2 * hausdorff(disc | far_blob, disc))  # structure consistent: BCS alone
+    # slice 1's maps agree (cosine 1), yet the paper's Dice of a map with itself is sum(m^2) / sum(m), below 1
+    # for a map in [0, 1]: its structure term stays, as printed
+    self_dice = (matching**2).sum() / matching.sum()
+    assert paper[1] == pytest.approx(0.8 * 0.4 * (1 - self_dice) + 0.2 * hausdorff(disc | far_blob, disc))
     with pytest.raises(ValueError, match="choose one of paper, normalized"):
         structure_boundary_scores(outputs, "softmax", (0.8, 0.2, 0.6, 0.4), "normalised")
 

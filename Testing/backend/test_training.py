@@ -317,6 +317,20 @@ def test_distance_targets_peak_at_the_centre_of_each_structure():
     np.testing.assert_allclose(maps[0], brute_force / brute_force.max(), atol=1e-6)
     assert maps[0, 10, 10] == 1.0
     assert maps[1].max() == 0
+    pixels = distance_targets(np.stack([disc, np.zeros_like(disc)]), "pixels")  # the paper's D_i: raw distances
+    np.testing.assert_allclose(pixels[0], brute_force, atol=1e-5)
+    assert pixels[0, 10, 10] == pytest.approx(np.sqrt(37)) and pixels[1].max() == 0  # nearest outside: (16, 11)
+
+
+def test_sfp_in_pixels_regresses_raw_distances_non_negative_and_unbounded(labeled_stack):
+    architecture = tiny("sbc-small", distance_scale="pixels")
+    training = replace(QUICK, max_epochs=4, learning_rate=3e-3)
+    outcome = train_on_stack(labeled_stack, (0, 3, 6, 9), preset=architecture, training=training, device="cpu")
+    outputs = SlicePredictor(outcome.model, torch.device("cpu")).structure(
+        normalize_intensities(labeled_stack.image)[[3], None]
+    )
+    assert outcome.model.config.distance_scale == "pixels"
+    assert outputs["distance"].min() >= 0 and outputs["distance"].max() > 1.0  # softplus: beyond a sigmoid's range
 
 
 # -- losses --------------------------------------------------------------------------------------------------------

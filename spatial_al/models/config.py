@@ -9,6 +9,7 @@ from typing import Any
 
 from ..registry import Registry
 
+DISTANCE_SCALES = ("normalized", "pixels")  # what SBC-AL's SFP regresses
 VOLUME_ARCHITECTURES = ("unet", "residual_unet")  # those built with spatial_dims=3
 ARCHITECTURES = ("unet", "unet_plus_plus", "attention_unet", "resnet_unet", "residual_unet")
 HEADS = ("softmax", "sigmoid")
@@ -42,6 +43,8 @@ class ModelConfig:
         structure_prediction: SBC-AL's structure-aware feature prediction (False: the paper's "without SFP").
         attentional_refinement: SBC-AL's attentional segmentation refinement (False: "without ASR").
         attention_grid: ASR attends over at most this many x this many pooled positions.
+        distance_scale: what SFP regresses: "pixels" (the distance to the structure's boundary inside it, in pixels:
+            the paper's D_i) or "normalized" (that distance divided by its maximum, in [0, 1]).
         slice_axis: array axis (KJI) the model was trained on; prediction cuts new volumes the same way.
         spatial_dims: 2 (slices) or 3 (volumes: a "unet" only, trained on patches and run by sliding window;
             :mod:`spatial_al.models.volume_inference`).
@@ -62,6 +65,7 @@ class ModelConfig:
     structure_prediction: bool = True
     attentional_refinement: bool = True
     attention_grid: int = 32
+    distance_scale: str = "normalized"
     slice_axis: int = 0
     spatial_dims: int = 2
 
@@ -106,6 +110,10 @@ class ModelConfig:
             raise ValueError(
                 "A 3D model is a plain unet (MONAI BasicUNet) or residual_unet (MONAI UNet): STAR, SBC-AL's modules "
                 "and the other architectures are 2D; use a 2D preset for them, or a 3D one (resunet3d, unet3d, ...)."
+            )
+        if self.distance_scale not in DISTANCE_SCALES:
+            raise ValueError(
+                f"distance_scale must be one of {', '.join(DISTANCE_SCALES)}, got {self.distance_scale!r}."
             )
         if self.attention_grid < 1:
             raise ValueError(f"attention_grid must be at least 1, got {self.attention_grid}.")

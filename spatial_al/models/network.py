@@ -43,6 +43,7 @@ class SegmentationModel(nn.Module):
                 config.structure_prediction,
                 config.attentional_refinement,
                 config.attention_grid,
+                config.distance_scale,
             )
             if config.structure_heads
             else None

@@ -2,9 +2,10 @@
 
 - Structure-aware Feature Prediction (SFP): ``distance_blocks`` cascaded DisBlocks fed by the encoder path. The
   first takes the bottleneck (high-level features); each block up-samples its input to the next finer encoder level
-  and fuses that level (low-level features) with two convolutions. A 1x1 convolution and a sigmoid end the cascade in
-  one structure-aware distance map per class (distance to the structure's boundary inside it, divided by its maximum;
-  0 outside), regressed with MSE.
+  and fuses that level (low-level features) with two convolutions. A 1x1 convolution ends the cascade in one
+  structure-aware distance map per class (distance to the structure's boundary inside it, 0 outside), regressed with
+  MSE: in pixels as the paper's D_i (``distance_scale="pixels"``, a softplus keeps it non-negative) or divided by its
+  maximum (``"normalized"``, a sigmoid keeps it in [0, 1]).
 - Attentional Segmentation Refinement (ASR): two parallel convolution + batch-norm layers turn the SFP features into a
   query and a key; the softmax over positions of their product is a spatial attention map that re-weights the
   backbone's decoder features (every position becomes an attention-weighted sum of all positions, DANet's position
@@ -31,7 +32,7 @@ from torch.nn import functional
 
 @dataclass
 class StructureOutputs:
-    """Coarse logits (the U-Net head), SFP distance maps in [0, 1] (None without SFP), refined logits (the coarse
+    """Coarse logits (the U-Net head), SFP distance maps (None without SFP), refined logits (the coarse
     ones without ASR)."""
 
     coarse: torch.Tensor
@@ -107,8 +108,10 @@ class StructureHeads(nn.Module):
         prediction: bool = True,
         refinement: bool = True,
         attention_grid: int = 32,
+        distance_scale: str = "normalized",
     ):
         super().__init__()
+        self.distance_activation = torch.sigmoid if distance_scale == "normalized" else functional.softplus
         if not prediction and not refinement:
             raise ValueError("SBC-AL's modules need SFP, ASR or both; a model with neither is a plain U-Net.")
         skip_levels = len(encoder_widths) - 1
@@ -150,7 +153,7 @@ class StructureHeads(nn.Module):
         distance, guide = None, decoded
         if self.blocks is not None:
             guide = self.structure_features(features)
-            distance = torch.sigmoid(self.regressor(guide))
+            distance = self.distance_activation(self.regressor(guide))
             if distance.shape[-2:] != coarse.shape[-2:]:  # encoders whose finest level is below input resolution
                 distance = functional.interpolate(
                     distance, size=coarse.shape[-2:], mode="bilinear", align_corners=False

@@ -127,6 +127,13 @@ def soft_dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if total == 0 else 2.0 * float((a * b).sum()) / total
 
 
+def linear_dice(a: np.ndarray, b: np.ndarray) -> float:
+    """SBC-AL's Dice of two maps as printed, 2 sum(ab) / (sum(a) + sum(b)) (the Dice coefficient of binary masks;
+    for distance maps it is not bounded by 1); 1 when both are zero."""
+    total = float(a.sum() + b.sum())
+    return 1.0 if total == 0 else 2.0 * float((a * b).sum()) / total
+
+
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
     """Cosine similarity of two maps as vectors; 1 when both are zero, 0 when only one is."""
     norms = float(np.linalg.norm(a) * np.linalg.norm(b))
@@ -139,20 +146,27 @@ SBC_FORMS = ("paper", "normalized")
 
 
 def structure_boundary_scores(
-    outputs: dict[str, torch.Tensor], head: str, weights: tuple[float, float, float, float], form: str = "paper"
+    outputs: dict[str, torch.Tensor],
+    head: str,
+    weights: tuple[float, float, float, float],
+    form: str = "paper",
+    distance_scale: str = "normalized",
 ) -> np.ndarray:
     """SBC-AL's inconsistency per slice (N,) from :meth:`SlicePredictor.structure` outputs; higher = query sooner.
 
     ``form="paper"`` (Section 2 of the paper): CS = w_s SCS + w_b BCS with SCS = w_c Q_cos + w_d Q_dice, Q_cos = 1 -
-    cosine similarity and Q_dice = 1 - soft Dice between the distance transform of the **refined** segmentation d_s
-    and the SFP output d_o, and BCS = the symmetric Hausdorff distance in pixels between the coarse and the refined
+    cosine similarity (the printed formula, -sum(d_s d_o) / (||d_s||^2 ||d_o||^2), reads as a typo of this: a
+    cosine with squared norms and a minus sign is neither bounded nor a consistency) and Q_dice = 1 - 2 sum(d_s d_o) /
+    (sum d_s + sum d_o), as printed, between the distance transform of the **refined** segmentation d_s and the SFP
+    output d_o, and BCS = the symmetric Hausdorff distance in pixels between the coarse and the refined
     segmentation; the score is CS. BCS is unbounded, so where the two segmentations disagree the boundary term
     dominates.
 
     ``form="normalized"`` (this project's earlier variant): both terms are consistencies in [0, 1] (SCS between the
-    distance transform of the **coarse** segmentation and d_o, BCS = 1 - Hausdorff / slice diagonal) and the score
-    is 1 - CS. Every term is averaged over the classes.
+    distance transform of the **coarse** segmentation and d_o, V-Net's soft Dice with squares, BCS = 1 - Hausdorff /
+    slice diagonal) and the score is 1 - CS. Every term is averaged over the classes.
 
+    ``distance_scale`` is the model's (``ModelConfig.distance_scale``): d_s is made on the scale SFP regresses.
     A model without SFP (``distance`` None, the paper's ablation) scores by BCS alone; without ASR the refined
     segmentation is the coarse one, so BCS is 0 and SCS ranks.
     """
@@ -177,9 +191,10 @@ def structure_boundary_scores(
     def score(n: int) -> float:
         structure = w_c + w_d  # full consistency: no SFP, no structure term
         if predicted_distance is not None:
-            expected = distance_targets(refined[n] if form == "paper" else coarse[n])
+            expected = distance_targets(refined[n] if form == "paper" else coarse[n], distance_scale)
             pairs = [(expected[c], predicted_distance[n, c]) for c in range(classes)]
-            structure = np.mean([w_c * cosine(a, b) + w_d * soft_dice(a, b) for a, b in pairs])
+            dice = linear_dice if form == "paper" else soft_dice
+            structure = np.mean([w_c * cosine(a, b) + w_d * dice(a, b) for a, b in pairs])
         distance = np.mean([hausdorff_pixels(coarse[n, c], refined[n, c]) for c in range(classes)])
         if form == "paper":
             return w_s * ((w_c + w_d) - structure) + w_b * distance
@@ -218,6 +233,7 @@ def sbc_consistency(
         raise ValueError(f"Unknown SBC-AL form {form!r}; choose one of {', '.join(SBC_FORMS)}.")
 
     def scorer(predictor, inputs):
-        return structure_boundary_scores(predictor.structure(inputs), predictor.head, weights, form)
+        scale = predictor.model.config.distance_scale  # d_s on the scale SFP was trained to regress
+        return structure_boundary_scores(predictor.structure(inputs), predictor.head, weights, form, scale)
 
     return score_pool(context, scorer, "structure and boundary consistency")

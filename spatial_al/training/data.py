@@ -213,14 +213,15 @@ def split_validation(examples: SliceExamples, fraction: float, seed: int) -> tup
     return examples.subset(training), examples.subset(sorted(held_out))
 
 
-def distance_targets(target: np.ndarray) -> np.ndarray:
-    """SBC-AL's distance-transformed segmentation: per class, the Euclidean distance to the background inside the
-    structure, divided by its maximum (so 1 at the structure's centre, 0 outside). (S, H, W) -> (S, H, W) float32."""
+def distance_targets(target: np.ndarray, scale: str = "normalized") -> np.ndarray:
+    """SBC-AL's distance-transformed segmentation D_i: per class, the Euclidean distance in pixels to the background
+    inside the structure, 0 outside (``scale="pixels"``, the paper's), or that divided by its maximum (``"normalized"``:
+    1 at the structure's centre). (S, H, W) -> (S, H, W) float32."""
     from scipy.ndimage import distance_transform_edt
 
     maps = np.zeros(target.shape, dtype=np.float32)
     for channel, mask in enumerate(target.astype(bool)):
         if mask.any():
             distance = distance_transform_edt(mask)
-            maps[channel] = distance / distance.max()
+            maps[channel] = distance if scale == "pixels" else distance / distance.max()
     return maps

@@ -71,6 +71,7 @@ class SliceDataset(Dataset):
         patch_size: random crop (H, W) after padding (None: whole slices).
         augment: apply the random augmentation.
         with_distance: add SBC-AL's "distance" targets, computed after augmentation.
+        distance_scale: their scale (:func:`~spatial_al.training.data.distance_targets`), the model's.
         groups: STAR stage 2 samples, (target example, labeled examples (1 or 2)) (see
             :func:`~spatial_al.training.data.annotated_neighbour_groups`); the dataset then yields one sample per
             group, every slice of it under the same augmentation.
@@ -83,6 +84,7 @@ class SliceDataset(Dataset):
         patch_size: tuple[int, int] | None = None,
         augment: bool = False,
         with_distance: bool = False,
+        distance_scale: str = "normalized",
         groups: Sequence[tuple[int, tuple[int, ...]]] | None = None,
     ):
         if len(examples) == 0:
@@ -90,6 +92,7 @@ class SliceDataset(Dataset):
         self.examples = examples
         self.groups = list(groups) if groups is not None else None
         self.with_distance = with_distance
+        self.distance_scale = distance_scale
         size = padded_size(examples.largest_slice_shape(), size_divisor)
         if patch_size is not None:
             patch_size = padded_size(patch_size, size_divisor)
@@ -120,7 +123,7 @@ class SliceDataset(Dataset):
         sample = self.transform(sample)
         self.transform_seconds += time.perf_counter() - started
         if self.with_distance:
-            sample["distance"] = torch.from_numpy(distance_targets(sample["target"].numpy() > 0.5))
+            sample["distance"] = torch.from_numpy(distance_targets(sample["target"].numpy() > 0.5, self.distance_scale))
         if slots:
             for key in ("labeled_image", "labeled_target"):
                 sample[key] = torch.stack([sample.pop(f"{key}_{slot}") for slot in range(GROUP_SIZE)])

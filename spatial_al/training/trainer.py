@@ -292,6 +292,7 @@ class Trainer:
             with_distance=self.model.config.structure_heads
             and self.model.config.structure_prediction
             and stage == "segmentation",
+            distance_scale=self.model.config.distance_scale,
             groups=groups,
         )
         return self.batches(dataset, shuffle)
