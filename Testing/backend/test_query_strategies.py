@@ -274,16 +274,21 @@ def one_hot_with_background(labels, classes=2):
     return np.stack([labels == value for value in range(classes + 1)], axis=1).astype(np.float32)
 
 
+def star_cosine(model, stack, slices, annotated):
+    """Cosine similarity (n, m) of the f_U bottlenecks of ``slices`` to the f_L bottlenecks of ``annotated``."""
+    with torch.no_grad():
+        unlabeled = model.encode(model_inputs(stack, slices))[-1].flatten(1).numpy()
+        labels = torch.as_tensor(one_hot_with_background(stack.label_layers[0][list(annotated)]))
+        labeled_inputs = torch.cat([model_inputs(stack, annotated), labels], 1)
+        labeled = model.star.labeled_encoder(labeled_inputs)[-1].flatten(1).numpy()
+    return 1 - cdist(unlabeled, labeled, "cosine")
+
+
 def test_star_similarity_picks_the_least_similar_slices_of_the_pool_or_of_each_group(labeled_stack):
     model = tiny_model("star-small")
     annotated = (0, 4, 9)
     slices = candidates(annotated)
-    with torch.no_grad():
-        unlabeled = model.encode(model_inputs(labeled_stack, slices))[-1].flatten(1).numpy()
-        labels = torch.as_tensor(one_hot_with_background(labeled_stack.label_layers[0][list(annotated)]))
-        labeled_inputs = torch.cat([model_inputs(labeled_stack, annotated), labels], 1)
-        labeled = model.star.labeled_encoder(labeled_inputs)[-1].flatten(1).numpy()
-    cosine = 1 - cdist(unlabeled, labeled, "cosine")
+    cosine = star_cosine(model, labeled_stack, slices, annotated)
     groups = {1: (0, 1), 2: (1, 2)}  # slices 1-3 between annotated 0 and 4, slices 5-8 between 4 and 9
     dissimilarity = np.empty(len(slices))
     for group, members in groups.items():
@@ -298,6 +303,37 @@ def test_star_similarity_picks_the_least_similar_slices_of_the_pool_or_of_each_g
     in_group = [np.searchsorted(annotated, s) for s in slices]
     best_of_group = {g: slices[np.argmax(np.where(np.equal(in_group, g), dissimilarity, -np.inf))] for g in (1, 2)}
     assert sorted(per_group.slices.tolist()) == sorted(best_of_group.values())
+
+
+def test_star_groups_stay_fixed_to_the_first_grid_and_grow_with_the_queries_inside_them():
+    from spatial_al.selection.base import RankingVolume, to_pool_volume
+    from spatial_al.selection.spatial import star_groups
+
+    def groups(annotated, grid=()):
+        volume = to_pool_volume(RankingVolume(np.zeros((25, 2, 2)), annotated=annotated, group_slices=grid), 0, 0)
+        ids, members = star_groups(volume, np.array([1, 5, 15, 23]))
+        return [members[i].tolist() for i in ids]
+
+    # grid 2, 12, 22 (j = 10), queries 7 and 20 landed: slice 1 is in the head group supplemented to 0-10, slice 23
+    # in the tail group supplemented to 14-24, slice 15 in group 12-22 with its grid ends and query 20
+    assert groups((2, 7, 12, 20, 22), grid=(2, 12, 22)) == [[2, 7], [2, 7, 12], [12, 20, 22], [20, 22]]
+    # bounded by the annotated slices: each slice sees the two around it, one at either end
+    assert groups((2, 7, 12, 20, 22)) == [[2], [2, 7], [12, 20], [22]]
+    with pytest.raises(ValueError, match="slices 12-22 holds no annotated slice"):
+        groups((2, 7), grid=(2, 12, 22))
+
+
+def test_star_similarity_averages_over_the_fixed_groups_annotated_slices(labeled_stack):
+    model = tiny_model("star-small")
+    annotated, grid = (0, 4, 6, 8), (0, 4, 8)
+    slices = candidates(annotated)  # 1, 2, 3, 5, 7, 9
+    cosine = star_cosine(model, labeled_stack, slices, annotated)
+    # columns of annotated 0, 4, 6, 8: 1-3 in group 0-4; 5 and 7 in group 4-8 with query 6; 9 in the tail 5-9
+    members = {1: [0, 1], 2: [0, 1], 3: [0, 1], 5: [1, 2, 3], 7: [1, 2, 3], 9: [2, 3]}
+    dissimilarity = np.array([1 - cosine[row, members[s]].mean() for row, s in enumerate(slices)])
+    ranking = ranked(labeled_stack, "star_similarity", 6, model, annotated=annotated, group_slices=grid)
+    np.testing.assert_allclose(ranking.scores, dissimilarity[np.argsort(-dissimilarity, kind="stable")], rtol=1e-4)
+    assert ranking.slices.tolist() == slices[np.argsort(-dissimilarity, kind="stable")].tolist()
 
 
 def test_star_similarity_needs_a_star_model_and_annotated_slices(labeled_stack):

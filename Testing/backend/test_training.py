@@ -149,9 +149,9 @@ def rates_per_step(stack, config) -> tuple[list[float], list[float]]:
     trainer = Trainer(SegmentationModel(tiny(class_names=("disc", "square"))), config, torch.device("cpu"))
     seen, step = [], trainer.train_step
 
-    def recorded_step(batch, stage, optimizer):
+    def recorded_step(batch, stage, optimizer, *extra_loss):
         seen.append(optimizer.param_groups[0]["lr"])
-        return step(batch, stage, optimizer)
+        return step(batch, stage, optimizer, *extra_loss)
 
     trainer.train_step = recorded_step
     trainer.fit(stack_examples(stack, [0, 3, 6, 9]))
@@ -264,6 +264,11 @@ def test_stage_two_groups_each_annotated_slice_with_its_nearest_annotated_neighb
     groups = annotated_neighbour_groups(sources)
     # volume 0: slice 10 sits between 0 and 14, the ends have one neighbour; volume 2 has one annotated slice: none
     assert groups == [(0, (1, 2)), (1, (0,)), (2, (0,)), (3, (4,)), (4, (3,))]
+    # the paper's "pairs every two closest labeled slices": one sample per neighbour
+    pairs = annotated_neighbour_groups(sources, form="closest")
+    assert pairs == [(0, (1,)), (0, (2,)), (1, (0,)), (2, (0,)), (3, (4,)), (4, (3,))]
+    with pytest.raises(ValueError, match="bounding, closest"):
+        annotated_neighbour_groups(sources, form="pairs")
 
 
 def test_sbc_model_learns_the_distance_maps(labeled_stack):
@@ -543,3 +548,85 @@ def test_a_proxy_models_weights_start_a_new_model_with_a_fresh_output_layer(labe
         initialize_from(other, proxy)
     with pytest.raises(ValueError, match="give --resume or --init, not both"):
         train(labeled_stack, training=config, initial_weights=path, resume=path)
+
+
+# -- TAAL's cross-augmentation consistency -------------------------------------------------------------------------
+
+
+def test_cross_augmentation_consistency_is_the_weighted_jensen_shannon_divergence_of_the_mapped_back_predictions():
+    from scipy.spatial.distance import jensenshannon
+
+    from spatial_al.training.losses import cross_augmentation_consistency
+
+    torch.manual_seed(0)
+    images = torch.randn(2, 1, 6, 6)
+    kernel = torch.zeros(2, 1, 3, 3)
+    kernel[0, 0, 0, 1], kernel[1, 0, 2, 2] = 2.0, -1.5  # taps off the centre: flips and turns change the output
+
+    def forward(x):
+        return torch.nn.functional.conv2d(x, kernel, padding=1)
+
+    draws = torch.Generator().manual_seed(1)
+    loss = cross_augmentation_consistency(
+        forward, images, "softmax", augmentations=1, alpha=0.5, noise_std=0.0, generator=draws
+    )
+    draws = torch.Generator().manual_seed(1)  # the first two draws chose the flip and the turns
+    flip, turns = bool(torch.randint(2, (1,), generator=draws)), int(torch.randint(4, (1,), generator=draws))
+    augmented = (images.flip(-2) if flip else images).rot90(turns, (-2, -1))
+    back = forward(augmented).rot90(-turns, (-2, -1))
+    plain = forward(images).softmax(1).permute(0, 2, 3, 1).reshape(-1, 2).numpy()
+    mapped = (back.flip(-2) if flip else back).softmax(1).permute(0, 2, 3, 1).reshape(-1, 2).numpy()
+    # alpha = 0.5 with two predictions: half the Jensen-Shannon divergence (scipy gives its square root, in nats)
+    expected = 0.5 * np.mean([jensenshannon(p, q) ** 2 for p, q in zip(plain, mapped, strict=True)])
+    assert (flip, turns) != (False, 0) and float(loss) == pytest.approx(expected, rel=1e-4)
+
+    def equivariant(x):  # a 1 x 1 convolution commutes with flips and turns: nothing to disagree on
+        return torch.nn.functional.conv2d(x, kernel[:, :, 1:2, 1:2] + 1.0)
+
+    agreement = cross_augmentation_consistency(
+        equivariant, images, "softmax", augmentations=3, alpha=0.5, noise_std=0.0, generator=torch.Generator()
+    )
+    assert abs(float(agreement)) < 1e-6
+
+
+def test_unlabeled_slices_are_drawn_from_their_volumes_and_padded_to_the_divisor():
+    from spatial_al.training.data import UnlabeledSlices
+
+    first = np.arange(3 * 5 * 6, dtype=np.float32).reshape(3, 5, 6)
+    second = -np.ones((4, 7, 3), dtype=np.float32)
+    unlabeled = UnlabeledSlices([first, second], [np.array([1]), np.array([0, 2])])
+    assert len(unlabeled) == 3
+    batch = unlabeled.draw(np.random.default_rng(0), 20, divisor=4)
+    assert batch.shape == (20, 1, 8, 8)
+    for image in batch[:, 0]:
+        from_first = np.array_equal(image[:5, :6], first[1]) and not image[5:].any() and not image[:, 6:].any()
+        from_second = np.array_equal(image[:7, :3], second[0]) and not image[7:].any() and not image[:, 3:].any()
+        assert from_first or from_second
+    assert {float(image[0, 0]) for image in batch[:, 0]} == {first[1, 0, 0], -1.0}  # both volumes are drawn
+
+
+def test_taal_training_adds_the_ramped_up_consistency_on_unlabeled_slices(labeled_stack):
+    from spatial_al.training import Trainer
+    from spatial_al.training.data import UnlabeledSlices
+
+    config = replace(QUICK, taal_rampup_epochs=4)
+    assert config.taal_weight_at(0) == pytest.approx(np.exp(-5.0))
+    assert config.taal_weight_at(2) == pytest.approx(np.exp(-5.0 * 0.25)) and config.taal_weight_at(9) == 1.0
+
+    image = normalize_intensities(labeled_stack.image)
+    examples = stack_examples(labeled_stack, (0, 3, 6, 9))
+    unlabeled = UnlabeledSlices([image], [np.array([1, 2, 4, 5, 7, 8])])
+
+    def trained(with_unlabeled):
+        torch.manual_seed(0)
+        model = SegmentationModel(tiny(class_names=("disc", "square")))
+        trainer = Trainer(model, config, torch.device("cpu"))
+        trainer.train_round(examples, unlabeled=unlabeled if with_unlabeled else None)
+        return trainer
+
+    plain, taal = trained(False), trained(True)
+    plain_losses = [epoch["train_loss"] for epoch in plain.state.history]
+    taal_losses = [epoch["train_loss"] for epoch in taal.state.history]
+    assert np.isfinite(taal_losses).all() and taal_losses != plain_losses  # the consistency term is in the loss
+    assert not same_weights(weights(plain.model), weights(taal.model))
+    assert same_weights(weights(taal.model), weights(trained(True).model))  # the draws are seeded

@@ -88,6 +88,16 @@ def test_the_session_state_round_trips_through_its_file(tmp_path):
     np.testing.assert_array_equal(loaded.pseudo["a"][3], masks["a"][3])
     assert loaded.labeled_count() == 2 and loaded.pseudo_count() == 1
     assert [p.name for p in tmp_path.iterdir()] == ["state.npz"]  # written through a temporary file, renamed
+    assert loaded.initial == {"a": [0, 5], "b": []}  # round 0's annotation: STAR's fixed groups
+
+
+def test_a_state_written_before_it_kept_round_0_recovers_it_from_the_queries(tmp_path):
+    import json
+
+    rounds = [{"round": 0, "queried": [["a", 5]]}, {"round": 1, "queried": [["b", 2], ["a", 7]]}]
+    header = {"round_index": 2, "annotated": {"a": [0, 5, 7, 10], "b": [0, 2]}, "rounds": rounds}
+    np.savez_compressed(tmp_path / "state.npz", header=np.array(json.dumps(header)))
+    assert SessionState.load(tmp_path / "state.npz").initial == {"a": [0, 10], "b": [0]}
 
 
 def test_training_slices_stream_from_the_cache_and_validation_takes_every_nth_slice(tmp_path):
@@ -105,6 +115,13 @@ def test_training_slices_stream_from_the_cache_and_validation_takes_every_nth_sl
     validation = session.validation_examples()
     subject = cohort[split.validation[0]]
     assert [index for _, index in validation.sources] == list(range(0, subject.n_slices, config.validation_stride))
+
+    first = session.training_subjects[0]
+    state.annotated[first.name] = [0, 3, 5]  # a query landed in the group 0-5
+    assert session.ranking_volume(first, state, with_labels=False).group_slices == [0, 5]  # STAR's groups stay
+    unlabeled = session.unlabeled_slices(state)  # TAAL's: every slice not annotated, pseudo-labeled ones included
+    assert unlabeled.slices[0].tolist() == [i for i in range(first.n_slices) if i not in (0, 3, 5)]
+    assert len(unlabeled) == sum(s.n_slices for s in session.training_subjects) - 3 - 2 * (len(split.training) - 1)
 
 
 def test_the_reference_trains_as_many_steps_as_a_whole_run():

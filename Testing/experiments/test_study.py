@@ -99,6 +99,17 @@ def test_the_star_smoke_study_writes_tables_curves_and_run_records(star_study):
     assert runs[("Full", "seed-0")]["rounds"][0]["labeled_percent"] == 100.0
 
 
+def test_taal_trains_on_the_unannotated_slices_of_the_pool_too(cache, tmp_path):
+    overrides = tmp_path / "no_reference.json"
+    overrides.write_text(json.dumps({"supervised_reference": False}))
+    assert run("star", tmp_path / "taal", cache, "--strategies", "TAAL", "--config", str(overrides)) == 0
+    taal = records(tmp_path / "taal")[("TAAL", "seed-0")]
+    assert taal["arm_config"]["unlabeled_consistency"] and taal["status"] == "finished"
+    pool = taal["pool_slices"]
+    for r in taal["rounds"]:  # every slice not annotated, fewer each round
+        assert r["training"]["unlabeled_slices"] == pool - r["labeled_slices"]
+
+
 def test_the_same_seed_gives_the_same_table_and_the_report_rebuilds_from_run_folders_alone(star_study, cache, tmp_path):
     again = tmp_path / "again"
     assert run("star", again, cache) == 0

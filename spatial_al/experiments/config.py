@@ -24,6 +24,7 @@ INTENSITY_MODES = ("zscore", "window")
 CURVE_AXES = ("percent", "round", "grid", "volumes")
 QUERY_UNITS = ("slice", "volume")
 ROUND_WEIGHTS = ("fine_tune", "initial")
+STAR_GROUPS = ("fixed", "annotated")
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,9 @@ class ArmConfig:
         group: the arm of the protocol that a ``grid`` expanded into this one ("" for an arm written out).
         semi_supervised: (volume studies) Nath et al.'s semi-supervised fine-tuning after each round's supervised
             training (:mod:`spatial_al.training.semi_supervised`); its model then ranks the queries.
+        unlabeled_consistency: (slice studies) TAAL's semi-supervised training: every segmentation step also
+            makes the predictions on a batch of unannotated slices of the pool agree across flips, turns and noise
+            (:func:`~spatial_al.training.losses.cross_augmentation_consistency`).
         description: the paper's name of the arm, for tables.
     """
 
@@ -177,6 +181,7 @@ class ArmConfig:
     initial: dict[str, Any] = field(default_factory=dict)
     group: str = ""
     semi_supervised: bool = False
+    unlabeled_consistency: bool = False
     description: str = ""
 
     def __post_init__(self):
@@ -288,6 +293,9 @@ class ExperimentConfig:
         round_weights: what each round's training starts from: "fine_tune" (the last round's weights: the slice
             studies) or "initial" (the run's first weights every round: the proxy model for a proxy arm, the seed's
             random initialisation otherwise; Nath et al.'s Algorithm 1, line 7: "M_s = Supervised Training on M_p").
+        star_groups: STAR's groups (:func:`~spatial_al.selection.spatial.star_groups`): "fixed" to the round-0
+            annotation's grid (the paper's: every j-th slice; later annotations join the group they land in) or
+            "annotated" (the runs between the annotated slices of the round).
     """
 
     protocol: str
@@ -318,12 +326,15 @@ class ExperimentConfig:
     noisy_label_threshold: float = 0.9
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     round_weights: str = "fine_tune"
+    star_groups: str = "annotated"
 
     def __post_init__(self):
         if self.unit not in QUERY_UNITS:
             raise ConfigError(f"unit must be one of {', '.join(QUERY_UNITS)}, got {self.unit!r}.")
         if self.round_weights not in ROUND_WEIGHTS:
             raise ConfigError(f"round_weights must be one of {', '.join(ROUND_WEIGHTS)}, got {self.round_weights!r}.")
+        if self.star_groups not in STAR_GROUPS:
+            raise ConfigError(f"star_groups must be one of {', '.join(STAR_GROUPS)}, got {self.star_groups!r}.")
         if self.mc_samples < 2:
             raise ConfigError(f"mc_samples must be at least 2 (MC dropout compares passes), got {self.mc_samples}.")
         if not 0 < self.noisy_label_threshold <= 1:

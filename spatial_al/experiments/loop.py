@@ -1,7 +1,8 @@
 """One run of a study: a simulated annotation session over a cohort, for one strategy (arm) and one seed.
 
 Round 0 annotates the protocol's cold-start selection. Every round then: train (round 0) or fine-tune (later
-rounds, weights kept) on the annotated and pseudo-labeled training slices, early-stopping on the validation
+rounds: from the last round's weights, or from the run's first weights with ``round_weights="initial"``) on the
+annotated and pseudo-labeled training slices (and, for TAAL, the unannotated ones), early-stopping on the validation
 subjects; evaluate on the test subjects; stop when the budget is spent; else query a batch over the whole training
 pool with the arm's strategy, reveal the ground truth of the queried slices (the oracle) and make the arm's
 pseudo-labels. The query, the pseudo-labels and the trainer are the ones the Slicer modules and the CLI use.
@@ -74,15 +75,26 @@ class SessionState:
         annotated: training subject -> its annotated slices (sorted).
         pseudo: training subject -> slice -> multi-hot pseudo-label (C, H, W) uint8.
         rounds: the records of the finished rounds.
+        initial: training subject -> its round-0 annotation (STAR's fixed groups); None: ``annotated`` as it is.
     """
 
     round_index: int
     annotated: dict[str, list[int]]
     pseudo: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)
     rounds: list[dict[str, Any]] = field(default_factory=list)
+    initial: dict[str, list[int]] | None = None
+
+    def __post_init__(self):
+        if self.initial is None:
+            self.initial = {subject: list(slices) for subject, slices in self.annotated.items()}
 
     def save(self, path: Path) -> None:
-        header = {"round_index": self.round_index, "annotated": self.annotated, "rounds": self.rounds}
+        header = {
+            "round_index": self.round_index,
+            "annotated": self.annotated,
+            "rounds": self.rounds,
+            "initial": self.initial,
+        }
         arrays = {
             f"pseudo/{subject}/{index}": mask for subject, masks in self.pseudo.items() for index, mask in masks.items()
         }
@@ -98,7 +110,11 @@ class SessionState:
                 if key.startswith("pseudo/"):
                     _, subject, index = key.rsplit("/", 2)
                     pseudo.setdefault(subject, {})[int(index)] = contents[key]
-        return cls(header["round_index"], header["annotated"], pseudo, header["rounds"])
+        initial = header.get("initial")
+        if initial is None:  # written before the state kept it: round 0 is what no round queried
+            queried = {(subject, index) for record in header["rounds"] for subject, index in record.get("queried", [])}
+            initial = {s: [i for i in slices if (s, i) not in queried] for s, slices in header["annotated"].items()}
+        return cls(header["round_index"], header["annotated"], pseudo, header["rounds"], initial)
 
     def labeled_count(self) -> int:
         return sum(len(slices) for slices in self.annotated.values())
@@ -337,6 +353,15 @@ class Session:
                 examples.append(subject.image[index][None], mask, pseudo_weight, (volume, index), False)
         return examples
 
+    def unlabeled_slices(self, state: SessionState):
+        """The pool's unannotated slices (TAAL's unlabeled set), or None when every slice is annotated."""
+        from ..training.data import UnlabeledSlices
+
+        subjects = self.training_subjects
+        slices = [np.setdiff1d(np.arange(s.n_slices), state.annotated[s.name]) for s in subjects]
+        unlabeled = UnlabeledSlices([s.image for s in subjects], slices)
+        return unlabeled if len(unlabeled) else None
+
     def validation_examples(self):
         """Every ``validation_stride``-th slice of each validation subject, or None without validation subjects."""
         from ..training.data import SliceExamples
@@ -371,6 +396,7 @@ class Session:
             sorted(state.pseudo.get(subject.name, {})),
             subject.name,
             normalized=True,
+            group_slices=state.initial[subject.name] if self.config.star_groups == "fixed" else (),
         )
 
     # -- the round's phases --------------------------------------------------------------------------------------
@@ -382,11 +408,13 @@ class Session:
 
         already_trained = self.restore_trainer(state)
         started = len(self.trainer.state.history)
+        unlabeled = self.unlabeled_slices(state) if self.arm.unlabeled_consistency else None
         if not already_trained:
-            self.trainer.train_round(self.training_examples(state), self.validation_examples())
+            self.trainer.train_round(self.training_examples(state), self.validation_examples(), unlabeled)
             save_checkpoint(self.spec.folder / CHECKPOINT_FILE, self.model, self.trainer)
         epochs = [epoch for epoch in self.trainer.state.history if epoch["round"] == state.round_index]
         return {
+            "unlabeled_slices": len(unlabeled) if unlabeled else 0,  # TAAL's consistency drew from these
             "epochs": len(epochs),
             "epochs_this_process": len(self.trainer.state.history) - started,
             "final_train_loss": epochs[-1]["train_loss"] if epochs else None,

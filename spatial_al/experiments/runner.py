@@ -164,8 +164,11 @@ def check_volume_study(config: ExperimentConfig, arms: list[str]) -> None:
                 f"arms.{name}: {arm.strategy!r} is not a volume strategy. Did you mean {closest[0]!r}? Volume "
                 f"strategies: {', '.join(strategies)}."
             )
-        if arm.pseudo_labels != "none":
-            raise ConfigError(f"arms.{name}: a volume study makes no slice pseudo-labels; drop pseudo_labels.")
+        if arm.pseudo_labels != "none" or arm.unlabeled_consistency:
+            raise ConfigError(
+                f"arms.{name}: a volume study makes no slice pseudo-labels and trains no slice consistency; drop "
+                "pseudo_labels and unlabeled_consistency."
+            )
         model = arm_model_config(config, arm, ("class",))
         if model.spatial_dims != 3:
             raise ConfigError(

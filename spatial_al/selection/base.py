@@ -40,6 +40,9 @@ class RankingVolume:
         name: shown in cohort results.
         normalized: ``image`` is float32 and already normalised as for training (an experiment's slice cache):
             it is used as it is, never copied, so a cohort of memory-mapped volumes stays on disk.
+        group_slices: the every-j-th grid the annotation started from, when STAR's groups stay fixed to it (the
+            paper's form, :func:`~spatial_al.selection.spatial.star_groups`); () for groups bounded by the
+            annotated slices.
     """
 
     image: np.ndarray | None
@@ -49,6 +52,7 @@ class RankingVolume:
     pseudo_labeled: Iterable[int] = ()
     name: str = ""
     normalized: bool = False
+    group_slices: Iterable[int] = ()
 
 
 @dataclass
@@ -64,6 +68,7 @@ class PoolVolume:
         candidates: sorted slice indices that may be picked.
         name: the volume's name.
         normalized: ``image`` is already normalised as for training.
+        group_slices: sorted slices of STAR's fixed group grid; empty for groups bounded by the annotated slices.
     """
 
     image: np.ndarray | None
@@ -74,6 +79,7 @@ class PoolVolume:
     candidates: np.ndarray
     name: str
     normalized: bool = False
+    group_slices: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @property
     def n_slices(self) -> int:
@@ -399,6 +405,7 @@ def to_pool_volume(volume: RankingVolume, axis: int, index: int) -> PoolVolume:
         candidates=np.setdiff1d(np.arange(n_slices), annotated),
         name=name,
         normalized=volume.normalized,
+        group_slices=normalize_slice_indices(volume.group_slices, n_slices, "group grid slice"),
     )
 
 
@@ -536,6 +543,7 @@ def rank(
     batch_size: int = 8,
     per_volume: int | None = None,
     min_spacing: int = 0,
+    group_slices: Iterable[int] = (),
     **options,
 ) -> RankingResult:
     """Rank the slices of one volume to annotate next (see :func:`rank_cohort` for the arguments).
@@ -552,13 +560,15 @@ def rank(
         progress: receives progress reports and can cancel.
         segments: the structures in ``labels`` (needed by strategies that read labels with a model).
         pseudo_labeled: slices holding propagated pseudo-labels.
+        group_slices: the every-j-th grid the annotation started from, to which STAR's groups stay fixed (the
+            paper's form; :class:`RankingVolume`).
         **options: ``device``, ``batch_size``, ``per_volume``, ``min_spacing``, ``precision`` and the strategy's
             options.
 
     Returns:
         A :class:`RankingResult`, best slice first.
     """
-    volume = RankingVolume(image, labels, tuple(segments), annotated, pseudo_labeled)
+    volume = RankingVolume(image, labels, tuple(segments), annotated, pseudo_labeled, group_slices=group_slices)
     return rank_cohort(
         [volume],
         strategy,

@@ -21,15 +21,42 @@ if TYPE_CHECKING:
     from .base import PoolVolume
 
 
-def annotated_groups(annotated: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-    """STAR's groups: the index of the interval between consecutive annotated slices that holds each candidate,
-    shape (n,). Candidates before the first annotated slice are group 0, after the last group len(annotated)."""
-    return np.searchsorted(annotated, candidates)
+def star_groups(volume: PoolVolume, slices: np.ndarray) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """STAR's group of each of ``slices`` (shape (n,)) and the annotated slices of each of those groups.
 
+    With ``volume.group_slices`` (the paper's form), groups are fixed at the start: two consecutive slices of that
+    first every-j-th grid and the slices between them, j+1 slices; a group's annotated set grows as queries land
+    inside it, and the groups at the volume's ends (before the first grid slice, after the last) are supplemented to
+    j+1 slices with slices of their neighbour (the paper's footnote 3). Without it, the groups are the runs between
+    consecutive annotated slices now (a group at either end sees one annotated slice): the form for annotations made
+    by hand, which follow no grid.
 
-def group_annotated_slices(annotated: np.ndarray, group: int) -> np.ndarray:
-    """The annotated slices bounding ``group`` (two inside the volume, one at either end)."""
-    return annotated[max(group - 1, 0) : group + 1]
+    Returns:
+        (group id per slice, shape (n,); group id -> its annotated slices, sorted).
+
+    Raises:
+        ValueError: a group that holds no annotated slice (a grid slice not annotated).
+    """
+    grid = volume.group_slices if volume.group_slices.size else volume.annotated
+    last = volume.n_slices - 1
+    supplement = int(np.diff(grid).max()) if volume.group_slices.size > 1 else 0
+    groups = np.searchsorted(grid, slices)
+    members = {}
+    for group in np.unique(groups).tolist():
+        if group == 0:
+            low, high = 0, max(int(grid[0]), min(supplement, last))
+        elif group == grid.size:
+            low, high = min(int(grid[-1]), max(last - supplement, 0)), last
+        else:
+            low, high = int(grid[group - 1]), int(grid[group])
+        inside = volume.annotated[(volume.annotated >= low) & (volume.annotated <= high)]
+        if inside.size == 0:
+            raise ValueError(
+                f"{volume.name}: STAR's group of slices {low}-{high} holds no annotated slice; annotate a slice of "
+                "it (the grid slices of the first annotation bound the groups)."
+            )
+        members[group] = inside
+    return groups, members
 
 
 def star_aggregation(
@@ -37,28 +64,27 @@ def star_aggregation(
 ) -> torch.Tensor:
     """STAR's spatial aggregation (eq. 2) of ``slices`` of ``volume``: probabilities (n, out_channels, H, W).
 
-    Each slice attends, in one softmax, over every bottleneck position of its group's annotated slices (the two
-    bounding it, or the one nearest a volume end) through the STAR network; the readout is decoded into its
-    pseudo-label. The one aggregation path of the package: the ``star`` propagation method and the
-    ``star_entropy`` pseudo-labels both call it.
+    Each slice attends, in one softmax, over every bottleneck position of its group's annotated slices
+    (:func:`star_groups`) through the STAR network; the readout is decoded into its pseudo-label. The one
+    aggregation path of the package: the ``star`` propagation method and the ``star_entropy`` pseudo-labels both
+    call it.
     """
     import torch
 
     slices = np.asarray(slices, dtype=np.int64)
     probabilities: torch.Tensor | None = None
-    groups = annotated_groups(volume.annotated, slices)
-    for done, group in enumerate(np.unique(groups), start=1):
-        members = group_annotated_slices(volume.annotated, group)
+    groups, members = star_groups(volume, slices)
+    for done, group in enumerate(members, start=1):
         rows = np.flatnonzero(groups == group)
         group_probabilities, _ = predictor.propagate(
             volume.model_inputs(slices[rows]),
-            volume.model_inputs(members),
-            volume.label_inputs(members, predictor.model.config),
+            volume.model_inputs(members[group]),
+            volume.label_inputs(members[group], predictor.model.config),
         )
         if probabilities is None:
             probabilities = torch.empty((slices.size, *group_probabilities.shape[1:]), dtype=torch.float32)
         probabilities[torch.as_tensor(rows)] = group_probabilities
-        report(progress, done, len(np.unique(groups)), f"STAR aggregation ({volume.name})")
+        report(progress, done, len(members), f"STAR aggregation ({volume.name})")
     if probabilities is None:
         raise ValueError("STAR aggregation needs at least one slice to fill.")
     return probabilities
@@ -69,8 +95,7 @@ def star_aggregation(
 def star_similarity(context: RankingContext, *, per_group: bool = False) -> Picks:
     """The slices least similar to the annotated slices of their group (STAR, eq. 4).
 
-    A group is the run of unlabeled slices between two consecutive annotated slices (or between a volume end and
-    its nearest annotated slice). Similarity is the mean, over the group's annotated slices, of the cosine
+    Groups as :func:`star_groups` gives them. Similarity is the mean, over the group's annotated slices, of the cosine
     similarity between the unlabeled slice's f_U bottleneck and the annotated slice's f_L bottleneck (image and
     label). Score = 1 - mean cosine similarity; the budget goes to the least similar slices of the whole pool, as
     the paper's code queries.
@@ -91,14 +116,14 @@ def star_similarity(context: RankingContext, *, per_group: bool = False) -> Pick
         targets = volume.label_inputs(volume.annotated, context.model.config)
         labeled = predictor.labeled_features(volume.model_inputs(volume.annotated), targets).flatten(1)
         labeled = torch.nn.functional.normalize(labeled, dim=1)  # (m, D*h*w)
-        volume_groups = annotated_groups(volume.annotated, volume.candidates)
+        volume_groups, members = star_groups(volume, volume.candidates)
+        columns = {group: np.searchsorted(volume.annotated, slices) for group, slices in members.items()}
         similarity = np.empty(volume.candidates.size)
         for positions in slice_chunks(volume, np.arange(volume.candidates.size)):
             unlabeled = predictor.features(volume.model_inputs(volume.candidates[positions])).flatten(1)
             cosine = (torch.nn.functional.normalize(unlabeled, dim=1) @ labeled.T).numpy()  # (n, m)
             for row, (position, group) in enumerate(zip(positions, volume_groups[positions], strict=True)):
-                members = np.searchsorted(volume.annotated, group_annotated_slices(volume.annotated, group))
-                similarity[position] = cosine[row, members].mean()
+                similarity[position] = cosine[row, columns[group]].mean()
             done = int(positions[-1]) + 1
             report(context.progress, done, volume.candidates.size, f"STAR similarity ({volume.name})")
         scores.append(1.0 - similarity)

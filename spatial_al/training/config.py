@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import typing
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
@@ -12,6 +13,7 @@ from ..precision import check_precision
 
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "poly", "step")
+STAR_PAIR_FORMS = ("bounding", "closest")
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,17 @@ class TrainingConfig:
             semi-supervised stage (:mod:`spatial_al.training.semi_supervised`); the paper's (1, .001).
         roi_odds: that stage's region-of-interest patches are centred on the noisy label's foreground against anywhere
             at these odds (the paper's 9:1).
+        taal_weight: weight of TAAL's cross-augmentation consistency on unlabeled slices, when a round trains with
+            them (:func:`~spatial_al.training.losses.cross_augmentation_consistency`; TAAL's code: 1) ...
+        taal_rampup_epochs: ... reached after this many epochs of the round along exp(-5 (1 - epoch / length)^2)
+            (Laine and Aila's ramp-up, TAAL's 10).
+        taal_augmentations: augmented predictions compared with the plain one (TAAL's 3).
+        taal_alpha: alpha of TAAL's modified Jensen-Shannon divergence (0.5).
+        taal_noise_std: standard deviation of the Gaussian noise of TAAL's augmentations (0.01).
+        star_pairs: STAR's stage-2 samples (:func:`~spatial_al.training.data.annotated_neighbour_groups`):
+            "closest", the paper's, predicts each annotated slice from one of its two closest annotated slices at a
+            time; "bounding" from both at once, as the aggregation attends over a group's annotated slices when it
+            pseudo-labels (the default for a model trained from the panels).
         reinitialize_labeled_encoder: copy f_U into STAR's f_L at the start of every round's stage 2 (STAR's code);
             otherwise only the first time.
         gradient_clip: maximum gradient norm (nnU-Net uses 12).
@@ -94,6 +107,12 @@ class TrainingConfig:
     loss_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
     consistency_weights: tuple[float, float] = (1.0, 0.001)
     roi_odds: tuple[float, float] = (9.0, 1.0)
+    taal_weight: float = 1.0
+    taal_rampup_epochs: int = 10
+    taal_augmentations: int = 3
+    taal_alpha: float = 0.5
+    taal_noise_std: float = 0.01
+    star_pairs: str = "bounding"
     reinitialize_labeled_encoder: bool = False
     gradient_clip: float = 12.0
     precision: str = "auto"
@@ -105,7 +124,18 @@ class TrainingConfig:
         if self.schedule not in SCHEDULES:
             raise ValueError(f"Unknown schedule {self.schedule!r}; use one of {', '.join(SCHEDULES)}.")
         check_precision(self.precision)
-        for name in ("batch_size", "max_epochs", "patience", "checkpoint_every", "iterations_per_epoch", "step_every"):
+        if self.star_pairs not in STAR_PAIR_FORMS:
+            raise ValueError(f"Unknown star_pairs {self.star_pairs!r}; use one of {', '.join(STAR_PAIR_FORMS)}.")
+        for name in (
+            "batch_size",
+            "max_epochs",
+            "patience",
+            "checkpoint_every",
+            "iterations_per_epoch",
+            "step_every",
+            "taal_rampup_epochs",
+            "taal_augmentations",
+        ):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
         if self.loader_workers is not None and self.loader_workers < 0:
@@ -120,6 +150,11 @@ class TrainingConfig:
             raise ValueError(f"consistency_weights must be (alpha, beta), both >= 0; got {self.consistency_weights}.")
         if not 0.0 <= self.validation_fraction < 1.0:
             raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}.")
+
+    def taal_weight_at(self, epoch: int) -> float:
+        """TAAL's consistency weight at ``epoch`` (from 0) of a round: the sigmoid ramp-up of Laine and Aila (2017)."""
+        progress = min(epoch / self.taal_rampup_epochs, 1.0)
+        return self.taal_weight * math.exp(-5.0 * (1.0 - progress) ** 2)
 
     def pseudo_weight(self, round_index: int) -> float:
         return self.pseudo_label_weight * self.pseudo_label_decay**round_index

@@ -7,12 +7,14 @@ classes, its mask (1, H, W) with 1 on supervised pixels.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..volume import Segment, normalize_slice_indices
+from .config import STAR_PAIR_FORMS
 
 PERCENTILES = (0.5, 99.5)
 # Intensity ranges outside these magnitudes are rescaled before the float32 statistics: sums overflow near float32's
@@ -180,25 +182,69 @@ def volume_examples(
     return examples
 
 
-def annotated_neighbour_groups(sources: Sequence[tuple[int, int]]) -> list[tuple[int, tuple[int, ...]]]:
-    """STAR stage 2 samples: each example with its group, the nearest other example below and above it in its
-    volume, as the group of annotated slices around an unlabeled slice (eq. 2).
+def annotated_neighbour_groups(
+    sources: Sequence[tuple[int, int]], form: str = "bounding"
+) -> list[tuple[int, tuple[int, ...]]]:
+    """STAR stage 2 samples ({x', y'}, x'') -> y'': each example with the nearest other example below and above it
+    in its volume.
 
     Args:
         sources: (volume index, slice index) per example.
+        form: "closest" (the paper's "pairs every two closest labeled slices"): one sample per neighbour, the
+            example predicted from that one slice; "bounding": one sample per example, predicted from both
+            neighbours at once, as the aggregation attends over a group's annotated slices at inference.
 
     Returns:
-        (target example, (labeled examples, 1 or 2, the lower slice first)) per example that has a neighbour, i.e.
-        ({x', y'}, x'') -> y''. Volumes with a single annotated slice give none.
+        (target example, labeled examples, the lower slice first) per sample, in example order. Volumes with a
+        single annotated slice give none.
     """
+    if form not in STAR_PAIR_FORMS:
+        raise ValueError(f"Unknown STAR stage-2 form {form!r}; use one of {', '.join(STAR_PAIR_FORMS)}.")
     groups = []
     for target, (volume, index) in enumerate(sources):
         below = [(index - i, o) for o, (v, i) in enumerate(sources) if v == volume and i < index]
         above = [(i - index, o) for o, (v, i) in enumerate(sources) if v == volume and i > index]
         neighbours = tuple(min(side)[1] for side in (below, above) if side)
-        if neighbours:
+        if form == "closest":
+            groups.extend((target, (neighbour,)) for neighbour in neighbours)
+        elif neighbours:
             groups.append((target, neighbours))
     return groups
+
+
+def padded_size(shape: Sequence[int], divisor: int) -> tuple[int, int]:
+    """``shape`` (H, W) rounded up to multiples of ``divisor``."""
+    return tuple(int(math.ceil(n / divisor) * divisor) for n in shape)  # type: ignore[return-value]
+
+
+@dataclass
+class UnlabeledSlices:
+    """Slices without labels, for TAAL's cross-augmentation consistency.
+
+    Attributes:
+        volumes: per volume, its normalised intensities (S, H, W) (an experiment's memory-mapped cache is read, not
+            copied).
+        slices: per volume, the indices of its unlabeled slices.
+    """
+
+    volumes: list[np.ndarray]
+    slices: list[np.ndarray]
+
+    def __len__(self) -> int:
+        return sum(int(np.size(indices)) for indices in self.slices)
+
+    def draw(self, rng: np.random.Generator, count: int, divisor: int) -> np.ndarray:
+        """``count`` slices drawn uniformly with replacement, (count, 1, H, W) float32, zero-padded at the end of
+        both axes to the largest slice size rounded up to ``divisor`` (the network's)."""
+        owners = np.repeat(np.arange(len(self.slices)), [np.size(indices) for indices in self.slices])
+        positions = np.concatenate([np.asarray(indices, dtype=np.int64) for indices in self.slices])
+        picks = rng.integers(positions.size, size=count)
+        images = [np.asarray(self.volumes[owners[i]][positions[i]], dtype=np.float32) for i in picks]
+        height, width = padded_size(np.max([image.shape for image in images], axis=0), divisor)
+        batch = np.zeros((count, 1, height, width), dtype=np.float32)
+        for row, image in enumerate(images):
+            batch[row, 0, : image.shape[0], : image.shape[1]] = image
+        return batch
 
 
 def split_validation(examples: SliceExamples, fraction: float, seed: int) -> tuple[SliceExamples, SliceExamples | None]:

@@ -16,16 +16,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .data import SliceExamples, distance_targets
+from .data import SliceExamples, distance_targets, padded_size
 
 SPATIAL_KEYS = ("image", "target", "mask")
 GROUP_SIZE = 2  # STAR's group: the annotated slices on either side
 GROUP_KEYS = tuple(f"{key}_{slot}" for slot in range(GROUP_SIZE) for key in ("labeled_image", "labeled_target"))
-
-
-def padded_size(shape: Sequence[int], divisor: int) -> tuple[int, int]:
-    """``shape`` (H, W) rounded up to multiples of ``divisor``."""
-    return tuple(int(math.ceil(n / divisor) * divisor) for n in shape)  # type: ignore[return-value]
 
 
 def build_transform(keys: Sequence[str], size: tuple[int, int], patch_size: tuple[int, int] | None, augment: bool):

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F  # noqa: N812 (the torch convention)
 
-from ..models.inference import most_likely_class
+from ..models.inference import activation, most_likely_class, pixel_entropy
 from ..registry import Registry
 
 LOSSES: Registry[Callable] = Registry("loss")
@@ -107,3 +107,35 @@ def segmentation_loss(name: str, head: str, focal_gamma: float) -> Callable:
         return function(logits, target, mask, head=head, **options)
 
     return loss
+
+
+def cross_augmentation_consistency(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    head: str,
+    *,
+    augmentations: int,
+    alpha: float,
+    noise_std: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """TAAL's unsupervised loss (Gaillochet et al. 2022), a scalar: the modified Jensen-Shannon divergence
+    alpha * H(mean p) - (1 - alpha) * mean H(p) per pixel (alpha = 0.5: half the plain one) between the prediction on
+    ``images`` (N, C, H, W) and ``augmentations`` predictions on copies randomly flipped (rows), turned by a multiple
+    of 90 degrees and noised, each mapped back to the plain frame; averaged over pixels and images.
+
+    Only the plain prediction takes gradients, the augmented ones are targets (TAAL's code, melinphd/TAAL); the
+    random choices come from ``generator`` (CPU) so a resumed epoch repeats them. ``forward`` maps images to logits.
+    """
+    predictions = [activation(forward(images), head)]
+    with torch.no_grad():
+        for _ in range(augmentations):
+            flip = bool(torch.randint(2, (1,), generator=generator))
+            turns = int(torch.randint(4, (1,), generator=generator))
+            augmented = (images.flip(-2) if flip else images).rot90(turns, (-2, -1))
+            augmented = augmented + torch.randn(augmented.shape, generator=generator).to(augmented.device) * noise_std
+            back = forward(augmented).rot90(-turns, (-2, -1))
+            predictions.append(activation(back.flip(-2) if flip else back, head))
+    stacked = torch.stack(predictions, dim=1)  # (N, K + 1, C, H, W)
+    each = pixel_entropy(stacked.flatten(0, 1), head).unflatten(0, stacked.shape[:2])  # (N, K + 1, H, W)
+    return (alpha * pixel_entropy(stacked.mean(1), head) - (1.0 - alpha) * each.mean(1)).mean()

@@ -27,9 +27,15 @@ from ..models import STAGES
 from ..precision import autocast, autocast_dtype
 from ..progress import ProgressReporter, check_cancelled, report
 from .config import TrainingConfig
-from .data import SliceExamples, annotated_neighbour_groups
+from .data import SliceExamples, UnlabeledSlices, annotated_neighbour_groups
 from .loader import SliceDataset
-from .losses import distance_regression_loss, segmentation_loss, weighted_mean, with_background
+from .losses import (
+    cross_augmentation_consistency,
+    distance_regression_loss,
+    segmentation_loss,
+    weighted_mean,
+    with_background,
+)
 from .semi_supervised import ConsistencyDataset, SemiSupervisedExamples, predicted_target
 from .volumes import PatchDataset, VolumeExamples
 
@@ -143,8 +149,16 @@ class Trainer:
         self.pending_optimizer_state = None
         self.best_model_state = None
 
-    def train_round(self, training: SliceExamples, validation: SliceExamples | None = None) -> TrainerState:
+    def train_round(
+        self,
+        training: SliceExamples,
+        validation: SliceExamples | None = None,
+        unlabeled: UnlabeledSlices | None = None,
+    ) -> TrainerState:
         """One round: the segmentation stage, then STAR's propagation stage when the model has STAR modules.
+
+        With ``unlabeled`` slices, every step of the segmentation stage adds TAAL's cross-augmentation consistency
+        on a batch of them (``taal_*`` options of the configuration).
 
         STAR stage 2 predicts each annotated slice from the annotated slices around it in its volume (its group,
         eq. 2: ({x', y'}, x'') -> y'') and trains f_L, the key/value head and the decoder. f_L starts as a copy of
@@ -152,7 +166,7 @@ class Trainer:
         resumed state continues from its stage and epoch.
         """
         if self.state.stage == "segmentation":
-            self.fit(training, validation, stage="segmentation")
+            self.fit(training, validation, stage="segmentation", unlabeled=unlabeled)
             if self.model.star is None:
                 return self.state
             self.state.start_stage("star_propagation")
@@ -183,8 +197,16 @@ class Trainer:
 
     # -- one stage -----------------------------------------------------------------------------------------------
 
-    def fit(self, training: SliceExamples, validation: SliceExamples | None = None, stage: str = "segmentation"):
-        """Train one stage of the current round until ``max_epochs`` or early stopping; returns the state.
+    def fit(
+        self,
+        training: SliceExamples,
+        validation: SliceExamples | None = None,
+        stage: str = "segmentation",
+        unlabeled: UnlabeledSlices | None = None,
+    ):
+        """Train one stage of the current round until ``max_epochs`` or early stopping; returns the state. With
+        ``unlabeled`` slices (none empty), each step adds TAAL's consistency on a batch of them; the validation loss
+        stays the supervised one.
 
         Raises:
             ValueError: no training slice (or no annotated pair for STAR's stage 2).
@@ -200,7 +222,8 @@ class Trainer:
             while self.state.epoch < self.config.max_epochs and not self.state.finished:
                 started = time.perf_counter()
                 learning_rate = optimizer.param_groups[0]["lr"]  # at the epoch's first step
-                self._seed_epoch(loader)
+                seed = self._seed_epoch(loader)
+                consistency = self._consistency_term(unlabeled, seed) if unlabeled else None
                 self.model.train()
                 if stage == "star_propagation":
                     self.model.backbone.encoder.eval()  # f_U is frozen: keep its normalisation statistics too
@@ -209,7 +232,7 @@ class Trainer:
                     for batch_index, batch in enumerate(self._timed_batches(loader)):
                         check_cancelled(self.progress)
                         with self._timed("forward_backward"):
-                            losses.append(self.train_step(batch, stage, optimizer))
+                            losses.append(self.train_step(batch, stage, optimizer, consistency))
                         advance(scheduler)
                         self.steps_taken += 1
                         done = self.state.epoch * len(loader) + batch_index + 1
@@ -278,7 +301,9 @@ class Trainer:
             annotated = examples.annotated_indices
             groups = [
                 (annotated[target], tuple(annotated[n] for n in neighbours))
-                for target, neighbours in annotated_neighbour_groups([examples.sources[i] for i in annotated])
+                for target, neighbours in annotated_neighbour_groups(
+                    [examples.sources[i] for i in annotated], self.config.star_pairs
+                )
             ]
             if not groups and not shuffle:
                 return None  # too few held-out slices to group: stage 2 runs without early stopping
@@ -363,13 +388,42 @@ class Trainer:
             return 0
         return self.loader_workers
 
-    def _seed_epoch(self, loader: DataLoader) -> None:
+    def _seed_epoch(self, loader: DataLoader) -> int:
+        """Seed the epoch's dropout, order and augmentation from (seed, round, stage, epoch); returns that seed."""
         stage_index = STAGES.index(self.state.stage)
         entropy = [self.config.seed, self.state.round_index, stage_index, self.state.epoch]
         seed = int(np.random.SeedSequence(entropy).generate_state(1)[0])
         torch.manual_seed(seed)  # dropout
         loader.sampler.generator.manual_seed(seed)
         loader.dataset.reseed(seed)
+        return seed
+
+    def _consistency_term(self, unlabeled: UnlabeledSlices, seed: int) -> Callable[[], torch.Tensor]:
+        """The epoch's TAAL term: each call draws a batch of ``unlabeled`` slices and returns the weighted
+        cross-augmentation consistency on it (draws and augmentations seeded from the epoch's ``seed``)."""
+        rng = np.random.default_rng(seed)
+        generator = torch.Generator().manual_seed(seed)
+        config = self.config
+        weight = config.taal_weight_at(self.state.epoch)
+
+        def forward(images: torch.Tensor) -> torch.Tensor:
+            with autocast(self.device, self.amp_dtype):
+                return self.model(images).float()
+
+        def term() -> torch.Tensor:
+            images = unlabeled.draw(rng, config.batch_size, self.model.size_divisor)
+            consistency = cross_augmentation_consistency(
+                forward,
+                torch.from_numpy(images).to(self.device),
+                self.model.config.head,
+                augmentations=config.taal_augmentations,
+                alpha=config.taal_alpha,
+                noise_std=config.taal_noise_std,
+                generator=generator,
+            )
+            return weight * consistency
+
+        return term
 
     def _optimizer(self, stage: str) -> torch.optim.Optimizer:
         if self.optimizer is not None:
@@ -472,14 +526,22 @@ class Trainer:
         everywhere = torch.ones_like(view[:, :1])
         return self.loss(logits.float(), target, everywhere).mean()
 
-    def train_step(self, batch: dict[str, torch.Tensor], stage: str, optimizer: torch.optim.Optimizer) -> float:
-        """One optimisation step on ``batch`` (see :mod:`spatial_al.training.loader` for its keys); the loss (NaN
-        for a skipped step).
+    def train_step(
+        self,
+        batch: dict[str, torch.Tensor],
+        stage: str,
+        optimizer: torch.optim.Optimizer,
+        extra_loss: Callable[[], torch.Tensor] | None = None,
+    ) -> float:
+        """One optimisation step on ``batch`` (see :mod:`spatial_al.training.loader` for its keys), plus
+        ``extra_loss()`` when given (TAAL's consistency); the loss (NaN for a skipped step).
 
         A step whose loss or gradients are not finite is skipped, as a gradient scaler skips an overflowing step;
         :data:`MAX_NON_FINITE_STEPS` of them in a row stop training with an error that says what to change.
         """
         loss = self._loss(self._to_device(batch), stage)
+        if extra_loss is not None:
+            loss = loss + extra_loss()
         optimizer.zero_grad(set_to_none=True)
         if not torch.isfinite(loss):
             return self._skip_step(optimizer, float(loss.detach()))
