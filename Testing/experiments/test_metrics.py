@@ -105,3 +105,27 @@ def test_batched_iou_pools_every_test_volume_as_monai_does_on_the_concatenated_v
     assert summary["per_class"]["iou_batched"]["b"] == pytest.approx(float(iou[1]))
     # pooled, not averaged per volume: the two differ here
     assert summary["iou_batched"] != pytest.approx(summary["iou_3d"])
+
+
+def test_average_batched_iou_is_the_mean_over_batches_of_consecutive_test_slices(prediction_and_truth):
+    labels, truth = prediction_and_truth
+    second_labels, second_truth = np.roll(labels, 2, axis=1), truth.copy()
+    per_volume = [
+        volume_metrics(labels, truth, (1, 1, 1), False),
+        volume_metrics(second_labels, second_truth, (1, 1, 1), False),
+    ]
+    batch = 3
+    summary = summarize(per_volume, ["a", "b"], batch_slices=batch)
+    # the reference: MONAI's IoU over each batch of 3 slices of both volumes laid end to end (a batch may span
+    # both), classes absent from a batch's prediction and truth left out, then the mean over batches
+    joined_labels, joined_truth = np.concatenate([labels, second_labels]), np.concatenate([truth, second_truth])
+    scores = []
+    for start in range(0, len(joined_labels), batch):
+        prediction = torch.stack([torch.as_tensor(joined_labels[start : start + batch] == c) for c in (1, 2)])
+        reference = torch.as_tensor(joined_truth[start : start + batch]).permute(1, 0, 2, 3)
+        iou = compute_iou(prediction[None].float(), reference[None].float(), include_background=True)[0].numpy()
+        present = (prediction.flatten(1).any(1) | reference.flatten(1).bool().any(1)).numpy()
+        scores.append(iou[present].mean() if present.any() else 1.0)
+    assert summary["iou_batch_mean"] == pytest.approx(float(np.mean(scores)))
+    assert summary["iou_batch_mean"] != pytest.approx(summary["iou_batched"])  # not the pooled one
+    assert summary["per_class"]["iou_batch_mean"].keys() == {"a", "b"}

@@ -98,15 +98,34 @@ def test_the_report_lays_out_table_4_and_draws_the_papers_figures(study):
     table = (report / "table.md").read_text()
     assert "## s = 0.5" in table and "## s = 1" in table and "| arm | ρ 10 % | ρ 40 % |" in table
     assert table.index("| Fixed |") < table.index("| UAL (dataset) |") < table.index("| Fixed + M.I. |")
-    value = records["Fixed d40 s1"]["rounds"][0]["metrics"]["iou_batched"]
+    value = records["Fixed d40 s1"]["rounds"][0]["metrics"]["iou_batch_mean"]
     assert f"{value:.3f} ± 0.000" in table
-    for figure in ("budget_by_density", "budget_by_volumes", "selection", "interpolation"):
+    for figure in ("budget_by_density", "budget_by_volumes", "selection", "interpolation", "selection_disparity"):
         assert (report / f"{figure}.png").stat().st_size > 10_000
     masks = (report / "interpolated_masks.md").read_text()
     assert "| Fixed + M.I. | 1 |" in masks and "| Fixed |" not in masks
     rows = (report / "table.csv").read_text().splitlines()
     assert rows[0] == "arm,density,volume_fraction,metric,mean,std,runs,labeled_percent"
-    assert any(row.startswith("Fixed,40.0,1.0,iou_batched,") for row in rows)
+    assert any(row.startswith("Fixed,40.0,1.0,iou_batched,") for row in rows)  # the pooled IoU, kept
+    assert any(row.startswith("Fixed,40.0,1.0,iou_batch_mean,") for row in rows)
+
+
+def test_selection_disparity_is_each_arms_mean_against_the_mean_of_all_selections_at_each_grid_point():
+    from spatial_al.experiments.grid_report import selection_disparities
+
+    def runs(*values):
+        return [{"metrics": {"iou_batch_mean": v}} for v in values]
+
+    points = {
+        ("Fixed", 10.0, 1.0): runs(0.5, 0.7),  # arm means 0.6 and 0.3, the mean of all four runs 0.45
+        ("Random", 10.0, 1.0): runs(0.2, 0.4),
+        ("Fixed", 40.0, 1.0): runs(0.8),  # Random did not run here: no disparity
+        ("Fixed", 20.0, 1.0): runs(0.9, 0.9, 0.9),  # three runs against one: the mean of the four is 0.825
+        ("Random", 20.0, 1.0): runs(0.6),
+    }
+    disparities = selection_disparities(points, ["Fixed", "Random"], "iou_batch_mean")
+    assert disparities["Fixed"] == pytest.approx([0.15, 0.075])
+    assert disparities["Random"] == pytest.approx([-0.15, -0.225])
 
 
 @pytest.mark.parametrize("layout", ["LiTS", "ATLAS"])

@@ -282,7 +282,8 @@ class ExperimentConfig:
         seeds: runs per arm (seeds 0 .. seeds-1).
         supervised_reference: also train once on every training slice (the target of S%, the 100 % column).
         report: table and figure settings.
-        batch_size: slices per forward pass when ranking and evaluating.
+        batch_size: slices per forward pass when ranking and evaluating, and the test batches that
+            ``iou_batch_mean`` (the MIDL 2025 study's average batched IoU) averages over.
         hd95: compute the 95th percentile Hausdorff distance of test volumes (seconds per round on large volumes).
         unit: what a query annotates: "slice" (the slice studies) or "volume" (Nath et al.: whole volumes, a 3D model
             on patches of ``training.patch_size``, :mod:`spatial_al.experiments.volume_loop`).

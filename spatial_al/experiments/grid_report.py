@@ -10,6 +10,8 @@ mask interpolation.
   through the densities (the paper's Fig. 1-2: at one budget, many volumes sparsely or few densely?).
 - ``selection.png``: the metric against density per selection arm at the largest volume fraction (Fig. 3).
 - ``interpolation.png``: each selection with and without mask interpolation, against density (Fig. 4).
+- ``selection_disparity.png``: per selection arm, a box over the grid points of its mean minus the mean of every
+  selection arm's runs at that point (Fig. 5: a better selection sits above 0).
 - ``interpolated_masks.md``: IoU and Dice of the interpolated masks against the hidden truth per density (the
   paper's Appendix E).
 """
@@ -26,8 +28,14 @@ from ..files import write_text_atomic
 from .loop import REFERENCE_ARM
 from .report import arm_colors, csv_text, markdown_table, mean_std, save_figure
 
-METRIC_NAMES = {"iou_batched": "batched IoU", "dice_batched": "batched Dice", "dice_3d": "Dice (3D, per volume)"}
-TABLE_METRICS = ("iou_batched", "dice_batched", "dice_3d", "iou_3d")
+METRIC_NAMES = {
+    "iou_batch_mean": "average batched IoU",
+    "dice_batch_mean": "average batched Dice",
+    "iou_batched": "IoU pooled over the test set",
+    "dice_batched": "Dice pooled over the test set",
+    "dice_3d": "Dice (3D, per volume)",
+}
+TABLE_METRICS = ("iou_batch_mean", "dice_batch_mean", "iou_batched", "dice_batched", "dice_3d", "iou_3d")
 PERCENT_TICKS = (1, 2, 5, 10, 20, 40, 80, 100)
 
 
@@ -48,6 +56,10 @@ def grid_points(runs: dict[str, list[dict[str, Any]]]) -> dict[tuple[str, float,
 
 def values_of(records: list[dict[str, Any]], metric: str) -> list[float | None]:
     return [record["metrics"].get(metric) for record in records]
+
+
+def defined_values(records: list[dict[str, Any]], metric: str) -> list[float]:
+    return [value for value in values_of(records, metric) if value is not None]
 
 
 def write_grid_report(runs: dict[str, list[dict[str, Any]]], config: dict[str, Any], folder: Path, title: str) -> None:
@@ -88,6 +100,7 @@ def write_grid_report(runs: dict[str, list[dict[str, Any]]], config: dict[str, A
     largest = fractions[-1]
     selection = [g for g in report.get("selection_arms") or groups if g in present]
     plot_against_density(points, selection, densities, largest, metric, folder / "selection.png")
+    plot_selection_disparity(points, selection, metric, folder / "selection_disparity.png")
     pairs = {
         masked: interpolated
         for masked, interpolated in (report.get("interpolation_pairs") or {}).items()
@@ -140,7 +153,7 @@ def plot_budget(points, group: str, densities, fractions, metric: str, folder: P
         for value, color in zip(lines, arm_colors(len(lines)), strict=True):
             keys = [(group, value, other) if by_density else (group, other, value) for other in others]
             keys = [key for key in keys if key in points]
-            values = [[v for v in values_of(points[key], metric) if v is not None] for key in keys]
+            values = [defined_values(points[key], metric) for key in keys]
             axes.errorbar(
                 [labeled_percent(points[key]) for key in keys], [np.mean(v) for v in values],
                 yerr=[np.std(v) for v in values], marker="o", capsize=3, color=color,
@@ -161,7 +174,7 @@ def plot_against_density(points, groups, densities, fraction, metric, path: Path
     colors = arm_colors(len(groups) // 2 if paired else len(groups))
     for index, group in enumerate(groups):
         present = [d for d in densities if (group, d, fraction) in points]
-        values = [[v for v in values_of(points[group, d, fraction], metric) if v is not None] for d in present]
+        values = [defined_values(points[group, d, fraction], metric) for d in present]
         axes.errorbar(
             present, [np.mean(v) for v in values], yerr=[np.std(v) for v in values], marker="o", capsize=3,
             label=group, color=colors[index // 2 if paired else index], linestyle="--" if paired and index % 2 else "-",
@@ -170,6 +183,33 @@ def plot_against_density(points, groups, densities, fraction, metric, path: Path
     axes.set_ylabel(METRIC_NAMES.get(metric, metric) + " (test)")
     logarithmic_percent_axis(axes, densities)
     axes.legend(fontsize=8)
+    save_figure(figure, path)
+
+
+def selection_disparities(points, groups, metric) -> dict[str, list[float]]:
+    """Per group, at every (density, volume fraction) that all ``groups`` ran: the mean of its runs minus the mean
+    of every run of ``groups`` there (the paper's Fig. 5 disparity from the overall mean)."""
+    configurations = sorted({(d, f) for g, d, f in points if g in groups})
+    disparities: dict[str, list[float]] = {group: [] for group in groups}
+    for density, fraction in configurations:
+        runs = {g: defined_values(points.get((g, density, fraction), []), metric) for g in groups}
+        if not all(runs.values()):
+            continue
+        overall = np.mean([value for values in runs.values() for value in values])
+        for group, values in runs.items():
+            disparities[group].append(float(np.mean(values) - overall))
+    return disparities
+
+
+def plot_selection_disparity(points, groups, metric: str, path: Path) -> None:
+    """The paper's Fig. 5: a box per selection group of its :func:`selection_disparities`, a line at 0."""
+    disparities = selection_disparities(points, groups, metric)
+    figure, axes = pyplot().subplots(figsize=(7, 4.5))
+    axes.boxplot([disparities[g] for g in groups], tick_labels=list(groups))
+    axes.axhline(0.0, color="grey", linewidth=0.8)
+    axes.set_ylabel(f"{METRIC_NAMES.get(metric, metric)}: arm mean - mean of all selections")
+    axes.set_title("slice selection against the mean of every selection, per grid point (Fig. 5)", fontsize=9)
+    axes.grid(alpha=0.3, axis="y")
     save_figure(figure, path)
 
 

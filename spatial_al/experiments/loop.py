@@ -434,7 +434,7 @@ class Session:
             labels = predictor.labels(np.array(subject.image)[:, None]).numpy()
             per_volume.append(volume_metrics(labels, np.asarray(subject.targets), subject.spacing, self.config.hd95))
             report(self.progress, done, len(self.spec.split.test), "evaluating")
-        return summarize(per_volume, self.classes)
+        return summarize(per_volume, self.classes, self.config.batch_size)
 
     def query(self, state: SessionState, count: int):
         """The arm's query of ``count`` slices over the whole training pool (a :class:`RankingResult`)."""

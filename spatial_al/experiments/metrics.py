@@ -1,6 +1,6 @@
 """Study metrics: test Dice per volume in 3D and as the mean of per-slice 2D Dice, IoU, Dice and IoU pooled over the
-test set ("batched"), HD95, pseudo-label Dice and IoU, and S% (the labeled percent at which a run reaches the fully
-supervised Dice).
+test set ("batched") and averaged over batches of test slices (the MIDL 2025 study's "average batched IoU"), HD95,
+pseudo-label Dice and IoU, and S% (the labeled percent at which a run reaches the fully supervised Dice).
 
 Masks are multi-hot (S, C, H, W) arrays, slices along axis 0, C classes; spacing is (3,) mm, slice thickness first.
 """
@@ -69,7 +69,8 @@ def volume_metrics(
     Returns:
         ``dice_3d``, ``iou_3d``, ``dice_2d`` (mean over slices of the smoothed per-slice Dice), ``hd95_mm`` (None
         where undefined), each a list with one value per class; ``counts``, the (3, C) :func:`overlap_counts` that
-        :func:`summarize` pools over volumes.
+        :func:`summarize` pools over volumes, and ``slice_counts``, those of each slice (S, 3, C), that it pools
+        over batches of slices.
     """
     truth = truth.astype(bool)
     prediction = one_hot_prediction(labels, truth.shape[1])
@@ -78,16 +79,20 @@ def volume_metrics(
         "iou_3d": iou_3d(prediction, truth).tolist(),
         "dice_2d": slice_dice(prediction, truth).mean(0).tolist(),
         "counts": overlap_counts(prediction, truth).tolist(),
+        "slice_counts": slice_overlap_counts(prediction, truth),
     }
     metrics["hd95_mm"] = hd95(prediction, truth, spacing) if with_hd95 else [None] * truth.shape[1]
     return metrics
 
 
-def summarize(per_volume: Sequence[dict[str, list[float | None]]], class_names: Sequence[str]) -> dict:
+def summarize(per_volume: Sequence[dict], class_names: Sequence[str], batch_slices: int = 16) -> dict:
     """Means over volumes and classes of :func:`volume_metrics` results, and the mean of each class.
 
     HD95 is averaged over the (volume, class) pairs where it is defined; ``hd95_defined`` says how many.
     ``dice_batched`` and ``iou_batched`` pool the pixel counts of every test volume first (:func:`pooled_scores`).
+    ``dice_batch_mean`` and ``iou_batch_mean`` (the MIDL 2025 study's "average batched IoU") pool them over each
+    batch of ``batch_slices`` consecutive test slices, volume after volume as an evaluation loader meets them, and
+    average over the batches.
     ``per_volume`` holds each volume's ``dice_3d`` (mean over its classes), in the order of ``per_volume``, for
     paired tests between arms.
     """
@@ -97,6 +102,11 @@ def summarize(per_volume: Sequence[dict[str, list[float | None]]], class_names: 
     per_class = [pooled_scores(counts[:, [c]]) for c in range(len(class_names))]
     summary["per_class"]["dice_batched"] = {name: score[0] for name, score in zip(class_names, per_class, strict=True)}
     summary["per_class"]["iou_batched"] = {name: score[1] for name, score in zip(class_names, per_class, strict=True)}
+    slices = np.concatenate([m["slice_counts"] for m in per_volume])  # (test slices, 3, C)
+    summary["dice_batch_mean"], summary["iou_batch_mean"] = batch_mean_scores(slices, batch_slices)
+    per_class = [batch_mean_scores(slices[:, :, [c]], batch_slices) for c in range(len(class_names))]
+    summary["per_class"]["dice_batch_mean"] = {n: score[0] for n, score in zip(class_names, per_class, strict=True)}
+    summary["per_class"]["iou_batch_mean"] = {n: score[1] for n, score in zip(class_names, per_class, strict=True)}
     for name in ("dice_3d", "iou_3d", "dice_2d", "hd95_mm"):
         values = np.array([[np.nan if v is None else v for v in m[name]] for m in per_volume], dtype=float)
         defined = ~np.isnan(values)
@@ -116,9 +126,22 @@ def summarize(per_volume: Sequence[dict[str, list[float | None]]], class_names: 
 
 def overlap_counts(prediction: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """(3, C) pixel counts of multi-hot (S, C, H, W) masks per class: prediction and truth, prediction, truth."""
+    return slice_overlap_counts(prediction, truth).sum(0)
+
+
+def slice_overlap_counts(prediction: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """(S, 3, C) :func:`overlap_counts` of each slice of multi-hot (S, C, H, W) masks."""
     return np.stack(
-        [np.count_nonzero(mask, axis=(0, 2, 3)) for mask in (prediction & truth, prediction, truth)]
+        [np.count_nonzero(mask, axis=(2, 3)) for mask in (prediction & truth, prediction, truth)], axis=1
     ).astype(np.int64)
+
+
+def batch_mean_scores(slice_counts: np.ndarray, batch_slices: int) -> tuple[float, float]:
+    """(Dice, IoU) pooled over each batch of ``batch_slices`` consecutive slices of ``slice_counts`` (S, 3, C)
+    (:func:`pooled_scores`), averaged over the batches."""
+    batches = [slice_counts[start : start + batch_slices].sum(0) for start in range(0, len(slice_counts), batch_slices)]
+    dice, iou = np.mean([pooled_scores(batch) for batch in batches], axis=0)
+    return float(dice), float(iou)
 
 
 def pooled_scores(counts: np.ndarray) -> tuple[float, float]:

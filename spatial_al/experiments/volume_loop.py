@@ -210,7 +210,7 @@ class VolumeSession(Session):
             labels = volume_labels(self.probabilities(subject), self.model.config.head)
             per_volume.append(volume_metrics(labels, np.asarray(subject.targets), subject.spacing, self.config.hd95))
             report(self.progress, done, len(self.spec.split.test), "evaluating")
-        return summarize(per_volume, self.classes)
+        return summarize(per_volume, self.classes, self.config.batch_size)
 
     def uncertainty_ranking(self, subjects: list[Subject], measure: str, model, seed: int) -> dict[str, float]:
         """Mean MC-dropout ``measure`` ("variance" or "entropy") of ``model`` over each subject's voxels."""
