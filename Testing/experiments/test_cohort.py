@@ -79,6 +79,14 @@ def test_an_msd_folder_is_cached_once_and_memory_mapped(tmp_path):
     assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(".")]  # no partial build left
 
 
+def test_a_subject_list_keeps_only_those_cases_and_names_unknown_ones(tmp_path):
+    root = write_msd_folder(tmp_path / "Task01_BrainTumour", cases=4)
+    lgg = DataConfig(labels={"organ": [1, 2]}, subjects=["case_003", "case_001"])
+    assert open_source(root, lgg).names == ["case_001", "case_003"]  # the dataset's order
+    with pytest.raises(ConfigError, match="lacks: case_009; its cases are named like case_000"):
+        open_source(root, DataConfig(labels={"organ": [1, 2]}, subjects=["case_001", "case_009"]))
+
+
 def test_a_four_dimensional_msd_image_needs_its_channel(tmp_path):
     root = write_msd_folder(tmp_path / "Task01_BrainTumour", cases=3, shape=(8, 12, 12), channels=2)
     with pytest.raises(ValueError, match="4D"):
@@ -110,3 +118,21 @@ def test_the_split_is_subject_wise_seeded_and_refuses_too_few_subjects():
     assert split_subjects(names[:2], [0.8, 0.0, 0.2], 0).validation == []
     with pytest.raises(ConfigError, match=r"has 2 subjects but the split .* needs at least 3"):
         split_subjects(names[:2], [0.7, 0.1, 0.2], seed=0)
+
+
+def test_a_split_by_slices_gives_each_part_its_share_of_the_slices_in_whole_subjects():
+    from spatial_al.experiments.cohort import split_by_slices
+
+    counts = {"a": 10, "b": 10, "c": 10, "d": 40, "e": 20, "f": 10}
+    # a, b, c open the three parts; then d (training 40 short of 50), e (validation 20 short), f (test 10 short)
+    split = split_by_slices(list("abcdef"), [0.5, 0.3, 0.2], counts)
+    assert (split.training, split.validation, split.test) == (["a", "d"], ["b", "e"], ["c", "f"])
+    assert split_by_slices(list("abcdef"), [0.8, 0.0, 0.2], counts).validation == []
+    # by subjects, 6 subjects at 0.5 / 0.3 / 0.2 would be 3 / 2 / 1 whatever their slices
+    names = [f"s{i:02d}" for i in range(12)]
+    sizes = {name: 10 + 90 * (i % 3 == 0) for i, name in enumerate(names)}  # every third subject is ten times larger
+    split = split_subjects(names, [0.7, 0.1, 0.2], seed=0, slice_counts=sizes)
+    parts = (split.training, split.validation, split.test)
+    shares = [sum(sizes[n] for n in part) / sum(sizes.values()) for part in parts]
+    assert sorted(split.training + split.validation + split.test) == names
+    assert np.allclose(shares, [0.7, 0.1, 0.2], atol=0.1)

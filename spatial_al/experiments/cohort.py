@@ -83,6 +83,15 @@ class FolderSource(CohortSource):
         self.data = data
         self.description = f"{self.dataset.name} at {root if is_dicomweb(root) else Path(root).resolve()}"
         cases = self.dataset.training_cases
+        if data.subjects is not None:
+            known = {case.case_id for case in cases}
+            unknown = [name for name in data.subjects if name not in known]
+            if unknown:
+                raise ConfigError(
+                    f"data.subjects names cases {self.dataset.name} lacks: {', '.join(unknown[:5])}"
+                    f"{' ...' if len(unknown) > 5 else ''}; its cases are named like {', '.join(sorted(known)[:3])}."
+                )
+            cases = [case for case in cases if case.case_id in set(data.subjects)]
         if data.max_subjects is not None:
             cases = cases[: data.max_subjects]
         self.names = [case.case_id for case in cases]
@@ -296,11 +305,15 @@ class Split:
         return asdict(self)
 
 
-def split_subjects(names: list[str], fractions: list[float], seed: int) -> Split:
+def split_subjects(
+    names: list[str], fractions: list[float], seed: int, slice_counts: dict[str, int] | None = None
+) -> Split:
     """A seeded subject-wise split of ``names`` into training, validation and test by ``fractions``.
 
-    Every part with a non-zero fraction gets at least one subject; counts are rounded to the nearest whole subject
-    with the remainder going to training.
+    Without ``slice_counts`` the fractions share out subjects: counts are rounded to the nearest whole subject with
+    the remainder going to training. With them (subject -> slices) they share out slices: the subjects, in the
+    seeded order, each join the part furthest below its share of the slices. Every part with a non-zero fraction
+    gets at least one subject.
 
     Raises:
         ConfigError: fewer subjects than the split needs.
@@ -312,6 +325,8 @@ def split_subjects(names: list[str], fractions: list[float], seed: int) -> Split
             "add subjects or set the validation fraction to 0."
         )
     order = [names[i] for i in np.random.default_rng(seed).permutation(len(names))]
+    if slice_counts is not None:
+        return split_by_slices(order, fractions, slice_counts)
     validation = max(int(fractions[1] > 0), round(fractions[1] * len(names)))
     test = max(int(fractions[2] > 0), round(fractions[2] * len(names)))
     training = len(names) - validation - test
@@ -322,3 +337,18 @@ def split_subjects(names: list[str], fractions: list[float], seed: int) -> Split
         sorted(order[training : training + validation]),
         sorted(order[training + validation :]),
     )
+
+
+def split_by_slices(order: list[str], fractions: list[float], slice_counts: dict[str, int]) -> Split:
+    """:func:`split_subjects` by shares of the slices: the first subject of ``order`` for each part with a non-zero
+    fraction, then each next one to the part whose slices fall furthest short of its share of the total."""
+    targets = np.asarray(fractions, dtype=float) * sum(slice_counts[name] for name in order)
+    parts: list[list[str]] = [[], [], []]
+    remaining = list(order)
+    for part in np.flatnonzero(np.asarray(fractions) > 0):
+        parts[part].append(remaining.pop(0))
+    for name in remaining:
+        slices = np.array([sum(slice_counts[n] for n in members) for members in parts])
+        deficit = np.where(np.asarray(fractions) > 0, targets - slices, -np.inf)
+        parts[int(np.argmax(deficit))].append(name)
+    return Split(*(sorted(members) for members in parts))

@@ -44,8 +44,13 @@ class DataConfig:
             ``window`` and scale to [0, 1]).
         window: [low, high] intensities for ``intensity="window"`` (Hounsfield units for CT).
         split: fractions of subjects for [training, validation, test]; validation may be 0 when nothing early-stops.
+        split_by: what ``split`` shares out: "subjects", or "slices" (whole subjects still, chosen so each part's
+            share of the slices comes as close to its fraction as whole subjects allow: a paper that gives its split
+            in slices, as STAR's).
         split_seed: seed of the subject-wise split (the same for every run of a study, so all share one test set).
         max_subjects: use at most this many subjects (the first ones of the source), None for all.
+        subjects: use only these cases of a dataset folder, by name (e.g. the LGG cases of a BraTS release, from its
+            grade list: MSD's BrainTumour does not say which are LGG); None for all.
         demo_subjects: subjects of the generated ``demo`` cohort.
     """
 
@@ -57,8 +62,10 @@ class DataConfig:
     intensity: str = "zscore"
     window: list[float] | None = None
     split: list[float] = field(default_factory=lambda: [0.7, 0.1, 0.2])
+    split_by: str = "subjects"
     split_seed: int = 0
     max_subjects: int | None = None
+    subjects: list[str] | None = None
     demo_subjects: int = 14
 
     def __post_init__(self):
@@ -72,6 +79,8 @@ class DataConfig:
             raise ConfigError(
                 f"data.split must be [training, validation, test] fractions summing to 1, got {self.split}."
             )
+        if self.split_by not in ("subjects", "slices"):
+            raise ConfigError(f"data.split_by must be 'subjects' or 'slices', got {self.split_by!r}.")
         if self.slice_thickness is not None and self.slice_thickness <= 0:
             raise ConfigError(f"data.slice_thickness must be a positive spacing in mm, got {self.slice_thickness}.")
         if self.image_size < 16:

@@ -235,9 +235,10 @@ def prepare_study(request: StudyRequest, progress=None) -> Study:
         raise ConfigError("--seeds must be at least 1.")
     source = open_source(request.data, config.data)
     resolve_classes(source, config.data)
-    split = split_subjects(source.names, config.data.split, config.data.split_seed)
     cache = Path(request.cache) if request.cache is not None else output / "cache"
     cohort = build_cohort(source, config.data, cache, progress)
+    slice_counts = cohort.slice_counts() if config.data.split_by == "slices" else None
+    split = split_subjects(source.names, config.data.split, config.data.split_seed, slice_counts)
     check_budget(config, cohort, split)
     names = arms + ([REFERENCE_ARM] if config.supervised_reference else [])
     threads = request.threads if request.threads is not None else (1 if request.ray else choose_threads())
@@ -334,6 +335,14 @@ def writable_study_folder(output: str | Path) -> Path:
     return output
 
 
+def split_summary(study: Study) -> str:
+    """The split's subjects and slices per part, e.g. "10 training, 1 validation, 3 test; slices 1,200 / 130 / 380"."""
+    counts = study.cohort.slice_counts()
+    parts = (study.split.training, study.split.validation, study.split.test)
+    slices = " / ".join(f"{sum(counts[name] for name in part):,}" for part in parts)
+    return f"{len(parts[0])} training, {len(parts[1])} validation, {len(parts[2])} test; slices {slices}"
+
+
 def run_locked_study(request: StudyRequest, quiet: bool) -> Path:
     """:func:`run_study` once this process holds the study folder."""
     started = time.perf_counter()
@@ -344,8 +353,7 @@ def run_locked_study(request: StudyRequest, quiet: bool) -> Path:
     print(
         f"{request.protocol} at scale {request.scale}: {len(study.arms)} strategies x {len(study.seeds)} seeds"
         f"{' + the fully supervised reference' if study.config.supervised_reference else ''}, {len(study.runs)} runs"
-        f" ({done} already finished); cohort {len(study.cohort.names)} subjects ({len(study.split.training)} "
-        f"training, {len(study.split.validation)} validation, {len(study.split.test)} test)",
+        f" ({done} already finished); cohort {len(study.cohort.names)} subjects ({split_summary(study)})",
         file=sys.stderr,
     )
     if request.ray:
