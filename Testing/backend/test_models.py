@@ -235,6 +235,31 @@ def test_the_papers_ablations_drop_sfp_or_asr():
         tiny_model("sbc-small", distance_blocks=5)
 
 
+@pytest.mark.parametrize("fusion", ["addition", "concatenation"])
+def test_table_3s_asr_a_and_c_combine_the_sfp_features_with_the_decoders_before_the_classifier(fusion):
+    torch.manual_seed(2)
+    model = tiny_model("sbc-small", refinement_fusion=fusion).eval()
+    images = torch.randn(1, 1, 32, 32)
+    with torch.no_grad():
+        outputs = model.structure_outputs(images)
+        features = model.encode(images)
+        decoded = model.backbone.decoder(features)
+        guide = model.structure.structure_features(features)  # SFP's last DisBlock
+        heads = model.structure
+        if fusion == "addition":
+            combined = decoded + heads.projection[1](heads.projection[0](guide))
+        else:
+            combined = torch.cat([decoded, guide], dim=1)
+        expected = torch.nn.functional.conv2d(combined, heads.classifier.weight, heads.classifier.bias)
+    assert heads.attention is None and outputs.distance.shape == (1, 2, 32, 32)
+    assert torch.allclose(outputs.refined, expected, atol=1e-5)
+    assert not torch.allclose(outputs.refined, outputs.coarse)  # the BCS of the query compares the two
+    trained = {id(p) for p in heads.parameter_groups()["refinement"].parameters()}
+    assert {id(p) for p in heads.classifier.parameters()} <= trained
+    with pytest.raises(ValueError, match="attention, addition, concatenation"):
+        tiny_model("sbc-small", refinement_fusion="sum")
+
+
 def test_models_without_the_modules_say_which_preset_has_them():
     model = tiny_model()
     with pytest.raises(ValueError, match="star-small"):

@@ -19,7 +19,7 @@ def test_every_protocol_transcribes_its_papers_tables_with_one_value_per_column_
         assert table["table"] and table["dataset"] and table["metric"] and table["columns"]
         assert len(table["ours"]) == len(table["columns"])
         for source in table["ours"]:
-            assert source is None or set(source) <= {"percent", "round", "column"}
+            assert source is None or set(source) <= {"percent", "round", "column", "class"}
             assert source is None or source.get("column", "S%") in ("max(p)", "S%", "reference")
             assert source is None or (0 < source.get("percent", 1) <= 100 and source.get("round", 0) >= 0)
         for row in table["rows"]:
@@ -49,6 +49,17 @@ def test_a_runs_value_for_a_paper_column_is_the_interpolated_curve_round_best_an
     assert run_value(record, {"column": "reference"}, "dice_3d", 0.9) == 0.9
     with pytest.raises(ValueError, match="percent, round"):
         run_value(record, {"volumes": 3}, "dice_3d", None)
+
+
+def test_a_papers_per_structure_column_reads_that_class_of_ours_and_nothing_where_the_cohort_lacks_it():
+    record = run(0, [10.0, 20.0, 30.0], [0.5, 0.6, 0.8])
+    record["classes"] = ["myocardium", "left ventricle"]
+    for r, (myocardium, ventricle) in zip(record["rounds"], [(0.4, 0.6), (0.5, 0.7), (0.7, 0.9)], strict=True):
+        r["metrics"]["per_class"] = {"dice_3d": {"myocardium": myocardium, "left ventricle": ventricle}}
+    assert run_value(record, {"percent": 15, "class": "myocardium"}, "dice_3d", None) == pytest.approx(0.45)
+    assert run_value(record, {"round": 2, "class": "left ventricle"}, "dice_3d", None) == 0.9
+    assert run_value(record, {"column": "max(p)", "class": "myocardium"}, "dice_3d", None) == 0.7
+    assert run_value(record, {"percent": 15, "class": "right ventricle"}, "dice_3d", None) is None
 
 
 def test_paper_md_prints_the_papers_rows_then_ours_in_the_same_layout(tmp_path, monkeypatch):

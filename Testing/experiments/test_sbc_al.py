@@ -30,7 +30,7 @@ def demo_study(tmp_path_factory):
 
 def test_the_smoke_study_queries_percent_budgets_from_one_random_start_with_the_papers_models(demo_study):
     records = run_records(demo_study)
-    assert set(records) == {"Random", "SBC-AL", "SBC-AL w/o SFP", "Full"}
+    assert set(records) == {"Random", "SBC-AL", "SBC-AL w/o SFP", "SBC-AL ASR (C)", "Full"}
     pool = records["Random"]["pool_slices"]
     arms = [arm for arm in records if arm != "Full"]
     assert {records[arm]["rounds"][0]["labeled_slices"] for arm in arms} == {round(0.10 * pool)}
@@ -42,6 +42,7 @@ def test_the_smoke_study_queries_percent_budgets_from_one_random_start_with_the_
     assert not models["Random"]["structure_heads"] and models["SBC-AL"]["structure_heads"]
     assert models["SBC-AL"]["structure_prediction"] and models["SBC-AL"]["attentional_refinement"]
     assert not models["SBC-AL w/o SFP"]["structure_prediction"] and models["SBC-AL w/o SFP"]["attentional_refinement"]
+    assert models["SBC-AL ASR (C)"]["refinement_fusion"] == "concatenation"
     training = records["SBC-AL"]["config"]["training"]
     assert (training["optimizer"], training["nesterov"], training["structure_learning_rate_factor"]) == (
         "sgd",
@@ -56,6 +57,11 @@ def test_the_smoke_study_queries_percent_budgets_from_one_random_start_with_the_
     ablation = (demo_study / "report" / "ablation.md").read_text()
     assert "| SFP ✗, ASR ✓ (ours, not in Table 3) | SBC-AL w/o SFP |" in ablation
     assert "| SFP ✓, ASR ✓ (SBC-AL) | SBC-AL |" in ablation
+    classes = records["SBC-AL"]["classes"]  # Table 3's layout: each structure at the last percent
+    assert "| " + " | ".join(f"{name} at 20 %" for name in classes) + " |" in ablation.splitlines()[2]
+    row = next(line for line in ablation.splitlines() if "| SBC-AL ASR (C) |" in line)
+    final = records["SBC-AL ASR (C)"]["rounds"][-1]["metrics"]["per_class"]["dice_3d"]
+    assert row.split("|")[-len(classes) - 1 : -1] == [f" {final[name]:.3f} ± 0.000 " for name in classes]
 
 
 @pytest.mark.parametrize("layout", ["ACDC", "KiTS19"])

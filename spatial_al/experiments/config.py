@@ -244,6 +244,8 @@ class ReportConfig:
         percents: table columns at these labeled percents (interpolated on each run's curve).
         rounds: table columns at these rounds (``curve_axis="round"``).
         ablation: row title -> arm, for the protocol's ablation table.
+        ablation_per_class: the ablation table also gives each class's value at this labeled percent (a paper's
+            per-structure ablation); None: the mean over classes only.
         budget_arm: with ``curve_axis="grid"`` (a design grid, :mod:`spatial_al.experiments.grid_report`): the arm
             whose grid points draw the budget figures (metric against labeled percent, by density and by volumes).
         selection_arms: the arms compared by slice selection (metric against density).
@@ -255,6 +257,7 @@ class ReportConfig:
     percents: list[float] = field(default_factory=list)
     rounds: list[int] = field(default_factory=list)
     ablation: dict[str, str] = field(default_factory=dict)
+    ablation_per_class: float | None = None
     budget_arm: str = ""
     selection_arms: list[str] = field(default_factory=list)
     interpolation_pairs: dict[str, str] = field(default_factory=dict)

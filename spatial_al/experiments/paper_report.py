@@ -75,6 +75,8 @@ def describe(source: dict[str, Any] | None) -> str:
     """How a paper column is filled from ours, in words."""
     if source is None:
         return "none of ours"
+    if "class" in source:
+        return f"{describe({k: v for k, v in source.items() if k != 'class'})}, {source['class']} only"
     if "percent" in source:
         return f"ours at {source['percent']:g} % labeled"
     if "round" in source:

@@ -60,11 +60,14 @@ def mean_std(values: Sequence[float | None], digits: int = 3) -> str:
     return text if len(defined) == len(values) else f"{text} ({len(defined)}/{len(values)})"
 
 
-def curve(record: dict[str, Any], metric: str) -> tuple[list[float], list[float]]:
-    """(labeled percent, metric) of each round of a run."""
+def curve(record: dict[str, Any], metric: str, structure: str | None = None) -> tuple[list[float], list[float]]:
+    """(labeled percent, metric) of each round of a run; of one class (``structure``) instead of the mean."""
     return (
         [r["labeled_percent"] for r in record["rounds"]],
-        [r["metrics"][metric] for r in record["rounds"]],
+        [
+            r["metrics"][metric] if structure is None else r["metrics"]["per_class"][metric][structure]
+            for r in record["rounds"]
+        ],
     )
 
 
@@ -73,14 +76,18 @@ def run_value(record: dict[str, Any], source: dict[str, Any], metric: str, refer
     end value up to half a slice beyond an end), {"round": R}, {"column": "max(p)"} (the best over its rounds) or
     {"column": "S%"} (the percent that first reaches ``reference``), {"column": "reference"} (the fully supervised
     value of its seed); None where the run has none (a percent outside its curve, a round it did not reach, no
-    reference, S% never reached)."""
-    percents, values = curve(record, metric)
+    reference, S% never reached). With a "class" key (a class name) the percent, round and max(p) values are that
+    class's (a paper's per-structure columns)."""
+    structure = source.get("class")
+    if structure is not None and structure not in record["classes"]:
+        return None  # a paper's structure that this cohort does not have
+    percents, values = curve(record, metric, structure)
     if "percent" in source:
         first = record["rounds"][0]
         half_slice = 0.5 * first["labeled_percent"] / first["labeled_slices"] if first["labeled_slices"] else 0.0
         return value_at(percents, values, source["percent"], reach=half_slice)
     if "round" in source:
-        return {r["round"]: r["metrics"][metric] for r in record["rounds"]}.get(source["round"])
+        return {r["round"]: value for r, value in zip(record["rounds"], values, strict=True)}.get(source["round"])
     if source.get("column") == "max(p)":
         return float(max(values))
     if source.get("column") == "S%":
@@ -290,20 +297,27 @@ def write_pseudo_label_tables(runs, order, folder: Path) -> None:
 
 def write_ablation(runs, report, folder: Path) -> None:
     """``ablation.md``: the protocol's ablation rows (components -> strategy) with the table's percent columns, max(p)
-    and the mean Dice of each round's new pseudo-labels."""
+    and the mean Dice of each round's new pseudo-labels; with ``ablation_per_class`` (a percent), also each class's
+    value there (a paper's per-structure ablation, SBC-AL's Table 3)."""
     percent_columns = [f"{p:g} %" for p in report["percents"]] if report["curve_axis"] == "percent" else []
     rows, _ = table_rows(runs, report, list(report["ablation"].values()))
     by_arm = {arm: values for arm, _, values in rows}
+    at = report.get("ablation_per_class")
+    classes = next(iter(runs.values()))[0]["classes"] if at is not None else []
     lines = []
     for title, arm in report["ablation"].items():
         if arm not in by_arm:
             continue
         pseudo = mean_std([pseudo_label_values(record)[0] for record in runs[arm]])
-        lines.append(
-            [title, arm, *(mean_std(by_arm[arm][c]) for c in percent_columns), mean_std(by_arm[arm]["max(p)"]), pseudo]
-        )
+        per_class = [
+            mean_std([run_value(r, {"percent": at, "class": name}, report["metric"], None) for r in runs[arm]])
+            for name in classes
+        ]
+        percents = [mean_std(by_arm[arm][column]) for column in percent_columns]
+        lines.append([title, arm, *percents, mean_std(by_arm[arm]["max(p)"]), pseudo, *per_class])
     if lines:
         header = ["components", "strategy", *percent_columns, "max(p)", "pseudo-label Dice (new)"]
+        header += [f"{name} at {at:g} %" for name in classes]
         write_text_atomic(folder / "ablation.md", "# Ablation\n\n" + markdown_table(header, lines))
 
 

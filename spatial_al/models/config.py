@@ -10,6 +10,7 @@ from typing import Any
 from ..registry import Registry
 
 DISTANCE_SCALES = ("normalized", "pixels")  # what SBC-AL's SFP regresses
+REFINEMENT_FUSIONS = ("attention", "addition", "concatenation")  # SBC-AL's ASR and its Table 3 ablations
 VOLUME_ARCHITECTURES = ("unet", "residual_unet")  # those built with spatial_dims=3
 ARCHITECTURES = ("unet", "unet_plus_plus", "attention_unet", "resnet_unet", "residual_unet")
 HEADS = ("softmax", "sigmoid")
@@ -42,6 +43,8 @@ class ModelConfig:
         distance_blocks: cascaded DisBlocks of SFP, one per encoder level from the bottleneck up (4 in the paper).
         structure_prediction: SBC-AL's structure-aware feature prediction (False: the paper's "without SFP").
         attentional_refinement: SBC-AL's attentional segmentation refinement (False: "without ASR").
+        refinement_fusion: how the refinement combines SFP's features with the backbone's: "attention" (ASR),
+            "addition" or "concatenation" (the paper's Table 3 ablations ASR (A) and ASR (C)).
         attention_grid: ASR attends over at most this many x this many pooled positions.
         distance_scale: what SFP regresses: "pixels" (the distance to the structure's boundary inside it, in pixels:
             the paper's D_i) or "normalized" (that distance divided by its maximum, in [0, 1]).
@@ -64,6 +67,7 @@ class ModelConfig:
     distance_blocks: int = 4
     structure_prediction: bool = True
     attentional_refinement: bool = True
+    refinement_fusion: str = "attention"
     attention_grid: int = 32
     distance_scale: str = "normalized"
     slice_axis: int = 0
@@ -101,6 +105,10 @@ class ModelConfig:
             raise ValueError(
                 "structure_heads needs structure_prediction (SFP), attentional_refinement (ASR) or both; with "
                 "neither, use a plain preset (unet-small, unet)."
+            )
+        if self.refinement_fusion not in REFINEMENT_FUSIONS:
+            raise ValueError(
+                f"refinement_fusion must be one of {', '.join(REFINEMENT_FUSIONS)}, got {self.refinement_fusion!r}."
             )
         if self.spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {self.spatial_dims}.")

@@ -44,6 +44,7 @@ class SegmentationModel(nn.Module):
                 config.attentional_refinement,
                 config.attention_grid,
                 config.distance_scale,
+                config.refinement_fusion,
             )
             if config.structure_heads
             else None

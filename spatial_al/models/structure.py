@@ -15,7 +15,10 @@
   positions and the re-weighted features are up-sampled back, so memory does not grow with the slice size.
 
 The ablations of the paper's Table 3 are configurations: without SFP, ASR's query and key come from the decoder
-features themselves and there is no distance map; without ASR, the refined segmentation is the coarse one.
+features themselves and there is no distance map; without ASR, the refined segmentation is the coarse one; ASR (A)
+adds the SFP features (a 1x1 convolution + batch norm to the decoder's width) to the decoder features, ASR (C)
+concatenates them, before the same 1x1 classifier (``fusion`` "addition" and "concatenation": the paper says only
+that the two are combined "via addition and concatenation").
 
 Shapes: encoder features finest first, the bottleneck last; decoder features (B, F, H, W); coarse / refined logits
 (B, out_channels, H, W); distance maps (B, num_classes, H, W).
@@ -109,6 +112,7 @@ class StructureHeads(nn.Module):
         refinement: bool = True,
         attention_grid: int = 32,
         distance_scale: str = "normalized",
+        fusion: str = "attention",
     ):
         super().__init__()
         self.distance_activation = torch.sigmoid if distance_scale == "normalized" else functional.softplus
@@ -128,9 +132,14 @@ class StructureHeads(nn.Module):
             self.blocks = nn.ModuleList(DisBlock(i, s, s) for i, s in zip(inputs, skips, strict=True))
             self.regressor = nn.Conv2d(skips[-1], num_classes, kernel_size=1)
             guide_width = skips[-1]
-        self.attention = PositionAttention(guide_width, attention_grid) if refinement else None
+        self.fusion = fusion if refinement else None
+        self.attention = PositionAttention(guide_width, attention_grid) if self.fusion == "attention" else None
+        self.projection = None
+        if self.fusion == "addition":
+            self.projection = nn.Sequential(nn.Conv2d(guide_width, decoder_width, 1), nn.BatchNorm2d(decoder_width))
         if refinement:
-            self.classifier = nn.Conv2d(decoder_width, out_channels, kernel_size=1)
+            concatenated = guide_width if fusion == "concatenation" else 0
+            self.classifier = nn.Conv2d(decoder_width + concatenated, out_channels, kernel_size=1)
 
     def parameter_groups(self) -> dict[str, nn.Module]:
         """SFP ("structure", which the paper trains at 1e-4 against the backbone's 1e-2) and ASR ("refinement",
@@ -138,8 +147,9 @@ class StructureHeads(nn.Module):
         groups = {}
         if self.blocks is not None:
             groups["structure"] = nn.ModuleList([self.blocks, self.regressor])
-        if self.attention is not None:
-            groups["refinement"] = nn.ModuleList([self.attention, self.classifier])
+        if self.fusion is not None:
+            fusing = [module for module in (self.attention, self.projection) if module is not None]
+            groups["refinement"] = nn.ModuleList([*fusing, self.classifier])
         return groups
 
     def structure_features(self, features: list[torch.Tensor]) -> torch.Tensor:
@@ -159,7 +169,12 @@ class StructureHeads(nn.Module):
                     distance, size=coarse.shape[-2:], mode="bilinear", align_corners=False
                 )
                 guide = functional.interpolate(guide, size=coarse.shape[-2:], mode="bilinear", align_corners=False)
-        if self.attention is None:
+        if self.fusion is None:
             return StructureOutputs(coarse, distance, coarse)
-        refined_features = decoded + self.attention.scale * self.attention(guide, decoded)
+        if self.fusion == "attention":
+            refined_features = decoded + self.attention.scale * self.attention(guide, decoded)
+        elif self.fusion == "addition":
+            refined_features = decoded + self.projection(guide)
+        else:
+            refined_features = torch.cat([decoded, guide], dim=1)
         return StructureOutputs(coarse, distance, self.classifier(refined_features))
