@@ -77,6 +77,34 @@ def test_sli2vol_as_published_learns_from_edge_profiles_and_beats_copying(moving
     np.testing.assert_array_equal(result.labels[ANNOTATED], truth[ANNOTATED])
 
 
+def test_sli2vol_as_the_midl_study_made_it_learns_on_a_resnet18_across_random_gaps_and_beats_copying(moving_stack):
+    truth = moving_stack.label_layers[0]
+    study = {"encoder": "resnet18", "run_slices": "random", "sequence_length": 3, "scheduled_sampling": 0.5}
+    result = learned(moving_stack, "sli2vol", **QUICK_SLI2VOL, **study)
+    assert mean_dice_off_annotation(result.labels, truth) > mean_dice_off_annotation(nearest_copy(truth), truth) + 0.1
+    np.testing.assert_array_equal(result.labels[ANNOTATED], truth[ANNOTATED])
+    network = sli2vol.correspondence_network(encoder="resnet18")
+    assert any("resnet" in type(module).__name__.lower() for module in network.modules())
+    features = sli2vol.unit_features(network.eval(), torch.randn(2, 1, 40, 36))  # padded to 64 x 64 and cropped
+    assert features.shape == (2, sli2vol.FEATURE_CHANNELS, 40, 36)
+    torch.testing.assert_close(features.norm(dim=1), torch.ones(2, 40, 36))
+    with pytest.raises(ValueError, match="encoder must be one of unet, resnet18"):
+        learned(moving_stack, "sli2vol", **QUICK_SLI2VOL, encoder="resnet50")
+
+
+def test_training_runs_are_adjacent_slices_or_sorted_random_ones_in_either_direction():
+    generator = np.random.default_rng(0)
+    adjacent = [sli2vol.training_run(generator, 30, 3, "adjacent") for _ in range(50)]
+    drawn = [sli2vol.training_run(generator, 30, 3, "random") for _ in range(50)]
+    for run in adjacent + drawn:
+        steps = np.diff(run)
+        assert len(run) == 4 and run.min() >= 0 and run.max() < 30 and len(set(run)) == 4
+        assert np.all(steps > 0) or np.all(steps < 0)  # sorted, in one direction or the other
+    assert all(np.all(np.abs(np.diff(run)) == 1) for run in adjacent)
+    assert any(np.abs(np.diff(run)).max() > 1 for run in drawn)  # gaps to bridge
+    assert {run[0] < run[-1] for run in drawn} == {True, False}
+
+
 def test_edge_profiles_are_sobel_derivatives_scaled_to_the_largest_gradient():
     from scipy.ndimage import sobel
 

@@ -1,6 +1,7 @@
 """Self-supervised slice-to-slice propagation: Sli2Vol (Yeung et al., MIDL 2021), the learned interpolation of the
 MIDL 2025 slice-selection study, as published (edge profiles in, trained on slice pairs; its verification module is
-not reproduced) or in this project's variant (intensities in, runs of slices with scheduled sampling).
+not reproduced), as the MIDL 2025 study made it (a ResNet18 encoder, runs of randomly sampled slices, scheduled
+sampling) or in this project's variant (intensities in, runs of adjacent slices with scheduled sampling).
 
 A small network learns, from the unlabeled volume alone, features whose local affinities between two adjacent slices
 reconstruct one slice from the other. Labels then travel slice by slice through the same affinities, cascaded from
@@ -37,18 +38,33 @@ REUSED_NETWORKS = 2  # trained networks kept per process, most recent first (see
 _trained: OrderedDict[tuple, nn.Module] = OrderedDict()
 
 
-def correspondence_network(in_channels: int = 1, feature_channels: int = FEATURE_CHANNELS) -> nn.Module:
-    """MONAI U-Net from a slice (B, 1, H, W), or its edge profile (B, 2, H, W), to per-pixel features (B, D, H, W)."""
-    from monai.networks.nets import UNet
+ENCODERS = ("unet", "resnet18")
+RUN_SLICES = ("adjacent", "random")
 
-    return UNet(
-        spatial_dims=2,
-        in_channels=in_channels,
-        out_channels=feature_channels,
-        channels=(16, 32, 64),
-        strides=(2, 2),
-        num_res_units=1,
-    )
+
+def correspondence_network(
+    in_channels: int = 1, feature_channels: int = FEATURE_CHANNELS, encoder: str = "unet"
+) -> nn.Module:
+    """A network from a slice (B, 1, H, W), or its edge profile (B, 2, H, W), to per-pixel features (B, D, H, W):
+    a small MONAI U-Net ("unet"), or MONAI's FlexibleUNet on a ResNet18 encoder, randomly initialised ("resnet18",
+    the MIDL 2025 study's feature extractor). Its ``size_divisor`` is what its input is padded to."""
+    from monai.networks.nets import FlexibleUNet, UNet
+
+    if encoder == "resnet18":
+        network = FlexibleUNet(in_channels, feature_channels, backbone="resnet18", pretrained=False, spatial_dims=2)
+        network.size_divisor = 32
+    else:
+        network = UNet(
+            spatial_dims=2,
+            in_channels=in_channels,
+            out_channels=feature_channels,
+            channels=(16, 32, 64),
+            strides=(2, 2),
+            num_res_units=1,
+        )
+        network.size_divisor = 4
+    network.input_channels = in_channels
+    return network
 
 
 def edge_profile(slices: torch.Tensor) -> torch.Tensor:
@@ -70,15 +86,11 @@ def unit_features(network: nn.Module, slices: torch.Tensor) -> torch.Tensor:
     import torch.nn.functional as F  # noqa: N812 (the torch convention)
 
     height, width = slices.shape[-2:]
-    padded = F.pad(slices, (0, (-width) % 4, 0, (-height) % 4), mode="replicate")
-    if network_inputs(network) == 2:
+    divisor = network.size_divisor
+    padded = F.pad(slices, (0, (-width) % divisor, 0, (-height) % divisor), mode="replicate")
+    if network.input_channels == 2:
         padded = edge_profile(padded)
     return F.normalize(network(padded)[..., :height, :width], dim=1)
-
-
-def network_inputs(network: nn.Module) -> int:
-    """Input channels of the correspondence network: 1 (the slice) or 2 (its edge profile)."""
-    return next(module for module in network.modules() if hasattr(module, "in_channels")).in_channels
 
 
 def shifted_windows(tensor: torch.Tensor, radius: int) -> list[torch.Tensor]:
@@ -114,6 +126,19 @@ def transfer(affinity: torch.Tensor, values: torch.Tensor, radius: int) -> torch
     return result
 
 
+def training_run(generator: np.random.Generator, n_slices: int, length: int, run_slices: str) -> np.ndarray:
+    """The slice indices of one training run, ``length`` + 1 of them, in the order they are reconstructed (either
+    direction, at random): consecutive slices from a random start ("adjacent"), or slices drawn at random without
+    replacement and sorted ("random": the MIDL 2025 study's K random slices, each reconstructed from its nearest
+    drawn neighbour, so the network also learns to bridge gaps)."""
+    if run_slices == "random":
+        order = np.sort(generator.choice(n_slices, size=length + 1, replace=False))
+    else:
+        start = generator.integers(0, n_slices - length)
+        order = np.arange(start, start + length + 1)
+    return order[::-1].copy() if generator.random() < 0.5 else order
+
+
 def train_correspondence(
     image: np.ndarray,
     steps: int,
@@ -125,12 +150,14 @@ def train_correspondence(
     seed: int,
     progress=None,
     edges: bool = False,
+    encoder: str = "unet",
+    run_slices: str = "adjacent",
 ) -> nn.Module:
-    """Train the correspondence network on a volume's own adjacent slices (on their edge profiles with ``edges``;
-    the reconstruction is of the intensities either way).
+    """Train the correspondence network (``encoder``, :func:`correspondence_network`) on a volume's own slices (on
+    their edge profiles with ``edges``; the reconstruction is of the intensities either way).
 
-    Each step takes ``TRAINING_BATCH`` runs of ``sequence_length`` + 1 consecutive slices (random start, direction
-    and crop of ``patch_size`` pixels), reconstructs every slice of a run from the one before and minimises the L1
+    Each step takes ``TRAINING_BATCH`` runs of ``sequence_length`` + 1 slices (:func:`training_run`, with a random
+    crop of ``patch_size`` pixels), reconstructs every slice of a run from the one before and minimises the L1
     error. The slice a reconstruction starts from is the true one, or, with a probability rising linearly from 0 to
     ``scheduled_sampling`` over the steps, the previous reconstruction (scheduled sampling).
 
@@ -142,7 +169,7 @@ def train_correspondence(
     generator = np.random.default_rng(seed)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        network = correspondence_network(2 if edges else 1).to(device)
+        network = correspondence_network(2 if edges else 1, encoder=encoder).to(device)
     optimizer = torch.optim.Adam(network.parameters(), lr=LEARNING_RATE)
     volume = torch.as_tensor(image, dtype=torch.float32)
     n_slices, height, width = volume.shape
@@ -153,12 +180,10 @@ def train_correspondence(
         own_rate = scheduled_sampling * step / max(steps - 1, 1)
         runs = []
         for _ in range(TRAINING_BATCH):
-            start = generator.integers(0, n_slices - length)
-            order = np.arange(start, start + length + 1)
-            order = order[::-1] if generator.random() < 0.5 else order
+            order = training_run(generator, n_slices, length, run_slices)
             row = generator.integers(0, height - crop_rows + 1)
             column = generator.integers(0, width - crop_columns + 1)
-            runs.append(volume[torch.as_tensor(order.copy()), row : row + crop_rows, column : column + crop_columns])
+            runs.append(volume[torch.as_tensor(order), row : row + crop_rows, column : column + crop_columns])
         sequence = torch.stack(runs, dim=1)[:, :, None].to(device)  # (T + 1, B, 1, h, w)
         features = unit_features(network, sequence.flatten(0, 1)).unflatten(0, sequence.shape[:2])
         values, loss = sequence[0], 0.0
@@ -238,6 +263,8 @@ def sli2vol_propagation(
     extrapolate: bool = False,
     weighting: str = "distance",
     edge_profile: bool = False,
+    encoder: str = "unet",
+    run_slices: str = "adjacent",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Self-supervised slice-to-slice propagation (Sli2Vol), cascaded from the nearest annotated slices.
 
@@ -256,10 +283,15 @@ def sli2vol_propagation(
         extrapolate: also cascade beyond the first and the last annotated slice.
         weighting: "distance" or "uniform" blending of the two cascades of a gap.
         edge_profile: the network sees each slice's edge profile (Sobel derivatives), not its intensities.
+        encoder: the feature network: "unet" (a small MONAI U-Net) or "resnet18" (FlexibleUNet on a ResNet18
+            encoder, randomly initialised).
+        run_slices: a training run's slices: "adjacent" or "random" (sorted random slices, bridging gaps).
 
     Sli2Vol as published (Yeung et al. 2021), but for its verification module: ``edge_profile=True,
-    sequence_length=1, scheduled_sampling=0`` (edge profiles in, trained on pairs of adjacent slices). The defaults
-    are this project's variant: intensities in, runs of 3 slices with scheduled sampling.
+    sequence_length=1, scheduled_sampling=0`` (edge profiles in, trained on pairs of adjacent slices). The MIDL
+    2025 study's M.I. (its Appendix F): ``encoder="resnet18", run_slices="random"`` with scheduled sampling (it
+    gives neither K nor the sampling rate: ``sequence_length=3``, i.e. K = 4, and 0.5 are ours). The defaults are
+    this project's variant: intensities in, runs of 3 adjacent slices with scheduled sampling.
     """
     import torch
 
@@ -273,6 +305,9 @@ def sli2vol_propagation(
             f"radius={radius}, sequence_length={sequence_length}, patch_size={patch_size}."
         )
     check_weighting(weighting)
+    for name, value, valid in (("encoder", encoder, ENCODERS), ("run_slices", run_slices, RUN_SLICES)):
+        if value not in valid:
+            raise ValueError(f"sli2vol's {name} must be one of {', '.join(valid)}, got {value!r}.")
     if not 0 <= scheduled_sampling <= 1:
         raise ValueError(f"scheduled_sampling is a probability in [0, 1], got {scheduled_sampling}.")
     if task.n_slices < 2:
@@ -290,6 +325,8 @@ def sli2vol_propagation(
         scheduled_sampling=scheduled_sampling,
         patch_size=patch_size,
         edges=edge_profile,
+        encoder=encoder,
+        run_slices=run_slices,
     )
     annotated_probabilities, layer_values = one_hot_layers(task)
     backgrounds = np.cumsum([0] + [values.size for values in layer_values[:-1]])
