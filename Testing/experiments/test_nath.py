@@ -229,3 +229,35 @@ def test_the_proxy_rank_arm_annotates_volumes_in_the_proxy_models_order_every_ro
     assert names == set(order[:2])  # round 0 took the first, round 1 the second, in the proxy model's order
     assert record["rounds"][0]["queried"] == [[order[1], round(scores[order[1]], 8)]]
     assert spec.config.proxy.measure == "variance" and record["config"]["round_weights"] == "initial"
+
+
+def test_the_proxy_model_keeps_its_epoch_of_lowest_loss_on_the_held_out_proxy_labels(monkeypatch):
+    from spatial_al.models import ModelConfig
+    from spatial_al.selection import volumes
+    from spatial_al.training import Trainer, TrainingConfig
+
+    rounds = []
+    fit = Trainer.fit
+
+    def recorded_fit(trainer, training, validation=None, stage="segmentation", **options):
+        state = fit(trainer, training, validation, stage, **options)
+        rounds.append((validation, list(state.history), trainer.best_model_state))
+        return state
+
+    monkeypatch.setattr(Trainer, "fit", recorded_fit)
+    rng = np.random.default_rng(0)
+    images = [rng.random((32, 32, 32), dtype=np.float32) for _ in range(3)]
+    labels = [image > 0.6 for image in images]
+    architecture = ModelConfig(class_names=("proxy",), features=(4, 4, 8, 8, 8, 4), spatial_dims=3)
+    training = TrainingConfig(
+        max_epochs=4, patience=4, iterations_per_epoch=2, batch_size=1, patch_size=(32, 32, 32), augment=False
+    )
+    model = volumes.train_volume_proxy(
+        images[:2], labels[:2], architecture, training, torch.device("cpu"), validation=([images[2]], [labels[2]])
+    )
+    validation, history, best = rounds[-1]
+    assert validation is not None and len(history) == 4  # every epoch runs
+    losses = [epoch["validation_loss"] for epoch in history]
+    assert all(loss is not None for loss in losses)
+    # the weights of the best validation epoch (the trainer's selection, tested in test_training)
+    assert best is not None and all(torch.equal(model.state_dict()[name], best[name]) for name in best)

@@ -216,11 +216,15 @@ class ProxyConfig:
         max_epochs: the proxy model's epochs (of ``training.iterations_per_epoch`` steps).
         measure: the proxy model's uncertainty ("variance" or "entropy") that orders the volumes of a
             ``proxy_rank`` arm (the paper does not say which; variance here).
+        selection: the volumes whose proxy labels pick the proxy model's best epoch: "validation" (the split's
+            validation subjects), "test" (the paper's: its validation set is its evaluation set; a proxy label is
+            computed from intensities alone, so no annotation of theirs is read) or "none" (the last epoch).
     """
 
     window: list[float] = field(default_factory=lambda: [100.0, 150.0])
     max_epochs: int = 100
     measure: str = "variance"
+    selection: str = "validation"
 
     def __post_init__(self):
         if len(self.window) != 2 or self.window[0] >= self.window[1]:
@@ -231,6 +235,8 @@ class ProxyConfig:
             raise ConfigError(f"proxy.max_epochs must be at least 1, got {self.max_epochs}.")
         if self.measure not in ("variance", "entropy"):
             raise ConfigError(f"proxy.measure must be variance or entropy, got {self.measure!r}.")
+        if self.selection not in ("validation", "test", "none"):
+            raise ConfigError(f"proxy.selection must be validation, test or none, got {self.selection!r}.")
 
 
 @dataclass(frozen=True)

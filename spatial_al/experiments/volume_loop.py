@@ -275,7 +275,8 @@ class VolumeSession(Session):
         return SessionState(0, annotated)
 
     def proxy_model(self):
-        """The proxy model, trained on the proxy labels of every training volume (saved as ``proxy.pt``; read back
+        """The proxy model, trained on the proxy labels of every training volume for ``proxy.max_epochs``, keeping the
+        epoch of lowest loss on the proxy labels of the ``proxy.selection`` volumes (saved as ``proxy.pt``; read back
         when a killed run restarts)."""
         from ..selection.proxy import proxy_label
         from ..selection.volumes import train_volume_proxy
@@ -288,11 +289,14 @@ class VolumeSession(Session):
         data = self.config.data
         window = cached_window(self.config.proxy.window, data.window, data.intensity)
         images = [np.asarray(s.image) for s in self.training_subjects]
-        training = self.training.with_options(max_epochs=self.config.proxy.max_epochs, validation_fraction=0.0)
+        selecting = {"validation": self.spec.split.validation, "test": self.spec.split.test, "none": []}
+        held_out = [np.asarray(self.cohort[name].image) for name in selecting[self.config.proxy.selection]]
+        epochs = self.config.proxy.max_epochs  # every epoch runs; the best on the held-out proxy labels is kept
+        training = self.training.with_options(max_epochs=epochs, patience=epochs, validation_fraction=0.0)
         architecture = replace(self.model_config(), class_names=("proxy",), class_colors=())
         model = train_volume_proxy(
             images, [proxy_label(image, window) for image in images], architecture, training, self.device,
-            self.progress,
+            self.progress, (held_out, [proxy_label(image, window) for image in held_out]) if held_out else None,
         )  # fmt: skip
         save_checkpoint(path, model)
         return model

@@ -159,22 +159,28 @@ def train_volume_proxy(
     training,
     device,
     progress: ProgressReporter | None = None,
+    validation: tuple[Sequence[np.ndarray], Sequence[np.ndarray]] | None = None,
 ):
     """A 3D proxy model (``architecture``, a :class:`~spatial_al.models.ModelConfig` of one class) trained on random
     patches of ``images`` (each (D, H, W), intensities as the model will see them) against their proxy ``labels``
-    (bool, same shapes), with ``training`` (its patch size, steps, seed)."""
+    (bool, same shapes), with ``training`` (its patch size, steps, seed); with ``validation`` (images, proxy labels),
+    the weights of the epoch of lowest validation loss are kept (Nath et al.: "the validation set for selecting the
+    best model")."""
     import torch
 
     from ..models import SegmentationModel
     from ..training import Trainer, VolumeExamples
 
-    volumes = VolumeExamples()
-    for index, (image, label) in enumerate(zip(images, labels, strict=True)):
-        volumes.append(image[np.newaxis], label.astype(np.uint8)[np.newaxis], name=f"{index}")
+    def examples(volume_images, volume_labels, prefix):
+        volumes = VolumeExamples()
+        for index, (image, label) in enumerate(zip(volume_images, volume_labels, strict=True)):
+            volumes.append(image[np.newaxis], label.astype(np.uint8)[np.newaxis], name=f"{prefix}{index}")
+        return volumes
+
     torch.manual_seed(training.seed)
     model = SegmentationModel(architecture)
     trainer = Trainer(model, training, device, progress=progress)
-    trainer.train_round(volumes)
+    trainer.train_round(examples(images, labels, ""), examples(*validation, "validation ") if validation else None)
     return trainer.model
 
 
