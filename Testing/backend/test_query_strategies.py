@@ -618,7 +618,8 @@ def test_scoring_steps_hold_the_same_number_of_pixels_whatever_the_slice_size():
     np.testing.assert_array_equal(np.concatenate(slice_chunks(volume(512), slices)), slices)
 
 
-def test_vaal_queries_the_slices_least_like_the_annotated_ones_first():
+@pytest.mark.parametrize("encoder", ["vae", "unet"])
+def test_vaal_queries_the_slices_least_like_the_annotated_ones_first(encoder):
     import spatial_al
 
     rng = np.random.default_rng(0)
@@ -629,11 +630,13 @@ def test_vaal_queries_the_slices_least_like_the_annotated_ones_first():
     rng.shuffle(kinds)
     image = np.stack([(stripes if kind else disc) + rng.normal(0, 0.1, (32, 32)) for kind in kinds]).astype(np.float32)
     annotated = np.flatnonzero(kinds == 0)[:8]
-    options = {"epochs": 15, "batch_size": 8}
+    options = {"epochs": 15, "batch_size": 8, "encoder": encoder}
     ranking = spatial_al.rank(image, "vaal", 6, annotated=annotated, seed=3, device="cpu", **options)
     assert (kinds[ranking.slices] == 1).sum() >= 5  # the striped slices, unlike every annotated one, come first
     assert np.all((ranking.scores >= 0) & (ranking.scores <= 1))
     again = spatial_al.rank(image, "vaal", 6, annotated=annotated, seed=3, device="cpu", **options)
     np.testing.assert_array_equal(ranking.slices, again.slices)
     with pytest.raises(ValueError, match="vaal learns what tells annotated slices from the others, and none is"):
-        spatial_al.rank(image, "vaal", 6, device="cpu", epochs=1)
+        spatial_al.rank(image, "vaal", 6, device="cpu", epochs=1, encoder=encoder)
+    with pytest.raises(ValueError, match="encoder must be one of vae, unet"):
+        spatial_al.rank(image, "vaal", 6, annotated=annotated, device="cpu", encoder="resnet")

@@ -5,13 +5,15 @@ A variational autoencoder learns a latent space from the annotated and the unann
 discriminator learns to tell from the latent code whether a slice is annotated, and the autoencoder learns to fool
 it. Slices the discriminator is surest are unannotated, unlike anything annotated, are queried first. No
 segmentation model is involved (VAAL's sampler is task-agnostic); the networks are trained at selection time on the
-pool's own slices, resampled to 64 x 64 (MONAI's ``VarAutoEncoder``; VAAL's discriminator is a three-layer
-perceptron on the latent code).
+pool's own slices, resampled to 64 x 64. The autoencoder is MONAI's ``VarAutoEncoder`` (``encoder="vae"``), or a
+variational autoencoder whose encoder is the segmentation U-Net's (``encoder="unet"``: SBC-AL's "VAAL utilized a
+U-Net encoder"); VAAL's discriminator is a three-layer perceptron on the latent code.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 
@@ -31,6 +33,53 @@ class VaalConfig:
     latent_size: int = 32
     beta: float = 1.0
     adversarial_weight: float = 1.0
+    encoder: str = "vae"
+
+
+AUTOENCODERS = ("vae", "unet")
+
+
+def unet_encoder_autoencoder(size: int, latent_size: int):
+    """A variational autoencoder on (B, 1, size, size) slices whose encoder is the ``unet-small`` preset's U-Net
+    encoder (MONAI BasicUNet's levels, randomly initialised): its bottleneck (B, 256, size / 16, size / 16) gives the
+    mean and log-variance of the code through two linear layers; the decoder maps a code back through four transposed
+    convolutions. Returns what MONAI's ``VarAutoEncoder`` returns (reconstruction, mean, log-variance, sample) and has
+    its ``encode_forward`` (mean, log-variance)."""
+    import torch
+    from monai.networks.blocks import Convolution
+    from torch import nn
+
+    from ..models.backbones import build_backbone
+    from ..models.config import preset_config
+
+    class UNetEncoderVAE(nn.Module):
+        def __init__(self):
+            super().__init__()
+            backbone = build_backbone(preset_config("unet-small", class_names=("slice",)))
+            self.encoder, width, self.grid = backbone.encoder, backbone.bottleneck_width, size // 16
+            flat = width * self.grid * self.grid
+            self.mean, self.log_variance = nn.Linear(flat, latent_size), nn.Linear(flat, latent_size)
+            self.expand = nn.Linear(latent_size, flat)
+            widths = (width, 128, 64, 32, 16)
+            self.decoder = nn.Sequential(
+                *(
+                    Convolution(2, a, b, strides=2, kernel_size=3, is_transposed=True, act="LEAKYRELU", norm="INSTANCE")
+                    for a, b in pairwise(widths)
+                ),
+                nn.Conv2d(widths[-1], 1, kernel_size=1),
+            )
+
+        def encode_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            bottleneck = self.encoder(x)[-1].flatten(1)
+            return self.mean(bottleneck), self.log_variance(bottleneck)
+
+        def forward(self, x: torch.Tensor):
+            mean, log_variance = self.encode_forward(x)
+            sample = mean + torch.randn_like(mean) * (0.5 * log_variance).exp() if self.training else mean
+            code = self.expand(sample).unflatten(1, (-1, self.grid, self.grid))
+            return self.decoder(code), mean, log_variance, sample
+
+    return UNetEncoderVAE()
 
 
 def pool_positions(context: RankingContext, sources: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -62,15 +111,18 @@ def train_vaal(context: RankingContext, config: VaalConfig):
     device = context.torch_device()
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        autoencoder = VarAutoEncoder(
-            spatial_dims=2,
-            in_shape=tuple(slices.shape[1:]),
-            out_channels=1,
-            latent_size=config.latent_size,
-            channels=(16, 32, 64),
-            strides=(2, 2, 2),
-            use_sigmoid=False,  # intensities are z-scored, not in [0, 1]
-        ).to(device)
+        if config.encoder == "unet":
+            autoencoder = unet_encoder_autoencoder(slices.shape[-1], config.latent_size).to(device)
+        else:
+            autoencoder = VarAutoEncoder(
+                spatial_dims=2,
+                in_shape=tuple(slices.shape[1:]),
+                out_channels=1,
+                latent_size=config.latent_size,
+                channels=(16, 32, 64),
+                strides=(2, 2, 2),
+                use_sigmoid=False,  # intensities are z-scored, not in [0, 1]
+            ).to(device)
         discriminator = nn.Sequential(
             nn.Linear(config.latent_size, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 1)
         ).to(device)
@@ -126,6 +178,7 @@ def vaal(
     latent_size: int = 32,
     beta: float = 1.0,
     adversarial_weight: float = 1.0,
+    encoder: str = "vae",
 ) -> np.ndarray:
     """Variational adversarial active learning (Sinha et al. 2019): score = 1 - the discriminator's probability that
     the slice is annotated, so the slices least like the annotated ones in the learned latent space come first.
@@ -137,8 +190,11 @@ def vaal(
         latent_size: dimension of the latent code.
         beta: weight of the KL term.
         adversarial_weight: weight of fooling the discriminator in the autoencoder's loss.
+        encoder: "vae" (MONAI's VarAutoEncoder, VAAL's own) or "unet" (the U-Net's encoder, as SBC-AL ran VAAL).
     """
-    config = VaalConfig(epochs, batch_size, learning_rate, latent_size, beta, adversarial_weight)
+    if encoder not in AUTOENCODERS:
+        raise ValueError(f"vaal's encoder must be one of {', '.join(AUTOENCODERS)}, got {encoder!r}.")
+    config = VaalConfig(epochs, batch_size, learning_rate, latent_size, beta, adversarial_weight, encoder)
     if min(epochs, batch_size, latent_size) < 1 or learning_rate <= 0:
         raise ValueError(f"vaal needs epochs, batch_size and latent_size >= 1 and learning_rate > 0; got {config}.")
     return 1.0 - train_vaal(context, config)
