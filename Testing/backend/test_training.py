@@ -14,7 +14,14 @@ from spatial_al.learning import predict_segmentation, train_on_stack
 from spatial_al.models import SegmentationModel, preset_config
 from spatial_al.models.inference import SlicePredictor
 from spatial_al.progress import OperationCancelled, RecordingProgress
-from spatial_al.training import TrainingConfig, load_model, read_checkpoint, resume_trainer, save_checkpoint
+from spatial_al.training import (
+    Trainer,
+    TrainingConfig,
+    load_model,
+    read_checkpoint,
+    resume_trainer,
+    save_checkpoint,
+)
 from spatial_al.training.data import annotated_neighbour_groups, distance_targets, normalize_intensities
 from spatial_al.training.losses import focal_loss, segmentation_loss, weighted_mean
 from spatial_al.volume import Segment
@@ -367,6 +374,30 @@ def test_focal_loss_with_gamma_zero_is_cross_entropy_and_weights_scale_samples()
     focal = focal_loss(logits, target, mask, head="softmax", gamma=0.0)
     assert torch.allclose(focal, segmentation_loss("ce", "softmax", 2.0)(logits, target, mask), atol=1e-5)
     assert torch.allclose(weighted_mean(focal, torch.tensor([1.0, 0.0, 0.0])), focal[0])
+
+
+def test_class_weighted_cross_entropy_is_torchs_weighted_mean_over_the_supervised_pixels():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 5, 5)
+    target = torch.zeros(2, 2, 5, 5)
+    target[:, 0, :2] = 1  # liver
+    target[:, 1, 3:, 3:] = 1  # tumour
+    mask = torch.ones(2, 1, 5, 5)
+    mask[1, 0, :, :2] = 0  # part of the second slice unsupervised
+    weights = (0.04, 0.25, 1.4)
+    loss = segmentation_loss("ce", "softmax", 2.0, weights)(logits, target, mask)
+    classes = torch.zeros(2, 5, 5, dtype=torch.long)
+    classes[target[:, 0] > 0], classes[target[:, 1] > 0] = 1, 2
+    reference = torch.nn.CrossEntropyLoss(weight=torch.tensor(weights))
+    assert float(loss[0]) == pytest.approx(float(reference(logits[:1], classes[:1])), rel=1e-5)
+    kept = mask[1, 0].bool()
+    second = reference(logits[1].permute(1, 2, 0)[kept], classes[1][kept])  # the supervised pixels alone
+    assert float(loss[1]) == pytest.approx(float(second), rel=1e-5)
+    with pytest.raises(ValueError, match="class_weights weigh the ce loss"):
+        segmentation_loss("dice_ce", "softmax", 2.0, weights)
+    with pytest.raises(ValueError, match="one weight per output channel, background first"):
+        model = SegmentationModel(tiny(class_names=("a",)))  # 2 output channels
+        Trainer(model, replace(QUICK, loss="ce", class_weights=weights), torch.device("cpu"))
 
 
 def test_a_loss_that_does_not_fit_the_head_is_refused():

@@ -135,9 +135,17 @@ def test_lits_and_atlas_folders_run_with_their_protocol_entries(tmp_path, layout
     assert run_study(folder, output, "--strategies", "Fixed d40 s1") == 0
     study_record = json.loads((output / "study.json").read_text())
     assert study_record["dataset_entry"] == layout
-    assert study_record["classes"] == (["tumour"] if layout == "LiTS" else ["lesion"])
+    assert study_record["classes"] == (["liver", "tumour"] if layout == "LiTS" else ["lesion"])
     records = [json.loads(path.read_text()) for path in Path(output).glob("runs/*/seed-0/run.json")]
     assert sorted(record["arm"] for record in records) == ["Fixed d40 s1", "Full"]
+    if layout == "LiTS":  # the paper's weighted cross-entropy, and the tumour reported
+        training = records[0]["training_config"]
+        assert (training["loss"], training["class_weights"]) == ("ce", [0.04, 0.25, 1.4])
+        table = (output / "report" / "table.md").read_text()
+        assert "average batched IoU of tumour on the test subjects" in table
+        fixed = next(r for r in records if r["arm"] == "Fixed d40 s1")
+        tumour = fixed["rounds"][0]["metrics"]["per_class"]["iou_batch_mean"]["tumour"]
+        assert f"| {tumour:.3f} ± 0.000 |" in table
 
 
 @pytest.mark.parametrize(

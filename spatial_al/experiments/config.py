@@ -245,6 +245,8 @@ class ReportConfig:
 
     Attributes:
         metric: the metric of the table and curves ("dice_2d", "dice_3d", "iou_3d").
+        structure: a design grid's report gives ``metric`` of this class alone (the MIDL 2025 study reports LiTS's
+            tumour); None: the mean over classes.
         curve_axis: "percent" (test Dice vs percent of labeled training slices), "round", or "volumes" (vs labeled
             training volumes, a volume study; table columns at ``rounds``, headed by their volume counts).
         percents: table columns at these labeled percents (interpolated on each run's curve).
@@ -259,6 +261,7 @@ class ReportConfig:
     """
 
     metric: str = "dice_3d"
+    structure: str | None = None
     curve_axis: str = "percent"
     percents: list[float] = field(default_factory=list)
     rounds: list[int] = field(default_factory=list)

@@ -55,7 +55,16 @@ def grid_points(runs: dict[str, list[dict[str, Any]]]) -> dict[tuple[str, float,
 
 
 def values_of(records: list[dict[str, Any]], metric: str) -> list[float | None]:
-    return [record["metrics"].get(metric) for record in records]
+    """Each record's ``metric``: a summary metric (the mean over classes), or "name[class]" for one class's."""
+    name, _, structure = metric.removesuffix("]").partition("[")
+    if structure:
+        return [record["metrics"]["per_class"][name].get(structure) for record in records]
+    return [record["metrics"].get(name) for record in records]
+
+
+def metric_label(metric: str) -> str:
+    name, _, structure = metric.removesuffix("]").partition("[")
+    return METRIC_NAMES.get(name, name) + (f" of {structure}" if structure else "")
 
 
 def defined_values(records: list[dict[str, Any]], metric: str) -> list[float]:
@@ -66,14 +75,14 @@ def write_grid_report(runs: dict[str, list[dict[str, Any]]], config: dict[str, A
     """Write the design study's tables and figures (module docstring) into ``folder``; ``config`` is the study's
     resolved configuration (its arms give the row order)."""
     report = config["report"]
-    metric = report["metric"]
+    metric = report["metric"] + (f"[{report['structure']}]" if report.get("structure") else "")
     points = grid_points(runs)
     present = {group for group, _, _ in points}
     groups = [g for g in dict.fromkeys(arm.get("group") for arm in config["arms"].values()) if g in present]
     densities = sorted({density for _, density, _ in points})
     fractions = sorted({fraction for _, _, fraction in points})
     header = ["arm", *(f"ρ {density:g} %" for density in densities)]
-    text = [f"# {title}\n\n{METRIC_NAMES.get(metric, metric)} on the test subjects, mean ± std over seeds.\n"]
+    text = [f"# {title}\n\n{metric_label(metric)} on the test subjects, mean ± std over seeds.\n"]
     for fraction in fractions:
         rows = [
             [group, *(mean_std(values_of(points.get((group, d, fraction), []), metric)) for d in densities)]
@@ -82,13 +91,13 @@ def write_grid_report(runs: dict[str, list[dict[str, Any]]], config: dict[str, A
         heading = f"\n## s = {fraction:g} (fraction of training volumes annotated)\n\n"
         text.append(heading + markdown_table(header, rows))
     if REFERENCE_ARM in runs:
-        full = [record["rounds"][-1]["metrics"].get(metric) for record in runs[REFERENCE_ARM]]
+        full = values_of([record["rounds"][-1] for record in runs[REFERENCE_ARM]], metric)
         text.append(f"\n{REFERENCE_ARM} (every training slice): {mean_std(full)}\n")
     write_text_atomic(folder / "table.md", "".join(text))
     csv_rows = [
         [group, density, fraction, metric_name, *summary(values_of(records, metric_name)), labeled_percent(records)]
         for (group, density, fraction), records in sorted(points.items())
-        for metric_name in TABLE_METRICS
+        for metric_name in dict.fromkeys([*TABLE_METRICS, metric])
     ]
     write_text_atomic(
         folder / "table.csv",
@@ -160,7 +169,7 @@ def plot_budget(points, group: str, densities, fractions, metric: str, folder: P
                 label=f"ρ {value:g} %" if by_density else f"s = {value:g}",
             )  # fmt: skip
         axes.set_xlabel("labeled training slices (% of the training set)")
-        axes.set_ylabel(METRIC_NAMES.get(metric, metric) + f" (test), {group}")
+        axes.set_ylabel(metric_label(metric) + f" (test), {group}")
         budgets = [labeled_percent(records) for key, records in points.items() if key[0] == group]
         logarithmic_percent_axis(axes, [t for t in PERCENT_TICKS if min(budgets) / 1.5 <= t <= max(budgets) * 1.5])
         axes.legend(fontsize=8)
@@ -180,7 +189,7 @@ def plot_against_density(points, groups, densities, fraction, metric, path: Path
             label=group, color=colors[index // 2 if paired else index], linestyle="--" if paired and index % 2 else "-",
         )  # fmt: skip
     axes.set_xlabel(f"annotation density ρ (% of each annotated volume's slices), s = {fraction:g}")
-    axes.set_ylabel(METRIC_NAMES.get(metric, metric) + " (test)")
+    axes.set_ylabel(metric_label(metric) + " (test)")
     logarithmic_percent_axis(axes, densities)
     axes.legend(fontsize=8)
     save_figure(figure, path)
@@ -207,7 +216,7 @@ def plot_selection_disparity(points, groups, metric: str, path: Path) -> None:
     figure, axes = pyplot().subplots(figsize=(7, 4.5))
     axes.boxplot([disparities[g] for g in groups], tick_labels=list(groups))
     axes.axhline(0.0, color="grey", linewidth=0.8)
-    axes.set_ylabel(f"{METRIC_NAMES.get(metric, metric)}: arm mean - mean of all selections")
+    axes.set_ylabel(f"{metric_label(metric)}: arm mean - mean of all selections")
     axes.set_title("slice selection against the mean of every selection, per grid point (Fig. 5)", fontsize=9)
     axes.grid(alpha=0.3, axis="y")
     save_figure(figure, path)

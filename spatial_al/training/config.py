@@ -23,6 +23,8 @@ class TrainingConfig:
     Attributes:
         loss: "focal", "dice_ce", "ce" (softmax head) or "bce" (sigmoid head).
         focal_gamma: focal loss exponent (2 in STAR, 5 in Less Is More).
+        class_weights: one weight per output channel, background first, for the "ce" loss (the MIDL 2025 study's
+            LiTS: 0.04, 0.25, 1.4 for background, liver, tumour); None: unweighted.
         optimizer: "adam" or "sgd" (momentum; Nesterov's as nnU-Net unless ``nesterov`` is False).
         learning_rate: first round (STAR: 1e-4).
         fine_tune_learning_rate: every later round, weights kept (STAR: 1e-5).
@@ -82,6 +84,7 @@ class TrainingConfig:
 
     loss: str = "dice_ce"
     focal_gamma: float = 2.0
+    class_weights: tuple[float, ...] | None = None
     optimizer: str = "adam"
     learning_rate: float = 1e-3
     fine_tune_learning_rate: float = 1e-4

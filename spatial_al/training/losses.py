@@ -43,10 +43,16 @@ def focal_loss(logits, target, mask, *, head: str, gamma: float = 2.0) -> torch.
 
 
 @LOSSES.register("ce")
-def cross_entropy_loss(logits, target, mask, *, head: str) -> torch.Tensor:
-    """Cross-entropy over the classes (softmax head), per sample."""
+def cross_entropy_loss(logits, target, mask, *, head: str, class_weights=None) -> torch.Tensor:
+    """Cross-entropy over the classes (softmax head), per sample; with ``class_weights`` (one per output channel,
+    background first) each pixel weighs its true class's weight and a sample's loss is the weighted mean over its
+    supervised pixels, as torch's weighted ``CrossEntropyLoss`` averages."""
     classes = most_likely_class(with_background(target))
-    return masked_mean(F.cross_entropy(logits.float(), classes, reduction="none"), mask)
+    if class_weights is None:
+        return masked_mean(F.cross_entropy(logits.float(), classes, reduction="none"), mask)
+    weights = torch.as_tensor(class_weights, dtype=torch.float32, device=logits.device)
+    per_pixel = F.cross_entropy(logits.float(), classes, weight=weights, reduction="none")  # w_y * loss
+    return masked_mean(per_pixel, mask) / masked_mean(weights[classes], mask).clamp(min=1e-12)
 
 
 @LOSSES.register("bce")
@@ -89,11 +95,14 @@ def weighted_mean(per_sample: torch.Tensor, weights: torch.Tensor) -> torch.Tens
 REQUIRED_HEAD = {"ce": "softmax", "bce": "sigmoid"}
 
 
-def segmentation_loss(name: str, head: str, focal_gamma: float) -> Callable:
+def segmentation_loss(
+    name: str, head: str, focal_gamma: float, class_weights: tuple[float, ...] | None = None
+) -> Callable:
     """The per-sample loss ``name`` for ``head``: ``loss(logits, target, mask) -> (B,)``.
 
     Raises:
-        ValueError: ``name`` does not fit ``head`` (ce needs softmax, bce sigmoid), checked before any training.
+        ValueError: ``name`` does not fit ``head`` (ce needs softmax, bce sigmoid), or ``class_weights`` with
+            another loss than ce; checked before any training.
     """
     function = LOSSES.get(name)
     if REQUIRED_HEAD.get(name, head) != head:
@@ -101,7 +110,11 @@ def segmentation_loss(name: str, head: str, focal_gamma: float) -> Callable:
         raise ValueError(
             f"The {name} loss needs a {REQUIRED_HEAD[name]} head, this model has {head}: use {alternative}."
         )
+    if class_weights is not None and name != "ce":
+        raise ValueError(f"class_weights weigh the ce loss, and the loss is {name}: set loss to ce or drop them.")
     options = {"gamma": focal_gamma} if name == "focal" else {}
+    if class_weights is not None:
+        options["class_weights"] = tuple(class_weights)
 
     def loss(logits, target, mask):
         return function(logits, target, mask, head=head, **options)

@@ -136,7 +136,13 @@ class Trainer:
         self.phase_seconds = dict.fromkeys(PHASES, 0.0)
         self.steps_taken = 0  # optimizer steps run by this trainer (skipped non-finite ones included)
         head = model.config.head
-        self.loss = segmentation_loss(config.loss, head, config.focal_gamma)  # checks the loss fits the head now
+        if config.class_weights is not None and len(config.class_weights) != model.config.out_channels:
+            raise ValueError(
+                f"class_weights needs one weight per output channel, background first ({model.config.out_channels} "
+                f"for {', '.join(model.config.class_names)}), got {len(config.class_weights)}."
+            )
+        # checks the loss fits the head now
+        self.loss = segmentation_loss(config.loss, head, config.focal_gamma, config.class_weights)
         self.refinement_loss = segmentation_loss("dice_ce", head, config.focal_gamma)  # SBC-AL's L_ASR
 
     # -- rounds and stages ---------------------------------------------------------------------------------------
