@@ -24,6 +24,15 @@ def tiny_model(preset="unet-small", seed=0, **changes):
     return SegmentationModel(preset_config(preset, **changes))
 
 
+def regrouped_and_original(config, build_original):
+    """Our model of ``config`` and MONAI's network from ``build_original()``, built from the same seed (so with the
+    same initial weights), both in eval mode."""
+    torch.manual_seed(0)
+    model = SegmentationModel(config).eval()
+    torch.manual_seed(0)
+    return model, build_original().eval()
+
+
 def test_split_unet_computes_what_monai_basic_unet_computes():
     from monai.networks.nets import BasicUNet
 
@@ -144,14 +153,14 @@ def test_residual_unet_regroups_monais_unet_with_residual_units_without_changing
     from monai.networks.nets import UNet
 
     config = preset_config("resunet3d-small", class_names=CLASSES, spatial_dims=spatial_dims)
-    torch.manual_seed(0)
-    model = SegmentationModel(config).eval()
-    torch.manual_seed(0)  # the same construction, so the same initial weights
-    original = UNet(spatial_dims, 1, 3, channels=config.features, strides=(2, 2, 2, 2), num_res_units=2, dropout=0.2)
+    model, original = regrouped_and_original(
+        config,
+        lambda: UNet(spatial_dims, 1, 3, channels=config.features, strides=(2,) * 4, num_res_units=2, dropout=0.2),
+    )
     images = torch.randn(shape)
     with torch.no_grad():
         features = model.encode(images)
-        assert torch.allclose(model(images), original.eval()(images), atol=1e-6)
+        assert torch.allclose(model(images), original(images), atol=1e-6)
     assert [f.shape[1] for f in features] == list(config.features)
     assert [f.shape[-1] for f in features] == [24, 12, 6, 3, 3]  # the bottom unit keeps its input's size
     dropout = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
@@ -276,3 +285,50 @@ def test_config_round_trips_through_json_and_rejects_bad_values():
     with pytest.raises(ValueError, match="6 feature widths"):
         preset_config("unet", features=(8, 16))
     assert math.isclose(preset_config("unet").features[0], 32)
+
+
+@pytest.mark.parametrize(("spatial_dims", "shape"), [(3, (1, 1, 16, 32, 24)), (2, (2, 1, 32, 48))])
+def test_segresnet_regroups_monais_segresnet_without_changing_it(spatial_dims, shape):
+    from monai.networks.nets import SegResNet
+
+    config = preset_config("segresnet3d-small", class_names=CLASSES, spatial_dims=spatial_dims)
+    model, original = regrouped_and_original(
+        config, lambda: SegResNet(spatial_dims, init_filters=8, in_channels=1, out_channels=3, dropout_prob=0.2)
+    )
+    images = torch.randn(shape)
+    with torch.no_grad():
+        features = model.encode(images)
+        assert torch.allclose(model(images), original(images), atol=1e-6)
+    assert [f.shape[1] for f in features] == [8, 16, 32, 64] == list(model.backbone.encoder_widths)
+    assert [f.shape[-1] for f in features] == [shape[-1] // 2**level for level in range(4)]
+    assert model.size_divisor == 8 and model.encoder_has_dropout  # its one dropout, after the first convolution
+    with pytest.raises(ValueError, match="multiple of 8"):
+        preset_config("segresnet3d-small", features=(12,))
+    with pytest.raises(ValueError, match="one width"):
+        preset_config("segresnet3d-small", features=(8, 16))
+
+
+@pytest.mark.parametrize(("spatial_dims", "size"), [(3, (16, 32, 48)), (2, (32, 48))])
+def test_unetr_regroups_monais_unetr_without_changing_it(spatial_dims, size):
+    from monai.networks.nets import UNETR
+
+    config = preset_config(
+        "unetr3d-small", class_names=CLASSES, spatial_dims=spatial_dims, input_size=size, transformer=(32, 64, 4)
+    )
+    model, original = regrouped_and_original(
+        config,
+        lambda: UNETR(1, 3, size, feature_size=8, hidden_size=32, mlp_dim=64, num_heads=4, dropout_rate=0.1,
+                      spatial_dims=spatial_dims),
+    )  # fmt: skip
+    images = torch.randn(2, 1, *size)
+    with torch.no_grad():
+        features = model.encode(images)
+        assert torch.allclose(model(images), original(images), atol=1e-5)
+    assert [f.shape[1] for f in features] == [8, 16, 32, 64, 32] == list(model.backbone.encoder_widths)
+    assert [f.shape[-1] for f in features] == [size[-1] // 2**level for level in range(5)]
+    # the same weights under both names: state_dicts hold the same tensors
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in original.parameters())
+    with pytest.raises(ValueError, match="multiples of 16"):
+        preset_config("unetr3d-small", input_size=(24, 32, 32))
+    with pytest.raises(ValueError, match="unet, unet_plus_plus"):
+        preset_config("unetr3d-small", spatial_dims=2, input_size=(32, 32), star=True)

@@ -166,22 +166,42 @@ def rates_per_step(stack, config) -> tuple[list[float], list[float]]:
 
 
 def test_learning_rate_schedules_per_epoch_and_per_step(labeled_stack):
+    shape = {"step_every": 2, "step_gamma": 0.5, "poly_power": 0.8}
     rates = {
         schedule: rates_per_step(
             labeled_stack,
-            replace(QUICK, max_epochs=4, iterations_per_epoch=3, schedule=schedule, step_every=2, step_gamma=0.5),
+            replace(QUICK, max_epochs=4, iterations_per_epoch=3, schedule=schedule, optimizer="adamw", **shape),
         )
-        for schedule in ("poly", "step")
+        for schedule in ("poly", "step", "cosine")
     }
     poly_steps, poly_epochs = rates["poly"]
-    expected = [1e-3 * (1 - epoch / 4) ** 0.9 for epoch in range(4)]
+    expected = [1e-3 * (1 - epoch / 4) ** 0.8 for epoch in range(4)]  # the MIDL 2025 study's power
     np.testing.assert_allclose(poly_epochs, expected, rtol=1e-6)  # one rate an epoch, recorded as it was used
     np.testing.assert_allclose(poly_steps, np.repeat(expected, 3), rtol=1e-6)
     step_steps, step_epochs = rates["step"]
     np.testing.assert_allclose(step_steps, [1e-3 * 0.5 ** (i // 2) for i in range(12)], rtol=1e-6)  # SBC-AL's form
     np.testing.assert_allclose(step_epochs, step_steps[::3], rtol=1e-6)
-    with pytest.raises(ValueError, match="use one of constant, poly, step"):
-        TrainingConfig(schedule="cosine")
+    cosine_steps, _ = rates["cosine"]  # by step over the 12 steps of the round, as torch's CosineAnnealingLR
+    scheduled = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1e-3)
+    annealing = torch.optim.lr_scheduler.CosineAnnealingLR(scheduled, T_max=12)
+    reference = []
+    for _ in range(12):
+        reference.append(scheduled.param_groups[0]["lr"])
+        scheduled.step()
+        annealing.step()
+    np.testing.assert_allclose(cosine_steps, reference, rtol=1e-6)
+    with pytest.raises(ValueError, match="use one of constant, poly, step, cosine"):
+        TrainingConfig(schedule="linear")
+
+
+@pytest.mark.parametrize(("name", "kind"), [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)])
+def test_adam_and_adamw_are_torchs_with_the_configured_weight_decay(name, kind):
+    from spatial_al.training import Trainer
+
+    config = replace(QUICK, optimizer=name, weight_decay=1e-2)
+    trainer = Trainer(SegmentationModel(tiny(class_names=("disc",))), config, torch.device("cpu"))
+    optimizer = trainer._optimizer("segmentation")
+    assert type(optimizer) is kind and optimizer.param_groups[0]["weight_decay"] == 1e-2
 
 
 def test_a_resumed_run_ends_bit_identical_to_an_uninterrupted_one(labeled_stack, tmp_path):
@@ -374,6 +394,18 @@ def test_focal_loss_with_gamma_zero_is_cross_entropy_and_weights_scale_samples()
     focal = focal_loss(logits, target, mask, head="softmax", gamma=0.0)
     assert torch.allclose(focal, segmentation_loss("ce", "softmax", 2.0)(logits, target, mask), atol=1e-5)
     assert torch.allclose(weighted_mean(focal, torch.tensor([1.0, 0.0, 0.0])), focal[0])
+
+
+def test_dice_focal_loss_on_volumes_is_monais_soft_dice_plus_focal_loss_summed_over_the_classes():
+    from monai.losses import DiceLoss, FocalLoss
+
+    torch.manual_seed(2)
+    logits = torch.randn(2, 3, 4, 6, 6)  # (B, background + 2 classes, D, H, W): a 3D patch
+    dense = torch.nn.functional.one_hot(torch.randint(0, 3, (2, 4, 6, 6)), 3).permute(0, 4, 1, 2, 3).float()
+    loss = segmentation_loss("dice_focal", "softmax", 3.0)(logits, dense[:, 1:], torch.ones(2, 1, 4, 6, 6))
+    dice = DiceLoss(include_background=False, softmax=True, reduction="none")(logits, dense).flatten(1).mean(1)
+    focal = FocalLoss(gamma=3.0, use_softmax=True, reduction="none")(logits, dense).sum(1).flatten(1).mean(1)
+    assert torch.allclose(loss, dice + focal, atol=1e-5)
 
 
 def test_class_weighted_cross_entropy_is_torchs_weighted_mean_over_the_supervised_pixels():

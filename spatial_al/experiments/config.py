@@ -22,7 +22,7 @@ INITIAL_SCOPES = ("volume", "dataset")
 ARM_STRATEGY = "arm"  # initial.strategy: each arm's own strategy picks its round-0 slices
 INTENSITY_MODES = ("zscore", "window")
 CURVE_AXES = ("percent", "round", "grid", "volumes")
-QUERY_UNITS = ("slice", "volume")
+QUERY_UNITS = ("slice", "volume", "sparse_volume")
 ROUND_WEIGHTS = ("fine_tune", "initial")
 STAR_GROUPS = ("fixed", "annotated")
 
@@ -306,8 +306,10 @@ class ExperimentConfig:
         batch_size: slices per forward pass when ranking and evaluating, and the test batches that
             ``iou_batch_mean`` (the MIDL 2025 study's average batched IoU) averages over.
         hd95: compute the 95th percentile Hausdorff distance of test volumes (seconds per round on large volumes).
-        unit: what a query annotates: "slice" (the slice studies) or "volume" (Nath et al.: whole volumes, a 3D model
-            on patches of ``training.patch_size``, :mod:`spatial_al.experiments.volume_loop`).
+        unit: what a query annotates: "slice" (the slice studies), "volume" (Nath et al.: whole volumes, a 3D model
+            on patches of ``training.patch_size``, :mod:`spatial_al.experiments.volume_loop`) or "sparse_volume"
+            (the MIDL 2025 study's 3D half: the slices of a design grid, once, and a 3D model trained on patches with
+            the unannotated slices masked out of the loss).
         query_volumes: k, the volumes a volume study annotates per round (and in its cold start).
         mc_samples: m, the MC-dropout passes of a volume study's uncertainty.
         noisy_label_threshold: tau of the semi-supervised stage's noisy labels.

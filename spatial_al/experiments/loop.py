@@ -213,7 +213,7 @@ def arm_preset(config: ExperimentConfig, arm: ArmConfig) -> str:
     queries, the protocol's plain preset otherwise."""
     from ..selection import STRATEGIES, strategy_info
 
-    if config.unit == "volume":  # volume strategies rank with the protocol's 3D model
+    if config.unit != "slice":  # volume strategies rank, and sparse volumes train, with the protocol's 3D model
         return config.preset
     kind = strategy_info(STRATEGIES.get(arm.strategy)).model
     if kind == "star" or arm.pseudo_labels == "star":
@@ -233,6 +233,9 @@ def arm_model_config(config: ExperimentConfig, arm: ArmConfig, classes: tuple[st
     base = asdict(preset_config(arm_preset(config, arm)))
     values = {**base, **config.model, **arm.model}
     values.update(class_names=list(classes), class_colors=[], head="softmax", slice_axis=0)
+    if values["architecture"] == "unetr":  # built for one input: the training patch, or (2D) the resized slice
+        patch, size = config.training_config(0).patch_size, config.data.image_size
+        values["input_size"] = patch if patch and len(patch) == values["spatial_dims"] else (size, size)
     try:
         return ModelConfig.from_json(json.dumps(values))
     except (TypeError, ValueError) as error:

@@ -1,6 +1,7 @@
 """The papers' study protocols, one JSON file each in ``protocols/``, resolved to an :class:`ExperimentConfig`.
 
-Resolution order: the protocol's paper setting (``"config"``), then its dataset's changes (``"datasets"``, chosen by
+A protocol file may extend another (``"extends"``: the name of the protocol it varies). Resolution order: the
+protocol's paper setting (``"config"``), then its dataset's changes (``"datasets"``, chosen by
 the data folder's name or dataset.json's ``name``: BrainTumour, Spleen, Heart, ...; ``demo`` for the demo cohort),
 then the scale (``"scales"``), then the user's ``--config`` file. Scales shrink rounds, epochs, image size, model
 width and cohort; they never change what a run does.
@@ -41,6 +42,9 @@ PROTOCOLS.register(
     "slice_config", "Slice configuration: density x volumes, selection, mask interpolation (Zhang et al., MIDL 2025)"
 )("slice_config.json")
 PROTOCOLS.register(
+    "slice_config_3d", "The same study's 3D half: 3D U-Net, SegResNet, UNETR on sparse slices (Zhang et al., MIDL 2025)"
+)("slice_config_3d.json")
+PROTOCOLS.register(
     "nath", "Nath et al.: proxy-ranked cold start, volume queries, semi-supervised fine-tuning, 3D (MICCAI 2022)"
 )("nath.json")
 PROTOCOLS.register("sbc_al", "SBC-AL: structure and boundary consistency queries with SFP and ASR (MICCAI 2024)")(
@@ -49,9 +53,14 @@ PROTOCOLS.register("sbc_al", "SBC-AL: structure and boundary consistency queries
 
 
 def load_protocol(name: str) -> Protocol:
-    """The protocol called ``name``; an unknown name fails with the closest one."""
+    """The protocol called ``name``; an unknown name fails with the closest one. A protocol that ``"extends"``
+    another is that one's content with its own merged over it (:func:`deep_merge`: sections key by key, lists and
+    values replaced), so a variant of a study states only what differs."""
     file_name = PROTOCOLS.get(name)
     content = json.loads((resources.files(__package__) / "protocols" / file_name).read_text())
+    parent = content.pop("extends", None)
+    if parent is not None:
+        content = deep_merge(load_protocol(parent).content, content)
     return Protocol(name, content["title"], content["paper"], content)
 
 

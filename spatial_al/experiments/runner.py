@@ -121,6 +121,8 @@ def check_components(config: ExperimentConfig, arms: list[str]) -> None:
     if config.unit == "volume":
         check_volume_study(config, arms)
         return
+    if config.unit == "sparse_volume":
+        check_sparse_volume_study(config, arms)
     semi_supervised = [name for name in arms if config.arms[name].semi_supervised]
     if semi_supervised:
         raise ConfigError(
@@ -150,12 +152,7 @@ def check_volume_study(config: ExperimentConfig, arms: list[str]) -> None:
 
     strategies = (*VOLUME_STRATEGIES, PROXY_RANK)
 
-    patch = config.training_config(0).patch_size
-    if patch is None or len(patch) != 3:
-        raise ConfigError(
-            f"A volume study trains a 3D model on patches: set training.patch_size to [D, H, W] (96, 96, 96 in the "
-            f"paper); got {patch}."
-        )
+    check_volume_models(config, arms)
     for name in arms:
         arm = config.arms[name]
         if arm.strategy not in strategies:
@@ -169,17 +166,52 @@ def check_volume_study(config: ExperimentConfig, arms: list[str]) -> None:
                 f"arms.{name}: a volume study makes no slice pseudo-labels and trains no slice consistency; drop "
                 "pseudo_labels and unlabeled_consistency."
             )
-        model = arm_model_config(config, arm, ("class",))
-        if model.spatial_dims != 3:
-            raise ConfigError(
-                f"arms.{name}: a volume study trains a 3D model, and {model.describe()} is 2D; set preset to a 3D "
-                "one (resunet3d, resunet3d-small, unet3d, unet3d-small)."
-            )
         if arm.strategy.startswith("proxy_"):
             try:
                 cached_window(config.proxy.window, config.data.window, config.data.intensity)
             except ValueError as error:
                 raise ConfigError(f"arms.{name}: {error}") from None
+
+
+def check_volume_models(config: ExperimentConfig, arms: list[str]) -> None:
+    """A 3D study's arms train a 3D model on 3D patches of ``training.patch_size``."""
+    patch = config.training_config(0).patch_size
+    if patch is None or len(patch) != 3:
+        raise ConfigError(
+            f"A {config.unit} study trains a 3D model on patches: set training.patch_size to [D, H, W] (96, 96, 96 in "
+            f"Nath et al.); got {patch}."
+        )
+    for name in arms:
+        model = arm_model_config(config, config.arms[name], ("class",))
+        if model.spatial_dims != 3:
+            raise ConfigError(
+                f"arms.{name}: a {config.unit} study trains a 3D model, and {model.describe()} is 2D; set preset to a "
+                "3D one (unet3d, resunet3d, segresnet3d, unetr3d, or their -small versions)."
+            )
+
+
+def check_sparse_volume_study(config: ExperimentConfig, arms: list[str]) -> None:
+    """The MIDL 2025 study's 3D half annotates slices once (a design grid, no query rounds) and trains a 3D model on
+    them, with mask interpolation as the only pseudo-labels, weighed as annotations."""
+    check_volume_models(config, arms)
+    if config.rounds != 0:
+        raise ConfigError(
+            f"A sparse_volume study annotates its slices once and trains one 3D model (rounds 0); got rounds "
+            f"{config.rounds}: set rounds to 0, or use unit 'slice' for query rounds with a 2D model."
+        )
+    for name in arms:
+        arm = config.arms[name]
+        if arm.pseudo_labels not in ("none", "volume_interpolation") or arm.unlabeled_consistency:
+            raise ConfigError(
+                f"arms.{name}: a sparse_volume study trains on the annotated slices and, with mask interpolation "
+                f"(pseudo_labels 'volume_interpolation'), the slices filled between them; got pseudo_labels "
+                f"{arm.pseudo_labels!r}{' and unlabeled_consistency' if arm.unlabeled_consistency else ''}."
+            )
+        if arm.pseudo_labels == "volume_interpolation" and config.training_config(0).pseudo_label_weight != 1.0:
+            raise ConfigError(
+                "A 3D patch holds annotated and interpolated slices together, so they weigh the same in a "
+                "sparse_volume study; set training.pseudo_label_weight to 1."
+            )
 
 
 def check_budget(config: ExperimentConfig, cohort: Cohort, split: Split) -> None:

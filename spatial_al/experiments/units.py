@@ -21,11 +21,14 @@ from .grid_report import write_grid_report
 from .loop import RUN_FILE, STATE_FILE, RoundProgress, RunSpec, Session, SessionState
 from .paper_report import write_paper_comparison
 from .report import read_runs, write_curve_report
-from .volume_loop import VolumeSession
+from .volume_loop import SparseVolumeSession, VolumeSession
 
 SESSIONS: Registry[type[Session]] = Registry("query unit")
 SESSIONS.register("slice", "slices are queried, annotated and pseudo-labeled; a 2D model")(Session)
 SESSIONS.register("volume", "whole volumes are queried and annotated; a 3D model (Nath et al.)")(VolumeSession)
+SESSIONS.register(
+    "sparse_volume", "slices of a design grid annotated once; a 3D model on them (the MIDL 2025 study's 3D half)"
+)(SparseVolumeSession)
 
 ReportLayout = Callable[[dict[str, list[dict[str, Any]]], dict[str, Any], Path, str], None]
 REPORT_LAYOUTS: Registry[ReportLayout] = Registry("report layout")

@@ -9,6 +9,9 @@ unannotated volumes (:mod:`spatial_al.training.semi_supervised`); evaluates it o
 window; and queries the k unannotated volumes of highest mean MC-dropout variance or entropy (m passes), or k at
 random. The run folder is the slice runs' (:mod:`spatial_al.experiments.loop`), with the proxy model
 (``proxy.pt``) and each round's noisy labels (``noisy/round-NNN.npz``) beside it, so a killed run resumes exactly.
+
+:class:`SparseVolumeSession` runs the MIDL 2025 study's 3D half on the same 3D machinery: slices, not volumes, are
+annotated (once, by the 2D study's design grid), and the 3D model learns from them alone.
 """
 
 from __future__ import annotations
@@ -317,3 +320,32 @@ class VolumeSession(Session):
 
     def finished(self, state: SessionState) -> bool:
         return self.spec.reference or state.round_index >= self.config.rounds or not self.unlabeled(state)
+
+
+class SparseVolumeSession(VolumeSession):
+    """A run of the MIDL 2025 study's 3D half: the 2D study's cold start (rho percent of the slices of s x N volumes,
+    by the arm's selection, and, for a '+ M.I.' arm, the slices between them filled by mask interpolation), then one
+    3D model trained on patches of those volumes with every other slice masked out of the loss (the interpolated
+    slices trained on as annotations), tested by sliding window. No query rounds."""
+
+    def initial_selection(self) -> SessionState:
+        return Session.initial_selection(self)
+
+    def training_examples(self, state: SessionState):
+        """The volumes holding an annotated slice: image (1, S, H, W), target (C, S, H, W) that holds the revealed
+        truth of the annotated slices and the pseudo-labels of the filled ones (zero elsewhere), those slices as
+        the loss mask."""
+        from ..training import VolumeExamples
+
+        examples = VolumeExamples()
+        for subject in self.training_subjects:
+            annotated, filled = state.annotated[subject.name], state.pseudo.get(subject.name, {})
+            if not annotated:
+                continue
+            target = np.zeros((len(self.classes), *np.shape(subject.image)), np.uint8)
+            target[:, annotated] = np.moveaxis(np.asarray(subject.targets[annotated]), 1, 0)
+            for index, mask in filled.items():
+                target[:, index] = mask
+            trained = sorted({*annotated, *filled})
+            examples.append(np.array(subject.image)[np.newaxis], target, annotated=trained, name=subject.name)
+        return examples

@@ -133,6 +133,65 @@ class AttentionUNetDecoder(nn.Module):
         return x
 
 
+class SegResNetEncoder(nn.Module):
+    """MONAI ``SegResNet.encode``: the initial convolution (then its dropout, when set) and the down layers; returns
+    every down layer's output, finest first (the last is the bottleneck)."""
+
+    def __init__(self, network: nn.Module):
+        super().__init__()
+        self.initial = network.convInit
+        self.dropout = network.dropout if network.dropout_prob is not None else nn.Identity()
+        self.down_layers = network.down_layers
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.dropout(self.initial(x))
+        features = []
+        for layer in self.down_layers:
+            x = layer(x)
+            features.append(x)
+        return features
+
+
+class SegResNetDecoder(nn.Module):
+    """MONAI ``SegResNet.decode`` without its final convolution (the head): each up-sampling is added to the next
+    finer level, then its residual blocks run."""
+
+    def __init__(self, network: nn.Module):
+        super().__init__()
+        self.up_samples = network.up_samples
+        self.up_layers = network.up_layers
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        x = features[-1]
+        for up_sample, layer, skip in zip(self.up_samples, self.up_layers, reversed(features[:-1]), strict=True):
+            x = layer(up_sample(x) + skip)
+        return x
+
+
+class UNETREncoder(nn.Module):
+    """MONAI ``UNETR``'s encoder half: its ViT, the convolutional skip of the input and the skips made from the 3rd,
+    6th and 9th transformer layers; returns [enc1 (full), enc2 (1/2), enc3 (1/4), enc4 (1/8), the last layer's
+    tokens as a 1/16 grid], as ``UNETR.forward`` computes them."""
+
+    def __init__(self, network: nn.Module):
+        super().__init__()
+        self.vit = network.vit
+        self.skips = nn.ModuleList([network.encoder1, network.encoder2, network.encoder3, network.encoder4])
+        self.grid_shape = list(network.proj_view_shape)  # (*patch grid, hidden) and the permutation to channels first
+        self.grid_axes = tuple(network.proj_axes)
+
+    def token_grid(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, N, hidden) as a feature map (B, hidden, *patch grid) (``UNETR.proj_feat``)."""
+        return tokens.view([tokens.size(0), *self.grid_shape]).permute(self.grid_axes).contiguous()
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        tokens, hidden = self.vit(x)
+        first, *from_layers = self.skips
+        layers = zip(from_layers, (3, 6, 9), strict=True)
+        skips = [first(x)] + [skip(self.token_grid(hidden[layer])) for skip, layer in layers]
+        return [*skips, self.token_grid(tokens)]
+
+
 class FlexibleUNetDecoder(nn.Module):
     """MONAI ``FlexibleUNet``'s decoder with its skip-connection count bound."""
 
@@ -177,6 +236,8 @@ def build_backbone(config: ModelConfig) -> EncoderDecoder:
     """The encoder-decoder of ``config`` (random initialisation; no weights are downloaded)."""
     from monai.networks.nets import AttentionUnet, BasicUNet, BasicUNetPlusPlus, FlexibleUNet, UNet
 
+    if config.architecture in ("segresnet", "unetr"):
+        return build_single_width_backbone(config)
     widths = tuple(config.features[:5])
     if config.architecture == "unet_plus_plus":
         unet = BasicUNetPlusPlus(
@@ -238,6 +299,39 @@ def build_backbone(config: ModelConfig) -> EncoderDecoder:
     widths = tuple(unet.encoder.num_channels_per_output()[unet.encoder.backbone_names.index(config.backbone)])
     decoder = FlexibleUNetDecoder(unet.decoder, unet.skip_connect)
     return EncoderDecoder(unet.encoder, decoder, unet.segmentation_head, widths, config.decoder_channels[-1], 32)
+
+
+def build_single_width_backbone(config: ModelConfig) -> EncoderDecoder:
+    """A segresnet or unetr of ``config`` (2D or 3D) as encoder, decoder and head."""
+    from monai.networks.nets import UNETR, SegResNet
+
+    width = config.features[0]
+    if config.architecture == "segresnet":
+        network = SegResNet(
+            spatial_dims=config.spatial_dims,
+            init_filters=width,
+            in_channels=config.in_channels,
+            out_channels=config.out_channels,
+            dropout_prob=config.dropout or None,
+        )
+        widths = tuple(width * 2**level for level in range(len(network.blocks_down)))
+        encoder, decoder = SegResNetEncoder(network), SegResNetDecoder(network)
+        return EncoderDecoder(encoder, decoder, network.conv_final, widths, width, 2 ** (len(widths) - 1))
+    hidden, mlp, heads = config.transformer
+    network = UNETR(
+        in_channels=config.in_channels,
+        out_channels=config.out_channels,
+        img_size=config.input_size,
+        feature_size=width,
+        hidden_size=hidden,
+        mlp_dim=mlp,
+        num_heads=heads,
+        dropout_rate=config.dropout,
+        spatial_dims=config.spatial_dims,
+    )
+    decoder = BasicUNetDecoder([network.decoder5, network.decoder4, network.decoder3, network.decoder2])
+    widths = (width, 2 * width, 4 * width, 8 * width, hidden)
+    return EncoderDecoder(UNETREncoder(network), decoder, network.out, widths, width, 16)
 
 
 def first_convolution(module: nn.Module) -> nn.Conv2d:

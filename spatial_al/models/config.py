@@ -11,8 +11,10 @@ from ..registry import Registry
 
 DISTANCE_SCALES = ("normalized", "pixels")  # what SBC-AL's SFP regresses
 REFINEMENT_FUSIONS = ("attention", "addition", "concatenation")  # SBC-AL's ASR and its Table 3 ablations
-VOLUME_ARCHITECTURES = ("unet", "residual_unet")  # those built with spatial_dims=3
-ARCHITECTURES = ("unet", "unet_plus_plus", "attention_unet", "resnet_unet", "residual_unet")
+VOLUME_ARCHITECTURES = ("unet", "residual_unet", "segresnet", "unetr")  # those built with spatial_dims=3
+ARCHITECTURES = ("unet", "unet_plus_plus", "attention_unet", "resnet_unet", "residual_unet", "segresnet", "unetr")
+SINGLE_WIDTH_ARCHITECTURES = ("segresnet", "unetr")  # features = (their first level's width,)
+SEGRESNET_GROUPS = 8  # MONAI SegResNet's group norm: its widths are multiples of this
 HEADS = ("softmax", "sigmoid")
 # FlexibleUNet's ResNet encoders (monai.networks.nets.resnet), listed here so a configuration is checked without MONAI
 RESNET_BACKBONES = ("resnet10", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet200")
@@ -27,7 +29,10 @@ class ModelConfig:
             ``BasicUNetPlusPlus``, nested skips, no deep supervision), "attention_unet" (MONAI ``AttentionUnet``,
             attention-gated skips; ``features[:5]`` are its channels) or "resnet_unet" (MONAI ``FlexibleUNet`` with a
             ResNet encoder, random initialisation) or "residual_unet" (MONAI ``UNet``, two residual units per block,
-            ``features`` its 5 level widths: Nath et al.'s network).
+            ``features`` its 5 level widths: Nath et al.'s network), "segresnet" (MONAI ``SegResNet``: residual blocks
+            (1, 2, 2, 4) down, (1, 1, 1) up, group norm; ``features`` = (its initial filters,), doubled per level) or
+            "unetr" (MONAI ``UNETR``: a ViT encoder of 12 layers on 16-voxel patches, ``transformer`` its sizes,
+            ``features`` = (its feature size,), ``input_size`` the fixed input it is built for).
         class_names: one name per foreground class (the segments the model was trained on), in output order.
         class_colors: RGB in [0, 1] per class, for writing predictions as a segmentation.
         head: "softmax" (mutually exclusive classes; output channel 0 is background) or "sigmoid" (one
@@ -49,8 +54,11 @@ class ModelConfig:
         distance_scale: what SFP regresses: "pixels" (the distance to the structure's boundary inside it, in pixels:
             the paper's D_i) or "normalized" (that distance divided by its maximum, in [0, 1]).
         slice_axis: array axis (KJI) the model was trained on; prediction cuts new volumes the same way.
-        spatial_dims: 2 (slices) or 3 (volumes: a "unet" only, trained on patches and run by sliding window;
-            :mod:`spatial_al.models.volume_inference`).
+        spatial_dims: 2 (slices) or 3 (volumes: a unet, residual_unet, segresnet or unetr, trained on patches and
+            run by sliding window; :mod:`spatial_al.models.volume_inference`).
+        input_size: a unetr's input, (H, W) or (D, H, W) (its ViT embeds a fixed grid of 16-voxel patches; the
+            experiments set it to the training patch or slice size); () for the other architectures.
+        transformer: a unetr's ViT: (hidden size, MLP width, attention heads); MONAI's defaults are ViT-B's.
     """
 
     architecture: str = "unet"
@@ -72,6 +80,8 @@ class ModelConfig:
     distance_scale: str = "normalized"
     slice_axis: int = 0
     spatial_dims: int = 2
+    input_size: tuple[int, ...] = ()
+    transformer: tuple[int, int, int] = (768, 3072, 12)
 
     def __post_init__(self):
         if self.architecture not in ARCHITECTURES:
@@ -92,10 +102,13 @@ class ModelConfig:
             raise ValueError(f"A {self.architecture} needs 6 feature widths (BasicUNet's), got {self.features}.")
         if self.architecture == "residual_unet" and len(self.features) != 5:
             raise ValueError(f"A residual_unet needs 5 level widths (4 down-samplings), got {self.features}.")
-        if self.architecture == "residual_unet" and (self.star or self.structure_heads):
+        if self.architecture in SINGLE_WIDTH_ARCHITECTURES:
+            self._check_single_width()
+        if self.architecture in ("residual_unet", *SINGLE_WIDTH_ARCHITECTURES) and (self.star or self.structure_heads):
             raise ValueError(
-                "STAR and SBC-AL's modules read decoder features at the input's resolution, which a residual_unet "
-                "(its top layer up-samples) does not have; use unet, resnet_unet or their presets."
+                f"STAR and SBC-AL's modules are built on a unet, unet_plus_plus, attention_unet or resnet_unet, not a "
+                f"{self.architecture} (a residual_unet's decoder does not have the input's resolution); use one of "
+                "those or their presets."
             )
         if self.class_colors and len(self.class_colors) != len(self.class_names):
             raise ValueError("class_colors needs one colour per class name.")
@@ -116,8 +129,9 @@ class ModelConfig:
             self.architecture not in VOLUME_ARCHITECTURES or self.star or self.structure_heads
         ):
             raise ValueError(
-                "A 3D model is a plain unet (MONAI BasicUNet) or residual_unet (MONAI UNet): STAR, SBC-AL's modules "
-                "and the other architectures are 2D; use a 2D preset for them, or a 3D one (resunet3d, unet3d, ...)."
+                "A 3D model is a plain unet (MONAI BasicUNet), residual_unet (MONAI UNet), segresnet or unetr: STAR, "
+                "SBC-AL's modules and the other architectures are 2D; use a 2D preset for them, or a 3D one (unet3d, "
+                "resunet3d, segresnet3d, unetr3d, ...)."
             )
         if self.distance_scale not in DISTANCE_SCALES:
             raise ValueError(
@@ -125,6 +139,26 @@ class ModelConfig:
             )
         if self.attention_grid < 1:
             raise ValueError(f"attention_grid must be at least 1, got {self.attention_grid}.")
+
+    def _check_single_width(self) -> None:
+        """A segresnet or unetr: one width; a segresnet's a multiple of its norm groups; a unetr's input and ViT."""
+        if len(self.features) != 1:
+            raise ValueError(f"A {self.architecture} takes one width (features = (n,)), got {self.features}.")
+        if self.architecture == "segresnet" and self.features[0] % SEGRESNET_GROUPS:
+            raise ValueError(
+                f"A segresnet's width must be a multiple of {SEGRESNET_GROUPS} (its group norm), got "
+                f"{self.features[0]}."
+            )
+        if self.architecture != "unetr":
+            return
+        hidden, _, heads = self.transformer
+        if len(self.input_size) != self.spatial_dims or any(n % 16 for n in self.input_size):
+            raise ValueError(
+                f"A unetr is built for one input size of {self.spatial_dims} multiples of 16 (its ViT's patches), got "
+                f"input_size {self.input_size}; set it to the training patch (3D) or slice size (2D)."
+            )
+        if hidden % heads:
+            raise ValueError(f"A unetr's hidden size must divide into its heads; got transformer {self.transformer}.")
 
     @property
     def num_classes(self) -> int:
@@ -162,7 +196,7 @@ class ModelConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"Model configuration has unknown fields {unknown}; was it written by a newer version?")
-        for name in ("class_names", "features", "decoder_channels"):
+        for name in ("class_names", "features", "decoder_channels", "input_size", "transformer"):
             if name in values:
                 values[name] = tuple(values[name])
         if "class_colors" in values:
@@ -236,6 +270,36 @@ _preset(
     "resunet3d",
     "3D U-Net with residual units at every level (MONAI UNet), 16 initial features, dropout 0.2 (Nath et al.)",
     ModelConfig(architecture="residual_unet", features=(16, 32, 64, 128, 256), dropout=0.2, spatial_dims=3),
+)
+
+_preset(
+    "segresnet3d-small",
+    "3D SegResNet (MONAI), 8 initial filters, dropout 0.2 after its first convolution: the CPU SegResNet",
+    ModelConfig(architecture="segresnet", features=(8,), dropout=0.2, spatial_dims=3),
+)
+_preset(
+    "segresnet3d",
+    "3D SegResNet (MONAI), 16 initial filters, as Myronenko 2019 (the MIDL 2025 study's DBC model)",
+    ModelConfig(architecture="segresnet", features=(16,), dropout=0.2, spatial_dims=3),
+)
+_preset(
+    "unetr3d-small",
+    "3D UNETR (MONAI), feature size 8, a 12-layer ViT of width 96 (4 heads), 32^3 input: the CPU UNETR (a study sets "
+    "the input to its patch)",
+    ModelConfig(
+        architecture="unetr",
+        features=(8,),
+        dropout=0.1,
+        spatial_dims=3,
+        input_size=(32, 32, 32),
+        transformer=(96, 384, 4),
+    ),
+)
+_preset(
+    "unetr3d",
+    "3D UNETR (MONAI), feature size 16, ViT-B (768 wide, 12 heads), 96^3 input, as Hatamizadeh 2022 (the MIDL 2025 "
+    "study's ATLAS model; a study sets the input to its patch)",
+    ModelConfig(architecture="unetr", features=(16,), dropout=0.1, spatial_dims=3, input_size=(96, 96, 96)),
 )
 
 DEFAULT_PRESET = "unet-small"

@@ -11,8 +11,8 @@ from typing import Any
 
 from ..precision import check_precision
 
-OPTIMIZERS = ("adam", "sgd")
-SCHEDULES = ("constant", "poly", "step")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "poly", "step", "cosine")
 STAR_PAIR_FORMS = ("bounding", "closest")
 
 
@@ -21,11 +21,12 @@ class TrainingConfig:
     """How a model is trained; the defaults suit a CPU and small annotated sets.
 
     Attributes:
-        loss: "focal", "dice_ce", "ce" (softmax head) or "bce" (sigmoid head).
+        loss: "focal", "dice_ce", "dice_focal", "ce" (softmax head) or "bce" (sigmoid head).
         focal_gamma: focal loss exponent (2 in STAR, 5 in Less Is More).
         class_weights: one weight per output channel, background first, for the "ce" loss (the MIDL 2025 study's
             LiTS: 0.04, 0.25, 1.4 for background, liver, tumour); None: unweighted.
-        optimizer: "adam" or "sgd" (momentum; Nesterov's as nnU-Net unless ``nesterov`` is False).
+        optimizer: "adam", "adamw" (decoupled weight decay: the MIDL 2025 study's 2D models, SegResNet and UNETR) or
+            "sgd" (momentum; Nesterov's as nnU-Net unless ``nesterov`` is False).
         learning_rate: first round (STAR: 1e-4).
         fine_tune_learning_rate: every later round, weights kept (STAR: 1e-5).
         structure_learning_rate_factor: SBC-AL's SFP learns at this multiple of the rate of the backbone and ASR
@@ -33,8 +34,10 @@ class TrainingConfig:
         momentum: SGD momentum.
         nesterov: Nesterov momentum for SGD (nnU-Net); False for plain momentum (SBC-AL).
         weight_decay: L2 penalty.
-        schedule: "constant", "poly" (learning rate times (1 - epoch / max_epochs) ** 0.9, per epoch) or "step"
-            (times ``step_gamma`` every ``step_every`` optimizer steps: SBC-AL's 0.9 every 500).
+        schedule: "constant", "poly" (learning rate times (1 - epoch / max_epochs) ** ``poly_power``, per epoch),
+            "step" (times ``step_gamma`` every ``step_every`` optimizer steps: SBC-AL's 0.9 every 500) or "cosine"
+            (times (1 + cos(pi t / T)) / 2 at optimizer step t of the round's T = max_epochs x batches per epoch).
+        poly_power: the "poly" schedule's exponent (nnU-Net's 0.9; the MIDL 2025 study's 2D models 0.8).
         step_every: optimizer steps between two decays of the "step" schedule.
         step_gamma: the "step" schedule's factor.
         batch_size: slices per batch.
@@ -93,6 +96,7 @@ class TrainingConfig:
     nesterov: bool = True
     weight_decay: float = 3e-5
     schedule: str = "constant"
+    poly_power: float = 0.9
     step_every: int = 500
     step_gamma: float = 0.9
     batch_size: int = 8
@@ -179,7 +183,8 @@ class TrainingConfig:
                     f"Unknown training option {name!r}. Did you mean {closest[0]!r}? Options: {', '.join(known)}."
                 )
             options[name] = convert(options[name], types[name], f"training option {name}")
-        for name in ("patch_size", "loss_weights", "foreground_odds", "consistency_weights", "roi_odds"):
+        tuples = ("patch_size", "loss_weights", "foreground_odds", "consistency_weights", "roi_odds", "class_weights")
+        for name in tuples:
             if options.get(name) is not None:
                 options[name] = tuple(options[name])
         return replace(self, **options)

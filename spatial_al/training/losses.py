@@ -81,6 +81,12 @@ def dice_cross_entropy_loss(logits, target, mask, *, head: str) -> torch.Tensor:
     return dice_loss(logits, target, mask, head=head) + entropy(logits, target, mask, head=head)
 
 
+@LOSSES.register("dice_focal")
+def dice_focal_loss(logits, target, mask, *, head: str, gamma: float = 2.0) -> torch.Tensor:
+    """Soft Dice + focal loss, per sample (the MIDL 2025 study's UNETR on ATLAS)."""
+    return dice_loss(logits, target, mask, head=head) + focal_loss(logits, target, mask, head=head, gamma=gamma)
+
+
 def distance_regression_loss(predicted: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """SBC-AL's SFP loss: MSE between predicted and true distance maps (B, S, H, W), per sample."""
     return masked_mean(((predicted.float() - target.float()) ** 2).mean(1), mask)
@@ -112,7 +118,7 @@ def segmentation_loss(
         )
     if class_weights is not None and name != "ce":
         raise ValueError(f"class_weights weigh the ce loss, and the loss is {name}: set loss to ce or drop them.")
-    options = {"gamma": focal_gamma} if name == "focal" else {}
+    options = {"gamma": focal_gamma} if name in ("focal", "dice_focal") else {}
     if class_weights is not None:
         options["class_weights"] = tuple(class_weights)
 

@@ -439,8 +439,9 @@ class Trainer:
         for name, module in self.model.stage_modules(stage).items():
             factor = self.config.structure_learning_rate_factor if name == "structure" else 1.0
             groups.append({"params": list(module.parameters()), "lr": rate * factor, "name": name})
-        if self.config.optimizer == "adam":
-            optimizer = torch.optim.Adam(groups, weight_decay=self.config.weight_decay)
+        if self.config.optimizer in ("adam", "adamw"):
+            adam = torch.optim.Adam if self.config.optimizer == "adam" else torch.optim.AdamW
+            optimizer = adam(groups, weight_decay=self.config.weight_decay)
         else:
             optimizer = torch.optim.SGD(
                 groups,
@@ -456,15 +457,20 @@ class Trainer:
 
     def _scheduler(self, optimizer: torch.optim.Optimizer, batches_per_epoch: int):
         """The learning-rate schedule, stepped after every batch and fast-forwarded to where a resumed stage stands:
-        "constant"; "poly", times (1 - epoch / max_epochs) ** 0.9 by epoch; "step", times ``step_gamma`` every
-        ``step_every`` optimizer steps of the stage (SBC-AL's 0.9 every 500)."""
+        "constant"; "poly", times (1 - epoch / max_epochs) ** ``poly_power`` by epoch; "step", times ``step_gamma``
+        every ``step_every`` optimizer steps of the stage (SBC-AL's 0.9 every 500); "cosine", times
+        (1 + cos(pi step / steps)) / 2 over the stage's max_epochs x ``batches_per_epoch`` steps."""
         config = self.config
+        steps = config.max_epochs * batches_per_epoch
 
         def factor(step: int) -> float:
             if config.schedule == "poly":
-                return (1.0 - min(step // batches_per_epoch, config.max_epochs) / config.max_epochs) ** 0.9
+                epoch = min(step // batches_per_epoch, config.max_epochs)
+                return (1.0 - epoch / config.max_epochs) ** config.poly_power
             if config.schedule == "step":
                 return config.step_gamma ** (step // config.step_every)
+            if config.schedule == "cosine":
+                return 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / steps))
             return 1.0
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
