@@ -60,6 +60,35 @@ def test_a_slice_thickness_resamples_the_volume_along_the_slice_axis(tmp_path, t
         DataConfig(slice_thickness=0)
 
 
+@pytest.mark.parametrize(("pixel_spacing", "size"), [(1.6, 16), (0.4, 32)])
+def test_a_pixel_spacing_resamples_each_slice_and_centres_it_in_the_square(tmp_path, pixel_spacing, size):
+    import SimpleITK as sitk
+
+    root = write_msd_folder(tmp_path / "Task09_Organ", cases=3)  # 24 x 20 pixels of 0.8 mm
+    data = DataConfig(labels={"organ": [1, 2]}, image_size=size, pixel_spacing=pixel_spacing)
+    subject = build_cohort(open_source(root, data), data, tmp_path)["case_001"]
+    assert subject.spacing == pytest.approx((2.5, pixel_spacing, pixel_spacing))
+    assert subject.image.shape == (12, size, size)
+    # the organ against SimpleITK's own resampling of the label file onto the same grid (nearest neighbour), with the
+    # grid's centre on the image's centre: in mm, the slices are the same
+    labels = sitk.ReadImage(str(root / "labelsTr" / "case_001.nii.gz"))
+    centre = np.array(labels.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in labels.GetSize()]))
+    grid = sitk.Image([size, size, 12], labels.GetPixelID())
+    grid.SetSpacing((pixel_spacing, pixel_spacing, 2.5))
+    origin = centre - np.array([pixel_spacing, pixel_spacing, 0]) * (size - 1) / 2
+    grid.SetOrigin((*origin[:2], labels.GetOrigin()[2]))
+    reference = sitk.GetArrayFromImage(sitk.Resample(labels, grid, sitk.Transform(), sitk.sitkNearestNeighbor)) > 0
+    organ = np.asarray(subject.targets[:, 0]).astype(bool)
+    assert (organ & reference).sum() / (organ | reference).sum() > 0.6  # a small organ: a pixel of rounding costs
+    offset = np.subtract(np.argwhere(organ).mean(0), np.argwhere(reference).mean(0))[1:] * pixel_spacing
+    assert np.abs(offset).max() < pixel_spacing  # in place within a pixel
+    if size == 16:  # 12 x 10 pixels padded about the centre: 2 rows above and below, 3 columns each side
+        background = float(subject.image.min())
+        assert np.all(subject.image[:, :2] == background) and np.all(subject.image[:, :, -3:] == background)
+    with pytest.raises(ConfigError, match="pixel_spacing must be a positive spacing"):
+        DataConfig(pixel_spacing=-1.0)
+
+
 def test_an_msd_folder_is_cached_once_and_memory_mapped(tmp_path):
     root = write_msd_folder(tmp_path / "Task09_Organ", cases=4)
     data = DataConfig(labels={"organ": [1, 2], "core": [2]}, image_size=16)

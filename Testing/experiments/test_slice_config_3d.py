@@ -40,6 +40,8 @@ def test_the_3d_half_is_the_2d_study_with_3d_models_as_the_paper_pairs_them_with
     lits, _ = resolve_config("slice_config_3d", "LiTS", "paper")
     assert lits.training_config(0).class_weights == (0.04, 0.2, 1.0)  # Appendix G's 3D weights, not the 2D ones
     assert lits.training_config(0).optimizer == "sgd"
+    data = lits.data  # Table 1: resampled to 1 x 1 x 1 mm, 384 x 384 slices
+    assert (data.slice_thickness, data.pixel_spacing, data.image_size) == (1.0, 1.0, 384)
     atlas, _ = resolve_config("slice_config_3d", "ATLAS", "paper")
     assert (atlas.training_config(0).loss, atlas.training_config(0).batch_size) == ("dice_focal", 54)
 

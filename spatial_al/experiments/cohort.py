@@ -170,8 +170,9 @@ def normalized(image: np.ndarray, data: DataConfig) -> np.ndarray:
 def resized(volume: CohortVolume, data: DataConfig, classes: dict[str, list[int]]):
     """(image (S, N, N) float32, targets (S, C, N, N) uint8, spacing (3,)) of one subject, N = ``data.image_size``:
     resampled along the slice axis to ``data.slice_thickness`` when set (linear, anti-aliased when thinned out; labels
-    nearest), slices scaled so the longer side is N (bilinear with anti-aliasing; labels nearest), padded to a square
-    with the lowest intensity."""
+    nearest), slices scaled so the longer side is N, or resampled to ``data.pixel_spacing`` (bilinear with
+    anti-aliasing; labels nearest), then padded with the lowest intensity (or, resampled, cropped) to N x N about
+    their centre."""
     from skimage.transform import resize
 
     image = normalized(volume.image, data)
@@ -181,17 +182,35 @@ def resized(volume: CohortVolume, data: DataConfig, classes: dict[str, list[int]
         depth = max(1, round(depth * thickness / data.slice_thickness))
         thickness = volume.spacing[0] * image.shape[0] / depth
     size = data.image_size
-    factor = size / max(height, width)
-    shape = (depth, max(1, round(height * factor)), max(1, round(width * factor)))
-    anti_aliasing = factor < 1 or depth < image.shape[0]
+    if data.pixel_spacing is None:
+        factors = (size / max(height, width),) * 2
+    else:
+        factors = (volume.spacing[1] / data.pixel_spacing, volume.spacing[2] / data.pixel_spacing)
+    shape = (depth, max(1, round(height * factors[0])), max(1, round(width * factors[1])))
+    anti_aliasing = min(factors) < 1 or depth < image.shape[0]
     image = resize(image, shape, order=1, anti_aliasing=anti_aliasing, preserve_range=True).astype(np.float32)
     labels = resize(volume.labels, shape, order=0, anti_aliasing=False, preserve_range=True).astype(volume.labels.dtype)
     targets = np.stack([np.isin(labels, values) for values in classes.values()], axis=1).astype(np.uint8)
-    pad = ((0, 0), (0, size - shape[1]), (0, size - shape[2]))
-    image = np.pad(image, pad, constant_values=float(image.min()))
-    targets = np.pad(targets, (pad[0], (0, 0), *pad[1:]))
-    spacing = (thickness, volume.spacing[1] / factor, volume.spacing[2] / factor)
+    centred = data.pixel_spacing is not None  # a scaled slice fits on its longer side and is padded at the end
+    image = square(image, size, float(image.min()), centred)
+    targets = np.moveaxis(square(np.moveaxis(targets, 1, 0), size, 0, centred), 0, 1)
+    spacing = (thickness, volume.spacing[1] / factors[0], volume.spacing[2] / factors[1])
     return image, targets, spacing
+
+
+def square(stack: np.ndarray, size: int, fill: float, centred: bool) -> np.ndarray:
+    """(..., H, W) to (..., size, size): cropped about the centre where larger, padded with ``fill`` where smaller
+    (about the centre when ``centred``, else at the end); the odd pixel goes to the end."""
+    for axis in (-2, -1):
+        excess = stack.shape[axis] - size
+        if excess > 0:
+            stack = np.take(stack, np.arange(excess // 2, excess // 2 + size), axis=axis)
+        elif excess < 0:
+            before = -excess // 2 if centred else 0
+            widths = [(0, 0)] * stack.ndim
+            widths[axis] = (before, -excess - before)
+            stack = np.pad(stack, widths, constant_values=fill)
+    return stack
 
 
 @dataclass(frozen=True)
