@@ -28,6 +28,7 @@ REQUIRED_MODULES = {
     "slicerio": "slicerio",
     "itk": "itk-morphologicalcontourinterpolation",
     "monai": "monai",
+    "einops": "einops",
     "tqdm": "tqdm",
     "matplotlib": "matplotlib",
     "psutil": "psutil",
