@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler
 
 from ..models import STAGES
-from ..precision import autocast, autocast_dtype
+from ..precision import autocast, autocast_dtype, cpu_bfloat16_conv3d_weight_gradients_are_wrong
 from ..progress import ProgressReporter, check_cancelled, report
 from .config import TrainingConfig
 from .data import SliceExamples, UnlabeledSlices, annotated_neighbour_groups
@@ -129,6 +129,17 @@ class Trainer:
         self.pending_optimizer_state: dict | None = None
         self.best_model_state: dict[str, torch.Tensor] | None = None
         self.amp_dtype = autocast_dtype(config.precision, device)
+        if (
+            self.amp_dtype == torch.bfloat16
+            and device.type == "cpu"
+            and model.config.spatial_dims == 3
+            and cpu_bfloat16_conv3d_weight_gradients_are_wrong()
+        ):
+            raise ValueError(
+                f"torch {torch.__version__} computes wrong bfloat16 weight gradients for 3D convolutions on this CPU "
+                "(checked against float32 on a feature map two slices deep), so a 3D model cannot train in bfloat16 "
+                "here. Train it in float32 (--option precision=fp32, the CPU's default) or on a GPU."
+            )
         # float16 needs loss scaling (and skips steps whose gradients overflow); bfloat16 has float32's range
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
         self.non_finite_steps = 0  # consecutive steps skipped for a non-finite loss or gradient
