@@ -133,23 +133,12 @@ class AttentionUNetDecoder(nn.Module):
         return x
 
 
-class SegResNetEncoder(nn.Module):
-    """MONAI ``SegResNet.encode``: the initial convolution (then its dropout, when set) and the down layers; returns
-    every down layer's output, finest first (the last is the bottleneck)."""
-
-    def __init__(self, network: nn.Module):
-        super().__init__()
-        self.initial = network.convInit
-        self.dropout = network.dropout if network.dropout_prob is not None else nn.Identity()
-        self.down_layers = network.down_layers
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = self.dropout(self.initial(x))
-        features = []
-        for layer in self.down_layers:
-            x = layer(x)
-            features.append(x)
-        return features
+def segresnet_encoder(network: nn.Module) -> BasicUNetEncoder:
+    """MONAI ``SegResNet.encode`` as blocks run in order: the initial convolution (then its dropout, when set) joined
+    to the first down layer, then the other down layers; returns every down layer's output, finest first."""
+    dropout = network.dropout if network.dropout_prob is not None else nn.Identity()
+    first, *others = network.down_layers
+    return BasicUNetEncoder([nn.Sequential(network.convInit, dropout, first), *others])
 
 
 class SegResNetDecoder(nn.Module):
@@ -315,7 +304,7 @@ def build_single_width_backbone(config: ModelConfig) -> EncoderDecoder:
             dropout_prob=config.dropout or None,
         )
         widths = tuple(width * 2**level for level in range(len(network.blocks_down)))
-        encoder, decoder = SegResNetEncoder(network), SegResNetDecoder(network)
+        encoder, decoder = segresnet_encoder(network), SegResNetDecoder(network)
         return EncoderDecoder(encoder, decoder, network.conv_final, widths, width, 2 ** (len(widths) - 1))
     hidden, mlp, heads = config.transformer
     network = UNETR(
