@@ -353,7 +353,7 @@ def arm_colors(count: int) -> list:
 
 def plot_curves(runs, report, order, path: Path) -> None:
     """The learning curves: the table's metric per round against percent labeled (or round), mean ± std band per
-    strategy, the fully supervised Dice as a dashed line."""
+    strategy, the fully supervised Dice as a dashed line, the legend to the right of the axes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -376,7 +376,7 @@ def plot_curves(runs, report, order, path: Path) -> None:
     axes.set_xlabel(axis_labels.get(report["curve_axis"], "round"))
     axes.set_ylabel(METRIC_NAMES.get(metric, metric) + " (test)")
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=7, ncol=2)
+    axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)  # beside: never over a curve
     save_figure(figure, path)
 
 
