@@ -52,6 +52,7 @@ def run_session(spec: RunSpec, progress: ProgressReporter | None = None) -> dict
         if record.get("status") == "finished":
             return record
     folder.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()  # everything this process does for the run: set-up, initial selection, rounds
     if spec.threads is not None:
         torch.set_num_threads(spec.threads)
     phases = RoundProgress(progress)
@@ -68,7 +69,6 @@ def run_session(spec: RunSpec, progress: ProgressReporter | None = None) -> dict
             interpolation_seconds = round(time.perf_counter() - interpolating, 4)
         state.save(state_path)
     phases.last_round = session.expected_rounds(state)
-    started = time.perf_counter()
     while True:
         timer = Timer()
         round_index = state.round_index
