@@ -155,6 +155,27 @@ def test_sli2vol_reuses_the_network_it_learned_on_the_same_volume(moving_stack, 
     assert len(trainings) == 3  # another volume, or other training options, learn again
 
 
+def test_sli2vol_network_store_lets_another_process_load_the_network_instead_of_learning_it(
+    moving_stack, monkeypatch, tmp_path
+):
+    trainings = []
+    train = sli2vol.train_correspondence
+    monkeypatch.setattr(sli2vol, "train_correspondence", lambda *a, **k: trainings.append(1) or train(*a, **k))
+    labels, store = moving_stack.label_layers[0], tmp_path / "networks"
+    options = {**QUICK_SLI2VOL, "encoder": "resnet18", "network_store": str(store)}
+    learned_here = spatial_al.propagate(labels, [3, 15], "sli2vol", moving_stack.image, **options)
+    assert len(list(store.glob("*.pt"))) == 1 and not list(store.glob(".*"))  # saved whole, no temporary left
+    forget_trained_networks()  # what a new process holds
+    loaded = spatial_al.propagate(labels, [3, 9, 15], "sli2vol", moving_stack.image, **options)
+    forget_trained_networks()
+    learned_again = spatial_al.propagate(
+        labels, [3, 9, 15], "sli2vol", moving_stack.image, **QUICK_SLI2VOL | {"encoder": "resnet18"}
+    )
+    assert len(trainings) == 2  # the second propagation loaded the first one's network
+    np.testing.assert_array_equal(loaded.labels, learned_again.labels)
+    assert not np.array_equal(loaded.labels, learned_here.labels)
+
+
 def test_transfer_through_a_one_offset_affinity_shifts_the_values():
     radius, (dy, dx) = 2, (1, -2)
     values = torch.rand(1, 3, 12, 10)

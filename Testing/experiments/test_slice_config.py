@@ -88,6 +88,13 @@ def test_mask_interpolation_fills_the_slices_between_annotated_ones_before_train
         overlap = first["pseudo_label_dice"]
         assert 0 < overlap["held_iou"] <= overlap["held"] <= 1  # IoU never exceeds Dice
         assert 0 < first["interpolation_seconds"] < record["seconds_this_process"]  # the run's time counts it
+    interpolated = {
+        name
+        for arm in ("Fixed + M.I. d10 s0.5", "Fixed + M.I. d40 s1")
+        for name in final_state(output, records[arm]).pseudo
+    }
+    networks = list(output.glob("cache/**/sli2vol-networks/*.pt"))
+    assert len(networks) == len(interpolated)  # one per volume and seed, kept in the cohort cache
     plain = records["Fixed d40 s1"]
     assert not final_state(output, plain).pseudo and plain["rounds"][0]["pseudo_labeled_slices"] == 0
 

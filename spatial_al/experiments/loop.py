@@ -33,6 +33,7 @@ REFERENCE_ARM = "Full"  # the fully supervised reference: every training slice a
 STATE_FILE = "state.npz"
 CHECKPOINT_FILE = "model.pt"
 RUN_FILE = "run.json"
+SLI2VOL_NETWORKS = "sli2vol-networks"  # folder of the cohort cache keeping the correspondence networks of M.I. arms
 
 
 @dataclass(frozen=True)
@@ -548,6 +549,9 @@ class Session:
         the volume's image, for learned methods such as ``sli2vol``); returns the (subject, slice) pairs filled."""
         from ..propagation import propagate
 
+        options = dict(self.arm.propagation_options)
+        if self.arm.propagation == "sli2vol":  # learns from the image alone: one network per volume and seed per study
+            options.setdefault("network_store", str(self.spec.cohort / SLI2VOL_NETWORKS))
         made = []
         for subject in self.training_subjects:
             annotated = state.annotated[subject.name]
@@ -566,7 +570,7 @@ class Session:
                     segments=self.segments,
                     device=self.device,
                     seed=self.spec.seed,
-                    **self.arm.propagation_options,
+                    **options,
                 ).labels
                 if known.any()
                 else known  # every annotated slice empty: nothing to carry, the slices between stay empty

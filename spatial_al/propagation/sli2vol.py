@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..files import atomic_path
 from ..progress import report
 from .base import PROPAGATORS, MethodInfo, PropagationTask, needs
 from .learned import blended_runs, check_weighting, slice_confidence
@@ -199,13 +201,21 @@ def train_correspondence(
     return network.eval()
 
 
-def trained_correspondence(image: np.ndarray, device: torch.device, seed: int, progress=None, **training) -> nn.Module:
+def trained_correspondence(
+    image: np.ndarray, device: torch.device, seed: int, progress=None, store: str | Path | None = None, **training
+) -> nn.Module:
     """The correspondence network of :func:`train_correspondence`, reused when the same process already trained one
     on the same image (by content) with the same options, seed and device: propagating again after more slices are
     annotated, or a preview followed by the real run, does not retrain. The last :data:`REUSED_NETWORKS` are kept.
 
+    With a ``store`` folder, a network trained once is also saved there (atomically, named by that key) and loaded
+    by any later process: the runs of a study that interpolate the same volumes with the same seed train each
+    network once between them.
+
     The network never sees the labels, so reusing it gives the same result as training it again (same seed).
     """
+    import torch
+
     key = (
         hashlib.blake2b(np.ascontiguousarray(image).data).hexdigest(),
         image.shape,
@@ -217,7 +227,17 @@ def trained_correspondence(image: np.ndarray, device: torch.device, seed: int, p
         _trained.move_to_end(key)
         report(progress, 1, 1, "reusing the slice correspondences learned on this volume")
         return _trained[key]
-    network = train_correspondence(image, device=device, seed=seed, progress=progress, **training)
+    saved = Path(store) / f"{hashlib.blake2b(repr(key).encode(), digest_size=16).hexdigest()}.pt" if store else None
+    if saved is not None and saved.is_file():
+        network = correspondence_network(2 if training["edges"] else 1, encoder=training["encoder"]).to(device)
+        network.load_state_dict(torch.load(saved, map_location=device, weights_only=True))
+        network.eval()
+        report(progress, 1, 1, "loading the slice correspondences learned on this volume")
+    else:
+        network = train_correspondence(image, device=device, seed=seed, progress=progress, **training)
+        if saved is not None:
+            with atomic_path(saved) as temporary:
+                torch.save(network.state_dict(), temporary)
     _trained[key] = network
     while len(_trained) > REUSED_NETWORKS:
         _trained.popitem(last=False)
@@ -265,6 +285,7 @@ def sli2vol_propagation(
     edge_profile: bool = False,
     encoder: str = "unet",
     run_slices: str = "adjacent",
+    network_store: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Self-supervised slice-to-slice propagation (Sli2Vol), cascaded from the nearest annotated slices.
 
@@ -286,6 +307,8 @@ def sli2vol_propagation(
         encoder: the feature network: "unet" (a small MONAI U-Net) or "resnet18" (FlexibleUNet on a ResNet18
             encoder, randomly initialised).
         run_slices: a training run's slices: "adjacent" or "random" (sorted random slices, bridging gaps).
+        network_store: a folder that keeps the learned networks for other processes (see
+            :func:`trained_correspondence`); a study passes its cohort cache. It changes no result.
 
     Sli2Vol as published (Yeung et al. 2021), but for its verification module: ``edge_profile=True,
     sequence_length=1, scheduled_sampling=0`` (edge profiles in, trained on pairs of adjacent slices). The MIDL
@@ -319,6 +342,7 @@ def sli2vol_propagation(
         device,
         task.seed,
         task.progress,
+        network_store,
         steps=steps,
         radius=radius,
         sequence_length=sequence_length,
