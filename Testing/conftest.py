@@ -174,6 +174,35 @@ def write_challenge_folder(root, layout, cases=4, shape=(12, 24, 20)):
     return root
 
 
+def write_dbc_folder(root, patients=5, shape=(12, 24, 20)):
+    """Duke-Breast-Cancer-MRI as TCIA and its segmentation supplement lay it out (``DBCDataset``): per patient a
+    pre-contrast and a post-contrast DICOM series of a :func:`synthetic_case` volume and the two .seg.nrrd masks
+    (breast: the ellipsoid; Dense: its core; Vessels: one row of the ellipsoid)."""
+    from spatial_al.data.dicom_series import write_ct_series
+    from spatial_al.io import Segmentation, write_segmentation
+    from spatial_al.volume import Geometry, Segment
+
+    rng = np.random.default_rng(2)
+    geometry = Geometry(shape, spacing=(0.7, 0.7, 1.0))
+    for case in range(patients):
+        patient = f"Breast_MRI_{case + 1:03d}"
+        image, labels = synthetic_case(rng, shape)
+        study = root / "Duke-Breast-Cancer-MRI" / patient / "01-01-1990-NA-MRI BREAST-1"
+        write_ct_series(study / "3.000000-ax dyn pre-1", image, geometry, series_description="ax dyn pre")
+        write_ct_series(study / "4.000000-ax dyn 1st pass-2", image * 2, geometry, series_description="ax 1st pass")
+        masks = root / "Supplement" / patient
+        breast = Segmentation((labels > 0).astype(np.uint8), (Segment("Breast", 1),), geometry)
+        write_segmentation(masks / f"Segmentation_{patient}_Breast.seg.nrrd", breast)
+        dense_and_vessels = np.where(labels == 2, 2, 0).astype(np.uint8)
+        dense_and_vessels[:, shape[1] // 2][labels[:, shape[1] // 2] == 1] = 1
+        segments = (Segment("Vessels", 1), Segment("Dense", 2))
+        write_segmentation(
+            masks / f"Segmentation_{patient}_Dense_and_Vessels.seg.nrrd",
+            Segmentation(dense_and_vessels, segments, geometry),
+        )
+    return root
+
+
 def write_msd_folder(root, cases=5, shape=(12, 24, 20), channels=None, missing_label=None, k_radius=4.0):
     """An MSD task folder (dataset.json, imagesTr/, labelsTr/ as NIfTI) of ``cases`` subjects: an ellipsoid of label 1
     (:func:`synthetic_case`) with a core of label 2, brighter than a noisy background, shifted per case; 4D images

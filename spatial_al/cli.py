@@ -838,8 +838,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     volumes.add_argument(
         "folder",
-        help="folder of scalar volumes (.nii.gz, .nrrd, .mha), a dataset folder (MSD, ACDC, KiTS19, LiTS, ATLAS), a "
-        "folder of DICOM series, or dicomweb:URL",
+        help="folder of scalar volumes (.nii.gz, .nrrd, .mha), a dataset folder (MSD, ACDC, KiTS19, LiTS, ATLAS, "
+        "DBC), a folder of DICOM series, or dicomweb:URL",
     )
     volumes.add_argument(
         "--qido", action="append", default=[], metavar="KEY=VALUE", help="dicomweb: a search filter, e.g. Modality=CT"
@@ -1018,7 +1018,7 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument(
         "--data",
         required=True,
-        help="'demo' (the offline chest CT cohort) or a dataset folder (MSD task, ACDC, KiTS19, LiTS, ATLAS)",
+        help="'demo' (the offline chest CT cohort) or a dataset folder (MSD task, ACDC, KiTS19, LiTS, ATLAS, DBC)",
     )
     study.add_argument("--output", required=True, help="study folder (runs, report, study.json)")
     study.add_argument("--config", help="JSON (or YAML) file overriding any protocol value")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_records, run_smoke_study, write_challenge_folder
+from conftest import run_records, run_smoke_study, write_challenge_folder, write_dbc_folder
 
 from spatial_al.experiments.loop import SessionState, run_folder
 from spatial_al.experiments.protocols import resolve_config
@@ -153,6 +153,17 @@ def test_lits_and_atlas_folders_run_with_their_protocol_entries(tmp_path, layout
         fixed = next(r for r in records if r["arm"] == "Fixed d40 s1")
         tumour = fixed["rounds"][0]["metrics"]["per_class"]["iou_batch_mean"]["tumour"]
         assert f"| {tumour:.3f} ± 0.000 |" in table
+
+
+def test_a_dbc_folder_runs_the_breast_task_with_its_protocol_entry(tmp_path):
+    folder = write_dbc_folder(tmp_path / "downloads", patients=5)
+    output = tmp_path / "study"
+    assert run_study(folder, output, "--strategies", "Fixed d40 s1") == 0
+    study_record = json.loads((output / "study.json").read_text())
+    assert (study_record["dataset_entry"], study_record["classes"]) == ("DBC", ["breast"])
+    fixed = json.loads((run_folder(output, "Fixed d40 s1", 0) / "run.json").read_text())
+    assert fixed["training_config"]["loss"] == "ce"  # the paper's cross-entropy for DBC
+    assert 0 <= fixed["rounds"][0]["metrics"]["iou_batch_mean"] <= 1
 
 
 @pytest.mark.parametrize(

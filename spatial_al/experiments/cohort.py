@@ -1,4 +1,4 @@
-"""Cohorts for studies: sources (dataset folders: MSD, ACDC, KiTS19, LiTS, ATLAS; the offline demo), preprocessing
+"""Cohorts for studies: sources (dataset folders: MSD, ACDC, KiTS19, LiTS, ATLAS, DBC; the offline demo), preprocessing
 into a slice cache on disk, and the subject-wise split.
 
 A cohort is preprocessed once into a cache folder and then memory-mapped: each subject is ``image.npy`` (S, H, W)
@@ -71,8 +71,8 @@ class DemoSource(CohortSource):
 
 
 class FolderSource(CohortSource):
-    """A dataset folder: an MSD task, ACDC, KiTS19, LiTS, ATLAS or DICOM studies with their SEGs, or a DICOMweb server
-    (:func:`~spatial_al.io.open_dataset`); every case is found, and every listed file checked to exist, when the
+    """A dataset folder: an MSD task, ACDC, KiTS19, LiTS, ATLAS, DBC or DICOM studies with their SEGs, or a DICOMweb
+    server (:func:`~spatial_al.io.open_dataset`); every case is found, and every listed file checked to exist, when the
     source is opened, before any work."""
 
     def __init__(self, root: str | Path, data: DataConfig):
@@ -117,7 +117,7 @@ class FolderSource(CohortSource):
 
 def open_source(data: str | Path, config: DataConfig) -> CohortSource:
     """The source ``data`` names: "demo" or "demo-frog" (:data:`DEMO_SOURCES`), a dataset folder (MSD, ACDC,
-    KiTS19, LiTS, ATLAS, DICOM studies with SEGs) or ``dicomweb:URL`` (the series its SEGs reference).
+    KiTS19, LiTS, ATLAS, DBC, DICOM studies with SEGs) or ``dicomweb:URL`` (the series its SEGs reference).
 
     Raises:
         FileNotFoundError: no such folder, a folder of no known layout, or a listed image or label file missing.
@@ -132,7 +132,7 @@ def open_source(data: str | Path, config: DataConfig) -> CohortSource:
     if not Path(data).is_dir():
         raise FileNotFoundError(
             f"--data {str(data)!r} is neither {' nor '.join(map(repr, DEMO_SOURCES))} nor a folder; give a dataset "
-            "folder (an MSD task, ACDC, KiTS19, LiTS, ATLAS or DICOM studies with SEGs) or dicomweb:URL."
+            "folder (an MSD task, ACDC, KiTS19, LiTS, ATLAS, DBC or DICOM studies with SEGs) or dicomweb:URL."
         )
     return FolderSource(data, config)
 

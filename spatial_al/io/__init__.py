@@ -1,5 +1,5 @@
 """Readers and writers: volumes (NRRD, NIfTI, ..., DICOM series), segmentations (.seg.nrrd, DICOM-SEG, label maps),
-dataset folders (MSD, ACDC, KiTS19, LiTS, ATLAS)."""
+dataset folders (MSD, ACDC, KiTS19, LiTS, ATLAS, DBC)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..volume import Geometry, SliceStack, resolve_slice_axis
 from .datasets import ACDCDataset, ATLASDataset, CaseFolder, KiTS19Dataset, LiTSDataset
+from .dbc_dataset import DBCDataset
 from .dicom import DicomSeries, DicomSeriesError, choose_series, find_series
 from .dicom_dataset import DicomDataset, dataset_from_server
 from .dicomweb import is_dicomweb
@@ -18,6 +19,7 @@ __all__ = [
     "ACDCDataset",
     "ATLASDataset",
     "CaseFolder",
+    "DBCDataset",
     "DicomDataset",
     "DicomSeries",
     "DicomSeriesError",
@@ -135,7 +137,7 @@ def scans_in(argument: str | Path, filters: dict[str, str] | None = None) -> lis
     if not volumes:
         raise FileNotFoundError(
             f"{str(folder)!r} holds no volume ({', '.join(VOLUME_SUFFIXES)}), no dataset layout (MSD, ACDC, KiTS19, "
-            "LiTS, ATLAS) and no DICOM series of two slices or more."
+            "LiTS, ATLAS, DBC) and no DICOM series of two slices or more."
         )
     return [(series.series_uid, series) for series in volumes]
 
@@ -147,14 +149,14 @@ def _empty_labels(shape):
 
 
 # the layouts found by their files (MSD by its dataset.json); DICOM last, as any folder with a DICOM file matches
-CASE_LAYOUTS = (ACDCDataset, KiTS19Dataset, LiTSDataset, ATLASDataset, DicomDataset)
+CASE_LAYOUTS = (ACDCDataset, KiTS19Dataset, LiTSDataset, ATLASDataset, DBCDataset, DicomDataset)
 
 
 def open_dataset(root: str | Path) -> CaseFolder:
     """The dataset in folder ``root``, by its layout: MSD (``dataset.json``), ACDC (``patientNNN/..._gt.nii.gz``),
-    KiTS19 (``case_NNNNN/segmentation.nii.gz``), LiTS (``segmentation-N.nii``), ATLAS v2.0 (``..._T1lesion_mask``)
-    or DICOM studies (the image series their DICOM-SEGs reference); or the DICOM-SEGs of a ``dicomweb:URL`` server
-    and the series they reference.
+    KiTS19 (``case_NNNNN/segmentation.nii.gz``), LiTS (``segmentation-N.nii``), ATLAS v2.0 (``..._T1lesion_mask``),
+    Duke-Breast-Cancer-MRI with its breast and FGT masks (``Breast_MRI_NNN/...``) or DICOM studies (the image series
+    their DICOM-SEGs reference); or the DICOM-SEGs of a ``dicomweb:URL`` server and the series they reference.
 
     Raises:
         FileNotFoundError: ``root`` is not a folder, or none of these layouts.
@@ -173,5 +175,6 @@ def open_dataset(root: str | Path) -> CaseFolder:
         f"{str(root)!r} is not a dataset folder this reads: expected an MSD task (dataset.json, imagesTr/, labelsTr/), "
         "ACDC (patientNNN/patientNNN_frameNN.nii.gz with _gt), KiTS19 (case_NNNNN/imaging.nii.gz and "
         "segmentation.nii.gz), LiTS (volume-N.nii and segmentation-N.nii), ATLAS v2.0 (<name>_T1w.nii.gz and "
-        "<name>_label-L_desc-T1lesion_mask.nii.gz) or DICOM series with DICOM-SEGs."
+        "<name>_label-L_desc-T1lesion_mask.nii.gz), DBC (Breast_MRI_NNN/ series with "
+        "Segmentation_Breast_MRI_NNN_Breast.seg.nrrd) or DICOM series with DICOM-SEGs."
     )
