@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import platform
 import re
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -61,9 +63,33 @@ def cpu_description(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
     return f"{fields.get('model name', platform.processor() or '?')} ({present})"
 
 
+PACKAGE_FOLDER = Path(__file__).resolve().parent
+
+
+@functools.cache
+def code_revision(package: Path = PACKAGE_FOLDER) -> dict[str, Any] | None:
+    """The git commit of the source checkout this package runs from, and whether tracked files differ from it
+    (``{"commit": ..., "modified": ...}``); None for an installed package (its version is in ``versions``) or where
+    git cannot tell. Read once per process."""
+
+    def git(*arguments: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *arguments], cwd=package, capture_output=True, text=True, timeout=10)
+
+    try:
+        if git("ls-files", "--error-unmatch", "provenance.py").returncode != 0:  # not a checkout of this code
+            return None
+        commit = git("rev-parse", "HEAD")
+        modified = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if commit.returncode != 0 or modified.returncode != 0:
+        return None
+    return {"commit": commit.stdout.strip(), "modified": bool(modified.stdout.strip())}
+
+
 def environment() -> dict[str, Any]:
-    """Python, platform, CPU, package versions, and the CPU threads torch computes with (None when this process has not
-    imported torch) beside the cores the process may use."""
+    """Python, platform, CPU, package versions, the source commit (:func:`code_revision`), and the CPU threads torch
+    computes with (None when this process has not imported torch) beside the cores the process may use."""
     from .threads import usable_cores
 
     torch = sys.modules.get("torch")
@@ -73,6 +99,7 @@ def environment() -> dict[str, Any]:
         "machine": platform.machine(),
         "cpu": cpu_description(),
         "versions": package_versions(),
+        "code": code_revision(),
         "torch_threads": torch.get_num_threads() if torch is not None else None,
         "usable_cores": usable_cores(),
     }
