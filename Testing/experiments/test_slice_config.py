@@ -3,6 +3,7 @@ dataset-level selections, mask interpolation before training, batched IoU, the d
 ATLAS readers end to end, and bad grids refused before any training."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ from conftest import run_records, run_smoke_study, write_challenge_folder, write
 
 from spatial_al.experiments.loop import SessionState, run_folder
 from spatial_al.experiments.protocols import resolve_config
+from spatial_al.experiments.units import write_report
 
 
 def run_study(data, output, *extra):
@@ -115,6 +117,16 @@ def test_the_report_lays_out_table_4_and_draws_the_papers_figures(study):
     assert rows[0] == "arm,density,volume_fraction,metric,mean,std,runs,labeled_percent"
     assert any(row.startswith("Fixed,40.0,1.0,iou_batched,") for row in rows)  # the pooled IoU, kept
     assert any(row.startswith("Fixed,40.0,1.0,iou_batch_mean,") for row in rows)
+
+
+def test_a_study_without_the_budget_arm_still_writes_its_report(study, tmp_path):
+    output, _ = study
+    subset = tmp_path / "study"
+    shutil.copytree(output, subset, ignore=shutil.ignore_patterns("Fixed_d*", "report", "cache"))
+    write_report(subset)  # the budget figures fall back on the first arm run
+    table = (subset / "report" / "table.md").read_text()
+    assert "| Fixed |" not in table and "| UAL (dataset) |" in table
+    assert (subset / "report" / "budget_by_density.png").stat().st_size > 0
 
 
 def test_selection_disparity_is_each_arms_mean_against_the_mean_of_all_selections_at_each_grid_point():

@@ -104,7 +104,7 @@ def write_grid_report(runs: dict[str, list[dict[str, Any]]], config: dict[str, A
         csv_text(["arm", "density", "volume_fraction", "metric", "mean", "std", "runs", "labeled_percent"], csv_rows),
     )
     write_interpolated_masks(points, groups, densities, fractions, folder)
-    budget = report.get("budget_arm") or groups[0]
+    budget = report.get("budget_arm") if report.get("budget_arm") in present else groups[0]  # a study of some arms
     plot_budget(points, budget, densities, fractions, metric, folder)
     largest = fractions[-1]
     selection = [g for g in report.get("selection_arms") or groups if g in present]
