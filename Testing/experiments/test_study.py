@@ -151,6 +151,30 @@ def test_a_study_killed_mid_run_resumes_without_losing_or_repeating_runs(star_st
     assert not list(output.rglob(".*.partial")) and not list(output.rglob("*.partial"))
 
 
+def test_a_resume_refuses_finished_runs_of_another_setting_and_keeps_runs_split_over_processes(
+    star_study, cache, tmp_path, capsys
+):
+    resumed = tmp_path / "resumed"
+    for path in star_study.glob("runs/*/seed-*/run.json"):
+        target = resumed / path.relative_to(star_study)
+        target.parent.mkdir(parents=True)
+        target.write_text(path.read_text())
+    records_before = {path: path.read_text() for path in resumed.rglob("run.json")}
+    longer = tmp_path / "longer.json"
+    longer.write_text(json.dumps({"training": {"max_epochs": 3}, "query_size": 5}))
+
+    assert run("star", resumed, cache, "--resume", "--config", str(longer)) == 2
+    error = capsys.readouterr().err
+    assert "finished under another setting" in error and "query_size, training.max_epochs differ" in error
+    assert {path: path.read_text() for path in resumed.rglob("run.json")} == records_before
+    assert not (resumed / "report").exists()
+
+    without_reference = tmp_path / "without-reference.json"  # how a second process of a split study is started
+    without_reference.write_text(json.dumps({"supervised_reference": False}))
+    assert run("star", resumed, cache, "--resume", "--strategies", "Rand", "--config", str(without_reference)) == 0
+    assert {path: path.read_text() for path in resumed.rglob("run.json")} == records_before
+
+
 def test_the_less_is_more_smoke_study_fills_blocks_by_interpolation(cache, tmp_path):
     output = tmp_path / "lim"
     assert run("less_is_more", output, cache) == 0

@@ -15,6 +15,7 @@ training, and errors name the fix.
 from __future__ import annotations
 
 import difflib
+import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -32,6 +33,9 @@ from .protocols import resolve_config
 from .units import run_session, write_report
 
 STUDY_FILE = "study.json"
+# What a study runs and how it reports it, not how a run computes: runs split over processes with different --strategies
+# or without the reference (each its own folder, joined afterwards) differ only here.
+STUDY_LEVEL_KEYS = ("arms", "grid", "default_arms", "seeds", "supervised_reference", "report")
 
 
 @dataclass(frozen=True)
@@ -282,7 +286,55 @@ def prepare_study(request: StudyRequest, progress=None) -> Study:
         for arm in names
         for seed in seeds
     ]
+    check_finished_runs(runs)
     return Study(request, config, provenance, cohort, split, arms, seeds, runs)
+
+
+def run_computation(config: dict[str, Any], arm: str) -> dict[str, Any]:
+    """What of a resolved configuration (as ``ExperimentConfig.to_dict`` gives it) one run of ``arm`` computes with:
+    every key but :data:`STUDY_LEVEL_KEYS`, and of the arms only its own (None for the reference)."""
+    computation = {key: value for key, value in config.items() if key not in STUDY_LEVEL_KEYS}
+    computation["arm"] = config["arms"].get(arm)
+    return computation
+
+
+def differing_paths(old: Any, new: Any, path: str = "") -> list[str]:
+    """The dotted paths at which two JSON values differ, e.g. ["training.max_epochs"]."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [
+            difference
+            for key in sorted(set(old) | set(new), key=str)
+            for difference in differing_paths(old.get(key), new.get(key), f"{path}.{key}" if path else str(key))
+        ]
+    return [] if old == new else [path or "(the whole configuration)"]
+
+
+def check_finished_runs(runs: list[RunSpec]) -> None:
+    """A finished run is kept on a resume, so it must be the computation this study would run: same configuration
+    (but :data:`STUDY_LEVEL_KEYS`) and same split. A study resumed after the protocol changed would otherwise mix
+    two settings in one table.
+
+    Raises:
+        ConfigError: naming the run, the keys that differ and the fix.
+    """
+    for spec in runs:
+        record_path = spec.folder / "run.json"
+        if not record_path.is_file():
+            continue
+        record = json.loads(record_path.read_text())
+        if record.get("status") != "finished":
+            continue
+        expected = {**run_computation(spec.config.to_dict(), spec.arm), "split": spec.split.to_dict()}
+        expected = json.loads(json.dumps(expected))  # as the record holds it: tuples as lists, keys as strings
+        found = {**run_computation(record["config"], spec.arm), "split": record["split"]}
+        differences = differing_paths(found, expected)
+        if differences:
+            shown = ", ".join(differences[:6]) + (f" and {len(differences) - 6} more" if len(differences) > 6 else "")
+            raise ConfigError(
+                f"{str(record_path)!r} finished under another setting than this study's ({shown} differ), so resuming"
+                " would mix two settings in one study. Resume it with a --config that gives those values, or run"
+                " the study into another --output."
+            )
 
 
 def write_study_record(study: Study) -> None:
