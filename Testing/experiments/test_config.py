@@ -38,6 +38,23 @@ def test_dataset_entries_follow_the_msd_task_folder(tmp_path):
     assert brats.data.labels == {"tumour core": [2, 3]} and brats.data.channel == 0
 
 
+@pytest.mark.parametrize(
+    ("task", "image_size", "batch_size"),
+    [("Task02_Heart", 256, 16), ("Task04_Hippocampus", 64, 264), ("Task05_Prostate", 256, 16), (None, 128, 64)],
+)
+def test_less_is_more_sizes_its_batches_by_image_size_per_dataset_and_the_cpu_scale_overrides_them(
+    tmp_path, task, image_size, batch_size
+):
+    data = tmp_path / task if task else "demo"
+    if task:
+        data.mkdir()
+    paper, _ = resolve_config("less_is_more", data, "paper")
+    assert paper.data.image_size == image_size
+    assert paper.training_config(seed=0).batch_size == batch_size  # the paper's "between 16 and 264"
+    cpu, _ = resolve_config("less_is_more", data, "cpu")
+    assert cpu.training_config(seed=0).batch_size == 8 and cpu.data.image_size == 64
+
+
 def test_a_config_file_overrides_any_value_and_merges_mappings(tmp_path):
     override = tmp_path / "override.json"
     override.write_text(

@@ -91,6 +91,12 @@ def test_the_star_smoke_study_writes_tables_curves_and_run_records(star_study):
             assert made["new"] == 1.0 and made["new_foreground_predicted"] == made["new_foreground_truth"] == 0
         else:  # slices empty in both add nothing to a pooled Dice
             assert made["new_foreground_dice"] == pytest.approx(made["new"])
+    by_round = (report / "pseudo_labels_by_round.md").read_text()  # one seed at the smoke scale: std 0
+    for r in rounds[:-1]:
+        made = r["pseudo_label_dice"]
+        share = f"{made['new_foreground_predicted']:.2f} ± 0.00 | {made['new_foreground_truth']:.2f} ± 0.00"
+        assert f"| STAR | {r['round']} | {r['labeled_percent']:.1f} | {made['new']:.3f} ± 0.000 | {share} |" in by_round
+    assert "| Rand |" not in by_round  # no pseudo-labels, no rows
     for r in rounds:
         assert set(r["metrics"]) >= {"dice_2d", "dice_3d", "iou_3d", "hd95_mm", "per_class"}
         assert set(r["seconds"]) >= {"train", "evaluate"}
