@@ -40,7 +40,7 @@ class SpatialPropagation(ScriptedLoadableModule):
         self.parent.contributors = ["SpatialActiveLearning developers (SpatialActiveLearning open-source project)"]
         self.parent.helpText = _(
             "Propagates the annotated slices of a segmentation to the slices that are not annotated, by interpolation "
-            "(sdf, contour), learned slice-to-slice correspondence (sli2vol), the better of the two per gap as "
+            "(sdf, contour), learned slice-to-slice correspondence (sli2vol), the better of the two for this scan as "
             "judged on your own annotated slices (auto) or a trained model (star, model). "
             "Preview shows the result beside the segmentation first. Annotated slices and anything you drew elsewhere "
             "are never changed; which slices are annotated and which are propagated (with a confidence) is recorded "

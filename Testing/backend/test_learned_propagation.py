@@ -336,18 +336,23 @@ def test_auto_scores_each_method_on_hidden_annotated_slices_as_a_direct_propagat
                 assert scores[method][k] == pytest.approx(mean_label_dice(filled.labels[k], labels[0, k]))
 
 
-def test_auto_picks_per_gap_from_the_scores_at_its_ends_then_anywhere_then_by_width():
+def test_auto_picks_one_method_for_the_scan_or_per_gap_from_the_scores_at_its_ends_then_anywhere_then_by_width():
     from spatial_al.propagation.auto import choose_per_gap
     from spatial_al.propagation.base import PropagationTask
 
     layers = np.zeros((1, 40, 4, 4), np.uint8)
     task = PropagationTask(layers, (), np.array([0, 10, 20, 30, 39]), np.array([1.0, 1.0, 1.0]))
     scores = {"sdf": {10: 0.9, 20: 0.5, 30: 0.8}, "sli2vol": {10: 0.7, 20: 0.9, 30: 0.8}}
-    choices = choose_per_gap(task, scores)
+    # over every scored slice: sdf 2.2 / 3, sli2vol 2.4 / 3
+    assert choose_per_gap(task, scores) == dict.fromkeys([(0, 10), (10, 20), (20, 30), (30, 39)], "sli2vol")
+    choices = choose_per_gap(task, scores, choice="gap")
     # 0-10: only 10 scored (sdf); 10-20: 0.7 vs 0.8 (sli2vol); 20-30: 0.65 vs 0.85; 30-39: a tie at 30 goes to sdf
     assert choices == {(0, 10): "sdf", (10, 20): "sli2vol", (20, 30): "sli2vol", (30, 39): "sdf"}
+    tied = {"sdf": {10: 0.9, 20: 0.5}, "sli2vol": {10: 0.5, 20: 0.9}}
+    assert set(choose_per_gap(task, tied).values()) == {"sdf"}
     unscored = PropagationTask(layers, (), np.array([0, 5, 20]), np.array([1.0, 1.0, 1.0]))
-    assert choose_per_gap(unscored, {"sdf": {}, "sli2vol": {}}) == {(0, 5): "sdf", (5, 20): "sli2vol"}  # 7.5 mm
+    for choice in ("volume", "gap"):
+        assert choose_per_gap(unscored, {"sdf": {}, "sli2vol": {}}, choice) == {(0, 5): "sdf", (5, 20): "sli2vol"}
     narrow = PropagationTask(layers, (), np.array([0, 7, 14, 30]), np.array([1.0, 1.0, 1.0]))  # 7 mm, 7 mm, 16 mm
     favouring_sli2vol = {"sdf": {7: 0.5, 14: 0.5}, "sli2vol": {7: 0.9, 14: 0.9}}
     assert choose_per_gap(narrow, favouring_sli2vol) == {(0, 7): "sli2vol", (7, 14): "sli2vol", (14, 30): "sli2vol"}
@@ -387,7 +392,7 @@ def test_auto_fills_each_gap_with_the_chosen_methods_result(moving_stack, monkey
 
     labels, annotated = moving_stack.label_layers[0], [0, 6, 12, 18]
     monkeypatch.setattr(
-        auto, "choose_per_gap", lambda task, scores, sdf_gap_mm: {(0, 6): "sli2vol", (6, 12): "sdf", (12, 18): "sdf"}
+        auto, "choose_per_gap", lambda task, scores, *rule: {(0, 6): "sli2vol", (6, 12): "sdf", (12, 18): "sdf"}
     )
     result = spatial_al.propagate(labels, annotated, "auto", moving_stack.image, sli2vol_options={"steps": 20})
     sdf = spatial_al.propagate(labels, annotated, "sdf", moving_stack.image)
@@ -400,3 +405,5 @@ def test_auto_fills_each_gap_with_the_chosen_methods_result(moving_stack, monkey
     np.testing.assert_array_equal(without_image.labels, sdf.labels)  # sli2vol needs the image: sdf alone
     with pytest.raises(ValueError, match="'sli2vol' has no option 'step'; its options are: steps"):
         spatial_al.propagate(labels, annotated, "auto", moving_stack.image, sli2vol_options={"step": 20})
+    with pytest.raises(ValueError, match=r"auto's choice must be 'volume' .* or 'gap', not 'gaps'"):
+        spatial_al.propagate(labels, annotated, "auto", moving_stack.image, choice="gaps")

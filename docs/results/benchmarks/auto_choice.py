@@ -1,5 +1,5 @@
 """``auto`` beside ``sdf`` and ``sli2vol`` on every data set the project ships, at narrow and wide annotation
-intervals, with the per-gap choices it made counted, and ``auto`` with ``sdf_gap_mm=7.5`` (gaps under 7.5 mm to
+intervals, with the method it gave each gap counted, and ``auto`` with ``sdf_gap_mm=7.5`` (gaps under 7.5 mm to
 ``sdf`` untested), run only where a gap is that narrow: elsewhere the two are the same computation, and its row
 repeats ``auto``'s.
 
