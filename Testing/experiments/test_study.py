@@ -131,7 +131,7 @@ def test_the_same_seed_gives_the_same_table_and_the_report_rebuilds_from_run_fol
         assert (copy / "report" / name).read_text() == (star_study / "report" / name).read_text()
 
 
-def test_a_study_killed_mid_run_resumes_without_losing_or_repeating_runs(star_study, cache, tmp_path):
+def test_a_study_killed_mid_run_resumes_without_losing_or_repeating_runs(star_study, cache, tmp_path, capsys):
     output = tmp_path / "killed"
     command = [sys.executable, "-m", "spatial_al.cli", "experiment", "run", "star", "--data", "demo"]
     process = subprocess.Popen([*command, "--output", str(output), "--cache", str(cache), *SMOKE])
@@ -149,6 +149,12 @@ def test_a_study_killed_mid_run_resumes_without_losing_or_repeating_runs(star_st
     )
 
     assert run("star", output, cache) == 2  # an existing study needs --resume
+    state = (star / "state.npz").read_bytes()
+    another = tmp_path / "another.json"  # the killed run alone, resumed under another setting: refused, state kept
+    another.write_text(json.dumps({"supervised_reference": False, "training": {"max_epochs": 3}}))
+    assert run("star", output, cache, "--resume", "--strategies", "STAR", "--config", str(another)) == 2
+    assert "this run was started under another setting" in capsys.readouterr().err
+    assert (star / "state.npz").read_bytes() == state
     assert run("star", output, cache, "--resume") == 0
     assert finished.stat().st_mtime_ns == stamp and finished.read_text() == content  # not repeated
     for name, text in kept_rounds.items():
@@ -171,7 +177,7 @@ def test_a_resume_refuses_finished_runs_of_another_setting_and_keeps_runs_split_
 
     assert run("star", resumed, cache, "--resume", "--config", str(longer)) == 2
     error = capsys.readouterr().err
-    assert "finished under another setting" in error and "query_size, training.max_epochs differ" in error
+    assert "this run finished under another setting" in error and "query_size, training.max_epochs differ" in error
     assert {path: path.read_text() for path in resumed.rglob("run.json")} == records_before
     assert not (resumed / "report").exists()
 

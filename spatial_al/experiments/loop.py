@@ -7,9 +7,10 @@ subjects; evaluate on the test subjects; stop when the budget is spent; else que
 pool with the arm's strategy, reveal the ground truth of the queried slices (the oracle) and make the arm's
 pseudo-labels. The query, the pseudo-labels and the trainer are the ones the Slicer modules and the CLI use.
 
-The run folder holds ``state.npz`` (the session after the last finished round), ``model.pt`` (the trainer's
-checkpoint, rewritten after every epoch), ``rounds/round-NNN.json`` and, once finished, ``run.json``. A killed run
-restarts from there: finished rounds are kept and an interrupted round continues from its last epoch.
+The run folder holds ``setting.json`` (what the run computes with), ``state.npz`` (the session after the last
+finished round), ``model.pt`` (the trainer's checkpoint, rewritten after every epoch), ``rounds/round-NNN.json`` and,
+once finished, ``run.json``. A killed run restarts from there, if its setting is the resumed study's: finished rounds
+are kept and an interrupted round continues from its last epoch.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ REFERENCE_ARM = "Full"  # the fully supervised reference: every training slice a
 STATE_FILE = "state.npz"
 CHECKPOINT_FILE = "model.pt"
 RUN_FILE = "run.json"
+SETTING_FILE = "setting.json"  # what a run computes with, written when it is planned; checked when it is resumed
 SLI2VOL_NETWORKS = "sli2vol-networks"  # folder of the cohort cache keeping the correspondence networks of M.I. arms
 
 

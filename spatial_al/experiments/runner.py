@@ -28,7 +28,16 @@ from ..provenance import environment, write_json
 from ..threads import choose_threads
 from .cohort import Cohort, Split, build_cohort, open_source, resolve_classes, split_subjects
 from .config import ARM_STRATEGY, ConfigError, ExperimentConfig
-from .loop import REFERENCE_ARM, RunSpec, arm_model_config, initial_slices, run_folder
+from .loop import (
+    REFERENCE_ARM,
+    RUN_FILE,
+    SETTING_FILE,
+    STATE_FILE,
+    RunSpec,
+    arm_model_config,
+    initial_slices,
+    run_folder,
+)
 from .protocols import resolve_config
 from .units import run_session, write_report
 
@@ -286,7 +295,7 @@ def prepare_study(request: StudyRequest, progress=None) -> Study:
         for arm in names
         for seed in seeds
     ]
-    check_finished_runs(runs)
+    check_resumed_runs(runs)
     return Study(request, config, provenance, cohort, split, arms, seeds, runs)
 
 
@@ -309,32 +318,47 @@ def differing_paths(old: Any, new: Any, path: str = "") -> list[str]:
     return [] if old == new else [path or "(the whole configuration)"]
 
 
-def check_finished_runs(runs: list[RunSpec]) -> None:
-    """A finished run is kept on a resume, so it must be the computation this study would run: same configuration
-    (but :data:`STUDY_LEVEL_KEYS`) and same split. A study resumed after the protocol changed would otherwise mix
-    two settings in one table.
+def run_setting(spec: RunSpec) -> dict[str, Any]:
+    """What a run computes with, as its records hold it (tuples as lists, keys as strings): :func:`run_computation`
+    of the study's configuration for its arm, and the split."""
+    return json.loads(json.dumps({**run_computation(spec.config.to_dict(), spec.arm), "split": spec.split.to_dict()}))
+
+
+def check_resumed_runs(runs: list[RunSpec]) -> None:
+    """A resumed study keeps its finished runs and continues its unfinished ones from their saved state, so both must
+    be the computation this study would run: same configuration (but :data:`STUDY_LEVEL_KEYS`) and same split. A
+    study resumed after the protocol changed would otherwise mix two settings in one table. A finished run's
+    setting is in its ``run.json``; an unfinished one's in the :data:`SETTING_FILE` written when it was planned
+    (state saved by a version without it cannot be checked and is continued). Then every run not finished gets
+    this study's setting written.
 
     Raises:
-        ConfigError: naming the run, the keys that differ and the fix.
+        ConfigError: naming the run, the keys that differ and the fix, before anything is written.
     """
     for spec in runs:
-        record_path = spec.folder / "run.json"
-        if not record_path.is_file():
+        record_path, setting_path = spec.folder / RUN_FILE, spec.folder / SETTING_FILE
+        record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+        if record.get("status") == "finished":
+            found, where, what = (
+                {**run_computation(record["config"], spec.arm), "split": record["split"]},
+                record_path,
+                "finished",
+            )
+        elif (spec.folder / STATE_FILE).is_file() and setting_path.is_file():
+            found, where, what = json.loads(setting_path.read_text()), setting_path, "was started"
+        else:
             continue
-        record = json.loads(record_path.read_text())
-        if record.get("status") != "finished":
-            continue
-        expected = {**run_computation(spec.config.to_dict(), spec.arm), "split": spec.split.to_dict()}
-        expected = json.loads(json.dumps(expected))  # as the record holds it: tuples as lists, keys as strings
-        found = {**run_computation(record["config"], spec.arm), "split": record["split"]}
-        differences = differing_paths(found, expected)
+        differences = differing_paths(found, run_setting(spec))
         if differences:
             shown = ", ".join(differences[:6]) + (f" and {len(differences) - 6} more" if len(differences) > 6 else "")
             raise ConfigError(
-                f"{str(record_path)!r} finished under another setting than this study's ({shown} differ), so resuming"
-                " would mix two settings in one study. Resume it with a --config that gives those values, or run"
-                " the study into another --output."
+                f"{str(where)!r}: this run {what} under another setting than this study's ({shown} differ), so"
+                " resuming would mix two settings in one study. Resume it with a --config that gives those values,"
+                " or run the study into another --output."
             )
+    for spec in runs:
+        if not (spec.folder / RUN_FILE).is_file() and not (spec.folder / STATE_FILE).is_file():
+            write_json(spec.folder / SETTING_FILE, run_setting(spec))
 
 
 def write_study_record(study: Study) -> None:
