@@ -147,6 +147,14 @@ def test_selection_disparity_is_each_arms_mean_against_the_mean_of_all_selection
     assert disparities["Random"] == pytest.approx([-0.15, -0.225])
 
 
+def test_a_study_of_an_interpolation_arm_alone_writes_its_report_without_selection_figures(tmp_path):
+    output = tmp_path / "study"
+    assert run_study("demo", output, "--strategies", "Fixed + Sli2Vol d40 s1") == 0
+    report = {path.name for path in (output / "report").iterdir()}
+    assert {"table.md", "interpolated_masks.md", "budget_by_density.png"} <= report
+    assert not {"selection.png", "selection_disparity.png"} & report
+
+
 @pytest.mark.parametrize("layout", ["LiTS", "ATLAS"])
 def test_lits_and_atlas_folders_run_with_their_protocol_entries(tmp_path, layout):
     folder = write_challenge_folder(tmp_path / "downloads", layout, cases=5)

@@ -108,8 +108,9 @@ def write_grid_report(runs: dict[str, list[dict[str, Any]]], config: dict[str, A
     plot_budget(points, budget, densities, fractions, metric, folder)
     largest = fractions[-1]
     selection = [g for g in report.get("selection_arms") or groups if g in present]
-    plot_against_density(points, selection, densities, largest, metric, folder / "selection.png")
-    plot_selection_disparity(points, selection, metric, folder / "selection_disparity.png")
+    if selection:  # a study of interpolation arms alone has no selection to compare
+        plot_against_density(points, selection, densities, largest, metric, folder / "selection.png")
+        plot_selection_disparity(points, selection, metric, folder / "selection_disparity.png")
     pairs = {
         masked: interpolated
         for masked, interpolated in (report.get("interpolation_pairs") or {}).items()
