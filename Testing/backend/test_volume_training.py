@@ -1,7 +1,9 @@
 """The 3D engine on tiny volumes (CPU): the 2D trainer trains a 3D U-Net on patches, from sparse slices with the rest
-masked out of the loss, resumes bit-identically; sliding-window prediction and MC-dropout statistics against direct
+masked out of the loss, resumes bit-identically; patches are read from memory-mapped volumes without copying them
+and equal the crop of the padded volume; sliding-window prediction and MC-dropout statistics against direct
 computations; resampling and CT windowing round-trip to the input grid; bad input named."""
 
+import tracemalloc
 from dataclasses import replace
 
 import numpy as np
@@ -14,7 +16,7 @@ from spatial_al.preprocessing import VolumePreprocessing
 from spatial_al.progress import OperationCancelled, RecordingProgress
 from spatial_al.training import TrainingConfig, VolumeExamples, read_checkpoint, resume_trainer, save_checkpoint
 from spatial_al.training.trainer import Trainer
-from spatial_al.training.volumes import PatchDataset
+from spatial_al.training.volumes import PatchDataset, SliceStack
 
 CPU = torch.device("cpu")
 TINY_3D = (4, 8, 8, 16, 16, 4)
@@ -89,6 +91,59 @@ def test_patches_centre_on_annotated_foreground_at_the_configured_odds_and_small
         assert patch["mask"].sum(dim=(0, 2, 3)).count_nonzero() == 1  # one annotated slice, the padding unmasked
     with pytest.raises(ValueError, match="no annotated slice"):
         examples_of((image, target), annotated=[])
+
+
+def memory_mapped(folder, name, array):
+    np.save(folder / f"{name}.npy", array)
+    return np.load(folder / f"{name}.npy", mmap_mode="r")
+
+
+def test_patches_of_memory_mapped_volumes_are_the_padded_volume_cropped_and_the_volume_is_never_copied(tmp_path):
+    shape = (10, 320, 320)  # fewer slices than the patch: padded along D, 3 slices before and 3 after
+    voxels = np.arange(1, np.prod(shape) + 1, dtype=np.float32).reshape(1, *shape)  # each voxel's value names it
+    image = memory_mapped(tmp_path, "image", voxels)
+    target = memory_mapped(tmp_path, "target", (np.random.default_rng(0).random((2, *shape)) > 0.99).astype(np.uint8))
+    annotated = [2, 3, 7]
+    patch_size = (16, 32, 32)
+    PatchDataset(examples_of(ball_volume()), patch_size)[0]  # imports MONAI's transforms before memory is traced
+    tracemalloc.start()
+    dataset = PatchDataset(examples_of((image, target), annotated=annotated), patch_size, positive=1, negative=1)
+    patches = []
+    for seed in range(6):
+        dataset.reseed(seed)
+        patches.append({key: value.numpy() for key, value in dataset[0].items()})
+    held, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    # what the dataset and its patches hold: the patch-centre samples (0.8 MB) and six patches, no copy of the 4 MB
+    # volume (a study holding every training volume in memory would need tens of GB for LiTS)
+    assert held < image.nbytes / 2
+    mask = np.zeros((1, *shape), np.uint8)
+    mask[:, annotated] = 1
+    widths = [(0, 0), (3, 3), (0, 0), (0, 0)]
+    padded = {key: np.pad(np.asarray(a), widths) for key, a in (("image", image), ("target", target), ("mask", mask))}
+    for patch in patches:
+        k, i, j = np.argwhere(patch["image"][0] > 0)[0]  # a voxel of the volume in the patch, and where it lies
+        d, h, w = np.unravel_index(int(patch["image"][0, k, i, j]) - 1, shape)
+        window = (slice(None), *(slice(c, c + n) for c, n in zip((d + 3 - k, h - i, w - j), patch_size, strict=True)))
+        for key in ("image", "target", "mask"):
+            assert np.array_equal(patch[key], padded[key][window]), key
+
+
+def test_a_slice_stack_reads_every_window_as_the_dense_target_it_stands_for():
+    rng = np.random.default_rng(1)
+    dense = np.zeros((2, 12, 9, 10), np.uint8)
+    held = {0: None, 5: None, 11: None}
+    for index in held:
+        held[index] = dense[:, index] = (rng.random((2, 9, 10)) > 0.5).astype(np.uint8)
+    stack = SliceStack(dense.shape, held)
+    assert np.array_equal(np.asarray(stack), dense)
+    for window in [
+        (slice(None), slice(3, 12), slice(2, 8), slice(0, 10)),
+        (slice(1, 2), slice(0, 5), slice(None), slice(4, 9)),
+    ]:
+        assert np.array_equal(stack[window], dense[window])
+    with pytest.raises(ValueError, match="Slice 12 of a target"):
+        SliceStack(dense.shape, {12: held[0]})
 
 
 def test_a_resumed_3d_run_ends_bit_identical_to_an_uninterrupted_one(tmp_path):

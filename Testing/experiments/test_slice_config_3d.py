@@ -59,7 +59,8 @@ def test_the_3d_model_trains_on_the_annotated_and_interpolated_slices_alone(stud
     state = SessionState.load(run_folder(output, arm, 0) / "state.npz")
     examples = session.training_examples(state)
     assert sorted(examples.names) == sorted(name for name, picks in state.annotated.items() if picks)
-    for name, target, trained in zip(examples.names, examples.targets, examples.annotated, strict=True):
+    for name, stack, trained in zip(examples.names, examples.targets, examples.annotated, strict=True):
+        target = np.asarray(stack)  # the slice stack as the dense volume it stands for
         subject, filled = session.cohort[name], state.pseudo.get(name, {})
         assert np.flatnonzero(trained).tolist() == sorted({*state.annotated[name], *filled})
         truth = np.moveaxis(np.asarray(subject.targets), 1, 0)

@@ -86,13 +86,13 @@ class VolumeSession(Session):
 
     def volume_examples(self, subjects: list[Subject], targets: list[np.ndarray] | None = None):
         """:class:`~spatial_al.training.VolumeExamples` of ``subjects`` (image (1, S, H, W), target (C, S, H, W)): their
-        ground truth, or ``targets`` (each (C, S, H, W))."""
+        ground truth, or ``targets`` (each (C, S, H, W)); views of the memory-mapped cache, read a patch at a time."""
         from ..training import VolumeExamples
 
         examples = VolumeExamples()
         for index, subject in enumerate(subjects):
             target = np.moveaxis(np.asarray(subject.targets), 1, 0) if targets is None else targets[index]
-            examples.append(np.array(subject.image)[np.newaxis], target, name=subject.name)
+            examples.append(np.asarray(subject.image)[np.newaxis], target, name=subject.name)
         return examples
 
     def training_examples(self, state: SessionState):
@@ -333,19 +333,17 @@ class SparseVolumeSession(VolumeSession):
 
     def training_examples(self, state: SessionState):
         """The volumes holding an annotated slice: image (1, S, H, W), target (C, S, H, W) that holds the revealed
-        truth of the annotated slices and the pseudo-labels of the filled ones (zero elsewhere), those slices as
-        the loss mask."""
+        truth of the annotated slices and the pseudo-labels of the filled ones (zero elsewhere, held slice by slice
+        as a :class:`~spatial_al.training.volumes.SliceStack`), those slices as the loss mask."""
         from ..training import VolumeExamples
+        from ..training.volumes import SliceStack
 
         examples = VolumeExamples()
         for subject in self.training_subjects:
             annotated, filled = state.annotated[subject.name], state.pseudo.get(subject.name, {})
             if not annotated:
                 continue
-            target = np.zeros((len(self.classes), *np.shape(subject.image)), np.uint8)
-            target[:, annotated] = np.moveaxis(np.asarray(subject.targets[annotated]), 1, 0)
-            for index, mask in filled.items():
-                target[:, index] = mask
-            trained = sorted({*annotated, *filled})
-            examples.append(np.array(subject.image)[np.newaxis], target, annotated=trained, name=subject.name)
+            slices = {index: subject.targets[index] for index in annotated} | dict(filled)
+            target = SliceStack((len(self.classes), *np.shape(subject.image)), slices)
+            examples.append(np.asarray(subject.image)[np.newaxis], target, annotated=sorted(slices), name=subject.name)
         return examples
