@@ -81,6 +81,10 @@ def test_a_config_file_overrides_any_value_and_merges_mappings(tmp_path):
         ({"arms": {"Rand": {"pseudo_labels": "ceel"}}}, r"Unknown pseudo-label rule 'ceel'; did you mean 'ceal'"),
         ({"budget_percent": 300}, r"budget_percent must be in \(0, 100\]"),
         ({"data": {"split": [0.5, 0.1, 0.1]}}, r"fractions summing to 1"),
+        (
+            {"report": {"ablation_per_class": {"percnt": 20}}},
+            r'report\.ablation_per_class must be \{"percent": P\} or \{"round": R\}',
+        ),
     ],
 )
 def test_bad_overrides_name_the_key_and_the_fix(tmp_path, override, message):

@@ -57,8 +57,8 @@ def test_the_smoke_study_queries_percent_budgets_from_one_random_start_with_the_
     ablation = (demo_study / "report" / "ablation.md").read_text()
     assert "| SFP ✗, ASR ✓ (ours, not in Table 3) | SBC-AL w/o SFP |" in ablation
     assert "| SFP ✓, ASR ✓ (SBC-AL) | SBC-AL |" in ablation
-    classes = records["SBC-AL"]["classes"]  # Table 3's layout: each structure at the last percent
-    assert "| " + " | ".join(f"{name} at 20 %" for name in classes) + " |" in ablation.splitlines()[2]
+    classes = records["SBC-AL"]["classes"]  # Table 3's layout: each structure after the last round
+    assert "| " + " | ".join(f"{name} after round 1" for name in classes) + " |" in ablation.splitlines()[2]
     row = next(line for line in ablation.splitlines() if "| SBC-AL ASR (C) |" in line)
     final = records["SBC-AL ASR (C)"]["rounds"][-1]["metrics"]["per_class"]["dice_3d"]
     assert row.split("|")[-len(classes) - 1 : -1] == [f" {final[name]:.3f} ± 0.000 " for name in classes]
@@ -99,3 +99,34 @@ def test_bad_sbc_requests_fail_before_any_training(tmp_path, capsys, config, mes
     assert status == 2
     assert message in capsys.readouterr().err
     assert not (output / "runs").exists()
+
+
+def test_the_ablation_gives_each_structure_at_a_labeled_percent(demo_study, tmp_path):
+    from spatial_al.experiments.report import write_ablation
+
+    records = run_records(demo_study)
+    report = json.loads((demo_study / "study.json").read_text())["config"]["report"]
+    report["ablation_per_class"] = {"percent": 10}
+    write_ablation({arm: [record] for arm, record in records.items()}, report, tmp_path)
+    lines = (tmp_path / "ablation.md").read_text().splitlines()
+    classes = records["SBC-AL"]["classes"]
+    assert "| " + " | ".join(f"{name} at 10 %" for name in classes) + " |" in lines[2]
+    row = next(line for line in lines if "| SBC-AL ASR (C) |" in line)
+    at_10_percent = records["SBC-AL ASR (C)"]["rounds"][0]["metrics"]["per_class"]["dice_3d"]  # round 0 is 10 %
+    assert row.split("|")[-len(classes) - 1 : -1] == [f" {at_10_percent[name]:.3f} ± 0.000 " for name in classes]
+
+
+def test_the_report_follows_the_study_config_not_its_first_runs(demo_study, tmp_path):
+    """A report section changed after the runs finished (the protocol as the study last ran) lays out the report."""
+    import shutil
+
+    from spatial_al.experiments.units import write_report
+
+    study = tmp_path / "study"
+    shutil.copytree(demo_study / "runs", study / "runs")
+    record = json.loads((demo_study / "study.json").read_text())
+    record["config"]["report"]["ablation_per_class"] = {"percent": 10}
+    (study / "study.json").write_text(json.dumps(record))
+    lines = (write_report(study) / "ablation.md").read_text().splitlines()
+    assert all(f"{name} at 10 %" in lines[2] for name in run_records(demo_study)["SBC-AL"]["classes"])
+    assert "after round" not in lines[2]

@@ -257,8 +257,8 @@ class ReportConfig:
         percents: table columns at these labeled percents (interpolated on each run's curve).
         rounds: table columns at these rounds (``curve_axis="round"``).
         ablation: row title -> arm, for the protocol's ablation table.
-        ablation_per_class: the ablation table also gives each class's value at this labeled percent (a paper's
-            per-structure ablation); None: the mean over classes only.
+        ablation_per_class: the ablation table also gives each class's value at this point of the curve,
+            {"percent": P} or {"round": R} (a paper's per-structure ablation); None: the mean over classes only.
         budget_arm: with ``curve_axis="grid"`` (a design grid, :mod:`spatial_al.experiments.grid_report`): the arm
             whose grid points draw the budget figures (metric against labeled percent, by density and by volumes).
         selection_arms: the arms compared by slice selection (metric against density).
@@ -271,7 +271,7 @@ class ReportConfig:
     percents: list[float] = field(default_factory=list)
     rounds: list[int] = field(default_factory=list)
     ablation: dict[str, str] = field(default_factory=dict)
-    ablation_per_class: float | None = None
+    ablation_per_class: dict[str, float] | None = None
     budget_arm: str = ""
     selection_arms: list[str] = field(default_factory=list)
     interpolation_pairs: dict[str, str] = field(default_factory=dict)
@@ -279,6 +279,11 @@ class ReportConfig:
     def __post_init__(self):
         if self.curve_axis not in CURVE_AXES:
             raise ConfigError(f"report.curve_axis must be one of {', '.join(CURVE_AXES)}, got {self.curve_axis!r}.")
+        if self.ablation_per_class is not None and set(self.ablation_per_class) not in ({"percent"}, {"round"}):
+            raise ConfigError(
+                'report.ablation_per_class must be {"percent": P} or {"round": R}, '
+                f"got {self.ablation_per_class!r}."
+            )
 
 
 @dataclass(frozen=True)

@@ -321,8 +321,8 @@ def write_pseudo_labels_by_round(runs, arms: Sequence[str], folder: Path) -> Non
 
 def write_ablation(runs, report, folder: Path) -> None:
     """``ablation.md``: the protocol's ablation rows (components -> strategy) with the table's percent columns, max(p)
-    and the mean Dice of each round's new pseudo-labels; with ``ablation_per_class`` (a percent), also each class's
-    value there (a paper's per-structure ablation, SBC-AL's Table 3)."""
+    and the mean Dice of each round's new pseudo-labels; with ``ablation_per_class`` ({"percent": P} or
+    {"round": R}), also each class's value there (a paper's per-structure ablation, SBC-AL's Table 3)."""
     percent_columns = [f"{p:g} %" for p in report["percents"]] if report["curve_axis"] == "percent" else []
     rows, _ = table_rows(runs, report, list(report["ablation"].values()))
     by_arm = {arm: values for arm, _, values in rows}
@@ -334,14 +334,16 @@ def write_ablation(runs, report, folder: Path) -> None:
             continue
         pseudo = mean_std([pseudo_label_values(record)[0] for record in runs[arm]])
         per_class = [
-            mean_std([run_value(r, {"percent": at, "class": name}, report["metric"], None) for r in runs[arm]])
+            mean_std([run_value(r, {**at, "class": name}, report["metric"], None) for r in runs[arm]])
             for name in classes
         ]
         percents = [mean_std(by_arm[arm][column]) for column in percent_columns]
         lines.append([title, arm, *percents, mean_std(by_arm[arm]["max(p)"]), pseudo, *per_class])
     if lines:
         header = ["components", "strategy", *percent_columns, "max(p)", "pseudo-label Dice (new)"]
-        header += [f"{name} at {at:g} %" for name in classes]
+        if at is not None:
+            point = f"at {at['percent']:g} %" if "percent" in at else f"after round {at['round']:g}"
+            header += [f"{name} {point}" for name in classes]
         write_text_atomic(folder / "ablation.md", "# Ablation\n\n" + markdown_table(header, lines))
 
 

@@ -148,6 +148,11 @@ def write_report(study: str | Path) -> Path:
     if not runs:
         raise FileNotFoundError(f"{str(study)!r} holds no finished run (runs/*/seed-*/run.json); run the study first.")
     config = next(iter(runs.values()))[0]["config"]
+    study_record = read_study_record(study)
+    if "config" in study_record:
+        # How a study reports is study-level (not how a run computes): the protocol the study last ran with lays out
+        # the report, so a report section added after the runs finished reads them.
+        config = {**config, "report": study_record["config"]["report"]}
     provenance = study_provenance(study, runs)
     title = provenance.get("title", config["protocol"])
     if provenance:
@@ -158,8 +163,12 @@ def write_report(study: str | Path) -> Path:
     return folder
 
 
+def read_study_record(study: Path) -> dict[str, Any]:
+    """``study.json`` (command, resolved configuration, versions: written when the study runs), or {} without one."""
+    study_file = study / "study.json"
+    return json.loads(study_file.read_text()) if study_file.is_file() else {}
+
+
 def study_provenance(study: Path, runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """The study's provenance (protocol title, paper, data source, scale) from a run record or ``study.json``."""
-    provenance = next(iter(runs.values()))[0].get("study")
-    study_file = study / "study.json"
-    return provenance or (json.loads(study_file.read_text()) if study_file.is_file() else {})
+    return next(iter(runs.values()))[0].get("study") or read_study_record(study)
