@@ -153,7 +153,7 @@ def write_report(study: str | Path) -> Path:
         # How a study reports is study-level (not how a run computes): the protocol the study last ran with lays out
         # the report, so a report section added after the runs finished reads them.
         config = {**config, "report": study_record["config"]["report"]}
-    provenance = study_provenance(study, runs)
+    provenance = study_provenance(study_record, runs)
     title = provenance.get("title", config["protocol"])
     if provenance:
         title += f"\n\n{provenance['paper']}. Data: {provenance['source']}; scale {provenance['scale']}."
@@ -169,6 +169,7 @@ def read_study_record(study: Path) -> dict[str, Any]:
     return json.loads(study_file.read_text()) if study_file.is_file() else {}
 
 
-def study_provenance(study: Path, runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """The study's provenance (protocol title, paper, data source, scale) from a run record or ``study.json``."""
-    return next(iter(runs.values()))[0].get("study") or read_study_record(study)
+def study_provenance(study_record: dict[str, Any], runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """The study's provenance (protocol title, paper, data source, scale) from a run record or ``study.json``'s
+    ``study_record``."""
+    return next(iter(runs.values()))[0].get("study") or study_record
